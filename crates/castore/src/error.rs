@@ -1,0 +1,102 @@
+//! Errors of the stores. Every variant names what it is about: the store
+//! URL, the path on disk, or the digest.
+
+use std::io;
+use std::path::PathBuf;
+
+use crate::{B3Digest, DirectoryError};
+
+/// An error from a directory store, or from opening a store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("directory {digest} is invalid: {err}")]
+    InvalidDirectory {
+        digest: B3Digest,
+        err: DirectoryError,
+    },
+    #[error("invalid directory closure: {0}")]
+    Closure(#[from] ClosureError),
+    #[error("asked the store for directory {expected}, it returned {actual}")]
+    WrongDigest {
+        expected: B3Digest,
+        actual: B3Digest,
+    },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("database {path}: {msg}")]
+    Database { path: PathBuf, msg: String },
+    #[error("store {url}: {code:?}: {msg}")]
+    Grpc {
+        url: String,
+        code: tonic::Code,
+        msg: String,
+    },
+    #[error("invalid store URL {url:?}: {reason}")]
+    Url { url: String, reason: String },
+}
+
+impl StoreError {
+    pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Self {
+        StoreError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn grpc(url: &str, status: &tonic::Status) -> Self {
+        StoreError::Grpc {
+            url: url.to_owned(),
+            code: status.code(),
+            msg: status.message().to_owned(),
+        }
+    }
+
+    pub(crate) fn url(url: &str, reason: impl Into<String>) -> Self {
+        StoreError::Url {
+            url: url.to_owned(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Why a stream of directories is not a valid closure.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClosureError {
+    #[error("directory {parent} refers to child {name:?} ({child}), which was not sent before it")]
+    ChildNotSent {
+        parent: B3Digest,
+        name: String,
+        child: B3Digest,
+    },
+    #[error(
+        "directory {parent}: {name:?} has wrong size, specified {specified}, recorded {recorded}"
+    )]
+    WrongSize {
+        parent: B3Digest,
+        name: String,
+        specified: u64,
+        recorded: u64,
+    },
+    #[error("directory {0} was sent but is not referred to by any directory before it")]
+    Unexpected(B3Digest),
+    #[error("the first directory sent is {actual}, not the requested root {expected}")]
+    WrongRoot {
+        expected: B3Digest,
+        actual: B3Digest,
+    },
+    #[error("directory {0} is referred to but was never sent")]
+    Missing(B3Digest),
+    #[error("directory {0} is not connected to the root {1}")]
+    Disconnected(B3Digest, B3Digest),
+    #[error("no directories were sent")]
+    Empty,
+}
+
+/// An `io::Error` that names the blob it is about.
+pub(crate) fn blob_io(digest: &B3Digest, what: &str, err: io::Error) -> io::Error {
+    io::Error::new(err.kind(), format!("blob {digest}: {what}: {err}"))
+}

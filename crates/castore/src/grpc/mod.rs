@@ -1,0 +1,129 @@
+//! gRPC plumbing shared by the remote store clients and the server: the
+//! connection from a `grpc+http://` / `grpc+unix://` URL, and the package
+//! name (`tvix.castore.v1` or `snix.castore.v1`) that makes the gRPC paths.
+
+use std::str::FromStr;
+
+use hyper_util::rt::TokioIo;
+use tonic::codegen::http::uri::PathAndQuery;
+use tonic::transport::{Channel, Endpoint};
+use url::Url;
+
+use crate::StoreError;
+
+mod server;
+
+pub use server::{GrpcBlobServer, GrpcDirectoryServer, castore_routes};
+
+/// The largest message accepted or sent (a Directory with many entries is
+/// larger than tonic's 4 MiB default).
+pub const MAX_MESSAGE_SIZE: usize = 256 * 1024 * 1024;
+
+/// Which package name a peer speaks: the messages are identical, the gRPC
+/// paths differ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Package {
+    /// `tvix.castore.v1`
+    #[default]
+    Tvix,
+    /// `snix.castore.v1`
+    Snix,
+}
+
+impl Package {
+    /// The gRPC path of `method` on `service`.
+    pub(crate) fn path(self, service: &str, method: &str) -> PathAndQuery {
+        let pkg = match self {
+            Package::Tvix => "tvix",
+            Package::Snix => "snix",
+        };
+        // Only ever built from the constant names below: always a valid path.
+        PathAndQuery::from_str(&format!("/{pkg}.castore.v1.{service}/{method}"))
+            .unwrap_or_else(|_| PathAndQuery::from_static("/"))
+    }
+}
+
+/// Reads the `?package=tvix|snix` query of a store URL.
+pub(crate) fn package_of(url: &Url) -> Result<Package, StoreError> {
+    let mut package = Package::default();
+    for (k, v) in url.query_pairs() {
+        match (&*k, &*v) {
+            ("package", "tvix") => package = Package::Tvix,
+            ("package", "snix") => package = Package::Snix,
+            ("package", other) => {
+                return Err(StoreError::url(
+                    url.as_str(),
+                    format!("package must be \"tvix\" or \"snix\", not {other:?}"),
+                ));
+            }
+            (other, _) => {
+                return Err(StoreError::url(
+                    url.as_str(),
+                    format!("unknown parameter {other:?}"),
+                ));
+            }
+        }
+    }
+    Ok(package)
+}
+
+/// Connects to the store at a `grpc+http://host:port` or
+/// `grpc+unix:///path/to.sock` URL.
+pub(crate) async fn connect(url: &Url) -> Result<(Channel, Package), StoreError> {
+    let package = package_of(url)?;
+    let fail = |e: tonic::transport::Error| {
+        let mut msg = e.to_string();
+        if let Some(src) = std::error::Error::source(&e) {
+            msg = format!("{msg}: {src}");
+        }
+        StoreError::url(url.as_str(), format!("cannot connect: {msg}"))
+    };
+    let channel = match url.scheme() {
+        "grpc+http" => {
+            let host = url
+                .host_str()
+                .ok_or_else(|| StoreError::url(url.as_str(), "no host"))?;
+            let port = url
+                .port()
+                .ok_or_else(|| StoreError::url(url.as_str(), "no port"))?;
+            Endpoint::from_shared(format!("http://{host}:{port}"))
+                .map_err(fail)?
+                .connect()
+                .await
+                .map_err(fail)?
+        }
+        "grpc+unix" => {
+            if url.host_str().is_some_and(|h| !h.is_empty()) {
+                return Err(StoreError::url(
+                    url.as_str(),
+                    "a unix socket URL has three slashes: grpc+unix:///path/to.sock",
+                ));
+            }
+            let path = std::path::PathBuf::from(url.path());
+            Endpoint::from_static("http://[::]:0")
+                .connect_with_connector(tower::service_fn(move |_| {
+                    let path = path.clone();
+                    async move {
+                        let stream = tokio::net::UnixStream::connect(path).await?;
+                        Ok::<_, std::io::Error>(TokioIo::new(stream))
+                    }
+                }))
+                .await
+                .map_err(fail)?
+        }
+        other => {
+            return Err(StoreError::url(
+                url.as_str(),
+                format!("not a gRPC scheme: {other}"),
+            ));
+        }
+    };
+    Ok((channel, package))
+}
+
+/// A tonic client on `channel` with our message size limits.
+pub(crate) fn client(channel: Channel) -> tonic::client::Grpc<Channel> {
+    tonic::client::Grpc::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE)
+}

@@ -1,0 +1,31 @@
+//! The castore: a content-addressed store of blobs and directories (BLAKE3),
+//! wire-compatible with tvix.castore.v1 and snix.castore.v1.
+//!
+//! - Data model: [`B3Digest`], [`PathComponent`], [`Node`], [`Directory`],
+//!   validated once at the wire boundary ([`proto`]).
+//! - Stores: [`blobservice::BlobService`] and
+//!   [`directoryservice::DirectoryService`], with in-memory, embedded
+//!   persistent and gRPC backends opened from URLs ([`open_blob_service`],
+//!   [`open_directory_service`]), and a gRPC server ([`grpc`]).
+//! - [`import::import_path`] ingests a filesystem tree;
+//!   [`export::export_node`] writes one back out.
+
+pub mod blobservice;
+mod digest;
+mod directory;
+pub mod directoryservice;
+mod error;
+pub mod export;
+pub mod grpc;
+pub mod import;
+mod node;
+mod open;
+mod path;
+pub mod proto;
+
+pub use digest::{B3_LEN, B3Digest, DigestError};
+pub use directory::{Directory, DirectoryError};
+pub use error::{ClosureError, StoreError};
+pub use node::{Node, NodeError};
+pub use open::{open_blob_service, open_directory_service};
+pub use path::{NameError, PathComponent, SymlinkTarget};

@@ -1,0 +1,114 @@
+//! Store fixtures shared by the integration tests: every backend, the gRPC
+//! ones over a real loopback server.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tvix_oci_castore::blobservice::{BlobService, MemoryBlobService};
+use tvix_oci_castore::directoryservice::{DirectoryService, MemoryDirectoryService};
+use tvix_oci_castore::{grpc, open_blob_service, open_directory_service};
+
+/// A backend under test.
+#[derive(Debug, Clone, Copy)]
+pub enum Backend {
+    Memory,
+    Local,
+    GrpcTcp,
+    GrpcUnix,
+    GrpcSnix,
+}
+
+/// Keeps what a backend needs alive (temp dirs, the server task).
+pub struct Stores {
+    pub blobs: Arc<dyn BlobService>,
+    pub dirs: Arc<dyn DirectoryService>,
+    _tmp: Option<tempfile::TempDir>,
+    _server: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Stores {
+    fn drop(&mut self) {
+        if let Some(s) = &self._server {
+            s.abort();
+        }
+    }
+}
+
+/// Serves `blobs` and `dirs` on loopback TCP; returns the base URL.
+pub async fn serve_tcp(
+    blobs: Arc<dyn BlobService>,
+    dirs: Arc<dyn DirectoryService>,
+) -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_routes(grpc::castore_routes(blobs, dirs))
+            .serve_with_incoming(TcpListenerStream::new(listener))
+            .await
+            .unwrap();
+    });
+    (format!("grpc+http://{addr}"), task)
+}
+
+impl Backend {
+    pub async fn open(self) -> Stores {
+        let mem_b: Arc<dyn BlobService> = Arc::new(MemoryBlobService::default());
+        let mem_d: Arc<dyn DirectoryService> = Arc::new(MemoryDirectoryService::default());
+        match self {
+            Backend::Memory => Stores {
+                blobs: open_blob_service("memory://").await.unwrap(),
+                dirs: open_directory_service("memory://").await.unwrap(),
+                _tmp: None,
+                _server: None,
+            },
+            Backend::Local => {
+                let tmp = tempfile::tempdir().unwrap();
+                let p = tmp.path().display();
+                Stores {
+                    blobs: open_blob_service(&format!("objects://{p}/blobs"))
+                        .await
+                        .unwrap(),
+                    dirs: open_directory_service(&format!("redb://{p}/dirs.redb"))
+                        .await
+                        .unwrap(),
+                    _tmp: Some(tmp),
+                    _server: None,
+                }
+            }
+            Backend::GrpcTcp | Backend::GrpcSnix => {
+                let (url, task) = serve_tcp(mem_b, mem_d).await;
+                let url = match self {
+                    Backend::GrpcSnix => format!("{url}?package=snix"),
+                    _ => url,
+                };
+                Stores {
+                    blobs: open_blob_service(&url).await.unwrap(),
+                    dirs: open_directory_service(&url).await.unwrap(),
+                    _tmp: None,
+                    _server: Some(task),
+                }
+            }
+            Backend::GrpcUnix => {
+                let tmp = tempfile::tempdir().unwrap();
+                let sock = tmp.path().join("castore.sock");
+                let listener = tokio::net::UnixListener::bind(&sock).unwrap();
+                let task = tokio::spawn(async move {
+                    tonic::transport::Server::builder()
+                        .add_routes(grpc::castore_routes(mem_b, mem_d))
+                        .serve_with_incoming(UnixListenerStream::new(listener))
+                        .await
+                        .unwrap();
+                });
+                let url = format!("grpc+unix://{}", sock.display());
+                Stores {
+                    blobs: open_blob_service(&url).await.unwrap(),
+                    dirs: open_directory_service(&url).await.unwrap(),
+                    _tmp: Some(tmp),
+                    _server: Some(task),
+                }
+            }
+        }
+    }
+}
