@@ -1,1 +1,122 @@
-//! Benchmarks live in this package.
+//! Helpers shared by the benchmark programs: synthetic trees, timing, peak
+//! memory. Each benchmark measures our operation and its native baseline
+//! side by side in one run and reports the ratio.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// A small, fast, deterministic PRNG (xorshift64*), so trees are the same
+/// from run to run without a dependency.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed.max(1))
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+}
+
+/// The shape of a synthetic tree.
+#[derive(Debug, Clone, Copy)]
+pub struct TreeShape {
+    pub dirs: usize,
+    pub small_files: usize,
+    /// Small files are 0..2*avg bytes.
+    pub small_avg: u64,
+    pub large_files: usize,
+    pub large_size: u64,
+}
+
+/// Writes a tree of that shape at `root` (mixed small and large files, some
+/// executable, some symlinks); returns its total size in bytes.
+pub fn make_tree(root: &Path, shape: TreeShape, seed: u64) -> std::io::Result<u64> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut rng = Rng::new(seed);
+    let mut total = 0;
+    std::fs::create_dir_all(root)?;
+    let dirs: Vec<_> = (0..shape.dirs.max(1))
+        .map(|i| root.join(format!("pkg-{:04}/lib/sub-{}", i, i % 7)))
+        .collect();
+    for d in &dirs {
+        std::fs::create_dir_all(d)?;
+    }
+    let mut buf = vec![0u8; 1 << 20];
+    let mut fill = |f: &mut std::fs::File, mut n: u64, rng: &mut Rng| -> std::io::Result<()> {
+        while n > 0 {
+            let k = n.min(buf.len() as u64) as usize;
+            for chunk in buf[..k].chunks_mut(8) {
+                let v = rng.next_u64().to_le_bytes();
+                chunk.copy_from_slice(&v[..chunk.len()]);
+            }
+            f.write_all(&buf[..k])?;
+            n -= k as u64;
+        }
+        Ok(())
+    };
+    for i in 0..shape.small_files {
+        let dir = &dirs[i % dirs.len()];
+        let path = dir.join(format!("file-{i}.h"));
+        let size = rng.below(2 * shape.small_avg);
+        let mut f = std::fs::File::create(&path)?;
+        fill(&mut f, size, &mut rng)?;
+        if i % 10 == 0 {
+            f.set_permissions(std::fs::Permissions::from_mode(0o755))?;
+        }
+        if i % 50 == 0 {
+            std::os::unix::fs::symlink(format!("file-{i}.h"), dir.join(format!("link-{i}")))?;
+        }
+        total += size;
+    }
+    for i in 0..shape.large_files {
+        let path = dirs[i % dirs.len()].join(format!("big-{i}.so"));
+        let mut f = std::fs::File::create(&path)?;
+        fill(&mut f, shape.large_size, &mut rng)?;
+        total += shape.large_size;
+    }
+    Ok(total)
+}
+
+/// Runs `f` and returns how long it took.
+pub fn time<T>(f: impl FnOnce() -> T) -> (T, Duration) {
+    let t = Instant::now();
+    let r = f();
+    (r, t.elapsed())
+}
+
+/// Resets this process's peak-RSS counter (VmHWM).
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// This process's peak RSS since the last reset, in bytes.
+pub fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Flushes dirty pages and drops the page cache (needs root; a no-op
+/// otherwise), so each side of a comparison starts from the same state.
+pub fn sync_and_drop_caches() {
+    // SAFETY: sync has no preconditions.
+    unsafe { libc::sync() };
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+}
+
+/// Megabytes per second.
+pub fn mib_per_s(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0) / d.as_secs_f64()
+}

@@ -1,0 +1,85 @@
+//! The store commands: opening the configured stores, import and export.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use tvix_oci_castore::blobservice::BlobService;
+use tvix_oci_castore::directoryservice::DirectoryService;
+use tvix_oci_castore::export::export_node;
+use tvix_oci_castore::import::{ImportOptions, import_path};
+use tvix_oci_castore::{B3Digest, Node, open_blob_service, open_directory_service};
+
+use crate::args::{Cli, Command};
+
+/// Where the embedded store lives by default.
+fn data_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("tvix-oci-build");
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/var/lib/tvix-oci-build");
+    }
+    match std::env::var_os("HOME") {
+        Some(h) => PathBuf::from(h).join(".local/share/tvix-oci-build"),
+        None => PathBuf::from("/var/lib/tvix-oci-build"),
+    }
+}
+
+async fn open_stores(cli: &Cli) -> anyhow::Result<(Arc<dyn BlobService>, Arc<dyn DirectoryService>)> {
+    let dir = data_dir();
+    let b = cli
+        .blob_service_addr
+        .clone()
+        .unwrap_or_else(|| format!("objects://{}/blobs", dir.display()));
+    let d = cli
+        .directory_service_addr
+        .clone()
+        .unwrap_or_else(|| format!("redb://{}/directories.redb", dir.display()));
+    let blobs = open_blob_service(&b).await?;
+    let dirs = open_directory_service(&d).await?;
+    Ok((blobs, dirs))
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let (blobs, dirs) = open_stores(&cli).await?;
+    match &cli.command {
+        Command::Import { paths } => {
+            for p in paths {
+                let node = import_path(blobs.clone(), &*dirs, p, &ImportOptions::default()).await?;
+                println!("{}\t{}", p.display(), describe(&node));
+            }
+        }
+        Command::Export { digest, dest } => {
+            let digest: B3Digest = digest.parse().context("reading the digest to export")?;
+            let node = if let Some(d) = dirs.get(&digest).await? {
+                d.as_node()
+            } else if blobs.has(&digest).await? {
+                let mut r = blobs
+                    .open_read(&digest)
+                    .await?
+                    .with_context(|| format!("blob {digest} vanished"))?;
+                let mut f = tokio::fs::File::create_new(dest)
+                    .await
+                    .with_context(|| format!("creating {}", dest.display()))?;
+                tokio::io::copy(&mut r, &mut f).await.with_context(|| format!("writing {}", dest.display()))?;
+                return Ok(());
+            } else {
+                bail!("{digest} is neither a directory nor a blob in the store");
+            };
+            export_node(blobs, &*dirs, &node, dest).await?;
+        }
+    }
+    Ok(())
+}
+
+fn describe(node: &Node) -> String {
+    match node {
+        Node::Directory { digest, size } => format!("directory {digest} size {size}"),
+        Node::File { digest, size, executable } => {
+            format!("file {digest} size {size}{}", if *executable { " executable" } else { "" })
+        }
+        Node::Symlink { target } => format!("symlink -> {target}"),
+    }
+}
