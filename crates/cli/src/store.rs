@@ -27,7 +27,9 @@ fn data_dir() -> PathBuf {
     }
 }
 
-async fn open_stores(cli: &Cli) -> anyhow::Result<(Arc<dyn BlobService>, Arc<dyn DirectoryService>)> {
+async fn open_stores(
+    cli: &Cli,
+) -> anyhow::Result<(Arc<dyn BlobService>, Arc<dyn DirectoryService>)> {
     let dir = data_dir();
     let b = cli
         .blob_service_addr
@@ -63,7 +65,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 let mut f = tokio::fs::File::create_new(dest)
                     .await
                     .with_context(|| format!("creating {}", dest.display()))?;
-                tokio::io::copy(&mut r, &mut f).await.with_context(|| format!("writing {}", dest.display()))?;
+                tokio::io::copy(&mut r, &mut f)
+                    .await
+                    .with_context(|| format!("writing {}", dest.display()))?;
                 return Ok(());
             } else {
                 bail!("{digest} is neither a directory nor a blob in the store");
@@ -77,8 +81,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 fn describe(node: &Node) -> String {
     match node {
         Node::Directory { digest, size } => format!("directory {digest} size {size}"),
-        Node::File { digest, size, executable } => {
-            format!("file {digest} size {size}{}", if *executable { " executable" } else { "" })
+        Node::File {
+            digest,
+            size,
+            executable,
+        } => {
+            format!(
+                "file {digest} size {size}{}",
+                if *executable { " executable" } else { "" }
+            )
         }
         Node::Symlink { target } => format!("symlink -> {target}"),
     }
