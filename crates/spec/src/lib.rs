@@ -1,1 +1,25 @@
-//! Placeholder until its issue lands.
+//! The spec crate: a build request in, an OCI runtime bundle out.
+//!
+//! - [`BuildRequest`]: a tvix.build.v1 request, validated once at the wire
+//!   ([`proto`]) or JSON ([`json`]) boundary, every problem reported.
+//! - [`make_spec`]: the runtime `config.json` for a request (pure, no IO).
+//! - [`BundleLayout`]: every path of a bundle, where each output will be
+//!   found on the host, and the one function that writes a bundle skeleton.
+
+mod bundle;
+pub mod json;
+pub mod path;
+pub mod proto;
+mod request;
+mod seccomp;
+mod spec;
+mod validate;
+
+pub use bundle::BundleError;
+pub use bundle::{BundleLayout, scratch_name};
+pub use request::{Build, BuildConstraints, BuildRequest};
+pub use spec::{
+    BUILD_GID, BUILD_UID, IdMapping, OCI_VERSION, ResourceLimits, SpecError, SpecOptions,
+    make_spec, to_config_json,
+};
+pub use validate::{Problem, Problems};

@@ -1,0 +1,364 @@
+//! [`make_spec`]: the OCI runtime spec (`config.json`) that runs a build.
+//! Pure: no IO. Paths of bind-mount sources are relative to the bundle
+//! (runc resolves them there), so the spec does not depend on where the
+//! bundle lives.
+//!
+//! The inputs are one mount whatever their number: `inputs_dir` is a
+//! read-write bind of the bundle's `store/` (the executor's overlay of the
+//! FUSE `inputs/` and `outputs/upper`) when it is also a scratch path, and a
+//! read-only bind of `inputs/` otherwise.
+
+use std::path::PathBuf;
+
+use oci_spec::OciSpecError;
+use oci_spec::runtime::{
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxIdMapping,
+    LinuxIdMappingBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
+    LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder, PosixRlimitBuilder,
+    PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    get_default_mounts, get_rootless_mounts,
+};
+
+use crate::BuildRequest;
+use crate::bundle::{BundleLayout, scratch_name};
+use crate::seccomp;
+
+/// The OCI version written; runc 1.1 and later accept it.
+pub const OCI_VERSION: &str = "1.0.2";
+/// The build user inside the container.
+pub const BUILD_UID: u32 = 1000;
+/// The build group inside the container.
+pub const BUILD_GID: u32 = 100;
+
+/// runc's default masked paths plus those Docker and later runc add.
+const MASKED_PATHS: [&str; 12] = [
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/interrupts",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/sys/devices/virtual/powercap",
+    "/sys/firmware",
+];
+
+const READONLY_PATHS: [&str; 5] = [
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// One range of a user-namespace id mapping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IdMapping {
+    pub container_id: u32,
+    pub host_id: u32,
+    pub size: u32,
+}
+
+impl IdMapping {
+    /// The host id of `id` inside the container, if this range maps it.
+    pub fn host_of(&self, id: u32) -> Option<u32> {
+        let off = id.checked_sub(self.container_id)?;
+        (off < self.size).then(|| self.host_id.saturating_add(off))
+    }
+}
+
+/// Limits put on the container (none by default).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ResourceLimits {
+    pub memory_bytes: Option<i64>,
+    pub pids: Option<i64>,
+    /// CPUs' worth of time, e.g. 1.5.
+    pub cpus: Option<f64>,
+}
+
+/// How the host runs builds: what is not in the request.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SpecOptions {
+    /// Run rootless: adds a user namespace with these mappings.
+    pub rootless: bool,
+    pub uid_mappings: Vec<IdMapping>,
+    pub gid_mappings: Vec<IdMapping>,
+    /// Host path of the shell bound at `/bin/sh` when the request asks for
+    /// `provide_bin_sh` (a static busybox, say).
+    pub sandbox_shell: Option<PathBuf>,
+    pub resources: ResourceLimits,
+    /// The cgroup runc puts the container in (for accounting).
+    pub cgroups_path: Option<PathBuf>,
+}
+
+impl SpecOptions {
+    /// The host uid and gid that the build user is, for owning the dirs it
+    /// must write.
+    pub fn build_owner_on_host(&self) -> Option<(u32, u32)> {
+        if !self.rootless {
+            return Some((BUILD_UID, BUILD_GID));
+        }
+        let uid = self
+            .uid_mappings
+            .iter()
+            .find_map(|m| m.host_of(BUILD_UID))?;
+        let gid = self
+            .gid_mappings
+            .iter()
+            .find_map(|m| m.host_of(BUILD_GID))?;
+        Some((uid, gid))
+    }
+}
+
+/// Why no spec could be made.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error(
+        "the request asks for provide_bin_sh, but no sandbox shell is configured (e.g. a static busybox)"
+    )]
+    NoSandboxShell,
+    #[error(
+        "environment variable {key:?} has a value that is not UTF-8, which an OCI spec cannot carry"
+    )]
+    NonUtf8Env { key: String },
+    #[error(
+        "rootless mode needs uid and gid mappings that map the build user {BUILD_UID}:{BUILD_GID}"
+    )]
+    RootlessMappings,
+    #[error("building the OCI spec: {0}")]
+    Oci(#[from] OciSpecError),
+}
+
+fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Result<Mount, OciSpecError> {
+    MountBuilder::default()
+        .destination(PathBuf::from(dest))
+        .typ(typ)
+        .source(PathBuf::from(source))
+        .options(options.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .build()
+}
+
+fn ids(maps: &[IdMapping]) -> Result<Vec<LinuxIdMapping>, OciSpecError> {
+    maps.iter()
+        .map(|m| {
+            LinuxIdMappingBuilder::default()
+                .container_id(m.container_id)
+                .host_id(m.host_id)
+                .size(m.size)
+                .build()
+        })
+        .collect()
+}
+
+/// The mounts a request needs beyond the runtime's defaults, parents first.
+fn build_mounts(req: &BuildRequest, opts: &SpecOptions) -> Result<Vec<Mount>, SpecError> {
+    const RW: &[&str] = &["rbind", "rw", "nosuid", "nodev"];
+    const RO: &[&str] = &["rbind", "ro", "nosuid", "nodev"];
+    let mut m = vec![mount(
+        "/tmp",
+        "tmpfs",
+        "tmpfs",
+        &[
+            "nosuid",
+            "nodev",
+            "noatime",
+            "mode=700",
+            &format!("uid={BUILD_UID}"),
+            &format!("gid={BUILD_GID}"),
+        ],
+    )?];
+    let dest = |p: &crate::path::CleanPath| format!("/{p}");
+    if req.inputs_dir_is_scratch() {
+        m.push(mount(
+            &dest(req.inputs_dir()),
+            "none",
+            BundleLayout::STORE,
+            RW,
+        )?);
+    } else {
+        m.push(mount(
+            &dest(req.inputs_dir()),
+            "none",
+            BundleLayout::INPUTS,
+            RO,
+        )?);
+    }
+    for s in req
+        .scratch_paths()
+        .iter()
+        .filter(|s| *s != req.inputs_dir())
+    {
+        let src = format!("{}/{}", BundleLayout::SCRATCH, scratch_name(s));
+        m.push(mount(&dest(s), "none", &src, RW)?);
+    }
+    let c = req.constraints();
+    for p in &c.available_ro_paths {
+        // No nodev: these are often devices (/dev/kvm).
+        m.push(mount(
+            &p.to_host(),
+            "none",
+            &p.to_host(),
+            &["rbind", "ro", "nosuid"],
+        )?);
+    }
+    if c.network_access {
+        for f in ["/etc/resolv.conf", "/etc/services", "/etc/hosts"] {
+            m.push(mount(f, "none", f, RO)?);
+        }
+    }
+    if c.provide_bin_sh {
+        let sh = opts
+            .sandbox_shell
+            .as_ref()
+            .ok_or(SpecError::NoSandboxShell)?;
+        m.push(mount(
+            "/bin/sh",
+            "none",
+            &sh.to_string_lossy(),
+            &["rbind", "ro", "nosuid", "nodev"],
+        )?);
+    }
+    m.sort_by_key(|m| m.destination().components().count());
+    Ok(m)
+}
+
+/// The runtime spec for `req`. See the module docs for the layout.
+pub fn make_spec(req: &BuildRequest, opts: &SpecOptions) -> Result<Spec, SpecError> {
+    if opts.rootless && opts.build_owner_on_host().is_none() {
+        return Err(SpecError::RootlessMappings);
+    }
+    let env = req
+        .environment_vars()
+        .iter()
+        .map(|(k, v)| match std::str::from_utf8(v) {
+            Ok(v) => Ok(format!("{k}={v}")),
+            Err(_) => Err(SpecError::NonUtf8Env { key: k.clone() }),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let caps: oci_spec::runtime::Capabilities = [Capability::AuditWrite, Capability::Kill]
+        .into_iter()
+        .collect();
+    let process = ProcessBuilder::default()
+        .terminal(false)
+        .user(
+            UserBuilder::default()
+                .uid(BUILD_UID)
+                .gid(BUILD_GID)
+                .build()?,
+        )
+        .args(req.command_args().to_vec())
+        .env(env)
+        .cwd(format!("/{}", req.working_dir()))
+        .no_new_privileges(true)
+        .capabilities(
+            LinuxCapabilitiesBuilder::default()
+                .bounding(caps.clone())
+                .effective(caps.clone())
+                .permitted(caps)
+                .inheritable(oci_spec::runtime::Capabilities::new())
+                .ambient(oci_spec::runtime::Capabilities::new())
+                .build()?,
+        )
+        .rlimits(vec![
+            PosixRlimitBuilder::default()
+                .typ(PosixRlimitType::RlimitNofile)
+                .hard(1024u64)
+                .soft(1024u64)
+                .build()?,
+        ])
+        .build()?;
+
+    let mut namespaces = vec![
+        LinuxNamespaceType::Pid,
+        LinuxNamespaceType::Ipc,
+        LinuxNamespaceType::Uts,
+        LinuxNamespaceType::Mount,
+        LinuxNamespaceType::Cgroup,
+    ];
+    if !req.constraints().network_access {
+        namespaces.push(LinuxNamespaceType::Network);
+    }
+    if opts.rootless {
+        namespaces.push(LinuxNamespaceType::User);
+    }
+    let namespaces = namespaces
+        .into_iter()
+        .map(|t| LinuxNamespaceBuilder::default().typ(t).build())
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let mut linux = LinuxBuilder::default()
+        .namespaces(namespaces)
+        .masked_paths(MASKED_PATHS.map(String::from).to_vec())
+        .readonly_paths(READONLY_PATHS.map(String::from).to_vec())
+        .seccomp(seccomp::filter()?);
+    if opts.rootless {
+        linux = linux
+            .uid_mappings(ids(&opts.uid_mappings)?)
+            .gid_mappings(ids(&opts.gid_mappings)?);
+    }
+    if let Some(p) = &opts.cgroups_path {
+        linux = linux.cgroups_path(p.clone());
+    }
+    let r = &opts.resources;
+    if r.memory_bytes.is_some() || r.pids.is_some() || r.cpus.is_some() {
+        let mut res = LinuxResourcesBuilder::default();
+        if let Some(mem) = r.memory_bytes {
+            res = res.memory(LinuxMemoryBuilder::default().limit(mem).swap(mem).build()?);
+        }
+        if let Some(pids) = r.pids {
+            res = res.pids(LinuxPidsBuilder::default().limit(pids).build()?);
+        }
+        if let Some(cpus) = r.cpus {
+            let period = 100_000u64;
+            res = res.cpu(
+                LinuxCpuBuilder::default()
+                    .period(period)
+                    .quota((cpus * period as f64) as i64)
+                    .build()?,
+            );
+        }
+        linux = linux.resources(res.build()?);
+    }
+
+    let mut mounts = if opts.rootless {
+        get_rootless_mounts()
+    } else {
+        get_default_mounts()
+    };
+    mounts.extend(build_mounts(req, opts)?);
+
+    Ok(SpecBuilder::default()
+        .version(OCI_VERSION)
+        .process(process)
+        .root(
+            RootBuilder::default()
+                .path(BundleLayout::ROOTFS)
+                .readonly(true)
+                .build()?,
+        )
+        .hostname("localhost")
+        .mounts(mounts)
+        .linux(linux.build()?)
+        .build()?)
+}
+
+/// `config.json` for `spec`, deterministic: the capability sets (hash sets
+/// in `oci-spec`) are written sorted, so one request always gives the same
+/// bytes.
+pub fn to_config_json(spec: &Spec) -> Result<String, serde_json::Error> {
+    let mut v = serde_json::to_value(spec)?;
+    if let Some(caps) = v
+        .pointer_mut("/process/capabilities")
+        .and_then(|c| c.as_object_mut())
+    {
+        for set in caps.values_mut() {
+            if let Some(list) = set.as_array_mut() {
+                list.sort_by(|a, b| a.as_str().cmp(&b.as_str()));
+            }
+        }
+    }
+    serde_json::to_string_pretty(&v)
+}

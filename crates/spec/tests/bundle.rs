@@ -1,0 +1,111 @@
+//! The bundle skeleton on disk, and where outputs are found after a build.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+use common::nix_like;
+use tvix_oci_spec::path::CleanPath;
+use tvix_oci_spec::{BuildRequest, BundleLayout, SpecOptions};
+
+#[test]
+fn skeleton() {
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = BundleLayout::new(tmp.path().join("b1"));
+    let mut p = nix_like();
+    p.additional_files
+        .push(tvix_oci_spec::proto::build_request::AdditionalFile {
+            path: "etc/nix/nix.conf".into(),
+            contents: "sandbox = false\n".into(),
+        });
+    p.additional_files.sort_by(|a, b| a.path.cmp(&b.path));
+    let req = BuildRequest::try_from(p).unwrap();
+    layout
+        .write_skeleton(&req, &SpecOptions::default())
+        .unwrap();
+
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(layout.dir()), 0o700);
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.config()).unwrap()).unwrap();
+    assert_eq!(config["process"]["cwd"], "/build");
+    let passwd = std::fs::read_to_string(layout.rootfs().join("etc/passwd")).unwrap();
+    assert!(
+        passwd.contains("nixbld:x:1000:100:") && passwd.contains("nobody:x:65534"),
+        "{passwd}"
+    );
+    assert!(
+        std::fs::read_to_string(layout.rootfs().join("etc/group"))
+            .unwrap()
+            .contains(":100:")
+    );
+    assert!(
+        std::fs::read_to_string(layout.rootfs().join("etc/hosts"))
+            .unwrap()
+            .contains("localhost")
+    );
+    // runc gives the /tmp tmpfs the mode of its mount point.
+    assert_eq!(mode(&layout.rootfs().join("tmp")), 0o700);
+    for d in ["build", "nix/store", "tmp"] {
+        assert!(layout.rootfs().join(d).is_dir(), "mount point {d} missing");
+    }
+    for d in [
+        layout.inputs(),
+        layout.store(),
+        layout.work(),
+        layout.upper(),
+    ] {
+        assert!(d.is_dir(), "{}", d.display());
+    }
+    let build = layout.scratch(&CleanPath::parse("build").unwrap());
+    assert!(build.ends_with("scratch/build"));
+    // Scratch dirs and the upper layer belong to the build user (root runs this test in CI).
+    if unsafe { libc::geteuid() } == 0 {
+        let m = std::fs::metadata(&build).unwrap();
+        assert_eq!((m.uid(), m.gid()), (1000, 100));
+        let m = std::fs::metadata(layout.upper()).unwrap();
+        assert_eq!((m.uid(), m.gid()), (1000, 100));
+    } else {
+        println!("skipping ownership checks: not root");
+    }
+    assert_eq!(std::fs::read(build.join(".attrs.json")).unwrap(), b"{}");
+    assert_eq!(
+        std::fs::read(layout.rootfs().join("etc/nix/nix.conf")).unwrap(),
+        b"sandbox = false\n"
+    );
+
+    // Outputs: under the writable store they are in the upper layer.
+    let out = &req.outputs()[0];
+    assert_eq!(
+        layout.output_path(&req, out).unwrap(),
+        layout
+            .upper()
+            .join("a6xgw8ck6z7vb3yzrn0m7bl0sfkxwlyk-hello")
+    );
+    let b = CleanPath::parse("build/out/x").unwrap();
+    assert_eq!(layout.output_path(&req, &b).unwrap(), build.join("out/x"));
+}
+
+#[test]
+fn scratch_names_are_collision_free() {
+    let n = |s: &str| tvix_oci_spec::scratch_name(&CleanPath::parse(s).unwrap());
+    assert_eq!(n("nix/store"), "nix%2Fstore");
+    assert_ne!(n("a/b"), n("a%2Fb"));
+    assert_ne!(n("a_b"), n("a/b"));
+}
+
+#[test]
+fn provide_bin_sh_gets_a_mount_point() {
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = BundleLayout::new(tmp.path().join("b"));
+    let mut p = nix_like();
+    p.constraints.as_mut().unwrap().provide_bin_sh = true;
+    let req = BuildRequest::try_from(p).unwrap();
+    let opts = SpecOptions {
+        sandbox_shell: Some("/bin/sh".into()),
+        ..Default::default()
+    };
+    layout.write_skeleton(&req, &opts).unwrap();
+    assert!(layout.rootfs().join("bin/sh").is_file());
+}

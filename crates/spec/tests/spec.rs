@@ -1,0 +1,293 @@
+//! The generated config.json: snapshots of a Nix-like request and its
+//! variants, every one valid against the OCI runtime-spec v1.1.0 schema in
+//! `shared/`, plus the properties the schema does not check.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::Path;
+
+use common::nix_like;
+use serde_json::Value;
+use tvix_oci_spec::proto;
+use tvix_oci_spec::{BuildRequest, IdMapping, ResourceLimits, SpecError, SpecOptions, make_spec};
+
+fn config(p: proto::BuildRequest, opts: &SpecOptions) -> Value {
+    let req = BuildRequest::try_from(p).unwrap();
+    let spec = make_spec(&req, opts).unwrap();
+    serde_json::from_str(&tvix_oci_spec::to_config_json(&spec).unwrap()).unwrap()
+}
+
+fn shell() -> SpecOptions {
+    SpecOptions {
+        sandbox_shell: Some("/bin/busybox".into()),
+        ..Default::default()
+    }
+}
+
+fn rootless() -> SpecOptions {
+    SpecOptions {
+        rootless: true,
+        uid_mappings: vec![IdMapping {
+            container_id: 0,
+            host_id: 100_000,
+            size: 65_536,
+        }],
+        gid_mappings: vec![IdMapping {
+            container_id: 0,
+            host_id: 100_000,
+            size: 65_536,
+        }],
+        ..Default::default()
+    }
+}
+
+/// The schema kept in shared/ (draft-04, refs by bare file name).
+fn validator() -> jsonschema::Validator {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/oci-runtime-spec-schema");
+    let dir = dir
+        .canonicalize()
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    let path = dir.join("config-schema.json");
+    let schema: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    jsonschema::options()
+        .with_base_uri(format!("file://{}", path.display()))
+        .build(&schema)
+        .unwrap()
+}
+
+fn variants() -> Vec<(&'static str, Value)> {
+    let mut net = nix_like();
+    net.constraints.as_mut().unwrap().network_access = true;
+    let mut sh = nix_like();
+    sh.constraints.as_mut().unwrap().provide_bin_sh = true;
+    vec![
+        ("nix_like", config(nix_like(), &SpecOptions::default())),
+        ("network", config(net, &SpecOptions::default())),
+        ("rootless", config(nix_like(), &rootless())),
+        ("provide_bin_sh", config(sh, &shell())),
+    ]
+}
+
+#[test]
+fn snapshots() {
+    for (name, v) in variants() {
+        insta::assert_snapshot!(name, serde_json::to_string_pretty(&v).unwrap());
+    }
+}
+
+#[test]
+fn every_config_validates_against_the_runtime_spec_schema() {
+    let schema = validator();
+    for (name, v) in variants() {
+        let errors: Vec<String> = schema
+            .iter_errors(&v)
+            .map(|e| format!("{} at {}", e, e.instance_path()))
+            .collect();
+        assert!(errors.is_empty(), "{name}: {errors:#?}");
+    }
+    // And the schema does reject a broken one, so the check means something.
+    let mut broken = config(nix_like(), &SpecOptions::default());
+    broken["process"]["user"]["uid"] = Value::String("root".into());
+    assert!(!schema.is_valid(&broken));
+}
+
+fn mounts(v: &Value) -> Vec<(String, String, Vec<String>)> {
+    v["mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let opts = m["options"]
+                .as_array()
+                .map(|o| o.iter().map(|s| s.as_str().unwrap().to_owned()).collect())
+                .unwrap_or_default();
+            (
+                m["destination"].as_str().unwrap().to_owned(),
+                m["source"].as_str().unwrap_or("").to_owned(),
+                opts,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn process_and_hardening() {
+    let v = config(nix_like(), &SpecOptions::default());
+    assert_eq!(v["process"]["terminal"], false);
+    assert_eq!(v["process"]["cwd"], "/build");
+    assert_eq!(v["process"]["user"]["uid"], 1000);
+    assert_eq!(v["process"]["user"]["gid"], 100);
+    assert_eq!(v["process"]["noNewPrivileges"], true);
+    assert_eq!(v["process"]["rlimits"][0]["type"], "RLIMIT_NOFILE");
+    assert_eq!(v["process"]["rlimits"][0]["hard"], 1024);
+    assert_eq!(
+        v["process"]["capabilities"]["bounding"],
+        serde_json::json!(["CAP_AUDIT_WRITE", "CAP_KILL"])
+    );
+    assert_eq!(
+        v["process"]["args"][1],
+        "/nix/store/1ix2mk3svkrrc1kkwxbflfg6ydfcpxxq-builder.sh"
+    );
+    assert!(
+        v["process"]["env"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::String("NIX_BUILD_TOP=/build".into()))
+    );
+    assert_eq!(v["root"]["path"], "root");
+    assert_eq!(v["root"]["readonly"], true);
+    assert_eq!(v["hostname"], "localhost");
+    assert!(v.get("hooks").is_none());
+    let masked = v["linux"]["maskedPaths"].as_array().unwrap();
+    for p in [
+        "/proc/kcore",
+        "/proc/keys",
+        "/proc/acpi",
+        "/proc/scsi",
+        "/sys/firmware",
+        "/proc/timer_list",
+    ] {
+        assert!(masked.contains(&Value::String(p.into())), "{p} not masked");
+    }
+    let ns: Vec<&str> = v["linux"]["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(ns, ["pid", "ipc", "uts", "mount", "cgroup", "network"]);
+    let seccomp = &v["linux"]["seccomp"];
+    assert_eq!(seccomp["defaultAction"], "SCMP_ACT_ALLOW");
+    let rules = seccomp["syscalls"].as_array().unwrap();
+    let chmod = rules
+        .iter()
+        .find(|r| {
+            r["names"]
+                .as_array()
+                .unwrap()
+                .contains(&Value::String("fchmodat".into()))
+        })
+        .unwrap();
+    assert_eq!(chmod["errnoRet"], 1);
+    assert_eq!(chmod["args"][0]["op"], "SCMP_CMP_MASKED_EQ");
+    let xattr = rules
+        .iter()
+        .find(|r| {
+            r["names"]
+                .as_array()
+                .unwrap()
+                .contains(&Value::String("setxattr".into()))
+        })
+        .unwrap();
+    assert_eq!(xattr["errnoRet"], 95);
+}
+
+#[test]
+fn mount_layout() {
+    let v = config(nix_like(), &SpecOptions::default());
+    let m = mounts(&v);
+    let find = |d: &str| m.iter().find(|(dest, ..)| dest == d).cloned();
+    let (_, src, opts) = find("/nix/store").unwrap();
+    assert_eq!(src, "store");
+    assert!(opts.contains(&"rw".to_owned()));
+    let (_, src, _) = find("/build").unwrap();
+    assert_eq!(src, "scratch/build");
+    let (_, _, opts) = find("/tmp").unwrap();
+    for o in ["nosuid", "noatime", "mode=700"] {
+        assert!(opts.contains(&o.to_owned()), "/tmp lacks {o}");
+    }
+    assert!(
+        find("/etc/resolv.conf").is_none(),
+        "no network files without network"
+    );
+    assert!(find("/bin/sh").is_none());
+
+    // inputs_dir that is not a scratch path: inputs/ itself, read-only.
+    let mut p = nix_like();
+    p.scratch_paths = vec!["build".into()];
+    p.outputs = vec!["build/out".into()];
+    let m = mounts(&config(p, &SpecOptions::default()));
+    let (_, src, opts) = m.iter().find(|(d, ..)| d == "/nix/store").cloned().unwrap();
+    assert_eq!(src, "inputs");
+    assert!(opts.contains(&"ro".to_owned()));
+}
+
+#[test]
+fn variants_differ_where_they_should() {
+    let mut net = nix_like();
+    net.constraints.as_mut().unwrap().network_access = true;
+    let v = config(net, &SpecOptions::default());
+    let ns: Vec<&str> = v["linux"]["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["type"].as_str().unwrap())
+        .collect();
+    assert!(!ns.contains(&"network"));
+    let m = mounts(&v);
+    for f in ["/etc/resolv.conf", "/etc/services", "/etc/hosts"] {
+        assert!(
+            m.iter().any(|(d, ..)| d == f),
+            "{f} not bound with network access"
+        );
+    }
+
+    let v = config(nix_like(), &rootless());
+    let ns: Vec<&str> = v["linux"]["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["type"].as_str().unwrap())
+        .collect();
+    assert!(ns.contains(&"user"));
+    assert_eq!(v["linux"]["uidMappings"][0]["hostID"], 100_000);
+
+    let mut sh = nix_like();
+    sh.constraints.as_mut().unwrap().provide_bin_sh = true;
+    let m = mounts(&config(sh.clone(), &shell()));
+    assert!(
+        m.iter()
+            .any(|(d, s, _)| d == "/bin/sh" && s == "/bin/busybox")
+    );
+    let req = BuildRequest::try_from(sh).unwrap();
+    assert!(matches!(
+        make_spec(&req, &SpecOptions::default()),
+        Err(SpecError::NoSandboxShell)
+    ));
+}
+
+#[test]
+fn mounts_do_not_grow_with_inputs() {
+    let mut big = nix_like();
+    big.inputs = (0..5000)
+        .map(|i| common::dir_input(&format!("{i:05}-input")))
+        .collect();
+    let few = mounts(&config(nix_like(), &SpecOptions::default())).len();
+    assert_eq!(mounts(&config(big, &SpecOptions::default())).len(), few);
+}
+
+#[test]
+fn resource_limits_from_options() {
+    let opts = SpecOptions {
+        resources: ResourceLimits {
+            memory_bytes: Some(1 << 30),
+            pids: Some(512),
+            cpus: Some(1.5),
+        },
+        ..Default::default()
+    };
+    let v = config(nix_like(), &opts);
+    assert_eq!(v["linux"]["resources"]["memory"]["limit"], 1 << 30);
+    assert_eq!(v["linux"]["resources"]["pids"]["limit"], 512);
+    assert_eq!(v["linux"]["resources"]["cpu"]["quota"], 150_000);
+}
+
+#[test]
+fn non_utf8_env_is_an_error_not_a_panic() {
+    let mut p = nix_like();
+    p.environment_vars[0].value = vec![0xff, 0xfe].into();
+    let req = BuildRequest::try_from(p).unwrap();
+    let err = make_spec(&req, &SpecOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("\"HOME\""), "{err}");
+}
