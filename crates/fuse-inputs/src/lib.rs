@@ -1,1 +1,31 @@
-//! Placeholder until its issue lands.
+//! Castore trees served lazily through FUSE: "mount these castore nodes
+//! here". The root lists the named nodes; a directory is fetched on first
+//! look, a blob on first open. Local blobs (the embedded store, or the
+//! blob cache once a remote blob was fetched and checked) are opened with
+//! FUSE passthrough where the kernel has it, so warm reads run at native
+//! speed.
+//!
+//! ```no_run
+//! # async fn f(blobs: std::sync::Arc<dyn tvix_oci_castore::blobservice::BlobService>,
+//! #            dirs: std::sync::Arc<dyn tvix_oci_castore::directoryservice::DirectoryService>,
+//! #            inputs: Vec<(tvix_oci_castore::PathComponent, tvix_oci_castore::Node)>)
+//! #            -> Result<(), Box<dyn std::error::Error>> {
+//! use tvix_oci_fuse::{mount, MountOptions};
+//! let m = mount(blobs, dirs, inputs, "/tmp/inputs".as_ref(), &MountOptions::default())?;
+//! // … read /tmp/inputs/<name>/… …
+//! m.unmount()?; // or just drop it
+//! # Ok(()) }
+//! ```
+
+mod cache;
+mod fs;
+mod inodes;
+mod mount;
+pub mod mountinfo;
+mod prefetch;
+mod stats;
+
+pub use cache::BlobCache;
+pub use inodes::InodeError;
+pub use mount::{FSNAME, InputsMount, MountError, MountOptions, abort_connection, mount};
+pub use stats::StatsSnapshot;

@@ -36,6 +36,10 @@ impl BlobService for MemoryBlobService {
         }))
     }
 
+    fn range_reads(&self) -> bool {
+        true
+    }
+
     async fn open_write(&self) -> io::Result<Box<dyn BlobWriter>> {
         Ok(Box::new(MemoryWriter {
             svc: self.clone(),

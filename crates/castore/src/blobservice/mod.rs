@@ -55,6 +55,14 @@ pub trait BlobService: Send + Sync + std::fmt::Debug + 'static {
         w.close().await
     }
 
+    /// Whether [`Self::open_read_at`] is cheap at any offset (it does not
+    /// read the blob from its start) and its bytes need no verification
+    /// (a local, trusted backend). Remote stores say `false`: callers then
+    /// fetch a blob whole and check it before using any of its bytes.
+    fn range_reads(&self) -> bool {
+        false
+    }
+
     /// The blob as a plain, complete, read-only file on the local disk, if
     /// this backend keeps it that way (lets callers hand the file to the
     /// kernel, e.g. for FUSE passthrough). `None` otherwise.

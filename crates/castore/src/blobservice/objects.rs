@@ -63,6 +63,10 @@ impl BlobService for ObjectsBlobService {
         Ok(Some(Box::new(file)))
     }
 
+    fn range_reads(&self) -> bool {
+        true
+    }
+
     async fn open_write(&self) -> io::Result<Box<dyn BlobWriter>> {
         let tmp_dir = self.root.join("tmp");
         let (file, path) = tokio::task::spawn_blocking(move || {

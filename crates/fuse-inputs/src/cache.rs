@@ -1,0 +1,221 @@
+//! [`BlobCache`]: a local directory of content-addressed blob files, so a
+//! blob fetched once from a remote store is read from local disk afterwards,
+//! across mounts and builds. Files are written to a temp file, checked
+//! against their digest, and renamed into place, so two mounts sharing the
+//! cache never see a partial or wrong file. The cache is bounded: past its
+//! size, the least recently used files are removed (an open file stays
+//! readable until closed).
+
+use std::collections::HashMap;
+use std::io::{self, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use tokio::io::AsyncReadExt;
+use tvix_oci_castore::B3Digest;
+use tvix_oci_castore::blobservice::BlobService;
+
+/// A bounded, shareable cache of blob files.
+#[derive(Debug)]
+pub struct BlobCache {
+    dir: PathBuf,
+    max_bytes: u64,
+    used: AtomicU64,
+    /// One lock per blob being fetched, so one process fetches it once.
+    inflight: Mutex<HashMap<B3Digest, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+fn with_path(path: &Path, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
+impl BlobCache {
+    /// Opens (creating it if needed) the cache at `dir`, holding at most
+    /// `max_bytes` (approximately: a fill may overshoot by one blob).
+    pub fn open(dir: impl Into<PathBuf>, max_bytes: u64) -> io::Result<Self> {
+        let dir = dir.into();
+        std::fs::create_dir_all(dir.join("tmp")).map_err(|e| with_path(&dir, e))?;
+        let mut used = 0;
+        for e in std::fs::read_dir(&dir).map_err(|e| with_path(&dir, e))? {
+            let e = e?;
+            if e.file_type()?.is_file() {
+                used += e.metadata()?.len();
+            }
+        }
+        Ok(Self {
+            dir,
+            max_bytes,
+            used: AtomicU64::new(used),
+            inflight: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Where blob `digest` is kept.
+    pub fn path(&self, digest: &B3Digest) -> PathBuf {
+        self.dir.join(digest.to_hex())
+    }
+
+    /// The cached file of `digest`, opened for reading, if present.
+    pub fn get(&self, digest: &B3Digest) -> Option<std::fs::File> {
+        let f = std::fs::File::open(self.path(digest)).ok()?;
+        // Recently used: eviction goes by modification time.
+        let _ = f.set_modified(SystemTime::now());
+        Some(f)
+    }
+
+    /// The cached file of `digest`, fetching it from `blobs` first if
+    /// needed. The bytes are checked against the digest (and `size`) before
+    /// the file is put in place; a mismatch is an `InvalidData` error naming
+    /// the digest, and nothing is cached.
+    pub async fn get_or_fetch(
+        &self,
+        blobs: &dyn BlobService,
+        digest: &B3Digest,
+        size: u64,
+    ) -> io::Result<std::fs::File> {
+        if let Some(f) = self.get(digest) {
+            return Ok(f);
+        }
+        let lock = {
+            let mut m = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            m.entry(*digest).or_default().clone()
+        };
+        let guard = lock.lock().await;
+        let res = match self.get(digest) {
+            Some(f) => Ok(f),
+            None => self.fetch(blobs, digest, size).await,
+        };
+        drop(guard);
+        self.inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(digest);
+        res
+    }
+
+    async fn fetch(
+        &self,
+        blobs: &dyn BlobService,
+        digest: &B3Digest,
+        size: u64,
+    ) -> io::Result<std::fs::File> {
+        let mut reader = blobs.open_read(digest).await?.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("blob {digest} is not in the store"),
+            )
+        })?;
+        let tmp_dir = self.dir.join("tmp");
+        let mut tmp = tempfile::Builder::new()
+            .prefix("fetch-")
+            .tempfile_in(&tmp_dir)
+            .map_err(|e| with_path(&tmp_dir, e))?;
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut got = 0u64;
+        loop {
+            let n = reader.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            tmp.write_all(&buf[..n])?;
+            got += n as u64;
+        }
+        let actual = B3Digest::from(hasher.finalize());
+        if actual != *digest || got != size {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "blob {digest}: the store sent {got} bytes hashing to {actual}, expected {size} bytes"
+                ),
+            ));
+        }
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o444))?;
+        let dest = self.path(digest);
+        let file = tmp.persist(&dest).map_err(|e| with_path(&dest, e.error))?;
+        let used = self.used.fetch_add(got, Ordering::Relaxed) + got;
+        if used > self.max_bytes {
+            self.evict(digest);
+        }
+        // Reopen read-only: the handle may be given to the kernel.
+        drop(file);
+        std::fs::File::open(&dest).map_err(|e| with_path(&dest, e))
+    }
+
+    /// Removes the least recently used files until the cache is at 90% of
+    /// its size, sparing `keep`.
+    fn evict(&self, keep: &B3Digest) {
+        let Ok(rd) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        let keep = keep.to_hex();
+        let mut files: Vec<(SystemTime, u64, PathBuf)> = rd
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()) && e.file_name() != keep.as_str())
+            .filter_map(|e| {
+                let m = e.metadata().ok()?;
+                Some((m.modified().ok()?, m.len(), e.path()))
+            })
+            .collect();
+        files.sort();
+        let target = self.max_bytes / 10 * 9;
+        for (_, len, path) in files {
+            if self.used.load(Ordering::Relaxed) <= target {
+                break;
+            }
+            if std::fs::remove_file(&path).is_ok() {
+                self.used.fetch_sub(len, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Bytes held (as this process counts them).
+    pub fn used_bytes(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use tvix_oci_castore::blobservice::MemoryBlobService;
+
+    #[tokio::test]
+    async fn fetches_once_and_evicts_oldest() {
+        let tmp = tempfile::tempdir().unwrap();
+        let blobs = MemoryBlobService::default();
+        let cache = BlobCache::open(tmp.path(), 2500).unwrap();
+        let mut digests = Vec::new();
+        for i in 0..3u8 {
+            let data = Bytes::from(vec![i; 1000]);
+            digests.push(blobs.put(data).await.unwrap());
+        }
+        for d in &digests {
+            let f = cache.get_or_fetch(&blobs, d, 1000).await.unwrap();
+            assert_eq!(f.metadata().unwrap().len(), 1000);
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // The third fill went past 2500 bytes: the oldest went.
+        assert!(cache.get(&digests[0]).is_none());
+        assert!(cache.get(&digests[2]).is_some());
+        assert!(cache.used_bytes() <= 2500);
+    }
+
+    #[tokio::test]
+    async fn wrong_size_is_refused_and_not_cached() {
+        let tmp = tempfile::tempdir().unwrap();
+        let blobs = MemoryBlobService::default();
+        let d = blobs.put(Bytes::from_static(b"abc")).await.unwrap();
+        let cache = BlobCache::open(tmp.path(), 1 << 20).unwrap();
+        let err = cache.get_or_fetch(&blobs, &d, 4).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains(&d.to_hex()));
+        assert!(cache.get(&d).is_none());
+    }
+}

@@ -1,0 +1,340 @@
+//! Mounting: [`mount`] puts a set of named castore nodes at a directory and
+//! returns an [`InputsMount`], which unmounts on drop (and so on error and
+//! cancellation). A mount of ours left behind by a killed process is
+//! detected and detached on the next mount at the same path.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuser::{Config, MountOption, SessionACL};
+use tracing::{info, warn};
+use tvix_oci_castore::blobservice::BlobService;
+use tvix_oci_castore::directoryservice::DirectoryService;
+use tvix_oci_castore::{Node, PathComponent};
+
+use crate::cache::BlobCache;
+use crate::fs::InputsFs;
+use crate::inodes::{InodeError, InodeTable};
+use crate::mountinfo;
+use crate::prefetch::prefetch;
+use crate::stats::{Stats, StatsSnapshot};
+
+/// The source name our mounts carry in mountinfo.
+pub const FSNAME: &str = "tvix-oci-inputs";
+
+/// How to mount.
+#[derive(Clone, Debug)]
+pub struct MountOptions {
+    /// Owner of every file.
+    pub uid: u32,
+    pub gid: u32,
+    /// Blob cache for remote blobs; `None`: a private one in a temp dir,
+    /// removed at unmount.
+    pub cache: Option<Arc<BlobCache>>,
+    /// FUSE worker threads.
+    pub threads: usize,
+    /// Use FUSE passthrough for files on local disk where the kernel can.
+    pub passthrough: bool,
+    /// Let other users (the build user) read the mount (`allow_other`).
+    pub allow_other: bool,
+    /// A store call taking longer fails the read with EIO.
+    pub fetch_timeout: Duration,
+    /// Paths below the mount root to fetch into the cache in the
+    /// background, everything below each (e.g. `abc-gcc/lib`).
+    pub prefetch: Vec<PathBuf>,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        Self {
+            uid: 0,
+            gid: 0,
+            cache: None,
+            threads: 4,
+            passthrough: true,
+            allow_other: true,
+            fetch_timeout: Duration::from_secs(300),
+            prefetch: Vec::new(),
+        }
+    }
+}
+
+/// Why a mount failed. Names the mount point.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("/dev/fuse is not available: {0}")]
+    NoFuse(io::Error),
+    #[error("mount point {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("mount point {} is not empty", .0.display())]
+    NotEmpty(PathBuf),
+    #[error("mount point {} already has a {fs_type} mount of {source_name:?}", path.display())]
+    Taken {
+        path: PathBuf,
+        fs_type: String,
+        source_name: String,
+    },
+    #[error("mounting needs a tokio runtime to fetch from the store")]
+    NoRuntime,
+    #[error(transparent)]
+    Inputs(#[from] InodeError),
+}
+
+/// A live mount. Unmounts when dropped.
+#[derive(Debug)]
+pub struct InputsMount {
+    session: Option<fuser::BackgroundSession>,
+    mountpoint: PathBuf,
+    stats: Arc<Stats>,
+    prefetch: Option<tokio::task::JoinHandle<()>>,
+    _private_cache: Option<tempfile::TempDir>,
+}
+
+fn at(path: &Path) -> impl FnOnce(io::Error) -> MountError + '_ {
+    move |source| MountError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// The absolute path of `p` without touching `p` itself (a dead FUSE mount
+/// there answers ENOTCONN).
+fn absolute(p: &Path) -> Result<PathBuf, MountError> {
+    let parent = p
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = p.file_name().ok_or_else(|| MountError::Io {
+        path: p.to_owned(),
+        source: io::Error::new(io::ErrorKind::InvalidInput, "has no file name"),
+    })?;
+    Ok(parent.canonicalize().map_err(at(p))?.join(name))
+}
+
+/// Detaches a mount of ours left at `path` by a process that died.
+fn clean_stale(path: &Path) -> Result<(), MountError> {
+    for m in mountinfo::mounts().map_err(at(path))? {
+        if m.mount_point != path {
+            continue;
+        }
+        if m.fs_type.starts_with("fuse") && m.source == FSNAME {
+            warn!(path = %path.display(), "detaching a stale inputs mount");
+            let _ = abort_connection(path);
+            umount(path, libc::MNT_DETACH).map_err(at(path))?;
+        } else {
+            return Err(MountError::Taken {
+                path: path.to_owned(),
+                fs_type: m.fs_type,
+                source_name: m.source,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn umount(path: &Path, flags: i32) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: a valid NUL-terminated path.
+    if unsafe { libc::umount2(c.as_ptr(), flags) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+const FUSECTL: &str = "/sys/fs/fuse/connections";
+
+/// Mounts the FUSE control filesystem where it is missing (it is how a
+/// connection is aborted); needs root, harmless to try without.
+fn ensure_fusectl() {
+    let mounted = mountinfo::mounts().is_ok_and(|ms| ms.iter().any(|m| m.fs_type == "fusectl"));
+    if !mounted {
+        let (src, dst, typ) = (c"fusectl", c"/sys/fs/fuse/connections", c"fusectl");
+        // SAFETY: valid NUL-terminated strings, no data argument.
+        let rc = unsafe {
+            libc::mount(
+                src.as_ptr(),
+                dst.as_ptr(),
+                typ.as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        if rc != 0 {
+            warn!(
+                "cannot mount fusectl at {FUSECTL}: {}",
+                io::Error::last_os_error()
+            );
+        }
+    }
+}
+
+/// Aborts the FUSE connection behind the mount at `path`, so every reader
+/// gets ENOTCONN at once instead of waiting on the daemon. Returns whether
+/// a connection was aborted.
+pub fn abort_connection(path: &Path) -> bool {
+    ensure_fusectl();
+    // The connection is named by the minor number of the mount's device,
+    // which mountinfo gives even when the daemon is dead.
+    let Ok(mounts) = mountinfo::mounts() else {
+        return false;
+    };
+    let Some(m) = mounts
+        .iter()
+        .rev()
+        .find(|m| m.mount_point == path && m.fs_type.starts_with("fuse"))
+    else {
+        return false;
+    };
+    std::fs::write(format!("{FUSECTL}/{}/abort", m.minor), "1").is_ok()
+}
+
+/// Mounts `inputs` at `mountpoint` (an existing empty directory). Must be
+/// called from within a tokio runtime, whose handle serves store calls.
+pub fn mount(
+    blobs: Arc<dyn BlobService>,
+    dirs: Arc<dyn DirectoryService>,
+    inputs: Vec<(PathComponent, Node)>,
+    mountpoint: &Path,
+    opts: &MountOptions,
+) -> Result<InputsMount, MountError> {
+    let rt = tokio::runtime::Handle::try_current().map_err(|_| MountError::NoRuntime)?;
+    if let Err(e) = std::fs::metadata("/dev/fuse") {
+        return Err(MountError::NoFuse(e));
+    }
+    let path = absolute(mountpoint)?;
+    clean_stale(&path)?;
+    if std::fs::read_dir(&path)
+        .map_err(at(&path))?
+        .next()
+        .is_some()
+    {
+        return Err(MountError::NotEmpty(path));
+    }
+    let (cache, private) = match &opts.cache {
+        Some(c) => (c.clone(), None),
+        None => {
+            let tmp = tempfile::Builder::new()
+                .prefix("tvix-oci-blob-cache-")
+                .tempdir()
+                .map_err(at(&path))?;
+            let cache = BlobCache::open(tmp.path(), u64::MAX).map_err(at(&path))?;
+            (Arc::new(cache), Some(tmp))
+        }
+    };
+    let roots = inputs.clone();
+    let inodes = Arc::new(InodeTable::new(inputs)?);
+    let stats = Arc::new(Stats::default());
+    let fs = InputsFs::new(
+        inodes,
+        blobs.clone(),
+        dirs.clone(),
+        cache.clone(),
+        rt.clone(),
+        (opts.uid, opts.gid),
+        opts.passthrough,
+        opts.fetch_timeout,
+        stats.clone(),
+    );
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::FSName(FSNAME.to_owned()),
+        MountOption::Subtype(FSNAME.to_owned()),
+        MountOption::RO,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+        MountOption::NoAtime,
+        MountOption::DefaultPermissions,
+    ];
+    config.acl = if opts.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    config.n_threads = Some(opts.threads.max(1));
+    config.clone_fd = opts.threads > 1;
+    let session = fuser::spawn_mount(fs, &path, &config).map_err(at(&path))?;
+    info!(path = %path.display(), inputs = roots.len(), "inputs mounted");
+    let prefetch = (!opts.prefetch.is_empty()).then(|| {
+        rt.spawn(prefetch(
+            blobs,
+            dirs,
+            cache,
+            roots,
+            opts.prefetch.clone(),
+            stats.clone(),
+        ))
+    });
+    Ok(InputsMount {
+        session: Some(session),
+        mountpoint: path,
+        stats,
+        prefetch,
+        _private_cache: private,
+    })
+}
+
+impl InputsMount {
+    /// Where it is mounted.
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// What it fetched and served so far.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.stats.snapshot()
+    }
+
+    /// Aborts the FUSE connection: readers get ENOTCONN, nothing waits on
+    /// the store any more. The mount stays until unmounted. Returns whether
+    /// there was a connection to abort.
+    pub fn abort(&self) -> bool {
+        abort_connection(&self.mountpoint)
+    }
+
+    /// Unmounts and waits for the daemon threads to finish. When the mount
+    /// is busy, it is aborted and detached instead (never left behind).
+    pub fn unmount(mut self) -> io::Result<()> {
+        self.teardown()
+    }
+
+    fn teardown(&mut self) -> io::Result<()> {
+        if let Some(p) = self.prefetch.take() {
+            p.abort();
+        }
+        let Some(session) = self.session.take() else {
+            return Ok(());
+        };
+        let res = match umount(&self.mountpoint, 0) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                warn!(path = %self.mountpoint.display(), "unmount failed ({e}); aborting and detaching");
+                let _ = abort_connection(&self.mountpoint);
+                umount(&self.mountpoint, libc::MNT_DETACH)
+            }
+        };
+        // The worker threads end once the kernel closes the connection.
+        let _ = session.join();
+        res.map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("unmounting {}: {e}", self.mountpoint.display()),
+            )
+        })
+    }
+}
+
+impl Drop for InputsMount {
+    fn drop(&mut self) {
+        if let Err(e) = self.teardown() {
+            warn!("{e}");
+        }
+    }
+}
