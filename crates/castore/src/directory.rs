@@ -333,6 +333,18 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 5000, failure_persistence: None, ..Default::default() })]
+        /// Decoding any bytes gives a Directory or a typed error, never a
+        /// panic; what decodes re-encodes to the same digest.
+        #[test]
+        fn decoding_random_bytes_never_panics(buf in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            if let Ok(d) = Directory::decode(&buf) {
+                proptest::prop_assert_eq!(Directory::decode(&d.encode()).unwrap(), d);
+            }
+        }
+    }
+
     #[test]
     fn garbage_bytes_do_not_panic() {
         for buf in [&b"\xff\xff\xff"[..], b"\x0a\x05abc", b"\x12"] {

@@ -421,7 +421,9 @@ async fn serve(
     let task = tokio::spawn(async move {
         tonic::transport::Server::builder()
             .add_routes(tvix_oci_castore::grpc::castore_routes(blobs, dirs))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .serve_with_incoming(
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            )
             .await
             .unwrap();
     });
@@ -596,4 +598,109 @@ async fn abort_unblocks_readers_and_unmount_leaves_nothing() {
     m.unmount().unwrap();
     drop(held);
     assert!(no_fuse_mount_at(&path));
+}
+
+fn mount_overlay(lower: &Path, upper: &Path, work: &Path, target: &Path) -> std::io::Result<()> {
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.display(),
+        upper.display(),
+        work.display()
+    );
+    let c = |s: &str| std::ffi::CString::new(s).unwrap();
+    let (src, dst, typ, data) = (
+        c("overlay"),
+        c(target.to_str().unwrap()),
+        c("overlay"),
+        c(&opts),
+    );
+    // SAFETY: valid NUL-terminated strings.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            dst.as_ptr(),
+            typ.as_ptr(),
+            0,
+            data.as_ptr().cast(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn passthrough_works_below_an_overlay() {
+    need_fuse!();
+    let f = setup(true).await;
+    let m = mount(
+        f.blobs.clone(),
+        f.dirs.clone(),
+        input("tree", &f.node),
+        &f.mnt,
+        &MountOptions::default(),
+    )
+    .unwrap();
+    assert!(
+        m.stats().passthrough,
+        "this kernel has FUSE passthrough; it must be on"
+    );
+    let base = f.mnt.parent().unwrap().to_owned();
+    let (upper, work, merged) = (base.join("upper"), base.join("work"), base.join("merged"));
+    for d in [&upper, &work, &merged] {
+        std::fs::create_dir(d).unwrap();
+    }
+    mount_overlay(&f.mnt, &upper, &work, &merged).unwrap();
+    let (src, mg) = (f.src.clone(), merged.clone());
+    let res = tokio::task::spawn_blocking(move || {
+        // Reads through the overlay reach the passthrough files.
+        assert_eq!(describe(&src), describe(&mg.join("tree")));
+        let out = std::process::Command::new(mg.join("tree/bin/busybox"))
+            .args(["echo", "via overlay"])
+            .output()
+            .unwrap();
+        assert_eq!(out.stdout, b"via overlay\n");
+        // Writes go to the upper layer.
+        std::fs::write(mg.join("tree/new-file"), b"x").unwrap();
+    })
+    .await;
+    let merged_c = std::ffi::CString::new(merged.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a valid path.
+    assert_eq!(unsafe { libc::umount2(merged_c.as_ptr(), 0) }, 0);
+    res.unwrap();
+    assert!(upper.join("tree/new-file").exists());
+    m.unmount().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prefetch_fills_the_cache_in_the_background() {
+    need_fuse!();
+    let f = setup(false).await;
+    let (url, server) = serve(f.blobs.clone(), f.dirs.clone()).await;
+    let rb = open_blob_service(&url).await.unwrap();
+    let rd = open_directory_service(&url).await.unwrap();
+    let cache_dir = tempfile::tempdir().unwrap();
+    let cache = Arc::new(BlobCache::open(cache_dir.path(), 1 << 30).unwrap());
+    let opts = MountOptions {
+        cache: Some(cache.clone()),
+        prefetch: vec![PathBuf::from("tree/a")],
+        ..Default::default()
+    };
+    let m = mount(rb, rd, input("tree", &f.node), &f.mnt, &opts).unwrap();
+    let deep = B3Digest::of(b"deep down\n");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !cache.path(&deep).exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "prefetch never fetched a/b/c/deep.txt"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Only what is below the path: the big file elsewhere is not fetched.
+    let big = B3Digest::of(&std::fs::read(f.src.join("big.bin")).unwrap());
+    assert!(!cache.path(&big).exists());
+    m.unmount().unwrap();
+    server.abort();
 }

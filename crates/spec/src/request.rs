@@ -159,3 +159,47 @@ impl From<&Build> for proto::Build {
         }
     }
 }
+
+/// Why a wire `Build` is invalid.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("build_request is missing")]
+    NoRequest,
+    #[error(transparent)]
+    Request(#[from] Problems),
+    #[error("outputs[{index}]: {err}")]
+    Output {
+        index: usize,
+        err: tvix_oci_castore::NodeError,
+    },
+    #[error("{outputs} outputs but {needles} outputs_needles entries")]
+    NeedlesCount { outputs: usize, needles: usize },
+}
+
+impl TryFrom<proto::Build> for Build {
+    type Error = BuildError;
+
+    /// Validates a wire result: the request, every output node, and one
+    /// needles entry per output.
+    fn try_from(p: proto::Build) -> Result<Self, BuildError> {
+        let request = BuildRequest::try_from(p.build_request.ok_or(BuildError::NoRequest)?)?;
+        let outputs = p
+            .outputs
+            .into_iter()
+            .enumerate()
+            .map(|(index, n)| Node::from_proto(n).map_err(|err| BuildError::Output { index, err }))
+            .collect::<Result<Vec<_>, _>>()?;
+        if outputs.len() != p.outputs_needles.len() {
+            return Err(BuildError::NeedlesCount {
+                outputs: outputs.len(),
+                needles: p.outputs_needles.len(),
+            });
+        }
+        let outputs_needles = p.outputs_needles.into_iter().map(|n| n.needles).collect();
+        Ok(Build {
+            request,
+            outputs,
+            outputs_needles,
+        })
+    }
+}

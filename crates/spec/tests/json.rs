@@ -20,6 +20,34 @@ fn roundtrip() {
 }
 
 #[test]
+fn build_results_roundtrip_through_the_wire() {
+    use tvix_oci_castore::{B3Digest, Node, PathComponent};
+    let request = BuildRequest::try_from(common::nix_like()).unwrap();
+    let out = Node::File {
+        digest: B3Digest::of(b"hi"),
+        size: 2,
+        executable: false,
+    };
+    let build = tvix_oci_spec::Build {
+        request,
+        outputs: vec![(
+            PathComponent::try_from("a6xgw8ck6z7vb3yzrn0m7bl0sfkxwlyk-hello").unwrap(),
+            out,
+        )],
+        outputs_needles: vec![vec![0, 1]],
+    };
+    let wire = proto::Build::from(&build);
+    assert_eq!(tvix_oci_spec::Build::try_from(wire.clone()).unwrap(), build);
+    let mut bad = wire;
+    bad.outputs_needles.clear();
+    let err = tvix_oci_spec::Build::try_from(bad).unwrap_err();
+    assert!(
+        err.to_string().contains("1 outputs but 0 outputs_needles"),
+        "{err}"
+    );
+}
+
+#[test]
 fn non_utf8_bytes_use_base64() {
     let mut p = common::nix_like();
     p.environment_vars[0].value = vec![0xff, 0x01].into();

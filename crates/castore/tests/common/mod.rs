@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tokio_stream::wrappers::UnixListenerStream;
 use tvix_oci_castore::blobservice::{BlobService, MemoryBlobService};
 use tvix_oci_castore::directoryservice::{DirectoryService, MemoryDirectoryService};
 use tvix_oci_castore::{grpc, open_blob_service, open_directory_service};
@@ -45,7 +45,9 @@ pub async fn serve_tcp(
     let task = tokio::spawn(async move {
         tonic::transport::Server::builder()
             .add_routes(grpc::castore_routes(blobs, dirs))
-            .serve_with_incoming(TcpListenerStream::new(listener))
+            .serve_with_incoming(
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            )
             .await
             .unwrap();
     });

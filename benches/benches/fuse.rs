@@ -1,0 +1,299 @@
+//! FUSE inputs against the same tree on local disk, side by side in one run:
+//! warm sequential read of a large file (passthrough), warm `stat` of every
+//! file, mount time with 5,000 root inputs, and cold first byte from a
+//! remote store answering in 1 ms.
+//!
+//! Run (root and /dev/fuse needed): `cargo bench -p tvix-oci-benches --bench fuse`
+//! (`QUICK=1` for a small tree; `BENCH_DIR` picks the disk).
+
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tvix_oci_benches::latency::{SlowBlobs, SlowDirs};
+use tvix_oci_benches::{TreeShape, make_tree, mib_per_s};
+use tvix_oci_castore::blobservice::BlobService;
+use tvix_oci_castore::directoryservice::DirectoryService;
+use tvix_oci_castore::import::{ImportOptions, import_path};
+use tvix_oci_castore::{Node, PathComponent, open_blob_service, open_directory_service};
+use tvix_oci_fuse::{BlobCache, MountOptions, mount};
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn files_below(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![root.to_owned()];
+    while let Some(d) = todo.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => todo.push(e.path()),
+                Ok(_) => out.push(e.path()),
+                Err(_) => {}
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn read_all(p: &Path) -> Res<(u64, Duration)> {
+    let t = Instant::now();
+    let mut f = std::fs::File::open(p)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0u64;
+    loop {
+        let k = f.read(&mut buf)?;
+        if k == 0 {
+            break;
+        }
+        n += k as u64;
+    }
+    Ok((n, t.elapsed()))
+}
+
+fn stat_all(paths: &[PathBuf]) -> Res<Duration> {
+    let t = Instant::now();
+    for p in paths {
+        std::fs::symlink_metadata(p)?;
+    }
+    Ok(t.elapsed())
+}
+
+fn pct(v: &mut [Duration], q: f64) -> Duration {
+    v.sort();
+    v[((v.len() as f64 - 1.0) * q) as usize]
+}
+
+fn main() -> Res<()> {
+    if !Path::new("/dev/fuse").exists() || unsafe { libc::geteuid() } != 0 {
+        println!("SKIPPED: the FUSE benchmark needs /dev/fuse and root");
+        return Ok(());
+    }
+    let quick = std::env::var_os("QUICK").is_some();
+    let shape = if quick {
+        TreeShape {
+            dirs: 500,
+            small_files: 10_000,
+            small_avg: 512,
+            large_files: 1,
+            large_size: 64 << 20,
+        }
+    } else {
+        TreeShape {
+            dirs: 5_000,
+            small_files: 100_000,
+            small_avg: 512,
+            large_files: 1,
+            large_size: 1 << 30,
+        }
+    };
+    let base = std::env::var_os("BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-tmp"));
+    std::fs::create_dir_all(&base)?;
+    let tmp = tempfile::tempdir_in(&base)?;
+    let src = tmp.path().join("src");
+    let t = Instant::now();
+    make_tree(&src, shape, 7)?;
+    println!(
+        "tree: {} files in {} dirs, made in {:.1}s",
+        shape.small_files + 1,
+        shape.dirs,
+        t.elapsed().as_secs_f64()
+    );
+
+    let rt = tokio::runtime::Runtime::new()?;
+    let _enter = rt.enter();
+    let store = tmp.path().join("store");
+    let blobs = rt.block_on(open_blob_service(&format!(
+        "objects://{}/blobs",
+        store.display()
+    )))?;
+    let dirs = rt.block_on(open_directory_service(&format!(
+        "redb://{}/dirs.redb",
+        store.display()
+    )))?;
+    let t = Instant::now();
+    let root = rt.block_on(import_path(
+        blobs.clone(),
+        &*dirs,
+        &src,
+        &ImportOptions::default(),
+    ))?;
+    println!("imported in {:.1}s", t.elapsed().as_secs_f64());
+
+    // Every top-level package dir is one root input: 5,000 of them.
+    let Node::Directory { digest, .. } = root else {
+        return Err("root is not a directory".into());
+    };
+    let top = rt
+        .block_on(dirs.get(&digest))?
+        .ok_or("root directory missing")?;
+    let inputs: Vec<(PathComponent, Node)> = top
+        .nodes()
+        .map(|(n, node)| (n.clone(), node.clone()))
+        .collect();
+    println!("{} root inputs", inputs.len());
+
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt)?;
+    let mut rows: Vec<(String, String, String, String)> = Vec::new();
+
+    // Mount time: mount, then stat and list the root.
+    let mut mount_times = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let m = mount(
+            blobs.clone(),
+            dirs.clone(),
+            inputs.clone(),
+            &mnt,
+            &MountOptions::default(),
+        )?;
+        let n = std::fs::read_dir(&mnt)?.count();
+        mount_times.push(t.elapsed());
+        assert_eq!(n, inputs.len());
+        m.unmount()?;
+    }
+    let mt = pct(&mut mount_times, 0.5);
+    rows.push((
+        format!("mount + list root ({} inputs)", inputs.len()),
+        "—".into(),
+        format!("{:.1} ms", mt.as_secs_f64() * 1e3),
+        "bar < 50 ms".into(),
+    ));
+
+    let m = mount(
+        blobs.clone(),
+        dirs.clone(),
+        inputs.clone(),
+        &mnt,
+        &MountOptions::default(),
+    )?;
+    println!("passthrough: {}", m.stats().passthrough);
+
+    // Warm stat of every file.
+    let native_files = files_below(&src);
+    let fuse_files: Vec<PathBuf> = native_files
+        .iter()
+        .map(|p| mnt.join(p.strip_prefix(&src).unwrap_or(p)))
+        .collect();
+    stat_all(&native_files)?;
+    stat_all(&fuse_files)?;
+    let (mut sn, mut sf) = (Duration::MAX, Duration::MAX);
+    for _ in 0..3 {
+        sn = sn.min(stat_all(&native_files)?);
+        sf = sf.min(stat_all(&fuse_files)?);
+    }
+    rows.push((
+        format!("warm stat of {} files", native_files.len()),
+        format!("{:.0} ms", sn.as_secs_f64() * 1e3),
+        format!("{:.0} ms", sf.as_secs_f64() * 1e3),
+        format!("{:.2}x time", sf.as_secs_f64() / sn.as_secs_f64()),
+    ));
+
+    // Warm sequential read of the large file.
+    let big = native_files
+        .iter()
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.as_bytes().starts_with(b"big-"))
+        })
+        .ok_or("no big file")?;
+    let big_fuse = mnt.join(big.strip_prefix(&src)?);
+    read_all(big)?;
+    read_all(&big_fuse)?;
+    let (mut rn, mut rf) = (Duration::MAX, Duration::MAX);
+    let mut bytes = 0;
+    for _ in 0..3 {
+        let (n, d) = read_all(big)?;
+        rn = rn.min(d);
+        let (n2, d2) = read_all(&big_fuse)?;
+        assert_eq!(n, n2);
+        bytes = n;
+        rf = rf.min(d2);
+    }
+    rows.push((
+        format!("warm sequential read, {} MiB", bytes >> 20),
+        format!("{:.0} MiB/s", mib_per_s(bytes, rn)),
+        format!("{:.0} MiB/s", mib_per_s(bytes, rf)),
+        format!("{:.2}x throughput", rn.as_secs_f64() / rf.as_secs_f64()),
+    ));
+    m.unmount()?;
+
+    // Cold first byte from a remote store answering in 1 ms.
+    let delay = Duration::from_millis(1);
+    let slow_b: Arc<dyn BlobService> = Arc::new(SlowBlobs(blobs.clone(), delay));
+    let slow_d: Arc<dyn DirectoryService> = Arc::new(SlowDirs(dirs.clone(), delay));
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let url = format!("grpc+http://{}", listener.local_addr()?);
+    let server = rt.spawn(
+        tonic::transport::Server::builder()
+            .add_routes(tvix_oci_castore::grpc::castore_routes(slow_b, slow_d))
+            .serve_with_incoming(
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            ),
+    );
+    let rb = rt.block_on(open_blob_service(&url))?;
+    let rd = rt.block_on(open_directory_service(&url))?;
+    let cache_dir = tmp.path().join("cache");
+    let cache = Arc::new(BlobCache::open(&cache_dir, 8 << 30)?);
+    let m = mount(
+        rb,
+        rd,
+        inputs.clone(),
+        &mnt,
+        &MountOptions {
+            cache: Some(cache),
+            ..Default::default()
+        },
+    )?;
+    // Directories looked up first: this measures the blob, not the walk.
+    let sample: Vec<&PathBuf> = fuse_files
+        .iter()
+        .step_by((fuse_files.len() / 200).max(1))
+        .filter(|p| {
+            !p.is_symlink()
+                && std::fs::metadata(p)
+                    .map(|m| m.len() > 0 && m.len() < 1 << 20)
+                    .unwrap_or(false)
+        })
+        .collect();
+    let mut firsts = Vec::new();
+    let mut one = [0u8; 1];
+    for p in &sample {
+        let t = Instant::now();
+        let mut f = std::fs::File::open(p)?;
+        f.read_exact(&mut one)?;
+        firsts.push(t.elapsed());
+    }
+    let (p50, p99) = (pct(&mut firsts, 0.5), pct(&mut firsts, 0.99));
+    rows.push((
+        format!(
+            "cold first byte, remote store at 1 ms ({} files)",
+            firsts.len()
+        ),
+        "—".into(),
+        format!(
+            "p50 {:.2} ms, p99 {:.2} ms",
+            p50.as_secs_f64() * 1e3,
+            p99.as_secs_f64() * 1e3
+        ),
+        "bar < 3 ms".into(),
+    ));
+    m.unmount()?;
+    server.abort();
+
+    println!();
+    println!("| measure | native disk | FUSE inputs | ratio |");
+    println!("| --- | --- | --- | --- |");
+    for (a, b, c, d) in rows {
+        println!("| {a} | {b} | {c} | {d} |");
+    }
+    Ok(())
+}
