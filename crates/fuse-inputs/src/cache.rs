@@ -79,6 +79,7 @@ impl BlobCache {
         if let Some(f) = self.get(digest) {
             return Ok(f);
         }
+        // Someone else may be fetching it: wait for them, then look again.
         let lock = {
             let mut m = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
             m.entry(*digest).or_default().clone()

@@ -188,27 +188,34 @@ impl InputsFs {
         Ok(self.attr(ino, &inode))
     }
 
-    /// `.`, `..` and the children, from `offset` on, with attributes.
-    fn listing(&self, ino: INodeNo, offset: u64) -> Result<Vec<(u64, FileAttr, Vec<u8>)>, Errno> {
+    /// `.`, `..` and the children, from `offset` on, with attributes;
+    /// lazily, so listing a big directory in many calls stays linear.
+    /// Yields (offset of the next entry, inode, attributes, name).
+    fn listing(
+        &self,
+        ino: INodeNo,
+        offset: u64,
+    ) -> Result<impl Iterator<Item = (u64, u64, FileAttr, Vec<u8>)> + '_, Errno> {
         let inode = self.inode(ino)?;
         let children = self.children(ino.0)?;
         let parent = self.inode(INodeNo(inode.parent))?;
-        let mut all = vec![
-            (ino.0, self.attr(ino.0, &inode), b".".to_vec()),
-            (
-                inode.parent,
-                self.attr(inode.parent, &parent),
-                b"..".to_vec(),
-            ),
-        ];
-        for (name, child) in children.entries() {
-            let c = self.inodes.get(*child).ok_or(Errno::EIO)?;
-            all.push((*child, self.attr(*child, &c), name.as_bytes().to_vec()));
-        }
-        Ok(all
-            .into_iter()
-            .skip(usize::try_from(offset).unwrap_or(usize::MAX))
-            .collect())
+        let total = children.entries().len() as u64 + 2;
+        Ok((offset.min(total)..total).filter_map(move |i| {
+            let (child, attr, name) = match i {
+                0 => (ino.0, self.attr(ino.0, &inode), b".".to_vec()),
+                1 => (
+                    inode.parent,
+                    self.attr(inode.parent, &parent),
+                    b"..".to_vec(),
+                ),
+                _ => {
+                    let (name, child) = children.entries().get(usize::try_from(i - 2).ok()?)?;
+                    let c = self.inodes.get(*child)?;
+                    (*child, self.attr(*child, &c), name.as_bytes().to_vec())
+                }
+            };
+            Some((i + 1, child, attr, name))
+        }))
     }
 
     /// A local file holding the blob: the store's own (trusted) file, or the
@@ -217,9 +224,6 @@ impl InputsFs {
         if let Some(p) = self.blobs.local_path(digest)
             && let Ok(f) = std::fs::File::open(&p)
         {
-            return Ok(f);
-        }
-        if let Some(f) = self.cache.get(digest) {
             return Ok(f);
         }
         let (cache, blobs, d) = (self.cache.clone(), self.blobs.clone(), *digest);
@@ -244,8 +248,9 @@ impl InputsFs {
         let InodeKind::File { digest, size, .. } = &inode.kind else {
             return Err(Errno::EISDIR);
         };
-        let has_local = self.blobs.local_path(digest).is_some() || self.cache.get(digest).is_some();
-        let handle = if !has_local && self.blobs.range_reads() {
+        // Trusted stores with cheap range reads are read in place; anything
+        // else is made a local file first (and then passed through).
+        let handle = if self.blobs.range_reads() && self.blobs.local_path(digest).is_none() {
             Handle::Ranges(*digest)
         } else {
             let file = self.local_file(ino.0, digest, *size)?;
@@ -412,13 +417,8 @@ impl Filesystem for InputsFs {
     ) {
         match self.listing(ino, offset) {
             Ok(entries) => {
-                for (i, (child, attr, name)) in entries.iter().enumerate() {
-                    if reply.add(
-                        INodeNo(*child),
-                        offset + i as u64 + 1,
-                        attr.kind,
-                        OsStr::from_bytes(name),
-                    ) {
+                for (next, child, attr, name) in entries {
+                    if reply.add(INodeNo(child), next, attr.kind, OsStr::from_bytes(&name)) {
                         break;
                     }
                 }
@@ -438,14 +438,13 @@ impl Filesystem for InputsFs {
     ) {
         match self.listing(ino, offset) {
             Ok(entries) => {
-                for (i, (child, attr, name)) in entries.iter().enumerate() {
-                    let next = offset + i as u64 + 1;
+                for (next, child, attr, name) in entries {
                     if reply.add(
-                        INodeNo(*child),
+                        INodeNo(child),
                         next,
-                        OsStr::from_bytes(name),
+                        OsStr::from_bytes(&name),
                         &TTL,
-                        attr,
+                        &attr,
                         Generation(0),
                     ) {
                         break;
