@@ -1,0 +1,228 @@
+//! Output ingestion: the same nodes as a castore import, a NAR hash equal to
+//! an independent serialiser's, needles wherever they are, and nothing
+//! outside the output ever read.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use tvix_oci_castore::Node;
+use tvix_oci_castore::blobservice::{BlobService, MemoryBlobService};
+use tvix_oci_castore::directoryservice::{DirectoryService, MemoryDirectoryService};
+use tvix_oci_castore::import::{ImportOptions, import_path};
+use tvix_oci_executor::ingest::{IngestError, ingest_output};
+use tvix_oci_executor::refscan::Needles;
+
+/// The NAR of `p`, built in memory the obvious way.
+fn naive_nar(p: &Path) -> Vec<u8> {
+    fn s(out: &mut Vec<u8>, b: &[u8]) {
+        out.extend_from_slice(&(b.len() as u64).to_le_bytes());
+        out.extend_from_slice(b);
+        out.extend(std::iter::repeat_n(0u8, (8 - b.len() % 8) % 8));
+    }
+    fn node(out: &mut Vec<u8>, p: &Path) {
+        let m = std::fs::symlink_metadata(p).unwrap();
+        s(out, b"(");
+        s(out, b"type");
+        if m.is_symlink() {
+            s(out, b"symlink");
+            s(out, b"target");
+            s(out, std::fs::read_link(p).unwrap().as_os_str().as_bytes());
+        } else if m.is_file() {
+            s(out, b"regular");
+            if m.permissions().mode() & 0o100 != 0 {
+                s(out, b"executable");
+                s(out, b"");
+            }
+            s(out, b"contents");
+            s(out, &std::fs::read(p).unwrap());
+        } else {
+            s(out, b"directory");
+            let mut names: Vec<_> = std::fs::read_dir(p)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+            for n in names {
+                s(out, b"entry");
+                s(out, b"(");
+                s(out, b"name");
+                s(out, n.as_bytes());
+                s(out, b"node");
+                node(out, &p.join(n));
+                s(out, b")");
+            }
+        }
+        s(out, b")");
+    }
+    let mut out = Vec::new();
+    s(&mut out, b"nix-archive-1");
+    node(&mut out, p);
+    out
+}
+
+fn stores() -> (Arc<dyn BlobService>, Arc<dyn DirectoryService>) {
+    (
+        Arc::new(MemoryBlobService::default()),
+        Arc::new(MemoryDirectoryService::default()),
+    )
+}
+
+const NEEDLES: [&str; 5] = [
+    "a6xgw8ck6z7vb3yzrn0m7bl0sfkxwlyk", // in a file, across the 1 MiB read boundary
+    "0k9yxm9zqc2dgw2xxbyh3mnbs5ijjc7v", // in a symlink target
+    "zzdlmfvpllz3g0b3cg4zcla3bqhmc5ii", // in a file name
+    "1ix2mk3svkrrc1kkwxbflfg6ydfcpxxq", // nowhere
+    "bl0sfkxwlykzz",                    // overlaps the first one's end
+];
+
+fn output_tree(root: &Path) {
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::create_dir_all(root.join("share/empty")).unwrap();
+    let mut big = vec![b'x'; (1 << 20) - 10];
+    big.extend_from_slice(b"/nix/store/a6xgw8ck6z7vb3yzrn0m7bl0sfkxwlykzz-dep\n");
+    std::fs::write(root.join("share/big"), &big).unwrap();
+    std::fs::write(root.join("bin/tool"), b"#!/bin/sh\n").unwrap();
+    // setuid and odd modes: only the executable bit survives.
+    std::fs::set_permissions(
+        root.join("bin/tool"),
+        std::fs::Permissions::from_mode(0o4755),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(
+        "/nix/store/0k9yxm9zqc2dgw2xxbyh3mnbs5ijjc7v-busybox/bin/sh",
+        root.join("bin/sh"),
+    )
+    .unwrap();
+    std::fs::write(root.join("share/zzdlmfvpllz3g0b3cg4zcla3bqhmc5ii-doc"), b"").unwrap();
+    std::os::unix::fs::symlink("/", root.join("root-link")).unwrap();
+    std::os::unix::fs::symlink("/etc/shadow", root.join("shadow")).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ingest_matches_import_nar_and_needles() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("upper/abc-out");
+    output_tree(&out);
+    let (blobs, dirs) = stores();
+    let needles = Arc::new(Needles::new(&NEEDLES));
+    let got = ingest_output(
+        &tmp.path().join("upper"),
+        "abc-out",
+        "nix/store/abc-out",
+        blobs.clone(),
+        &*dirs,
+        needles,
+    )
+    .await
+    .unwrap();
+
+    // The same node a castore import of the tree gives (only the exec bit kept).
+    let (b2, d2) = stores();
+    let imported = import_path(b2, &*d2, &out, &ImportOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(got.node, imported);
+
+    let nar = naive_nar(&out);
+    assert_eq!(got.nar_size, nar.len() as u64);
+    assert_eq!(got.nar_sha256, <[u8; 32]>::from(Sha256::digest(&nar)));
+
+    let found: Vec<usize> = got.needles.keys().copied().collect();
+    assert_eq!(found, vec![0, 1, 2, 4]);
+    assert_eq!(got.needles[&0], PathBuf::from("share/big"));
+    assert_eq!(got.needles[&1], PathBuf::from("bin/sh"));
+    assert_eq!(
+        got.needles[&2],
+        PathBuf::from("share/zzdlmfvpllz3g0b3cg4zcla3bqhmc5ii-doc")
+    );
+
+    // The closure is in the store, readable back.
+    let Node::Directory { digest, .. } = got.node else {
+        panic!("not a directory")
+    };
+    assert!(dirs.get(&digest).await.unwrap().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn symlink_outputs_are_stored_never_followed() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir(tmp.path().join("upper")).unwrap();
+    std::os::unix::fs::symlink("/", tmp.path().join("upper/out")).unwrap();
+    let (blobs, dirs) = stores();
+    let got = ingest_output(
+        &tmp.path().join("upper"),
+        "out",
+        "out",
+        blobs,
+        &*dirs,
+        Arc::new(Needles::new::<&str>(&[])),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        got.node,
+        Node::Symlink {
+            target: "/".try_into().unwrap()
+        }
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_symlink_on_the_way_to_an_output_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir(tmp.path().join("scratch")).unwrap();
+    // build/out where build -> / : must not read /out (or anything of the host).
+    std::os::unix::fs::symlink("/", tmp.path().join("scratch/sub")).unwrap();
+    let (blobs, dirs) = stores();
+    let err = ingest_output(
+        &tmp.path().join("scratch"),
+        "sub/etc",
+        "build/sub/etc",
+        blobs,
+        &*dirs,
+        Arc::new(Needles::new::<&str>(&[])),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, IngestError::Io { .. }), "{err}");
+    assert!(err.to_string().contains("build/sub/etc"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_output_and_special_files_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("upper");
+    std::fs::create_dir_all(base.join("out/sub")).unwrap();
+    let (blobs, dirs) = stores();
+    let none = Arc::new(Needles::new::<&str>(&[]));
+    let err = ingest_output(
+        &base,
+        "gone",
+        "nix/store/gone",
+        blobs.clone(),
+        &*dirs,
+        none.clone(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "the build did not produce output nix/store/gone"
+    );
+
+    let fifo = std::ffi::CString::new(base.join("out/sub/pipe").as_os_str().as_bytes()).unwrap();
+    // SAFETY: a valid path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    let err = ingest_output(&base, "out", "nix/store/out", blobs, &*dirs, none)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, IngestError::Special { kind: "FIFO", .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("sub/pipe"), "{err}");
+}
