@@ -1,7 +1,28 @@
-//! The executor: runs a tvix.build.v1 `BuildRequest` end to end. This crate
-//! so far holds the output side: [`ingest::ingest_output`] (safe, one-pass
-//! ingestion), [`refscan`] (reference scanning) and [`nar`] (NAR hashing).
+//! The executor: runs a tvix.build.v1 `BuildRequest` end to end and returns
+//! a `Build` — inputs mounted lazily through FUSE, an overlay to make the
+//! inputs dir writable, runc, and one-pass ingestion of the outputs with
+//! reference scanning.
+//!
+//! ```no_run
+//! # async fn f(blobs: std::sync::Arc<dyn tvix_oci_castore::blobservice::BlobService>,
+//! #            dirs: std::sync::Arc<dyn tvix_oci_castore::directoryservice::DirectoryService>,
+//! #            req: tvix_oci_spec::BuildRequest) -> Result<(), Box<dyn std::error::Error>> {
+//! use tvix_oci_executor::{Executor, ExecutorConfig, runc::NoLogs};
+//! let exec = Executor::new(ExecutorConfig::default(), blobs, dirs);
+//! let result = exec.build(&req, &NoLogs).await?;
+//! println!("{:?}", result.build.outputs);
+//! # Ok(()) }
+//! ```
 
+mod bundle;
+mod error;
+mod executor;
+pub mod host;
 pub mod ingest;
 pub mod nar;
+mod overlay;
 pub mod refscan;
+pub mod runc;
+
+pub use error::BuildError;
+pub use executor::{Accounting, BuildResult, Executor, ExecutorConfig, OutputInfo};

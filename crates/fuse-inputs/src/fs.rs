@@ -40,8 +40,10 @@ const MTIME: Duration = Duration::from_secs(1);
 /// An open file.
 #[derive(Debug)]
 enum Handle {
-    /// Reads go straight to the backing file in the kernel.
-    Passthrough(#[allow(dead_code)] BackingId),
+    /// Reads go straight to the backing file in the kernel. Shared by all
+    /// opens of one inode: the kernel refuses two backing files for one
+    /// inode at a time (EBUSY, seen by the reader as EIO).
+    Passthrough(Arc<BackingId>),
     /// Reads come here and are served from a local file.
     File(std::fs::File),
     /// Reads come here and are served from the store at an offset.
@@ -63,6 +65,8 @@ pub(crate) struct InputsFs {
     pub(crate) stats: Arc<Stats>,
     passthrough: AtomicBool,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    /// The backing file of each inode open with passthrough.
+    backing: Mutex<HashMap<u64, std::sync::Weak<BackingId>>>,
     next_fh: AtomicU64,
 }
 
@@ -92,6 +96,7 @@ impl InputsFs {
             stats,
             passthrough: AtomicBool::new(false),
             handles: Mutex::new(HashMap::new()),
+            backing: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
         }
     }
@@ -255,13 +260,21 @@ impl InputsFs {
         } else {
             let file = self.local_file(ino.0, digest, *size)?;
             if self.passthrough.load(Ordering::Relaxed) {
-                match reply.open_backing(&file) {
-                    Ok(id) => Handle::Passthrough(id),
-                    Err(e) => {
-                        // e.g. a backing file on a stacked filesystem.
-                        warn!(digest = %digest, "passthrough refused, serving reads here: {e}");
-                        Handle::File(file)
-                    }
+                let mut backing = self.backing.lock().unwrap_or_else(|p| p.into_inner());
+                match backing.get(&ino.0).and_then(std::sync::Weak::upgrade) {
+                    Some(id) => Handle::Passthrough(id),
+                    None => match reply.open_backing(&file) {
+                        Ok(id) => {
+                            let id = Arc::new(id);
+                            backing.insert(ino.0, Arc::downgrade(&id));
+                            Handle::Passthrough(id)
+                        }
+                        Err(e) => {
+                            // e.g. a backing file on a stacked filesystem.
+                            warn!(digest = %digest, "passthrough refused, serving reads here: {e}");
+                            Handle::File(file)
+                        }
+                    },
                 }
             } else {
                 Handle::File(file)

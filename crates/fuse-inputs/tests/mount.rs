@@ -280,6 +280,20 @@ async fn executables_run_and_mmap() {
         libc::munmap(p, len);
     }
     drop(file);
+    // Running it while it is open (as a shell runs a second applet of
+    // itself): the second open shares the first one's backing file.
+    let held = std::fs::File::open(&bb).unwrap();
+    let out = tokio::process::Command::new(&bb)
+        .arg("true")
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        std::fs::read(&bb).unwrap(),
+        std::fs::read(f.src.join("bin/busybox")).unwrap()
+    );
+    drop(held);
     m.unmount().unwrap();
 }
 

@@ -1,0 +1,61 @@
+//! [`BuildError`]: why a build did not produce a result, in two classes —
+//! the build's own fault (it failed, timed out, broke the rules) and the
+//! host's or the store's (an infrastructure failure, worth retrying).
+
+use std::time::Duration;
+
+use crate::ingest::IngestError;
+
+/// Why a build did not produce a result.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("the build failed with exit code {code}{}", tail_suffix(.log_tail))]
+    Failed { code: i32, log_tail: String },
+    #[error("the build was killed by signal {signal}{}", tail_suffix(.log_tail))]
+    Signaled { signal: i32, log_tail: String },
+    #[error("the build timed out after {after:?}{}", tail_suffix(.log_tail))]
+    TimedOut { after: Duration, log_tail: String },
+    #[error("the build was silent for {after:?} and was killed{}", tail_suffix(.log_tail))]
+    Silent { after: Duration, log_tail: String },
+    #[error("the build wrote more than {limit} bytes of log and was killed")]
+    LogLimit { limit: u64 },
+    #[error("build modified input {0}")]
+    ModifiedInput(String),
+    #[error(transparent)]
+    Output(#[from] IngestError),
+    #[error("this host cannot run the build: {0}")]
+    Host(String),
+    #[error("infrastructure failure: {0}")]
+    Infrastructure(String),
+}
+
+fn tail_suffix(tail: &str) -> String {
+    if tail.is_empty() {
+        String::new()
+    } else {
+        format!("; last log lines:\n{tail}")
+    }
+}
+
+impl BuildError {
+    /// Whether the fault is the build's (a retry would fail the same way),
+    /// rather than the host's or the store's.
+    pub fn is_build_failure(&self) -> bool {
+        match self {
+            BuildError::Failed { .. }
+            | BuildError::Signaled { .. }
+            | BuildError::TimedOut { .. }
+            | BuildError::Silent { .. }
+            | BuildError::LogLimit { .. }
+            | BuildError::ModifiedInput(_) => true,
+            BuildError::Output(e) => {
+                !matches!(e, IngestError::Store { .. } | IngestError::Io { .. })
+            }
+            BuildError::Host(_) | BuildError::Infrastructure(_) => false,
+        }
+    }
+
+    pub(crate) fn infra(what: impl std::fmt::Display) -> Self {
+        BuildError::Infrastructure(what.to_string())
+    }
+}

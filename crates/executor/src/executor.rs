@@ -1,0 +1,313 @@
+//! [`Executor`]: one build, start to end, inside a bundle directory:
+//! host checks → bundle skeleton → FUSE inputs at `inputs/` → overlay at
+//! `store/` → `runc run` → unmount → checks → ingestion with reference
+//! scanning → [`BuildResult`] → bundle removed. Every resource is a guard
+//! dropped in reverse order, so a failure, a cancelled future or a panic
+//! leaves no container, mount or bundle behind.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+use tracing::{Instrument, info, info_span};
+use tvix_oci_castore::blobservice::BlobService;
+use tvix_oci_castore::directoryservice::DirectoryService;
+use tvix_oci_castore::{Node, PathComponent};
+use tvix_oci_fuse::{BlobCache, MountOptions};
+use tvix_oci_spec::{Build, BuildRequest, BundleLayout, SpecOptions};
+
+use crate::BuildError;
+use crate::ingest::ingest_output;
+use crate::overlay::Overlay;
+use crate::refscan::Needles;
+use crate::runc::{Container, LogSink, RunLimits};
+use crate::{bundle::BundleDir, host};
+
+/// How the executor runs builds.
+#[derive(Clone, Debug)]
+pub struct ExecutorConfig {
+    /// Where bundles are made (one directory per build, removed after).
+    pub bundle_root: PathBuf,
+    /// The OCI runtime (`runc` on PATH by default).
+    pub runtime: PathBuf,
+    /// Shell bound at `/bin/sh` for `provide_bin_sh` (a static busybox).
+    pub sandbox_shell: Option<PathBuf>,
+    /// Builds run at once; more wait.
+    pub concurrency: usize,
+    /// Keep each bundle after the build (for debugging).
+    pub keep_bundle: bool,
+    pub timeout: Option<Duration>,
+    pub max_silent_time: Option<Duration>,
+    /// Bytes of log past which the build is killed.
+    pub log_limit: u64,
+    /// Cache for blobs fetched from a remote store.
+    pub blob_cache: Option<Arc<BlobCache>>,
+    /// Resource limits and the like for the container.
+    pub spec: SpecOptions,
+}
+
+impl Default for ExecutorConfig {
+    fn default() -> Self {
+        let shell = ["/bin/busybox", "/usr/bin/busybox"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file());
+        Self {
+            bundle_root: std::env::temp_dir().join("tvix-oci-build"),
+            runtime: PathBuf::from("runc"),
+            sandbox_shell: shell,
+            concurrency: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            keep_bundle: false,
+            timeout: None,
+            max_silent_time: None,
+            log_limit: 100 << 20,
+            blob_cache: None,
+            spec: SpecOptions::default(),
+        }
+    }
+}
+
+/// What one output was, next to the `Build`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutputInfo {
+    pub nar_sha256: [u8; 32],
+    pub nar_size: u64,
+    /// For each needle found (index into `refscan_needles`), the first path
+    /// below the output it was found in.
+    pub needle_paths: BTreeMap<usize, PathBuf>,
+}
+
+/// Figures of one build.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Accounting {
+    pub wall: Duration,
+    /// From `runc run` starting to it ending.
+    pub run_wall: Duration,
+    pub cpu: Duration,
+    pub max_rss: u64,
+    /// Bytes of inputs fetched from the store, and served by the FUSE
+    /// daemon itself (passthrough reads of local blobs bypass it).
+    pub input_bytes_fetched: u64,
+    pub input_bytes_served: u64,
+}
+
+/// A finished build.
+#[derive(Clone, Debug)]
+pub struct BuildResult {
+    pub build: Build,
+    /// Per output, in request order.
+    pub outputs: Vec<OutputInfo>,
+    pub accounting: Accounting,
+}
+
+/// Runs builds against a castore.
+#[derive(Debug)]
+pub struct Executor {
+    config: ExecutorConfig,
+    blobs: Arc<dyn BlobService>,
+    dirs: Arc<dyn DirectoryService>,
+    permits: Semaphore,
+}
+
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
+fn build_id() -> String {
+    let n = SEQ.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("tob-{}-{n}-{nanos:08x}", std::process::id())
+}
+
+impl Executor {
+    /// An executor using `blobs` and `dirs` for inputs and outputs.
+    pub fn new(
+        config: ExecutorConfig,
+        blobs: Arc<dyn BlobService>,
+        dirs: Arc<dyn DirectoryService>,
+    ) -> Self {
+        let permits = Semaphore::new(config.concurrency.max(1));
+        Self {
+            config,
+            blobs,
+            dirs,
+            permits,
+        }
+    }
+
+    /// Runs `req` and returns its result. Build logs go to `logs`.
+    pub async fn build(
+        &self,
+        req: &BuildRequest,
+        logs: &dyn LogSink,
+    ) -> Result<BuildResult, BuildError> {
+        let _permit = self.permits.acquire().await.map_err(BuildError::infra)?;
+        let id = build_id();
+        let span = info_span!("build", id = %id);
+        self.run(req, logs, &id).instrument(span).await
+    }
+
+    async fn run(
+        &self,
+        req: &BuildRequest,
+        logs: &dyn LogSink,
+        id: &str,
+    ) -> Result<BuildResult, BuildError> {
+        let started = Instant::now();
+        host::check(req)?;
+        let runc = host::find_runtime(&self.config.runtime)?;
+        let mut spec_opts = self.config.spec.clone();
+        spec_opts.sandbox_shell = self.config.sandbox_shell.clone();
+
+        // Declared in this order so they drop in reverse: container, then
+        // overlay, then FUSE, then the bundle directory.
+        let bundle = BundleDir::create(&self.config.bundle_root, id, self.config.keep_bundle)?;
+        let layout = BundleLayout::new(bundle.path());
+        layout
+            .write_skeleton(req, &spec_opts)
+            .map_err(|e| BuildError::Host(e.to_string()))?;
+
+        let mount_opts = MountOptions {
+            cache: self.config.blob_cache.clone(),
+            ..MountOptions::default()
+        };
+        let inputs = tvix_oci_fuse::mount(
+            self.blobs.clone(),
+            self.dirs.clone(),
+            req.inputs().to_vec(),
+            &layout.inputs(),
+            &mount_opts,
+        )
+        .map_err(|e| BuildError::infra(format!("mounting the inputs: {e}")))?;
+        let overlay = if req.inputs_dir_is_scratch() {
+            Some(
+                Overlay::mount(
+                    &layout.inputs(),
+                    &layout.upper(),
+                    &layout.work(),
+                    &layout.store(),
+                )
+                .map_err(BuildError::infra)?,
+            )
+        } else {
+            None
+        };
+
+        let mut container = Container::new(&runc, id);
+        let limits = RunLimits {
+            timeout: self.config.timeout,
+            max_silent: self.config.max_silent_time,
+            log_limit: self.config.log_limit,
+        };
+        info!("running");
+        let ran = crate::runc::run(&container, layout.dir(), logs, limits).await;
+        container.delete();
+        if let Some(o) = overlay {
+            o.unmount().map_err(BuildError::infra)?;
+        }
+        let fuse_stats = inputs.stats();
+        inputs
+            .unmount()
+            .map_err(|e| BuildError::infra(format!("unmounting the inputs: {e}")))?;
+        let outcome = ran?;
+
+        if req.inputs_dir_is_scratch() {
+            check_inputs_untouched(&layout.upper(), req.inputs())?;
+        }
+
+        info!("ingesting outputs");
+        let needles = Arc::new(Needles::new(req.refscan_needles()));
+        let mut outputs = Vec::new();
+        let mut infos = Vec::new();
+        let mut needle_lists = Vec::new();
+        for out in req.outputs() {
+            let (base, rel) = output_location(&layout, req, out)?;
+            let got = ingest_output(
+                &base,
+                &rel,
+                out.as_str(),
+                self.blobs.clone(),
+                &*self.dirs,
+                needles.clone(),
+            )
+            .await?;
+            let name = PathComponent::try_from(out.file_name())
+                .map_err(|e| BuildError::infra(format!("output {out}: {e}")))?;
+            outputs.push((name, got.node));
+            needle_lists.push(got.needles.keys().map(|&i| i as u64).collect());
+            infos.push(OutputInfo {
+                nar_sha256: got.nar_sha256,
+                nar_size: got.nar_size,
+                needle_paths: got.needles,
+            });
+        }
+        drop(bundle);
+        let accounting = Accounting {
+            wall: started.elapsed(),
+            run_wall: outcome.wall,
+            cpu: outcome.cpu,
+            max_rss: outcome.max_rss,
+            input_bytes_fetched: fuse_stats.bytes_fetched,
+            input_bytes_served: fuse_stats.bytes_served,
+        };
+        info!(wall = ?accounting.wall, cpu = ?accounting.cpu, "built");
+        Ok(BuildResult {
+            build: Build {
+                request: req.clone(),
+                outputs,
+                outputs_needles: needle_lists,
+            },
+            outputs: infos,
+            accounting,
+        })
+    }
+}
+
+/// Where output `out` is on the host: a trusted base dir of the bundle and
+/// the path below it.
+fn output_location(
+    layout: &BundleLayout,
+    req: &BuildRequest,
+    out: &tvix_oci_spec::path::CleanPath,
+) -> Result<(PathBuf, String), BuildError> {
+    if req.inputs_dir_is_scratch()
+        && let Some(rest) = out.strip_prefix(req.inputs_dir())
+    {
+        return Ok((layout.upper(), rest.to_owned()));
+    }
+    for s in req.scratch_paths() {
+        if let Some(rest) = out.strip_prefix(s) {
+            return Ok((layout.scratch(s), rest.to_owned()));
+        }
+    }
+    // Below a read-only inputs dir: the build could not have written it.
+    Err(BuildError::Output(crate::ingest::IngestError::Missing(
+        out.to_string(),
+    )))
+}
+
+/// Fails when the overlay's upper layer holds an entry named like an input:
+/// the build wrote into, deleted or replaced it.
+fn check_inputs_untouched(
+    upper: &Path,
+    inputs: &[(PathComponent, Node)],
+) -> Result<(), BuildError> {
+    use std::os::unix::ffi::OsStrExt;
+    let rd = std::fs::read_dir(upper)
+        .map_err(|e| BuildError::infra(format!("{}: {e}", upper.display())))?;
+    for e in rd.flatten() {
+        let name = e.file_name();
+        if inputs
+            .binary_search_by(|(n, _)| n.as_bytes().cmp(name.as_bytes()))
+            .is_ok()
+        {
+            return Err(BuildError::ModifiedInput(
+                name.to_string_lossy().into_owned(),
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,75 @@
+//! Checks of the host against a request's constraints, before anything is
+//! mounted: the system, the memory, the read-only paths, the runtime.
+
+use std::path::{Path, PathBuf};
+
+use tvix_oci_spec::BuildRequest;
+
+use crate::BuildError;
+
+/// This host's system, in Nix's spelling (`x86_64-linux`).
+pub fn host_system() -> String {
+    format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS)
+}
+
+/// MemAvailable from /proc/meminfo, in bytes.
+fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// The runtime binary: `runtime` itself when it has a slash, else found on
+/// PATH.
+pub fn find_runtime(runtime: &Path) -> Result<PathBuf, BuildError> {
+    if runtime.components().count() > 1 {
+        return if runtime.is_file() {
+            Ok(runtime.to_owned())
+        } else {
+            Err(BuildError::Host(format!(
+                "the OCI runtime {} does not exist",
+                runtime.display()
+            )))
+        };
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join(runtime))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            BuildError::Host(format!(
+                "the OCI runtime {:?} is not on PATH (install runc, e.g. apt-get install runc)",
+                runtime
+            ))
+        })
+}
+
+/// Refuses a request this host cannot run, saying why.
+pub fn check(req: &BuildRequest) -> Result<(), BuildError> {
+    let c = req.constraints();
+    let system = host_system();
+    if c.system != system {
+        return Err(BuildError::Host(format!(
+            "the build is for {}, this host is {system}",
+            c.system
+        )));
+    }
+    if c.min_memory > 0
+        && let Some(avail) = available_memory()
+        && avail < c.min_memory
+    {
+        return Err(BuildError::Host(format!(
+            "the build needs {} bytes of memory, {avail} are available",
+            c.min_memory
+        )));
+    }
+    for p in &c.available_ro_paths {
+        if std::fs::symlink_metadata(p.to_host()).is_err() {
+            return Err(BuildError::Host(format!(
+                "available_ro_paths: {p} does not exist on this host"
+            )));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,289 @@
+//! Running a bundle with runc: `runc run` in the foreground, the build's
+//! stdout and stderr streamed to a [`LogSink`] as they come, with a timeout,
+//! a silence limit and a log size limit. A [`Container`] guard runs
+//! `runc delete --force` when dropped, so a cancelled or failed build never
+//! leaves a container behind.
+
+use std::io::Read;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use crate::BuildError;
+
+/// Which stream a log chunk came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+}
+
+/// Receives the build's output as it comes, in chunks of any size.
+pub trait LogSink: Send + Sync {
+    fn log(&self, stream: LogStream, data: &[u8]);
+}
+
+/// A sink that drops everything.
+#[derive(Debug, Default)]
+pub struct NoLogs;
+impl LogSink for NoLogs {
+    fn log(&self, _: LogStream, _: &[u8]) {}
+}
+
+/// Limits on one run.
+#[derive(Clone, Copy, Debug)]
+pub struct RunLimits {
+    pub timeout: Option<Duration>,
+    pub max_silent: Option<Duration>,
+    pub log_limit: u64,
+}
+
+/// How the run went, when it ran to the end.
+#[derive(Debug)]
+pub struct RunOutcome {
+    /// CPU time of runc and the build (user + system).
+    pub cpu: Duration,
+    /// Largest resident set of the build's processes, in bytes.
+    pub max_rss: u64,
+    pub wall: Duration,
+}
+
+/// A container that is deleted (`runc delete --force`) when dropped.
+#[derive(Debug)]
+pub struct Container {
+    runc: PathBuf,
+    id: String,
+    live: bool,
+}
+
+impl Container {
+    /// Names container `id`; nothing runs yet.
+    pub fn new(runc: &Path, id: &str) -> Self {
+        Self {
+            runc: runc.to_owned(),
+            id: id.to_owned(),
+            live: true,
+        }
+    }
+
+    fn runc(&self, args: &[&str]) -> std::io::Result<std::process::Output> {
+        Command::new(&self.runc)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+    }
+
+    /// Kills every process of the container.
+    pub fn kill(&self) {
+        let _ = self.runc(&["kill", "--all", &self.id, "KILL"]);
+    }
+
+    /// Deletes the container, killing what still runs in it.
+    pub fn delete(&mut self) {
+        if !std::mem::take(&mut self.live) {
+            return;
+        }
+        match self.runc(&["delete", "--force", &self.id]) {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => {
+                let err = String::from_utf8_lossy(&o.stderr);
+                // Already gone (runc run deletes on exit) is fine.
+                if !err.contains("does not exist") {
+                    warn!(id = %self.id, "runc delete: {}", err.trim());
+                }
+            }
+            Err(e) => warn!(id = %self.id, "runc delete: {e}"),
+        }
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        self.delete();
+    }
+}
+
+/// The last lines of the log, for error messages.
+#[derive(Debug, Default)]
+struct Tail(Vec<u8>);
+
+impl Tail {
+    const KEEP: usize = 16 * 1024;
+    const LINES: usize = 25;
+
+    fn push(&mut self, data: &[u8]) {
+        self.0.extend_from_slice(data);
+        if self.0.len() > 2 * Self::KEEP {
+            self.0.drain(..self.0.len() - Self::KEEP);
+        }
+    }
+
+    fn lines(&self) -> String {
+        let text = String::from_utf8_lossy(&self.0);
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(Self::LINES)..].join("\n")
+    }
+}
+
+/// What ended the wait.
+enum Stop {
+    Exited(std::process::ExitStatus, libc::rusage),
+    TimedOut,
+    Silent,
+    LogLimit,
+}
+
+fn pump(
+    mut r: impl Read + Send + 'static,
+    stream: LogStream,
+    tx: mpsc::Sender<(LogStream, Vec<u8>)>,
+) {
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match r.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if tx.blocking_send((stream, buf[..n].to_vec())).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Waits for `pid` and returns its status and resource usage.
+fn wait4(pid: u32) -> std::io::Result<(std::process::ExitStatus, libc::rusage)> {
+    let mut status = 0;
+    // SAFETY: rusage is plain data, filled by the kernel.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: pid is our child; status and usage are valid pointers.
+        let rc = unsafe { libc::wait4(pid as libc::pid_t, &mut status, 0, &mut usage) };
+        if rc >= 0 {
+            return Ok((std::process::ExitStatus::from_raw(status), usage));
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+fn tv(t: libc::timeval) -> Duration {
+    Duration::from_secs(t.tv_sec.max(0) as u64) + Duration::from_micros(t.tv_usec.max(0) as u64)
+}
+
+/// Runs the bundle at `bundle` as container `container` and waits for it.
+pub async fn run(
+    container: &Container,
+    bundle: &Path,
+    sink: &dyn LogSink,
+    limits: RunLimits,
+) -> Result<RunOutcome, BuildError> {
+    let start = Instant::now();
+    let mut child = Command::new(&container.runc)
+        .arg("run")
+        .arg("--bundle")
+        .arg(bundle)
+        .arg(&container.id)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| BuildError::infra(format!("starting {}: {e}", container.runc.display())))?;
+    let (tx, mut rx) = mpsc::channel(64);
+    if let Some(o) = child.stdout.take() {
+        pump(o, LogStream::Stdout, tx.clone());
+    }
+    if let Some(e) = child.stderr.take() {
+        pump(e, LogStream::Stderr, tx);
+    }
+    let pid = child.id();
+    // Reaped by wait4 below (for its resource usage), not through `child`.
+    drop(child);
+    let mut waiter = tokio::task::spawn_blocking(move || wait4(pid));
+
+    let mut tail = Tail::default();
+    let mut logged = 0u64;
+    let mut last_output = Instant::now();
+    let far = Duration::from_secs(100 * 365 * 24 * 3600);
+    let stop = loop {
+        let timeout_at = limits.timeout.map_or(start + far, |t| start + t);
+        let silent_at = limits.max_silent.map_or(start + far, |t| last_output + t);
+        tokio::select! {
+            res = &mut waiter => {
+                let (status, usage) = res
+                    .map_err(|e| BuildError::infra(format!("waiting for runc: {e}")))?
+                    .map_err(|e| BuildError::infra(format!("waiting for runc: {e}")))?;
+                break Stop::Exited(status, usage);
+            }
+            Some((stream, data)) = rx.recv() => {
+                last_output = Instant::now();
+                logged += data.len() as u64;
+                tail.push(&data);
+                sink.log(stream, &data);
+                if logged > limits.log_limit {
+                    break Stop::LogLimit;
+                }
+            }
+            _ = tokio::time::sleep_until(timeout_at.into()) => break Stop::TimedOut,
+            _ = tokio::time::sleep_until(silent_at.into()) => break Stop::Silent,
+        }
+    };
+    let (status, usage) = match stop {
+        Stop::Exited(s, u) => (s, u),
+        other => {
+            container.kill();
+            let _ = waiter.await;
+            let log_tail = tail.lines();
+            return Err(match other {
+                Stop::TimedOut => BuildError::TimedOut {
+                    after: limits.timeout.unwrap_or_default(),
+                    log_tail,
+                },
+                Stop::Silent => BuildError::Silent {
+                    after: limits.max_silent.unwrap_or_default(),
+                    log_tail,
+                },
+                _ => BuildError::LogLimit {
+                    limit: limits.log_limit,
+                },
+            });
+        }
+    };
+    // The rest of the log, now that the build is gone.
+    while let Ok(Some((stream, data))) =
+        tokio::time::timeout(Duration::from_millis(200), rx.recv()).await
+    {
+        tail.push(&data);
+        sink.log(stream, &data);
+    }
+    debug!(id = %container.id, ?status, "runc exited");
+    let outcome = RunOutcome {
+        cpu: tv(usage.ru_utime) + tv(usage.ru_stime),
+        max_rss: (usage.ru_maxrss.max(0) as u64) * 1024,
+        wall: start.elapsed(),
+    };
+    match (status.code(), status.signal()) {
+        (Some(0), _) => Ok(outcome),
+        // runc reports a build killed by signal N as 128 + N.
+        (Some(code), _) if (129..=128 + 64).contains(&code) => Err(BuildError::Signaled {
+            signal: code - 128,
+            log_tail: tail.lines(),
+        }),
+        (Some(code), _) => Err(BuildError::Failed {
+            code,
+            log_tail: tail.lines(),
+        }),
+        (None, Some(sig)) => Err(BuildError::infra(format!(
+            "runc itself was killed by signal {sig}"
+        ))),
+        (None, None) => Err(BuildError::infra("runc ended without a status")),
+    }
+}

@@ -1,0 +1,423 @@
+//! Real builds end to end: runc, FUSE and overlayfs, with a static busybox
+//! imported into the castore as the toolchain. Needs root, /dev/fuse, runc
+//! and /bin/busybox (CI installs them); skips saying why elsewhere. After
+//! every build: no container, no mount, no bundle left.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tvix_oci_castore::blobservice::{BlobService, read_to_end};
+use tvix_oci_castore::directoryservice::DirectoryService;
+use tvix_oci_castore::import::{ImportOptions, import_path};
+use tvix_oci_castore::{Node, open_blob_service, open_directory_service};
+use tvix_oci_executor::ingest::IngestError;
+use tvix_oci_executor::runc::{LogSink, LogStream, NoLogs};
+use tvix_oci_executor::{BuildError, Executor, ExecutorConfig};
+use tvix_oci_spec::BuildRequest;
+use tvix_oci_spec::proto::{self, build_request as br};
+
+const BB: &str = "0k9yxm9zqc2dgw2xxbyh3mnbs5ijjc7v-busybox";
+const DATA: &str = "1ix2mk3svkrrc1kkwxbflfg6ydfcpxxq-data";
+const OUT: &str = "a6xgw8ck6z7vb3yzrn0m7bl0sfkxwlyk-out";
+
+fn skip_reason() -> Option<String> {
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("needs root".into());
+    }
+    for p in ["/dev/fuse", "/bin/busybox"] {
+        if !Path::new(p).exists() {
+            return Some(format!("{p} is absent"));
+        }
+    }
+    if tvix_oci_executor::host::find_runtime(Path::new("runc")).is_err() {
+        return Some("runc is not installed".into());
+    }
+    None
+}
+
+macro_rules! need_runtime {
+    () => {
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter("tvix_oci=debug")
+            .try_init();
+        if let Some(why) = skip_reason() {
+            println!("SKIPPED: {why}");
+            return;
+        }
+    };
+}
+
+struct Env {
+    tmp: tempfile::TempDir,
+    blobs: Arc<dyn BlobService>,
+    dirs: Arc<dyn DirectoryService>,
+    bb: Node,
+    data: Node,
+}
+
+async fn env() -> Env {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().display().to_string();
+    let blobs = open_blob_service(&format!("objects://{p}/blobs"))
+        .await
+        .unwrap();
+    let dirs = open_directory_service(&format!("redb://{p}/dirs.redb"))
+        .await
+        .unwrap();
+    let tree = tmp.path().join("bb");
+    std::fs::create_dir_all(tree.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", tree.join("bin/busybox")).unwrap();
+    let bb = import_path(blobs.clone(), &*dirs, &tree, &ImportOptions::default())
+        .await
+        .unwrap();
+    std::fs::write(
+        tmp.path().join("data"),
+        format!("data that names /nix/store/{BB}\n"),
+    )
+    .unwrap();
+    let data = import_path(
+        blobs.clone(),
+        &*dirs,
+        &tmp.path().join("data"),
+        &ImportOptions::default(),
+    )
+    .await
+    .unwrap();
+    Env {
+        tmp,
+        blobs,
+        dirs,
+        bb,
+        data,
+    }
+}
+
+impl Env {
+    fn config(&self) -> ExecutorConfig {
+        ExecutorConfig {
+            bundle_root: self.tmp.path().join("bundles"),
+            ..ExecutorConfig::default()
+        }
+    }
+
+    fn executor(&self, f: impl FnOnce(&mut ExecutorConfig)) -> Executor {
+        let mut c = self.config();
+        f(&mut c);
+        Executor::new(c, self.blobs.clone(), self.dirs.clone())
+    }
+
+    /// A Nix-like request running `script` with busybox's sh.
+    fn request(
+        &self,
+        script: &str,
+        outputs: &[&str],
+        f: impl FnOnce(&mut proto::BuildRequest),
+    ) -> BuildRequest {
+        let mut env = vec![
+            br::EnvVar {
+                key: "PATH".into(),
+                value: format!("/nix/store/{BB}/bin").into(),
+            },
+            br::EnvVar {
+                key: "out".into(),
+                value: format!("/nix/store/{OUT}").into(),
+            },
+        ];
+        env.sort_by(|a, b| a.key.cmp(&b.key));
+        let mut p = proto::BuildRequest {
+            inputs: vec![
+                self.bb.to_proto(&BB.try_into().unwrap()),
+                self.data.to_proto(&DATA.try_into().unwrap()),
+            ],
+            command_args: vec![
+                format!("/nix/store/{BB}/bin/busybox"),
+                "sh".into(),
+                "-c".into(),
+                script.into(),
+            ],
+            working_dir: "build".into(),
+            scratch_paths: vec!["build".into(), "nix/store".into()],
+            inputs_dir: "nix/store".into(),
+            outputs: outputs.iter().map(|s| s.to_string()).collect(),
+            environment_vars: env,
+            constraints: Some(br::BuildConstraints {
+                system: tvix_oci_executor::host::host_system(),
+                ..Default::default()
+            }),
+            additional_files: vec![],
+            refscan_needles: vec![OUT[..32].into(), BB[..32].into(), DATA[..32].into()],
+        };
+        f(&mut p);
+        BuildRequest::try_from(p).unwrap()
+    }
+
+    /// Nothing left: no bundle, no mount below the bundle root, no container of ours.
+    fn assert_clean(&self) {
+        let root = self.tmp.path().join("bundles");
+        let left: Vec<_> = std::fs::read_dir(&root)
+            .map(|rd| rd.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "bundles left: {left:?}");
+        let mounts = tvix_oci_fuse::mountinfo::mounts_below(&root).unwrap();
+        assert!(mounts.is_empty(), "mounts left: {mounts:?}");
+        // Containers whose bundle was under this test's bundle root.
+        let out = std::process::Command::new("runc")
+            .args(["list", "--format", "json"])
+            .output()
+            .unwrap();
+        let list: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        let ours: Vec<String> = list
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| {
+                c["bundle"]
+                    .as_str()
+                    .is_some_and(|b| Path::new(b).starts_with(&root))
+            })
+            .map(|c| c["id"].to_string())
+            .collect();
+        assert!(ours.is_empty(), "containers left: {ours:?}");
+    }
+}
+
+/// Collects the log.
+#[derive(Default)]
+struct Collect(Mutex<Vec<u8>>);
+impl LogSink for Collect {
+    fn log(&self, _s: LogStream, d: &[u8]) {
+        self.0.lock().unwrap().extend_from_slice(d);
+    }
+}
+
+async fn file_of(e: &Env, node: &Node, path: &str) -> Vec<u8> {
+    let mut node = node.clone();
+    for part in path.split('/').filter(|p| !p.is_empty()) {
+        let Node::Directory { digest, .. } = node else {
+            panic!("{path}: not a dir")
+        };
+        let d = e.dirs.get(&digest).await.unwrap().unwrap();
+        node = d.get(&part.try_into().unwrap()).unwrap().clone();
+    }
+    let Node::File { digest, .. } = node else {
+        panic!("{path}: not a file")
+    };
+    read_to_end(&*e.blobs, &digest).await.unwrap().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn outputs_and_needles() {
+    need_runtime!();
+    let e = env().await;
+    let out = format!("nix/store/{OUT}");
+    let script = format!(
+        "set -e; mkdir -p $out/bin /build/result; echo \"I need /nix/store/{DATA} and am $out\" > $out/bin/tool; \
+         chmod +x $out/bin/tool; ln -s /nix/store/{BB}/bin/busybox $out/bin/sh; echo built > /build/result/log; \
+         echo done building"
+    );
+    let req = e.request(&script, &["build/result", &out], |_| {});
+    let logs = Collect::default();
+    let res = e.executor(|_| {}).build(&req, &logs).await.unwrap();
+    assert!(String::from_utf8_lossy(&logs.0.lock().unwrap()).contains("done building"));
+    // Two outputs, in request order, named by their last component.
+    let names: Vec<String> = res
+        .build
+        .outputs
+        .iter()
+        .map(|(n, _)| n.to_string())
+        .collect();
+    assert_eq!(names, vec!["result".to_owned(), OUT.to_owned()]);
+    assert_eq!(
+        file_of(&e, &res.build.outputs[0].1, "log").await,
+        b"built\n"
+    );
+    let tool = file_of(&e, &res.build.outputs[1].1, "bin/tool").await;
+    assert_eq!(
+        String::from_utf8_lossy(&tool),
+        format!("I need /nix/store/{DATA} and am /nix/store/{OUT}\n")
+    );
+    // Needles: OUT (its own name) and DATA in the tool, BB in the symlink.
+    assert_eq!(res.build.outputs_needles, vec![vec![], vec![0, 1, 2]]);
+    assert_eq!(res.outputs[1].needle_paths[&1], PathBuf::from("bin/sh"));
+    assert!(res.outputs[1].nar_size > 0);
+    e.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failing_build_returns_code_and_log_tail() {
+    need_runtime!();
+    let e = env().await;
+    let req = e.request(
+        "echo about to fail; echo on stderr >&2; exit 3",
+        &["build/x"],
+        |_| {},
+    );
+    let err = e.executor(|_| {}).build(&req, &NoLogs).await.unwrap_err();
+    match &err {
+        BuildError::Failed { code, log_tail } => {
+            assert_eq!(*code, 3);
+            assert!(
+                log_tail.contains("about to fail") && log_tail.contains("on stderr"),
+                "{log_tail}"
+            );
+        }
+        other => panic!("{other}"),
+    }
+    assert!(err.is_build_failure());
+    e.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forgotten_output_is_named() {
+    need_runtime!();
+    let e = env().await;
+    let req = e.request("true", &["build/never"], |_| {});
+    let err = e.executor(|_| {}).build(&req, &NoLogs).await.unwrap_err();
+    assert!(
+        matches!(err, BuildError::Output(IngestError::Missing(ref o)) if o == "build/never"),
+        "{err}"
+    );
+    e.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn timeout_kills_the_build() {
+    need_runtime!();
+    let e = env().await;
+    let req = e.request(
+        &format!("echo sleeping; /nix/store/{BB}/bin/busybox sleep 30"),
+        &["build/x"],
+        |_| {},
+    );
+    let t = std::time::Instant::now();
+    let err = e
+        .executor(|c| c.timeout = Some(Duration::from_secs(2)))
+        .build(&req, &NoLogs)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, BuildError::TimedOut { .. }), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(20));
+    e.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn modifying_an_input_fails_the_build() {
+    need_runtime!();
+    let e = env().await;
+    // Inputs are read-only files, but the store dir is writable: deleting
+    // or replacing an input lands in the overlay's upper layer: caught.
+    let script = format!(
+        "echo x >> /nix/store/{DATA} || echo refused; rm -f /nix/store/{DATA}; mkdir -p $out"
+    );
+    let req = e.request(&script, &[&format!("nix/store/{OUT}")], |_| {});
+    let err = e.executor(|_| {}).build(&req, &NoLogs).await.unwrap_err();
+    assert_eq!(err.to_string(), format!("build modified input {DATA}"));
+    e.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fifo_fails_and_setuid_is_refused_inside() {
+    need_runtime!();
+    let e = env().await;
+    let script = "mkdir -p /build/o; echo hi > /build/o/f; chmod u+s /build/o/f 2>/build/o/chmod-err; echo $? > /build/o/chmod-rc";
+    let req = e.request(script, &["build/o"], |_| {});
+    let res = e.executor(|_| {}).build(&req, &NoLogs).await.unwrap();
+    assert_eq!(
+        file_of(&e, &res.build.outputs[0].1, "chmod-rc").await,
+        b"1\n"
+    );
+    let err = String::from_utf8_lossy(&file_of(&e, &res.build.outputs[0].1, "chmod-err").await)
+        .into_owned();
+    assert!(err.contains("Operation not permitted"), "{err}");
+
+    let req = e.request(
+        "mkdir -p /build/o; mkfifo /build/o/pipe",
+        &["build/o"],
+        |_| {},
+    );
+    let err = e.executor(|_| {}).build(&req, &NoLogs).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            BuildError::Output(IngestError::Special { kind: "FIFO", .. })
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("pipe"), "{err}");
+    e.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancelled_build_leaves_nothing() {
+    need_runtime!();
+    let e = env().await;
+    let req = e.request(
+        &format!("echo started; /nix/store/{BB}/bin/busybox sleep 60"),
+        &["build/x"],
+        |_| {},
+    );
+    let exec = Arc::new(e.executor(|_| {}));
+    let started = Arc::new(Collect::default());
+    let (ex, rq, st) = (exec.clone(), req.clone(), started.clone());
+    let task = tokio::spawn(async move { ex.build(&rq, &*st).await });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !String::from_utf8_lossy(&started.0.lock().unwrap()).contains("started") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the build never started"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
+    e.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sh_additional_files_and_no_network() {
+    need_runtime!();
+    let e = env().await;
+    let script = "cat /build/extra.txt > /build/o; ls /sys/class/net >> /build/o; test -x /bin/sh && echo has-sh >> /build/o";
+    let req = e.request(script, &["build/o"], |p| {
+        p.constraints.as_mut().unwrap().provide_bin_sh = true;
+        p.additional_files = vec![br::AdditionalFile {
+            path: "build/extra.txt".into(),
+            contents: "extra\n".into(),
+        }];
+        p.command_args = vec!["/bin/sh".into(), "-c".into(), script.into()];
+    });
+    let res = e.executor(|_| {}).build(&req, &NoLogs).await.unwrap();
+    let Node::File { digest, .. } = &res.build.outputs[0].1 else {
+        panic!()
+    };
+    let text = read_to_end(&*e.blobs, digest).await.unwrap().unwrap();
+    assert_eq!(String::from_utf8_lossy(&text), "extra\nlo\nhas-sh\n");
+    e.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn four_builds_at_once() {
+    need_runtime!();
+    let e = env().await;
+    let exec = e.executor(|c| c.concurrency = 4);
+    let reqs: Vec<BuildRequest> = (0..4)
+        .map(|i| e.request(&format!("echo {i} > /build/o"), &["build/o"], |_| {}))
+        .collect();
+    let results = futures::future::join_all(reqs.iter().map(|r| exec.build(r, &NoLogs))).await;
+    for (i, r) in results.into_iter().enumerate() {
+        let r = r.unwrap();
+        let Node::File { digest, .. } = &r.build.outputs[0].1 else {
+            panic!()
+        };
+        assert_eq!(
+            read_to_end(&*e.blobs, digest).await.unwrap().unwrap(),
+            format!("{i}\n").as_bytes()
+        );
+    }
+    e.assert_clean();
+}
