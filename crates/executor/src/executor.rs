@@ -161,6 +161,8 @@ impl Executor {
         let runc = host::find_runtime(&self.config.runtime)?;
         let mut spec_opts = self.config.spec.clone();
         spec_opts.sandbox_shell = self.config.sandbox_shell.clone();
+        // A cgroup of its own, named after the build.
+        spec_opts.cgroups_path = Some(PathBuf::from(format!("/tvix-oci-build/{id}")));
 
         // Declared in this order so they drop in reverse: container, then
         // overlay, then FUSE, then the bundle directory.

@@ -77,9 +77,11 @@ impl Container {
             .output()
     }
 
-    /// Kills every process of the container.
+    /// Kills the container's init, and with it its PID namespace. (Not
+    /// `--all`: on cgroup v1 that signals every process of the container's
+    /// cgroup, which must never be a shared one.)
     pub fn kill(&self) {
-        let _ = self.runc(&["kill", "--all", &self.id, "KILL"]);
+        let _ = self.runc(&["kill", &self.id, "KILL"]);
     }
 
     /// Deletes the container, killing what still runs in it.
@@ -240,7 +242,19 @@ pub async fn run(
         Stop::Exited(s, u) => (s, u),
         other => {
             container.kill();
-            let _ = waiter.await;
+            // Keep draining the log until runc exits: runc copies the
+            // build's output into our pipes and will not exit while a copy
+            // is blocked on a full pipe.
+            loop {
+                tokio::select! {
+                    _ = &mut waiter => break,
+                    Some((_, data)) = rx.recv() => {
+                        if !matches!(other, Stop::LogLimit) {
+                            tail.push(&data);
+                        }
+                    }
+                }
+            }
             let log_tail = tail.lines();
             return Err(match other {
                 Stop::TimedOut => BuildError::TimedOut {

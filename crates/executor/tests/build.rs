@@ -421,3 +421,84 @@ async fn four_builds_at_once() {
     }
     e.assert_clean();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn silence_and_log_limits_kill_the_build() {
+    need_runtime!();
+    let e = env().await;
+    let req = e.request(
+        &format!("echo one line; /nix/store/{BB}/bin/busybox sleep 30"),
+        &["build/x"],
+        |_| {},
+    );
+    let err = e
+        .executor(|c| c.max_silent_time = Some(Duration::from_secs(1)))
+        .build(&req, &NoLogs)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, BuildError::Silent { .. }), "{err}");
+    assert!(err.to_string().contains("one line"), "{err}");
+
+    let req = e.request(
+        "while true; do echo aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa; done",
+        &["build/x"],
+        |_| {},
+    );
+    let err = e
+        .executor(|c| c.log_limit = 100_000)
+        .build(&req, &NoLogs)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, BuildError::LogLimit { limit: 100_000 }),
+        "{err}"
+    );
+    e.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_build_killed_by_a_signal_says_which() {
+    need_runtime!();
+    let e = env().await;
+    // (The shell is the namespace's init, which SIGKILL from inside cannot
+    // kill: a child shell dies instead, and its status is passed on.)
+    let req = e.request(
+        &format!("/nix/store/{BB}/bin/busybox sh -c 'kill -9 $$'; exit $?"),
+        &["build/x"],
+        |_| {},
+    );
+    let err = e.executor(|_| {}).build(&req, &NoLogs).await.unwrap_err();
+    assert!(
+        matches!(err, BuildError::Signaled { signal: 9, .. }),
+        "{err}"
+    );
+    e.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn host_constraints_are_checked_before_anything_is_mounted() {
+    need_runtime!();
+    let e = env().await;
+    let req = e.request("true", &["build/x"], |p| {
+        p.constraints.as_mut().unwrap().system = "riscv64-linux".into()
+    });
+    let err = e.executor(|_| {}).build(&req, &NoLogs).await.unwrap_err();
+    assert!(
+        matches!(err, BuildError::Host(_)) && !err.is_build_failure(),
+        "{err}"
+    );
+    assert!(err.to_string().contains("riscv64-linux"), "{err}");
+    let req = e.request("true", &["build/x"], |p| {
+        p.constraints.as_mut().unwrap().available_ro_paths = vec!["/dev/nonexistent-device".into()]
+    });
+    let err = e.executor(|_| {}).build(&req, &NoLogs).await.unwrap_err();
+    assert!(err.to_string().contains("/dev/nonexistent-device"), "{err}");
+    let req = e.request("true", &["build/x"], |_| {});
+    let err = e
+        .executor(|c| c.runtime = "/nonexistent/runc".into())
+        .build(&req, &NoLogs)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("/nonexistent/runc"), "{err}");
+    e.assert_clean();
+}
