@@ -123,12 +123,16 @@ fn build_id() -> String {
 }
 
 impl Executor {
-    /// An executor using `blobs` and `dirs` for inputs and outputs.
+    /// An executor using `blobs` and `dirs` for inputs and outputs. Cleans
+    /// up what a previous process that died mid-build left in the bundle
+    /// root (containers, mounts, bundles).
     pub fn new(
         config: ExecutorConfig,
         blobs: Arc<dyn BlobService>,
         dirs: Arc<dyn DirectoryService>,
     ) -> Self {
+        let runc = host::find_runtime(&config.runtime).unwrap_or_else(|_| config.runtime.clone());
+        crate::cleanup_stale(&config.bundle_root, &runc);
         let permits = Semaphore::new(config.concurrency.max(1));
         Self {
             config,

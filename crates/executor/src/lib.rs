@@ -23,6 +23,8 @@ pub mod nar;
 mod overlay;
 pub mod refscan;
 pub mod runc;
+mod stale;
 
 pub use error::BuildError;
 pub use executor::{Accounting, BuildResult, Executor, ExecutorConfig, OutputInfo};
+pub use stale::cleanup_stale;

@@ -502,3 +502,92 @@ async fn host_constraints_are_checked_before_anything_is_mounted() {
     assert!(err.to_string().contains("/nonexistent/runc"), "{err}");
     e.assert_clean();
 }
+
+/// Run by `a_killed_executor_is_cleaned_up_by_the_next` in a child process,
+/// which it then kills mid-build.
+#[test]
+#[ignore = "helper run in a child process"]
+fn child_builds_until_killed() {
+    let Some(root) = std::env::var_os("TVIX_OCI_CHILD_BUNDLES") else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let e = env().await;
+        let exec = Executor::new(
+            ExecutorConfig {
+                bundle_root: PathBuf::from(&root),
+                ..ExecutorConfig::default()
+            },
+            e.blobs.clone(),
+            e.dirs.clone(),
+        );
+        let req = e.request(
+            &format!("echo started; /nix/store/{BB}/bin/busybox sleep 60"),
+            &["build/x"],
+            |_| {},
+        );
+        struct Print;
+        impl LogSink for Print {
+            fn log(&self, _s: LogStream, d: &[u8]) {
+                use std::io::Write;
+                let _ = std::io::stdout().write_all(d);
+                let _ = std::io::stdout().flush();
+            }
+        }
+        let _ = exec.build(&req, &Print).await;
+    });
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_executor_is_cleaned_up_by_the_next() {
+    need_runtime!();
+    let e = env().await;
+    let root = e.tmp.path().join("bundles");
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_builds_until_killed",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("TVIX_OCI_CHILD_BUNDLES", &root)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the build to start, then SIGKILL the whole executor.
+    let mut out = child.stdout.take().unwrap();
+    let started = tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 256];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 {
+                return false;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            if String::from_utf8_lossy(&seen).contains("started") {
+                return true;
+            }
+        }
+        false
+    });
+    assert!(
+        tokio::time::timeout(Duration::from_secs(60), started)
+            .await
+            .unwrap()
+            .unwrap(),
+        "child build never started"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // It left a bundle with mounts in it (and maybe the container).
+    assert!(
+        !tvix_oci_fuse::mountinfo::mounts_below(&root)
+            .unwrap()
+            .is_empty()
+    );
+    // A new executor on the same root cleans it all up at start.
+    let _exec = e.executor(|_| {});
+    e.assert_clean();
+}

@@ -1,0 +1,90 @@
+//! Cleaning up after a process that died mid-build (SIGKILL, a crash): its
+//! bundles under the bundle root, the mounts in them and its containers.
+//! A bundle is stale when the process whose id is in its name is gone.
+
+use std::path::Path;
+
+use tracing::{info, warn};
+
+/// The pid in a bundle name `tob-<pid>-<n>-<nonce>`.
+fn owner_pid(name: &str) -> Option<u32> {
+    name.strip_prefix("tob-")?.split('-').next()?.parse().ok()
+}
+
+fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Removes the stale bundles under `root`: deletes their containers,
+/// aborts and detaches their mounts (deepest first), removes the
+/// directories. Returns how many were cleaned.
+pub fn cleanup_stale(root: &Path, runc: &Path) -> usize {
+    let Ok(rd) = std::fs::read_dir(root) else {
+        return 0;
+    };
+    let mut cleaned = 0;
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = owner_pid(&name) else {
+            continue;
+        };
+        if pid == std::process::id() || alive(pid) {
+            continue;
+        }
+        let dir = e.path();
+        warn!(bundle = %dir.display(), "cleaning up after a build of a process that died");
+        let _ = std::process::Command::new(runc)
+            .args(["delete", "--force", &name])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+        let mut mounts = tvix_oci_fuse::mountinfo::mounts_below(&dir).unwrap_or_default();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.mount_point.components().count()));
+        for m in &mounts {
+            if m.fs_type.starts_with("fuse") {
+                let _ = tvix_oci_fuse::abort_connection(&m.mount_point);
+            }
+            if let Err(err) = nix::mount::umount2(&m.mount_point, nix::mount::MntFlags::MNT_DETACH)
+            {
+                warn!(path = %m.mount_point.display(), "detaching a stale mount: {err}");
+            }
+        }
+        if tvix_oci_fuse::mountinfo::mounts_below(&dir).is_ok_and(|m| m.is_empty()) {
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => cleaned += 1,
+                Err(err) => warn!(bundle = %dir.display(), "removing a stale bundle: {err}"),
+            }
+        }
+    }
+    if cleaned > 0 {
+        info!(cleaned, "stale bundles removed");
+    }
+    cleaned
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owner_pids() {
+        assert_eq!(owner_pid("tob-123-4-abcd"), Some(123));
+        assert_eq!(owner_pid("other"), None);
+        assert_eq!(owner_pid("tob-x-1"), None);
+    }
+
+    #[test]
+    fn removes_dead_owners_bundles_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        // pid 2^22+1 is above the kernel's pid_max: never alive.
+        let dead = tmp.path().join("tob-4194305-0-00");
+        let mine = tmp.path().join(format!("tob-{}-0-00", std::process::id()));
+        let other = tmp.path().join("not-a-bundle");
+        for d in [&dead, &mine, &other] {
+            std::fs::create_dir_all(d.join("root/etc")).unwrap();
+        }
+        assert_eq!(cleanup_stale(tmp.path(), Path::new("/nonexistent/runc")), 1);
+        assert!(!dead.exists() && mine.exists() && other.exists());
+    }
+}
