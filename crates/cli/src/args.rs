@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 /// Run hermetic builds of content-addressed inputs in OCI containers, and
 /// manage the castore they read from and write to.
@@ -19,7 +19,7 @@ pub struct Cli {
     #[arg(long, env = "DIRECTORY_SERVICE_ADDR", global = true)]
     pub directory_service_addr: Option<String>,
 
-    /// More log output (-v: debug, -vv: trace). RUST_LOG overrides it.
+    /// More log output (-v: info, -vv: debug). RUST_LOG overrides it.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
 
@@ -31,14 +31,22 @@ impl Cli {
     pub fn log_level(&self) -> &'static str {
         match self.verbose {
             0 => "warn",
-            1 => "debug",
-            _ => "trace",
+            1 => "info",
+            _ => "debug",
         }
     }
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run builds: from request files, or from flags (local paths are
+    /// imported as inputs first).
+    ///
+    /// Examples:
+    ///   tvix-oci-build run request.json
+    ///   tvix-oci-build run --input busybox=/bin/busybox --output build/out \
+    ///       -- /nix/store/busybox sh -c 'echo hi > /build/out'
+    Run(Box<RunArgs>),
     /// Import local paths into the store and print each root's digest.
     ///
     /// Example: tvix-oci-build import /usr/share/zoneinfo
@@ -56,4 +64,70 @@ pub enum Command {
         /// Where to write it; must not exist.
         dest: PathBuf,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Build requests: JSON or binary tvix.build.v1 BuildRequest files, or
+    /// - for stdin. Leave out to describe the build with flags.
+    pub requests: Vec<PathBuf>,
+
+    /// An input, imported from a local path: NAME=PATH (or just PATH, named
+    /// by its file name). It appears at /<inputs-dir>/NAME.
+    #[arg(long, value_name = "NAME=PATH")]
+    pub input: Vec<String>,
+    /// A path the build must produce, relative (e.g. build/out).
+    #[arg(long, value_name = "PATH")]
+    pub output: Vec<String>,
+    /// An environment variable of the build: KEY=VALUE.
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// A string to look for in the outputs (a store path hash).
+    #[arg(long)]
+    pub needle: Vec<String>,
+    /// Give the build network access.
+    #[arg(long)]
+    pub network: bool,
+    /// Provide /bin/sh (the sandbox shell).
+    #[arg(long)]
+    pub sh: bool,
+    /// Where the inputs appear.
+    #[arg(long, default_value = "nix/store")]
+    pub inputs_dir: String,
+    /// Writable paths.
+    #[arg(long = "scratch", default_values = ["build", "nix/store"])]
+    pub scratch: Vec<String>,
+    /// The build's working directory.
+    #[arg(long, default_value = "build")]
+    pub workdir: String,
+    /// Print the request as JSON instead of running it.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Keep each bundle directory after the build, for debugging.
+    #[arg(long)]
+    pub keep_bundle: bool,
+    /// Kill a build running longer than this many seconds.
+    #[arg(long, value_name = "SECONDS")]
+    pub timeout: Option<u64>,
+    /// Kill a build silent for this many seconds.
+    #[arg(long, value_name = "SECONDS")]
+    pub max_silent_time: Option<u64>,
+    /// Builds run at once when several requests are given.
+    #[arg(long)]
+    pub jobs: Option<usize>,
+    /// Where bundles are made.
+    #[arg(long)]
+    pub bundle_root: Option<PathBuf>,
+    /// The OCI runtime.
+    #[arg(long, default_value = "runc")]
+    pub runtime: PathBuf,
+    /// The shell bound at /bin/sh for builds asking for it (default: a
+    /// static busybox, when installed).
+    #[arg(long)]
+    pub sandbox_shell: Option<PathBuf>,
+
+    /// The command of the build and its arguments (after --).
+    #[arg(last = true)]
+    pub command: Vec<String>,
 }

@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use clap::Parser;
 
 mod args;
+mod exit;
+mod run;
 mod store;
 
 fn main() -> ExitCode {
@@ -27,8 +29,11 @@ fn main() -> ExitCode {
     match rt.block_on(store::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(3)
+            let msg = format!("{e:#}");
+            if !msg.is_empty() {
+                eprintln!("error: {msg}");
+            }
+            ExitCode::from(exit::code_of(&e))
         }
     }
 }

@@ -27,7 +27,7 @@ fn data_dir() -> PathBuf {
     }
 }
 
-async fn open_stores(
+pub async fn open_stores(
     cli: &Cli,
 ) -> anyhow::Result<(Arc<dyn BlobService>, Arc<dyn DirectoryService>)> {
     let dir = data_dir();
@@ -45,8 +45,11 @@ async fn open_stores(
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let (blobs, dirs) = open_stores(&cli).await?;
+    let (blobs, dirs) = open_stores(&cli)
+        .await
+        .map_err(|e| crate::exit::exit(crate::exit::HOST, e))?;
     match &cli.command {
+        Command::Run(args) => crate::run::run(args, blobs, dirs).await?,
         Command::Import { paths } => {
             for p in paths {
                 let node = import_path(blobs.clone(), &*dirs, p, &ImportOptions::default()).await?;

@@ -312,22 +312,25 @@ impl InputsMount {
         let Some(session) = self.session.take() else {
             return Ok(());
         };
-        let res = match umount(&self.mountpoint, 0) {
+        // fuser unmounts and joins the worker threads; when the mount is
+        // busy, abort the connection (readers get ENOTCONN, the threads
+        // end) and detach it instead: it is never left behind.
+        match session.umount_and_join() {
             Ok(()) => Ok(()),
             Err(e) => {
                 warn!(path = %self.mountpoint.display(), "unmount failed ({e}); aborting and detaching");
                 let _ = abort_connection(&self.mountpoint);
-                umount(&self.mountpoint, libc::MNT_DETACH)
+                match umount(&self.mountpoint, libc::MNT_DETACH) {
+                    Ok(()) => Ok(()),
+                    // Already gone: the failed unmount raced with its end.
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(()),
+                    Err(e) => Err(io::Error::new(
+                        e.kind(),
+                        format!("unmounting {}: {e}", self.mountpoint.display()),
+                    )),
+                }
             }
-        };
-        // The worker threads end once the kernel closes the connection.
-        let _ = session.join();
-        res.map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("unmounting {}: {e}", self.mountpoint.display()),
-            )
-        })
+        }
     }
 }
 

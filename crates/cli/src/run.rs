@@ -1,0 +1,296 @@
+//! `tvix-oci-build run`: builds from request files or from flags, logs to
+//! stderr as they come, the result as JSON on stdout.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use prost::Message;
+use serde_json::json;
+use tvix_oci_castore::blobservice::BlobService;
+use tvix_oci_castore::directoryservice::DirectoryService;
+use tvix_oci_castore::import::{ImportOptions, import_path};
+use tvix_oci_executor::runc::{LogSink, LogStream};
+use tvix_oci_executor::{BuildResult, Executor, ExecutorConfig};
+use tvix_oci_spec::json::{JsonBuild, JsonError};
+use tvix_oci_spec::proto::{self, build_request as br};
+use tvix_oci_spec::{BuildRequest, Problems};
+
+use crate::args::RunArgs;
+use crate::exit::{BUILD_FAILED, HOST, INVALID, exit};
+
+/// Build logs to stderr, as they come.
+struct Stderr;
+impl LogSink for Stderr {
+    fn log(&self, _s: LogStream, data: &[u8]) {
+        let mut e = std::io::stderr().lock();
+        let _ = e.write_all(data);
+        let _ = e.flush();
+    }
+}
+
+fn invalid(p: Problems) -> anyhow::Error {
+    exit(INVALID, p)
+}
+
+/// Reads one request file: JSON, or binary protobuf.
+fn read_request(path: &Path) -> anyhow::Result<BuildRequest> {
+    let bytes = if path == Path::new("-") {
+        let mut b = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut b)
+            .context("reading the request from stdin")?;
+        b
+    } else {
+        std::fs::read(path).map_err(|e| {
+            exit(
+                INVALID,
+                format!("cannot read request {}: {e}", path.display()),
+            )
+        })?
+    };
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first == Some(&b'{') {
+        let text = String::from_utf8(bytes).map_err(|_| {
+            exit(
+                INVALID,
+                format!("{}: JSON that is not UTF-8", path.display()),
+            )
+        })?;
+        return BuildRequest::from_json(&text).map_err(|e| match e {
+            JsonError::Invalid(p) => invalid(p),
+            other => exit(INVALID, format!("{}: {other}", path.display())),
+        });
+    }
+    let p = proto::BuildRequest::decode(bytes.as_slice()).map_err(|e| {
+        exit(
+            INVALID,
+            format!(
+                "{}: neither JSON nor a protobuf BuildRequest: {e}",
+                path.display()
+            ),
+        )
+    })?;
+    BuildRequest::try_from(p).map_err(invalid)
+}
+
+fn split_kv<'a>(s: &'a str, what: &str) -> anyhow::Result<(&'a str, &'a str)> {
+    s.split_once('=').ok_or_else(|| {
+        exit(
+            INVALID,
+            format!("{what} {s:?} is not of the form KEY=VALUE"),
+        )
+    })
+}
+
+/// The request the flags describe, importing the inputs.
+async fn request_from_flags(
+    args: &RunArgs,
+    blobs: &Arc<dyn BlobService>,
+    dirs: &Arc<dyn DirectoryService>,
+) -> anyhow::Result<BuildRequest> {
+    if args.command.is_empty() {
+        return Err(exit(
+            INVALID,
+            "no request file and no command after --: nothing to build",
+        ));
+    }
+    let mut inputs = Vec::new();
+    for spec in &args.input {
+        let (name, path) = match spec.split_once('=') {
+            Some((n, p)) => (n.to_owned(), PathBuf::from(p)),
+            None => {
+                let p = PathBuf::from(spec);
+                let n = p
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                (n, p)
+            }
+        };
+        if !path.exists() && std::fs::symlink_metadata(&path).is_err() {
+            return Err(exit(
+                INVALID,
+                format!("input {name}: {} does not exist", path.display()),
+            ));
+        }
+        let node = import_path(blobs.clone(), &**dirs, &path, &ImportOptions::default())
+            .await
+            .with_context(|| format!("importing input {}", path.display()))?;
+        let pc = name
+            .as_str()
+            .try_into()
+            .map_err(|e| exit(INVALID, format!("input name {name:?}: {e}")))?;
+        inputs.push((name, node.to_proto(&pc)));
+    }
+    inputs.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut env = Vec::new();
+    for kv in &args.env {
+        let (k, v) = split_kv(kv, "--env")?;
+        env.push(br::EnvVar {
+            key: k.into(),
+            value: v.to_owned().into(),
+        });
+    }
+    env.sort_by(|a, b| a.key.cmp(&b.key));
+    let mut outputs = args.output.clone();
+    outputs.sort();
+    let mut scratch = args.scratch.clone();
+    scratch.sort();
+    let mut needles = args.needle.clone();
+    needles.sort();
+    let p = proto::BuildRequest {
+        inputs: inputs.into_iter().map(|(_, n)| n).collect(),
+        command_args: args.command.clone(),
+        working_dir: args.workdir.clone(),
+        scratch_paths: scratch,
+        inputs_dir: args.inputs_dir.clone(),
+        outputs,
+        environment_vars: env,
+        constraints: Some(br::BuildConstraints {
+            system: tvix_oci_executor::host::host_system(),
+            network_access: args.network,
+            provide_bin_sh: args.sh,
+            ..Default::default()
+        }),
+        additional_files: vec![],
+        refscan_needles: needles,
+    };
+    BuildRequest::try_from(p).map_err(invalid)
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The result as JSON: the Build, needles by index and value, per output
+/// its NAR hash and size, and the accounting.
+fn result_json(r: &BuildResult) -> serde_json::Value {
+    let needles = r.build.request.refscan_needles();
+    let outputs: Vec<_> = r
+        .outputs
+        .iter()
+        .zip(&r.build.outputs_needles)
+        .map(|(o, idx)| {
+            json!({
+                "nar_sha256": hex(&o.nar_sha256),
+                "nar_size": o.nar_size,
+                "needles": idx.iter().filter_map(|&i| needles.get(i as usize)).collect::<Vec<_>>(),
+                "needles_found_in": o.needle_paths.iter().map(|(i, p)| (needles.get(*i).cloned().unwrap_or_default(), p.display().to_string())).collect::<std::collections::BTreeMap<_, _>>(),
+            })
+        })
+        .collect();
+    let a = &r.accounting;
+    json!({
+        "build": JsonBuild::from(&r.build),
+        "outputs": outputs,
+        "accounting": {
+            "wall_ms": a.wall.as_millis() as u64,
+            "run_wall_ms": a.run_wall.as_millis() as u64,
+            "cpu_ms": a.cpu.as_millis() as u64,
+            "max_rss_bytes": a.max_rss,
+            "input_bytes_fetched": a.input_bytes_fetched,
+            "input_bytes_served": a.input_bytes_served,
+        },
+    })
+}
+
+pub async fn run(
+    args: &RunArgs,
+    blobs: Arc<dyn BlobService>,
+    dirs: Arc<dyn DirectoryService>,
+) -> anyhow::Result<()> {
+    let requests = if args.requests.is_empty() {
+        vec![request_from_flags(args, &blobs, &dirs).await?]
+    } else {
+        if !args.command.is_empty() || !args.input.is_empty() {
+            return Err(exit(
+                INVALID,
+                "give either request files or a build by flags (--input … -- COMMAND), not both",
+            ));
+        }
+        args.requests
+            .iter()
+            .map(|p| read_request(p))
+            .collect::<anyhow::Result<Vec<_>>>()?
+    };
+    if args.dry_run {
+        for r in &requests {
+            println!("{}", r.to_json());
+        }
+        return Ok(());
+    }
+    let mut config = ExecutorConfig {
+        runtime: args.runtime.clone(),
+        keep_bundle: args.keep_bundle,
+        timeout: args.timeout.map(Duration::from_secs),
+        max_silent_time: args.max_silent_time.map(Duration::from_secs),
+        ..ExecutorConfig::default()
+    };
+    if let Some(j) = args.jobs {
+        config.concurrency = j.max(1);
+    }
+    if let Some(r) = &args.bundle_root {
+        config.bundle_root = r.clone();
+    }
+    if let Some(s) = &args.sandbox_shell {
+        config.sandbox_shell = Some(s.clone());
+    }
+    if requests.iter().any(|r| r.constraints().provide_bin_sh) && config.sandbox_shell.is_none() {
+        return Err(exit(
+            HOST,
+            "a request asks for provide_bin_sh, but no sandbox shell was found: install busybox-static or pass --sandbox-shell",
+        ));
+    }
+    let exec = Executor::new(config, blobs, dirs);
+    let builds = futures::future::join_all(requests.iter().map(|r| exec.build(r, &Stderr)));
+    let results = tokio::select! {
+        r = builds => r,
+        _ = shutdown_signal() => return Err(exit(HOST, "interrupted; the builds were stopped and cleaned up")),
+    };
+    let mut worst = 0u8;
+    let mut out = Vec::new();
+    for (i, r) in results.into_iter().enumerate() {
+        match r {
+            Ok(res) => out.push(result_json(&res)),
+            Err(e) => {
+                let code = if e.is_build_failure() {
+                    BUILD_FAILED
+                } else {
+                    HOST
+                };
+                eprintln!("error: build {}: {e}", i + 1);
+                worst = worst.max(code);
+                out.push(json!({"error": e.to_string()}));
+            }
+        }
+    }
+    let doc = if out.len() == 1 {
+        out.remove(0)
+    } else {
+        serde_json::Value::Array(out)
+    };
+    println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+    match worst {
+        0 => Ok(()),
+        code => Err(exit(code, "")),
+    }
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}

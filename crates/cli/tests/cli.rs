@@ -1,0 +1,177 @@
+//! The binary driven as a user would: both `run` forms, the JSON result,
+//! exit codes and messages.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn bin(data: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tvix-oci-build"));
+    c.env("XDG_DATA_HOME", data)
+        .env_remove("BLOB_SERVICE_ADDR")
+        .env_remove("DIRECTORY_SERVICE_ADDR");
+    c
+}
+
+fn can_build() -> Option<String> {
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("needs root".into());
+    }
+    for p in ["/dev/fuse", "/bin/busybox"] {
+        if !Path::new(p).exists() {
+            return Some(format!("{p} is absent"));
+        }
+    }
+    None
+}
+
+/// A dir holding bin/busybox, the build's toolchain.
+fn busybox_tree(tmp: &Path) -> std::path::PathBuf {
+    let t = tmp.join("bb");
+    std::fs::create_dir_all(t.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", t.join("bin/busybox")).unwrap();
+    t
+}
+
+fn flags_run(tmp: &Path, extra: &[&str], script: &str) -> Output {
+    let bb = busybox_tree(tmp);
+    let mut c = bin(&tmp.join("data"));
+    c.arg("run")
+        .arg("--input")
+        .arg(format!("busybox={}", bb.display()))
+        .args(["--output", "build/hello", "--needle", "busybox"])
+        .args(extra)
+        .args(["--", "/nix/store/busybox/bin/busybox", "sh", "-c", script]);
+    c.output().unwrap()
+}
+
+#[test]
+fn dry_run_prints_a_request_the_file_form_accepts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = flags_run(tmp.path(), &["--dry-run"], "echo hi > /build/hello");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json = String::from_utf8(out.stdout).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["inputs"][0]["name"], "busybox");
+    assert_eq!(
+        v["scratch_paths"],
+        serde_json::json!(["build", "nix/store"])
+    );
+    let req = tmp.path().join("req.json");
+    std::fs::write(&req, &json).unwrap();
+    let again = bin(&tmp.path().join("data"))
+        .args(["run", "--dry-run"])
+        .arg(&req)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8(again.stdout).unwrap(), json);
+}
+
+#[test]
+fn both_forms_build_the_same_output() {
+    if let Some(why) = can_build() {
+        println!("SKIPPED: {why}");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let script = "echo building; echo made with /nix/store/busybox > /build/hello";
+    let out = flags_run(tmp.path(), &[], script);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("building"),
+        "the log is streamed to stderr"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["build"]["outputs"][0]["name"], "hello");
+    assert_eq!(v["outputs"][0]["needles"], serde_json::json!(["busybox"]));
+    assert!(v["outputs"][0]["nar_size"].as_u64().unwrap() > 0);
+    let digest = v["build"]["outputs"][0]["file"]["digest"].clone();
+
+    let dry = flags_run(tmp.path(), &["--dry-run"], script);
+    let req = tmp.path().join("req.json");
+    std::fs::write(&req, &dry.stdout).unwrap();
+    let out = bin(&tmp.path().join("data"))
+        .arg("run")
+        .arg(&req)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["build"]["outputs"][0]["file"]["digest"], digest);
+}
+
+#[test]
+fn exit_codes_and_messages() {
+    let tmp = tempfile::tempdir().unwrap();
+    // 2: an invalid request, every problem named.
+    let out = bin(&tmp.path().join("data"))
+        .args(["run", "--output", "/abs", "--scratch", "proc", "--", "x"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("outputs[0] \"/abs\" must be relative") && err.contains("/proc"),
+        "{err}"
+    );
+    // 2: a missing request file, malformed JSON with its line.
+    let out = bin(&tmp.path().join("data"))
+        .args(["run", "/nonexistent/req.json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/req.json"));
+    let bad = tmp.path().join("bad.json");
+    std::fs::write(&bad, "{\n  \"command_args\": [\n}").unwrap();
+    let out = bin(&tmp.path().join("data"))
+        .arg("run")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("line 3"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // 3: an unreachable store.
+    let out = bin(&tmp.path().join("data"))
+        .args([
+            "--blob-service-addr",
+            "grpc+http://127.0.0.1:1",
+            "import",
+            "/bin/busybox",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect"));
+    // No backtraces, ever.
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+
+    if let Some(why) = can_build() {
+        println!("SKIPPED the build part: {why}");
+        return;
+    }
+    // 1: the build failed, with its log tail.
+    let out = flags_run(tmp.path(), &[], "echo last words; exit 4");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("exit code 4") && err.contains("last words"),
+        "{err}"
+    );
+}
