@@ -144,6 +144,21 @@ async fn setup(local: bool) -> Fixture {
     }
 }
 
+impl Fixture {
+    /// The fixture mounted as input "tree" with default options.
+    fn mount_tree(&self) -> tvix_oci_fuse::InputsMount {
+        let inputs = input("tree", &self.node);
+        mount(
+            self.blobs.clone(),
+            self.dirs.clone(),
+            inputs,
+            &self.mnt,
+            &MountOptions::default(),
+        )
+        .unwrap()
+    }
+}
+
 fn input(name: &str, node: &Node) -> Vec<(PathComponent, Node)> {
     vec![(PathComponent::try_from(name).unwrap(), node.clone())]
 }
@@ -180,14 +195,7 @@ fn random_reads(a: &Path, b: &Path) {
 
 async fn walk_matches_disk(local: bool) {
     let f = setup(local).await;
-    let m = mount(
-        f.blobs.clone(),
-        f.dirs.clone(),
-        input("tree", &f.node),
-        &f.mnt,
-        &MountOptions::default(),
-    )
-    .unwrap();
+    let m = f.mount_tree();
     let mnt_tree = f.mnt.join("tree");
     let (src, mt) = (f.src.clone(), mnt_tree.clone());
     tokio::task::spawn_blocking(move || {
@@ -202,6 +210,12 @@ async fn walk_matches_disk(local: bool) {
             std::fs::read_link(mt.join("absolute")).unwrap(),
             PathBuf::from("/nix/store/nowhere")
         );
+        // statfs answers, read-only, with the usual name length.
+        let root = std::ffi::CString::new(mt.as_os_str().as_bytes()).unwrap();
+        let mut sv: libc::statvfs = unsafe { std::mem::zeroed() };
+        assert_eq!(unsafe { libc::statvfs(root.as_ptr(), &mut sv) }, 0);
+        assert_eq!(sv.f_namemax, 255);
+        assert_ne!(sv.f_flag & libc::ST_RDONLY, 0);
         // xattrs: none.
         let c = std::ffi::CString::new(mt.join("a/empty").as_os_str().as_bytes()).unwrap();
         let n = unsafe { libc::listxattr(c.as_ptr(), std::ptr::null_mut(), 0) };
@@ -241,14 +255,7 @@ async fn walk_matches_disk_memory_store() {
 async fn executables_run_and_mmap() {
     need_fuse!();
     let f = setup(true).await;
-    let m = mount(
-        f.blobs.clone(),
-        f.dirs.clone(),
-        input("tree", &f.node),
-        &f.mnt,
-        &MountOptions::default(),
-    )
-    .unwrap();
+    let m = f.mount_tree();
     let bb = f.mnt.join("tree/bin/busybox");
     let out = tokio::process::Command::new(&bb)
         .arg("echo")
@@ -300,15 +307,15 @@ async fn executables_run_and_mmap() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sixteen_threads_read_the_right_bytes() {
     need_fuse!();
-    let f = setup(false).await;
-    let m = mount(
-        f.blobs.clone(),
-        f.dirs.clone(),
-        input("tree", &f.node),
-        &f.mnt,
-        &MountOptions::default(),
-    )
-    .unwrap();
+    // Ranges from the memory store, and passthrough from the local one.
+    for local in [false, true] {
+        sixteen_threads(local).await;
+    }
+}
+
+async fn sixteen_threads(local: bool) {
+    let f = setup(local).await;
+    let m = f.mount_tree();
     let files = ["big.bin", "a/b/c/deep.txt", "with space.txt", "bin/busybox"];
     let want: Vec<B3Digest> = files
         .iter()
@@ -342,14 +349,7 @@ async fn sixteen_threads_read_the_right_bytes() {
 async fn writes_fail_with_erofs() {
     need_fuse!();
     let f = setup(true).await;
-    let m = mount(
-        f.blobs.clone(),
-        f.dirs.clone(),
-        input("tree", &f.node),
-        &f.mnt,
-        &MountOptions::default(),
-    )
-    .unwrap();
+    let m = f.mount_tree();
     let t = f.mnt.join("tree");
     let erofs =
         |r: std::io::Result<()>| assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::EROFS));
@@ -569,14 +569,7 @@ async fn stale_mount_of_a_killed_process_is_cleaned_up() {
     child.wait().unwrap();
     // The daemon is dead; the mount stays: a new mount detaches it.
     assert!(!no_fuse_mount_at(&mnt));
-    let m = mount(
-        f.blobs.clone(),
-        f.dirs.clone(),
-        input("tree", &f.node),
-        &f.mnt,
-        &MountOptions::default(),
-    )
-    .unwrap();
+    let m = f.mount_tree();
     assert_eq!(
         tokio::fs::read(mnt.join("tree/with space.txt"))
             .await
@@ -595,14 +588,7 @@ async fn stale_mount_of_a_killed_process_is_cleaned_up() {
 async fn abort_unblocks_readers_and_unmount_leaves_nothing() {
     need_fuse!();
     let f = setup(false).await;
-    let m = mount(
-        f.blobs.clone(),
-        f.dirs.clone(),
-        input("tree", &f.node),
-        &f.mnt,
-        &MountOptions::default(),
-    )
-    .unwrap();
+    let m = f.mount_tree();
     let held = std::fs::File::open(f.mnt.join("tree/with space.txt")).unwrap();
     assert!(m.abort(), "no connection to abort");
     let err = std::fs::read(f.mnt.join("tree/a/b/c/deep.txt")).unwrap_err();
@@ -649,14 +635,7 @@ fn mount_overlay(lower: &Path, upper: &Path, work: &Path, target: &Path) -> std:
 async fn passthrough_works_below_an_overlay() {
     need_fuse!();
     let f = setup(true).await;
-    let m = mount(
-        f.blobs.clone(),
-        f.dirs.clone(),
-        input("tree", &f.node),
-        &f.mnt,
-        &MountOptions::default(),
-    )
-    .unwrap();
+    let m = f.mount_tree();
     assert!(
         m.stats().passthrough,
         "this kernel has FUSE passthrough; it must be on"
