@@ -92,11 +92,7 @@ fn main() -> Res<()> {
             large_size: 1 << 30,
         }
     };
-    let base = std::env::var_os("BENCH_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-tmp"));
-    std::fs::create_dir_all(&base)?;
-    let tmp = tempfile::tempdir_in(&base)?;
+    let tmp = tvix_oci_benches::bench_tempdir()?;
     let src = tmp.path().join("src");
     let t = Instant::now();
     make_tree(&src, shape, 7)?;

@@ -6,7 +6,6 @@
 //! (`QUICK=1` for a 64 MiB tree; `BENCH_DIR` picks the disk, default
 //! `target/bench-tmp`.)
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -36,11 +35,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             large_size: 120 << 20,
         }
     };
-    let base = std::env::var_os("BENCH_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-tmp"));
-    std::fs::create_dir_all(&base)?;
-    let tmp = tempfile::tempdir_in(&base)?;
+    let tmp = tvix_oci_benches::bench_tempdir()?;
     let src = tmp.path().join("src");
     let bytes = make_tree(&src, shape, 42)?;
     let files = shape.small_files + shape.large_files;

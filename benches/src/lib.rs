@@ -122,3 +122,15 @@ pub fn mib_per_s(bytes: u64, d: Duration) -> f64 {
 }
 
 pub mod latency;
+
+/// A temp dir for a benchmark's trees, on the disk named by `BENCH_DIR`
+/// (default `target/bench-tmp`), removed when dropped.
+pub fn bench_tempdir() -> std::io::Result<tempfile::TempDir> {
+    let base = std::env::var_os("BENCH_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-tmp")
+        });
+    std::fs::create_dir_all(&base)?;
+    tempfile::tempdir_in(&base)
+}
