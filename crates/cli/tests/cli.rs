@@ -175,3 +175,70 @@ fn exit_codes_and_messages() {
         "{err}"
     );
 }
+
+#[test]
+fn sigterm_mid_build_leaves_nothing_behind() {
+    if let Some(why) = can_build() {
+        println!("SKIPPED: {why}");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let bb = busybox_tree(tmp.path());
+    let bundles = tmp.path().join("bundles");
+    let mut child = bin(&tmp.path().join("data"))
+        .arg("run")
+        .arg("--bundle-root")
+        .arg(&bundles)
+        .arg("--input")
+        .arg(format!("busybox={}", bb.display()))
+        .args([
+            "--output",
+            "build/x",
+            "--",
+            "/nix/store/busybox/bin/busybox",
+            "sh",
+            "-c",
+        ])
+        .arg("echo started; /nix/store/busybox/bin/busybox sleep 60")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 256];
+    while !String::from_utf8_lossy(&seen).contains("started") {
+        use std::io::Read;
+        let n = err.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "the build never started: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    // SAFETY: the child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(3));
+    let left: Vec<_> = std::fs::read_dir(&bundles)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "bundles left: {left:?}");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(bundles.to_str().unwrap()),
+        "mounts left under {}",
+        bundles.display()
+    );
+    let list = Command::new("runc")
+        .args(["list", "--format", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&list.stdout).contains(bundles.to_str().unwrap()),
+        "a container is left"
+    );
+}
