@@ -63,6 +63,8 @@ pub(crate) struct InputsFs {
     pub(crate) want_passthrough: bool,
     pub(crate) fetch_timeout: Duration,
     pub(crate) stats: Arc<Stats>,
+    /// Cancelled when the mount is torn down: store calls in flight end.
+    pub(crate) closing: tokio_util::sync::CancellationToken,
     passthrough: AtomicBool,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     /// The backing file of each inode open with passthrough.
@@ -82,6 +84,7 @@ impl InputsFs {
         want_passthrough: bool,
         fetch_timeout: Duration,
         stats: Arc<Stats>,
+        closing: tokio_util::sync::CancellationToken,
     ) -> Self {
         Self {
             inodes,
@@ -94,6 +97,7 @@ impl InputsFs {
             want_passthrough,
             fetch_timeout,
             stats,
+            closing,
             passthrough: AtomicBool::new(false),
             handles: Mutex::new(HashMap::new()),
             backing: Mutex::new(HashMap::new()),
@@ -147,19 +151,29 @@ impl InputsFs {
         f: impl Future<Output = Result<T, E>>,
     ) -> Result<T, Errno> {
         let timeout = self.fetch_timeout;
+        let closing = self.closing.clone();
         let run = std::panic::AssertUnwindSafe(|| {
-            self.rt
-                .block_on(async move { tokio::time::timeout(timeout, f).await })
+            self.rt.block_on(async move {
+                tokio::select! {
+                    r = tokio::time::timeout(timeout, f) => Some(r),
+                    // Unmounting: give up on the store at once.
+                    _ = closing.cancelled() => None,
+                }
+            })
         });
         let path = || self.inodes.path(ino).display().to_string();
         match std::panic::catch_unwind(run) {
-            Ok(Ok(Ok(v))) => Ok(v),
-            Ok(Ok(Err(e))) => {
+            Ok(Some(Ok(Ok(v)))) => Ok(v),
+            Ok(Some(Ok(Err(e)))) => {
                 error!(path = %path(), "{what}: {e}");
                 Err(Errno::EIO)
             }
-            Ok(Err(_)) => {
+            Ok(Some(Err(_))) => {
                 error!(path = %path(), "{what}: timed out after {timeout:?}");
+                Err(Errno::EIO)
+            }
+            Ok(None) => {
+                error!(path = %path(), "{what}: abandoned, the mount is going away");
                 Err(Errno::EIO)
             }
             Err(_) => {

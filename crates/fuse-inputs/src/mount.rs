@@ -90,6 +90,9 @@ pub enum MountError {
 #[derive(Debug)]
 pub struct InputsMount {
     session: Option<fuser::BackgroundSession>,
+    /// Ends the store calls in flight when tearing down, so no worker
+    /// thread holds up the unmount waiting on a hung store.
+    closing: tokio_util::sync::CancellationToken,
     mountpoint: PathBuf,
     stats: Arc<Stats>,
     prefetch: Option<tokio::task::JoinHandle<()>>,
@@ -232,6 +235,7 @@ pub fn mount(
     let roots = inputs.clone();
     let inodes = Arc::new(InodeTable::new(inputs)?);
     let stats = Arc::new(Stats::default());
+    let closing = tokio_util::sync::CancellationToken::new();
     let fs = InputsFs::new(
         inodes,
         blobs.clone(),
@@ -242,6 +246,7 @@ pub fn mount(
         opts.passthrough,
         opts.fetch_timeout,
         stats.clone(),
+        closing.clone(),
     );
     let mut config = Config::default();
     config.mount_options = vec![
@@ -274,6 +279,7 @@ pub fn mount(
     });
     Ok(InputsMount {
         session: Some(session),
+        closing,
         mountpoint: path,
         stats,
         prefetch,
@@ -309,6 +315,7 @@ impl InputsMount {
         if let Some(p) = self.prefetch.take() {
             p.abort();
         }
+        self.closing.cancel();
         let Some(session) = self.session.take() else {
             return Ok(());
         };

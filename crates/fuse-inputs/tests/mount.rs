@@ -697,3 +697,75 @@ async fn prefetch_fills_the_cache_in_the_background() {
     m.unmount().unwrap();
     server.abort();
 }
+
+/// A store that never answers a read.
+#[derive(Debug, Default)]
+struct Hanging(MemoryBlobService);
+
+#[async_trait::async_trait]
+impl BlobService for Hanging {
+    async fn has(&self, d: &B3Digest) -> std::io::Result<bool> {
+        self.0.has(d).await
+    }
+    async fn open_read_at(
+        &self,
+        _d: &B3Digest,
+        _off: u64,
+    ) -> std::io::Result<Option<tvix_oci_castore::blobservice::BlobReader>> {
+        std::future::pending().await
+    }
+    async fn open_write(
+        &self,
+    ) -> std::io::Result<Box<dyn tvix_oci_castore::blobservice::BlobWriter>> {
+        self.0.open_write().await
+    }
+    fn range_reads(&self) -> bool {
+        true
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hung_store_does_not_hold_up_the_unmount() {
+    need_fuse!();
+    let f = setup(false).await;
+    let node = Node::File {
+        digest: B3Digest::of(b"x"),
+        size: 1,
+        executable: false,
+    };
+    let opts = MountOptions {
+        fetch_timeout: std::time::Duration::from_secs(120),
+        ..Default::default()
+    };
+    let m = mount(
+        Arc::new(Hanging::default()),
+        f.dirs.clone(),
+        input("stuck", &node),
+        &f.mnt,
+        &opts,
+    )
+    .unwrap();
+    // A reader gets stuck in the store, and is killed (as a build is at
+    // its timeout): the mount is idle again, but a FUSE worker still waits
+    // on the store.
+    let mut reader = std::process::Command::new("cat")
+        .arg(f.mnt.join("stuck"))
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    reader.kill().unwrap();
+    reader.wait().unwrap();
+    // Unmounting does not wait for that worker's store call to time out.
+    let t = std::time::Instant::now();
+    let mp = m.mountpoint().to_owned();
+    tokio::task::spawn_blocking(move || m.unmount())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(10),
+        "unmount waited {:?}",
+        t.elapsed()
+    );
+    assert!(no_fuse_mount_at(&mp));
+}
