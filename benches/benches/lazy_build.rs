@@ -1,0 +1,205 @@
+//! A build over a big input closure that reads a little of it: lazy FUSE
+//! inputs against exporting the inputs to disk first and running the same
+//! build on them, side by side in one run. 5,000 store paths, 100,000
+//! files, ~2 GiB; the build reads ~5% of the bytes.
+//!
+//! Run (root, /dev/fuse, runc, /bin/busybox):
+//! `cargo bench -p tvix-oci-benches --bench lazy_build` (`QUICK=1`: 1/10 the size)
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tvix_oci_benches::{TreeShape, bench_tempdir, make_tree, sync_and_drop_caches};
+use tvix_oci_castore::export::export_node;
+use tvix_oci_castore::import::{ImportOptions, import_path};
+use tvix_oci_castore::{Node, PathComponent, open_blob_service, open_directory_service};
+use tvix_oci_executor::runc::{LogSink, LogStream};
+use tvix_oci_executor::{Executor, ExecutorConfig};
+use tvix_oci_spec::proto::{self, build_request as br};
+use tvix_oci_spec::{BuildRequest, BundleLayout, SpecOptions};
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+/// Notes when the build's first output arrives: its first instruction ran.
+struct FirstOutput(Mutex<Option<Instant>>);
+impl LogSink for FirstOutput {
+    fn log(&self, _s: LogStream, _d: &[u8]) {
+        let mut f = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        f.get_or_insert_with(Instant::now);
+    }
+}
+
+fn main() -> Res<()> {
+    if unsafe { libc::geteuid() } != 0
+        || !Path::new("/dev/fuse").exists()
+        || !Path::new("/bin/busybox").exists()
+    {
+        println!("SKIPPED: needs root, /dev/fuse, runc and /bin/busybox");
+        return Ok(());
+    }
+    let quick = std::env::var_os("QUICK").is_some();
+    let (paths, step) = if quick { (500, 20) } else { (5_000, 20) };
+    let shape = TreeShape {
+        dirs: paths,
+        small_files: paths * 20,
+        small_avg: 8 * 1024,
+        large_files: 5,
+        large_size: if quick { 24 << 20 } else { 256 << 20 },
+    };
+    let tmp = bench_tempdir()?;
+    let src = tmp.path().join("src");
+    let total = make_tree(&src, shape, 11)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let p = tmp.path().display().to_string();
+    let blobs = rt.block_on(open_blob_service(&format!("objects://{p}/blobs")))?;
+    let dirs = rt.block_on(open_directory_service(&format!("redb://{p}/dirs.redb")))?;
+    let root = rt.block_on(import_path(
+        blobs.clone(),
+        &*dirs,
+        &src,
+        &ImportOptions::default(),
+    ))?;
+    let Node::Directory { digest, .. } = root else {
+        return Err("root is not a directory".into());
+    };
+    let top = rt
+        .block_on(dirs.get(&digest))?
+        .ok_or("root directory missing")?;
+    let mut inputs: Vec<(PathComponent, Node)> = top
+        .nodes()
+        .map(|(n, node)| (n.clone(), node.clone()))
+        .collect();
+    std::fs::create_dir_all(tmp.path().join("bb/bin"))?;
+    std::fs::copy("/bin/busybox", tmp.path().join("bb/bin/busybox"))?;
+    let bb = rt.block_on(import_path(
+        blobs.clone(),
+        &*dirs,
+        &tmp.path().join("bb"),
+        &ImportOptions::default(),
+    ))?;
+    inputs.push(("busybox".try_into()?, bb));
+    inputs.sort_by(|a, b| a.0.cmp(&b.0));
+    println!(
+        "{} inputs, {} files, {:.0} MiB",
+        inputs.len(),
+        shape.small_files + shape.large_files,
+        total as f64 / 1048576.0
+    );
+
+    // Read every 20th package's files and 1/4 of one large file: ~5%.
+    let big = std::fs::read_dir(src.join("pkg-0000/lib/sub-0"))?
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("big-"))
+        .map(|e| e.path())
+        .ok_or("no big file in pkg-0000")?;
+    let big_rel = big.strip_prefix(&src)?.display().to_string();
+    let quarter = shape.large_size / 4;
+    let script = format!(
+        "echo go; i=0; while [ $i -lt {paths} ]; do cat /nix/store/pkg-$(printf %04d $i)/lib/*/file-* > /dev/null; i=$((i+{step})); done; \
+         head -c {quarter} /nix/store/{big_rel} > /dev/null; echo done"
+    );
+    let req = BuildRequest::try_from(proto::BuildRequest {
+        inputs: inputs.iter().map(|(n, node)| node.to_proto(n)).collect(),
+        command_args: vec![
+            "/nix/store/busybox/bin/busybox".into(),
+            "sh".into(),
+            "-c".into(),
+            script,
+        ],
+        working_dir: "build".into(),
+        scratch_paths: vec!["build".into()],
+        inputs_dir: "nix/store".into(),
+        environment_vars: vec![br::EnvVar {
+            key: "PATH".into(),
+            value: "/nix/store/busybox/bin".into(),
+        }],
+        constraints: Some(br::BuildConstraints {
+            system: tvix_oci_executor::host::host_system(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })?;
+    let read = (paths / step) as u64 * 20 * shape.small_avg + quarter;
+
+    // Lazy: the executor, inputs through FUSE.
+    sync_and_drop_caches();
+    let exec = Executor::new(
+        ExecutorConfig {
+            bundle_root: tmp.path().join("bundles"),
+            ..ExecutorConfig::default()
+        },
+        blobs.clone(),
+        dirs.clone(),
+    );
+    let first = FirstOutput(Mutex::new(None));
+    let t = Instant::now();
+    let res = rt.block_on(exec.build(&req, &first))?;
+    let lazy = t.elapsed();
+    let lazy_first = first
+        .0
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .map(|f| f - t)
+        .unwrap_or_default();
+
+    // Eager: export every input to disk, then run the same build on them.
+    sync_and_drop_caches();
+    let bundle = tmp.path().join("eager");
+    let layout = BundleLayout::new(&bundle);
+    let opts = SpecOptions::default();
+    let t = Instant::now();
+    layout.write_skeleton(&req, &opts)?;
+    let inputs_dir = layout.inputs();
+    rt.block_on(async {
+        let blobs = blobs.clone();
+        for (name, node) in &inputs {
+            let dest = inputs_dir.join(name.to_string());
+            export_node(blobs.clone(), &*dirs, node, &dest).await?;
+        }
+        Ok::<_, Box<dyn std::error::Error>>(())
+    })?;
+    let export = t.elapsed();
+    let runc = tvix_oci_executor::host::find_runtime(Path::new("runc"))?;
+    let t2 = Instant::now();
+    let st = std::process::Command::new(&runc)
+        .args(["run", "--bundle"])
+        .arg(&bundle)
+        .arg(format!("bench-eager-{}", std::process::id()))
+        .stdout(std::process::Stdio::null())
+        .status()?;
+    if !st.success() {
+        return Err(format!("eager runc run failed: {st}").into());
+    }
+    let eager_run = t2.elapsed();
+    let eager = t.elapsed();
+    std::fs::remove_dir_all(&bundle)?;
+
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!();
+    println!("| measure | lazy (FUSE) | eager (export, then build) |");
+    println!("| --- | --- | --- |");
+    println!(
+        "| time to first instruction | {:.0} ms | over {:.0} ms (after the export) |",
+        ms(lazy_first),
+        ms(export)
+    );
+    println!("| export of the inputs | — | {:.0} ms |", ms(export));
+    println!(
+        "| the build itself | {:.0} ms (runc) | {:.0} ms (runc) |",
+        ms(res.accounting.run_wall),
+        ms(eager_run)
+    );
+    println!("| whole run | {:.0} ms | {:.0} ms |", ms(lazy), ms(eager));
+    println!(
+        "| speed-up | {:.1}x | 1x |",
+        eager.as_secs_f64() / lazy.as_secs_f64()
+    );
+    println!(
+        "bytes read by the build: ~{} MiB of {:.0} MiB ({:.1}%)",
+        read >> 20,
+        total as f64 / 1048576.0,
+        read as f64 * 100.0 / total as f64
+    );
+    Ok(())
+}
