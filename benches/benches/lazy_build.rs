@@ -7,7 +7,7 @@
 //! `cargo bench -p tvix-oci-benches --bench lazy_build` (`QUICK=1`: 1/10 the size)
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use tvix_oci_benches::{TreeShape, bench_tempdir, make_tree, sync_and_drop_caches};
