@@ -47,6 +47,37 @@ pub enum Command {
     ///   tvix-oci-build run --input busybox=/bin/busybox --output build/out \
     ///       -- /nix/store/busybox sh -c 'echo hi > /build/out'
     Run(Box<RunArgs>),
+    /// Print the OCI runtime config.json a request would run with, without
+    /// running it.
+    ///
+    /// Example: tvix-oci-build spec request.json
+    Spec {
+        /// A JSON or binary protobuf request, or - for stdin.
+        request: PathBuf,
+    },
+    /// List a stored directory: DIGEST or DIGEST/PATH.
+    ///
+    /// Example: tvix-oci-build ls 8b5b5d64…810e/bin
+    Ls {
+        /// Digest of a directory in the store, optionally followed by /PATH.
+        node: String,
+    },
+    /// Print a stored file: DIGEST/PATH (or the digest of a blob).
+    ///
+    /// Example: tvix-oci-build cat 8b5b5d64…810e/etc/hosts
+    Cat {
+        /// Digest of a directory followed by /PATH, or of a blob.
+        node: String,
+    },
+    /// Mount stored directories or blobs (lazily, through FUSE) in the
+    /// foreground, each under its digest or NAME=DIGEST; Ctrl-C unmounts.
+    ///
+    /// Example: tvix-oci-build mount gcc=8b5b5d64…810e /mnt/inputs
+    Mount {
+        /// NAME=DIGEST or DIGEST, then the mount point (an empty directory).
+        #[arg(required = true, num_args = 2..)]
+        args: Vec<String>,
+    },
     /// Import local paths into the store and print each root's digest.
     ///
     /// Example: tvix-oci-build import /usr/share/zoneinfo

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 mod args;
+mod browse;
 mod exit;
 mod run;
 mod store;

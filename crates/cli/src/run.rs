@@ -36,7 +36,7 @@ fn invalid(p: Problems) -> anyhow::Error {
 }
 
 /// Reads one request file: JSON, or binary protobuf.
-fn read_request(path: &Path) -> anyhow::Result<BuildRequest> {
+pub fn read_request(path: &Path) -> anyhow::Result<BuildRequest> {
     let bytes = if path == Path::new("-") {
         let mut b = Vec::new();
         std::io::stdin()
@@ -280,7 +280,7 @@ pub async fn run(
 }
 
 /// Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut s) => {

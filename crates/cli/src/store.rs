@@ -45,11 +45,18 @@ pub async fn open_stores(
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Spec { request } = &cli.command {
+        return crate::browse::spec(request);
+    }
     let (blobs, dirs) = open_stores(&cli)
         .await
         .map_err(|e| crate::exit::exit(crate::exit::HOST, e))?;
     match &cli.command {
         Command::Run(args) => crate::run::run(args, blobs, dirs).await?,
+        Command::Spec { .. } => {}
+        Command::Ls { node } => crate::browse::ls(node, &*blobs, &*dirs).await?,
+        Command::Cat { node } => crate::browse::cat(node, &*blobs, &*dirs).await?,
+        Command::Mount { args } => crate::browse::mount(args, blobs, dirs).await?,
         Command::Import { paths } => {
             for p in paths {
                 let node = import_path(blobs.clone(), &*dirs, p, &ImportOptions::default()).await?;

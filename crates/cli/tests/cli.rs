@@ -242,3 +242,95 @@ fn sigterm_mid_build_leaves_nothing_behind() {
         "a container is left"
     );
 }
+
+#[test]
+fn store_tools_import_ls_cat_spec() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let tree = tmp.path().join("tree");
+    std::fs::create_dir_all(tree.join("etc")).unwrap();
+    std::fs::write(tree.join("etc/greeting"), b"hello, store\n").unwrap();
+    let out = bin(&data).arg("import").arg(&tree).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let digest = text.split_whitespace().nth(2).unwrap().to_owned();
+    let ls = bin(&data)
+        .args(["ls", &format!("{digest}/etc")])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&ls.stdout).contains(" 13 ")
+            && String::from_utf8_lossy(&ls.stdout).contains("greeting")
+    );
+    let cat = bin(&data)
+        .args(["cat", &format!("{digest}/etc/greeting")])
+        .output()
+        .unwrap();
+    assert_eq!(cat.stdout, b"hello, store\n");
+    let missing = bin(&data)
+        .args(["cat", &format!("{digest}/etc/nope")])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("\"nope\""));
+
+    let dry = flags_run(tmp.path(), &["--dry-run"], "true");
+    let req = tmp.path().join("req.json");
+    std::fs::write(&req, &dry.stdout).unwrap();
+    let spec = bin(&data).arg("spec").arg(&req).output().unwrap();
+    assert!(
+        spec.status.success(),
+        "{}",
+        String::from_utf8_lossy(&spec.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&spec.stdout).unwrap();
+    assert_eq!(v["ociVersion"], "1.0.2");
+    assert_eq!(v["process"]["cwd"], "/build");
+}
+
+#[test]
+fn mount_in_the_foreground_and_unmount_on_interrupt() {
+    if let Some(why) = can_build() {
+        println!("SKIPPED: {why}");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let tree = tmp.path().join("tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(tree.join("f"), b"through fuse\n").unwrap();
+    let out = bin(&data).arg("import").arg(&tree).output().unwrap();
+    let digest = String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .to_owned();
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mut child = bin(&data)
+        .args(["mount", &format!("t={digest}")])
+        .arg(&mnt)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 256];
+    while !String::from_utf8_lossy(&seen).contains("mounted at") {
+        use std::io::Read;
+        let n = err.read(&mut buf).unwrap();
+        assert!(n > 0, "never mounted: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(std::fs::read(mnt.join("t/f")).unwrap(), b"through fuse\n");
+    // SAFETY: the child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    assert!(child.wait().unwrap().success());
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(mnt.to_str().unwrap()), "still mounted");
+}

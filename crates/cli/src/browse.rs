@@ -1,0 +1,186 @@
+//! Browsing the store without mounting: `ls`, `cat`, and the foreground
+//! `mount`; plus `spec`, which shows the config.json a request would run.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tvix_oci_castore::blobservice::BlobService;
+use tvix_oci_castore::directoryservice::DirectoryService;
+use tvix_oci_castore::{B3Digest, Node, PathComponent};
+
+use crate::exit::{HOST, INVALID, exit};
+
+/// The node named by `DIGEST[/PATH]`: a directory or blob digest, then a
+/// path below the directory.
+pub async fn resolve(
+    spec: &str,
+    blobs: &dyn BlobService,
+    dirs: &dyn DirectoryService,
+) -> anyhow::Result<Node> {
+    let (digest, path) = spec.split_once('/').unwrap_or((spec, ""));
+    let digest: B3Digest = digest
+        .parse()
+        .map_err(|e| exit(INVALID, format!("{spec}: {e}")))?;
+    let mut node = if let Some(d) = dirs.get(&digest).await? {
+        d.as_node()
+    } else if blobs.has(&digest).await? {
+        Node::File {
+            digest,
+            size: 0,
+            executable: false,
+        }
+    } else {
+        return Err(exit(
+            INVALID,
+            format!("{digest} is neither a directory nor a blob in the store"),
+        ));
+    };
+    for part in path.split('/').filter(|p| !p.is_empty()) {
+        let Node::Directory { digest, .. } = &node else {
+            return Err(exit(
+                INVALID,
+                format!("{spec}: {part:?} is below something that is not a directory"),
+            ));
+        };
+        let dir = dirs
+            .get(digest)
+            .await?
+            .with_context(|| format!("directory {digest} is missing"))?;
+        let name =
+            PathComponent::try_from(part).map_err(|e| exit(INVALID, format!("{spec}: {e}")))?;
+        node = dir
+            .get(&name)
+            .cloned()
+            .ok_or_else(|| exit(INVALID, format!("{spec}: no {part:?} there")))?;
+    }
+    Ok(node)
+}
+
+fn line(name: &PathComponent, node: &Node) -> String {
+    match node {
+        Node::Directory { digest, .. } => format!("d          {digest} {name}/"),
+        Node::File {
+            digest,
+            size,
+            executable,
+        } => {
+            format!(
+                "{} {size:>9} {digest} {name}",
+                if *executable { "x" } else { "-" }
+            )
+        }
+        Node::Symlink { target } => format!("l          {:64} {name} -> {target}", ""),
+    }
+}
+
+pub async fn ls(
+    spec: &str,
+    blobs: &dyn BlobService,
+    dirs: &dyn DirectoryService,
+) -> anyhow::Result<()> {
+    match resolve(spec, blobs, dirs).await? {
+        Node::Directory { digest, .. } => {
+            let dir = dirs
+                .get(&digest)
+                .await?
+                .with_context(|| format!("directory {digest} is missing"))?;
+            for (name, node) in dir.nodes() {
+                println!("{}", line(name, node));
+            }
+        }
+        other => println!(
+            "{}",
+            line(
+                &PathComponent::try_from("-").map_err(|e| exit(HOST, e))?,
+                &other
+            )
+        ),
+    }
+    Ok(())
+}
+
+pub async fn cat(
+    spec: &str,
+    blobs: &dyn BlobService,
+    dirs: &dyn DirectoryService,
+) -> anyhow::Result<()> {
+    let Node::File { digest, .. } = resolve(spec, blobs, dirs).await? else {
+        return Err(exit(INVALID, format!("{spec} is not a file")));
+    };
+    let mut r = blobs
+        .open_read(&digest)
+        .await?
+        .with_context(|| format!("blob {digest} is missing"))?;
+    let mut out = tokio::io::stdout();
+    tokio::io::copy(&mut r, &mut out)
+        .await
+        .with_context(|| format!("reading blob {digest}"))?;
+    tokio::io::AsyncWriteExt::flush(&mut out).await?;
+    Ok(())
+}
+
+pub async fn mount(
+    args: &[String],
+    blobs: Arc<dyn BlobService>,
+    dirs: Arc<dyn DirectoryService>,
+) -> anyhow::Result<()> {
+    let (nodes, mountpoint) = args.split_at(args.len().saturating_sub(1));
+    let mountpoint = Path::new(&mountpoint[0]);
+    let mut inputs = Vec::new();
+    for n in nodes {
+        let (name, spec) = n
+            .split_once('=')
+            .unwrap_or((n.split('/').next().unwrap_or(n), n));
+        let node = resolve(spec, &*blobs, &*dirs).await?;
+        // A bare blob's size and exec bit are not known from its digest.
+        let node = match node {
+            Node::File {
+                digest, size: 0, ..
+            } => {
+                let data = tvix_oci_castore::blobservice::read_to_end(&*blobs, &digest)
+                    .await?
+                    .unwrap_or_default();
+                Node::File {
+                    digest,
+                    size: data.len() as u64,
+                    executable: false,
+                }
+            }
+            other => other,
+        };
+        let name = PathComponent::try_from(name).map_err(|e| exit(INVALID, format!("{n}: {e}")))?;
+        inputs.push((name, node));
+    }
+    let m = tvix_oci_fuse::mount(
+        blobs,
+        dirs,
+        inputs,
+        mountpoint,
+        &tvix_oci_fuse::MountOptions::default(),
+    )
+    .map_err(|e| exit(HOST, e))?;
+    eprintln!("mounted at {}; Ctrl-C to unmount", m.mountpoint().display());
+    let _ = std::io::stderr().flush();
+    crate::run::shutdown_signal().await;
+    tokio::task::spawn_blocking(move || m.unmount())
+        .await?
+        .map_err(|e| exit(HOST, e))?;
+    eprintln!("unmounted");
+    Ok(())
+}
+
+pub fn spec(request: &Path) -> anyhow::Result<()> {
+    let req = crate::run::read_request(request)?;
+    let opts = tvix_oci_spec::SpecOptions {
+        sandbox_shell: tvix_oci_executor::ExecutorConfig::default().sandbox_shell,
+        ..Default::default()
+    };
+    let spec = tvix_oci_spec::make_spec(&req, &opts).map_err(|e| exit(INVALID, e))?;
+    println!(
+        "{}",
+        tvix_oci_spec::to_config_json(&spec).map_err(|e| exit(HOST, e))?
+    );
+    Ok(())
+}
