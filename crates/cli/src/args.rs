@@ -28,10 +28,14 @@ pub struct Cli {
 }
 
 impl Cli {
+    /// The default log filter. fuser logs a reply to a request the kernel
+    /// already dropped (the reader was killed: ENOENT) as an error; that is
+    /// normal at the end of a build, so its reply log is off unless
+    /// RUST_LOG asks for it.
     pub fn log_level(&self) -> &'static str {
         match self.verbose {
-            0 => "warn",
-            1 => "info",
+            0 => "warn,fuser::reply=off",
+            1 => "info,fuser::reply=off",
             _ => "debug",
         }
     }
