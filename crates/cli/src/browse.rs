@@ -25,10 +25,15 @@ pub async fn resolve(
         .map_err(|e| exit(INVALID, format!("{spec}: {e}")))?;
     let mut node = if let Some(d) = dirs.get(&digest).await? {
         d.as_node()
-    } else if blobs.has(&digest).await? {
+    } else if let Some(mut r) = blobs.open_read(&digest).await? {
+        // A bare blob: its size is not in any directory, so count it
+        // (streamed, not buffered); it is not executable.
+        let size = tokio::io::copy(&mut r, &mut tokio::io::sink())
+            .await
+            .with_context(|| format!("reading blob {digest}"))?;
         Node::File {
             digest,
-            size: 0,
+            size,
             executable: false,
         }
     } else {
@@ -134,22 +139,6 @@ pub async fn mount(
             .split_once('=')
             .unwrap_or((n.split('/').next().unwrap_or(n), n));
         let node = resolve(spec, &*blobs, &*dirs).await?;
-        // A bare blob's size and exec bit are not known from its digest.
-        let node = match node {
-            Node::File {
-                digest, size: 0, ..
-            } => {
-                let data = tvix_oci_castore::blobservice::read_to_end(&*blobs, &digest)
-                    .await?
-                    .unwrap_or_default();
-                Node::File {
-                    digest,
-                    size: data.len() as u64,
-                    executable: false,
-                }
-            }
-            other => other,
-        };
         let name = PathComponent::try_from(name).map_err(|e| exit(INVALID, format!("{n}: {e}")))?;
         inputs.push((name, node));
     }

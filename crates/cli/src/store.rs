@@ -3,12 +3,11 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{Context, bail};
 use tvix_oci_castore::blobservice::BlobService;
 use tvix_oci_castore::directoryservice::DirectoryService;
 use tvix_oci_castore::export::export_node;
 use tvix_oci_castore::import::{ImportOptions, import_path};
-use tvix_oci_castore::{B3Digest, Node, open_blob_service, open_directory_service};
+use tvix_oci_castore::{Node, open_blob_service, open_directory_service};
 
 use crate::args::{Cli, Command};
 
@@ -64,24 +63,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Export { digest, dest } => {
-            let digest: B3Digest = digest.parse().context("reading the digest to export")?;
-            let node = if let Some(d) = dirs.get(&digest).await? {
-                d.as_node()
-            } else if blobs.has(&digest).await? {
-                let mut r = blobs
-                    .open_read(&digest)
-                    .await?
-                    .with_context(|| format!("blob {digest} vanished"))?;
-                let mut f = tokio::fs::File::create_new(dest)
-                    .await
-                    .with_context(|| format!("creating {}", dest.display()))?;
-                tokio::io::copy(&mut r, &mut f)
-                    .await
-                    .with_context(|| format!("writing {}", dest.display()))?;
-                return Ok(());
-            } else {
-                bail!("{digest} is neither a directory nor a blob in the store");
-            };
+            let node = crate::browse::resolve(digest, &*blobs, &*dirs).await?;
             export_node(blobs, &*dirs, &node, dest).await?;
         }
     }

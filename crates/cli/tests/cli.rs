@@ -271,6 +271,21 @@ fn store_tools_import_ls_cat_spec() {
         .output()
         .unwrap();
     assert_eq!(cat.stdout, b"hello, store\n");
+    let back = tmp.path().join("back");
+    let out = bin(&data)
+        .args(["export", &digest])
+        .arg(&back)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read(back.join("etc/greeting")).unwrap(),
+        b"hello, store\n"
+    );
     let missing = bin(&data)
         .args(["cat", &format!("{digest}/etc/nope")])
         .output()
