@@ -7,8 +7,6 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use tvix_oci_castore::import::{ImportOptions, import_path};
-use tvix_oci_castore::{open_blob_service, open_directory_service};
 use tvix_oci_executor::runc::NoLogs;
 use tvix_oci_executor::{Executor, ExecutorConfig};
 use tvix_oci_spec::proto::{self, build_request as br};
@@ -33,16 +31,11 @@ fn main() -> Res<()> {
     }
     let rt = tokio::runtime::Runtime::new()?;
     let tmp = tempfile::tempdir()?;
-    let p = tmp.path().display().to_string();
-    let blobs = rt.block_on(open_blob_service(&format!("objects://{p}/blobs")))?;
-    let dirs = rt.block_on(open_directory_service(&format!("redb://{p}/dirs.redb")))?;
-    std::fs::create_dir_all(tmp.path().join("bb/bin"))?;
-    std::fs::copy("/bin/busybox", tmp.path().join("bb/bin/busybox"))?;
-    let bb = rt.block_on(import_path(
+    let (blobs, dirs) = rt.block_on(tvix_oci_benches::local_stores(tmp.path()))?;
+    let bb = rt.block_on(tvix_oci_benches::import_busybox(
         blobs.clone(),
         &*dirs,
-        &tmp.path().join("bb"),
-        &ImportOptions::default(),
+        tmp.path(),
     ))?;
     let name = "0k9yxm9zqc2dgw2xxbyh3mnbs5ijjc7v-busybox";
     let req = BuildRequest::try_from(proto::BuildRequest {

@@ -17,7 +17,7 @@ use tvix_oci_benches::{TreeShape, make_tree, mib_per_s};
 use tvix_oci_castore::blobservice::BlobService;
 use tvix_oci_castore::directoryservice::DirectoryService;
 use tvix_oci_castore::import::{ImportOptions, import_path};
-use tvix_oci_castore::{Node, PathComponent, open_blob_service, open_directory_service};
+use tvix_oci_castore::{open_blob_service, open_directory_service};
 use tvix_oci_fuse::{BlobCache, MountOptions, mount};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
@@ -105,15 +105,7 @@ fn main() -> Res<()> {
 
     let rt = tokio::runtime::Runtime::new()?;
     let _enter = rt.enter();
-    let store = tmp.path().join("store");
-    let blobs = rt.block_on(open_blob_service(&format!(
-        "objects://{}/blobs",
-        store.display()
-    )))?;
-    let dirs = rt.block_on(open_directory_service(&format!(
-        "redb://{}/dirs.redb",
-        store.display()
-    )))?;
+    let (blobs, dirs) = rt.block_on(tvix_oci_benches::local_stores(&tmp.path().join("store")))?;
     let t = Instant::now();
     let root = rt.block_on(import_path(
         blobs.clone(),
@@ -124,16 +116,7 @@ fn main() -> Res<()> {
     println!("imported in {:.1}s", t.elapsed().as_secs_f64());
 
     // Every top-level package dir is one root input: 5,000 of them.
-    let Node::Directory { digest, .. } = root else {
-        return Err("root is not a directory".into());
-    };
-    let top = rt
-        .block_on(dirs.get(&digest))?
-        .ok_or("root directory missing")?;
-    let inputs: Vec<(PathComponent, Node)> = top
-        .nodes()
-        .map(|(n, node)| (n.clone(), node.clone()))
-        .collect();
+    let inputs = rt.block_on(tvix_oci_benches::root_entries(&*dirs, &root))?;
     println!("{} root inputs", inputs.len());
 
     let mnt = tmp.path().join("mnt");

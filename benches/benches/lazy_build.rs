@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use tvix_oci_benches::{TreeShape, bench_tempdir, make_tree, sync_and_drop_caches};
 use tvix_oci_castore::export::export_node;
 use tvix_oci_castore::import::{ImportOptions, import_path};
-use tvix_oci_castore::{Node, PathComponent, open_blob_service, open_directory_service};
 use tvix_oci_executor::runc::{LogSink, LogStream};
 use tvix_oci_executor::{Executor, ExecutorConfig};
 use tvix_oci_spec::proto::{self, build_request as br};
@@ -51,32 +50,18 @@ fn main() -> Res<()> {
     let src = tmp.path().join("src");
     let total = make_tree(&src, shape, 11)?;
     let rt = tokio::runtime::Runtime::new()?;
-    let p = tmp.path().display().to_string();
-    let blobs = rt.block_on(open_blob_service(&format!("objects://{p}/blobs")))?;
-    let dirs = rt.block_on(open_directory_service(&format!("redb://{p}/dirs.redb")))?;
+    let (blobs, dirs) = rt.block_on(tvix_oci_benches::local_stores(tmp.path()))?;
     let root = rt.block_on(import_path(
         blobs.clone(),
         &*dirs,
         &src,
         &ImportOptions::default(),
     ))?;
-    let Node::Directory { digest, .. } = root else {
-        return Err("root is not a directory".into());
-    };
-    let top = rt
-        .block_on(dirs.get(&digest))?
-        .ok_or("root directory missing")?;
-    let mut inputs: Vec<(PathComponent, Node)> = top
-        .nodes()
-        .map(|(n, node)| (n.clone(), node.clone()))
-        .collect();
-    std::fs::create_dir_all(tmp.path().join("bb/bin"))?;
-    std::fs::copy("/bin/busybox", tmp.path().join("bb/bin/busybox"))?;
-    let bb = rt.block_on(import_path(
+    let mut inputs = rt.block_on(tvix_oci_benches::root_entries(&*dirs, &root))?;
+    let bb = rt.block_on(tvix_oci_benches::import_busybox(
         blobs.clone(),
         &*dirs,
-        &tmp.path().join("bb"),
-        &ImportOptions::default(),
+        tmp.path(),
     ))?;
     inputs.push(("busybox".try_into()?, bb));
     inputs.sort_by(|a, b| a.0.cmp(&b.0));

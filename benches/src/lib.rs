@@ -134,3 +134,55 @@ pub fn bench_tempdir() -> std::io::Result<tempfile::TempDir> {
     std::fs::create_dir_all(&base)?;
     tempfile::tempdir_in(&base)
 }
+
+/// The embedded store (objects + redb) under `dir`.
+pub async fn local_stores(
+    dir: &Path,
+) -> Result<
+    (
+        std::sync::Arc<dyn tvix_oci_castore::blobservice::BlobService>,
+        std::sync::Arc<dyn tvix_oci_castore::directoryservice::DirectoryService>,
+    ),
+    tvix_oci_castore::StoreError,
+> {
+    let d = dir.display();
+    let blobs = tvix_oci_castore::open_blob_service(&format!("objects://{d}/blobs")).await?;
+    let dirs = tvix_oci_castore::open_directory_service(&format!("redb://{d}/dirs.redb")).await?;
+    Ok((blobs, dirs))
+}
+
+/// Imports a tree `bin/busybox` (a copy of the host's static busybox, made
+/// under `scratch`) and returns its node: the toolchain of the benchmark
+/// builds.
+pub async fn import_busybox(
+    blobs: std::sync::Arc<dyn tvix_oci_castore::blobservice::BlobService>,
+    dirs: &dyn tvix_oci_castore::directoryservice::DirectoryService,
+    scratch: &Path,
+) -> Result<tvix_oci_castore::Node, Box<dyn std::error::Error>> {
+    let tree = scratch.join("bb");
+    std::fs::create_dir_all(tree.join("bin"))?;
+    std::fs::copy("/bin/busybox", tree.join("bin/busybox"))?;
+    let opts = tvix_oci_castore::import::ImportOptions::default();
+    Ok(tvix_oci_castore::import::import_path(blobs, dirs, &tree, &opts).await?)
+}
+
+/// The entries of directory node `root`: each one a build input.
+pub async fn root_entries(
+    dirs: &dyn tvix_oci_castore::directoryservice::DirectoryService,
+    root: &tvix_oci_castore::Node,
+) -> Result<
+    Vec<(tvix_oci_castore::PathComponent, tvix_oci_castore::Node)>,
+    Box<dyn std::error::Error>,
+> {
+    let tvix_oci_castore::Node::Directory { digest, .. } = root else {
+        return Err("the root is not a directory".into());
+    };
+    let dir = dirs
+        .get(digest)
+        .await?
+        .ok_or("the root directory is missing")?;
+    Ok(dir
+        .nodes()
+        .map(|(n, node)| (n.clone(), node.clone()))
+        .collect())
+}
