@@ -272,48 +272,46 @@ impl JsonBuildRequest {
         }
     }
 
-    /// The JSON form of a validated request.
+    /// The JSON form of a validated request: its wire form, field for
+    /// field, with the inputs as named nodes.
     pub fn new(r: &BuildRequest) -> Self {
-        let c = r.constraints();
+        let p = proto::BuildRequest::from(r);
+        let c = p.constraints.unwrap_or_default();
         JsonBuildRequest {
             inputs: r
                 .inputs()
                 .iter()
                 .map(|(n, node)| JsonNode::new(n, node))
                 .collect(),
-            command_args: r.command_args().to_vec(),
-            working_dir: r.working_dir().to_string(),
-            scratch_paths: r.scratch_paths().iter().map(ToString::to_string).collect(),
-            inputs_dir: r.inputs_dir().to_string(),
-            outputs: r.outputs().iter().map(ToString::to_string).collect(),
-            environment_vars: r
-                .environment_vars()
-                .iter()
-                .map(|(k, v)| JsonEnvVar {
-                    key: k.clone(),
-                    value: JsonBytes::from_bytes(v),
+            command_args: p.command_args,
+            working_dir: p.working_dir,
+            scratch_paths: p.scratch_paths,
+            inputs_dir: p.inputs_dir,
+            outputs: p.outputs,
+            environment_vars: p
+                .environment_vars
+                .into_iter()
+                .map(|e| JsonEnvVar {
+                    key: e.key,
+                    value: JsonBytes::from_bytes(&e.value),
                 })
                 .collect(),
             constraints: JsonConstraints {
-                system: c.system.clone(),
+                system: c.system,
                 min_memory: c.min_memory,
-                available_ro_paths: c
-                    .available_ro_paths
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect(),
+                available_ro_paths: c.available_ro_paths,
                 network_access: c.network_access,
                 provide_bin_sh: c.provide_bin_sh,
             },
-            additional_files: r
-                .additional_files()
-                .iter()
-                .map(|(p, b)| JsonFile {
-                    path: p.to_string(),
-                    contents: JsonBytes::from_bytes(b),
+            additional_files: p
+                .additional_files
+                .into_iter()
+                .map(|f| JsonFile {
+                    path: f.path,
+                    contents: JsonBytes::from_bytes(&f.contents),
                 })
                 .collect(),
-            refscan_needles: r.refscan_needles().to_vec(),
+            refscan_needles: p.refscan_needles,
         }
     }
 }
