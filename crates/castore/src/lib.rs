@@ -22,6 +22,7 @@ mod node;
 mod open;
 mod path;
 pub mod proto;
+pub mod tempfiles;
 
 pub use digest::{B3_LEN, B3Digest, DigestError};
 pub use directory::{Directory, DirectoryError};

@@ -38,6 +38,11 @@ impl BlobCache {
     pub fn open(dir: impl Into<PathBuf>, max_bytes: u64) -> io::Result<Self> {
         let dir = dir.into();
         std::fs::create_dir_all(dir.join("tmp")).map_err(|e| with_path(&dir, e))?;
+        // Fetches a dead process left unfinished.
+        tvix_oci_castore::tempfiles::remove_stale(
+            &dir.join("tmp"),
+            tvix_oci_castore::tempfiles::STALE_AFTER,
+        );
         let mut used = 0;
         for e in std::fs::read_dir(&dir).map_err(|e| with_path(&dir, e))? {
             let e = e?;

@@ -22,7 +22,8 @@ pub struct ObjectsBlobService {
 }
 
 impl ObjectsBlobService {
-    /// Opens (creating it if needed) the store at `root`.
+    /// Opens (creating it if needed) the store at `root`, removing temp
+    /// files of writes a dead process left unfinished.
     pub fn open(root: impl Into<PathBuf>) -> io::Result<Self> {
         let root = root.into();
         std::fs::create_dir_all(root.join("tmp")).map_err(|e| {
@@ -31,6 +32,7 @@ impl ObjectsBlobService {
                 format!("creating blob store {}: {e}", root.display()),
             )
         })?;
+        crate::tempfiles::remove_stale(&root.join("tmp"), crate::tempfiles::STALE_AFTER);
         Ok(Self { root })
     }
 
