@@ -1,10 +1,16 @@
-//! Compiles the tvix.build.v1 protos with `protox` (pure Rust), so building
-//! needs no system `protoc`. The castore messages come from the castore crate.
+//! Compiles the tvix.build.v1 and snix.build.v1 protos with `protox` (pure
+//! Rust), so building needs no system `protoc`. The castore messages come
+//! from the castore crate.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let castore = "../castore/protos";
-    let proto = "protos/tvix/build/v1/build.proto";
-    println!("cargo:rerun-if-changed={proto}");
-    let fds = protox::compile([proto], ["protos", castore])?;
+    let protos = [
+        "protos/tvix/build/v1/build.proto",
+        "protos/snix/build/v1/build.proto",
+    ];
+    for p in protos {
+        println!("cargo:rerun-if-changed={p}");
+    }
+    let fds = protox::compile(protos, ["protos", castore])?;
     tonic_prost_build::configure()
         .bytes(".")
         .extern_path(".tvix.castore.v1", "::tvix_oci_castore::proto")

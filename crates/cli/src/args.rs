@@ -90,6 +90,22 @@ pub enum Command {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+    /// Serve the store over gRPC (tvix.castore.v1 and snix.castore.v1
+    /// BlobService and DirectoryService) and run builds sent to the
+    /// tvix.build.v1 (or snix.build.v1) BuildService, until Ctrl-C or
+    /// SIGTERM.
+    ///
+    /// Examples:
+    ///   tvix-oci-build serve --listen 127.0.0.1:8000
+    ///   BLOB_SERVICE_ADDR=grpc+http://127.0.0.1:8000 tvix-oci-build import ./src
+    Serve {
+        /// HOST:PORT to listen on (port 0 picks a free one), or
+        /// unix:/path/to.sock. The address is printed once listening.
+        #[arg(long, default_value = "127.0.0.1:8000")]
+        listen: String,
+        #[command(flatten)]
+        exec: ExecArgs,
+    },
     /// Write a stored directory or blob out to a new path.
     ///
     /// Example: tvix-oci-build export 8b5b5d64…810e /tmp/out
@@ -139,6 +155,17 @@ pub struct RunArgs {
     #[arg(long)]
     pub dry_run: bool,
 
+    #[command(flatten)]
+    pub exec: ExecArgs,
+
+    /// The command of the build and its arguments (after --).
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+/// How builds are run: shared by `run` and `serve`.
+#[derive(Debug, Args)]
+pub struct ExecArgs {
     /// Keep each bundle directory after the build, for debugging.
     #[arg(long)]
     pub keep_bundle: bool,
@@ -148,7 +175,8 @@ pub struct RunArgs {
     /// Kill a build silent for this many seconds.
     #[arg(long, value_name = "SECONDS")]
     pub max_silent_time: Option<u64>,
-    /// Builds run at once when several requests are given.
+    /// Builds run at once (several requests, or clients of `serve`);
+    /// more wait. Default: the number of CPUs.
     #[arg(long)]
     pub jobs: Option<usize>,
     /// Where bundles are made.
@@ -161,8 +189,4 @@ pub struct RunArgs {
     /// static busybox, when installed).
     #[arg(long)]
     pub sandbox_shell: Option<PathBuf>,
-
-    /// The command of the build and its arguments (after --).
-    #[arg(last = true)]
-    pub command: Vec<String>,
 }

@@ -9,6 +9,7 @@ mod args;
 mod browse;
 mod exit;
 mod run;
+mod serve;
 mod store;
 
 fn main() -> ExitCode {

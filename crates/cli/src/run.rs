@@ -18,7 +18,7 @@ use tvix_oci_spec::json::{JsonBuild, JsonError};
 use tvix_oci_spec::proto::{self, build_request as br};
 use tvix_oci_spec::{BuildRequest, Problems};
 
-use crate::args::RunArgs;
+use crate::args::{ExecArgs, RunArgs};
 use crate::exit::{BUILD_FAILED, HOST, INVALID, exit};
 
 /// Build logs to stderr, as they come.
@@ -222,27 +222,9 @@ pub async fn run(
         }
         return Ok(());
     }
-    let mut config = ExecutorConfig {
-        runtime: args.runtime.clone(),
-        keep_bundle: args.keep_bundle,
-        timeout: args.timeout.map(Duration::from_secs),
-        max_silent_time: args.max_silent_time.map(Duration::from_secs),
-        ..ExecutorConfig::default()
-    };
-    if let Some(j) = args.jobs {
-        config.concurrency = j.max(1);
-    }
-    if let Some(r) = &args.bundle_root {
-        config.bundle_root = r.clone();
-    }
-    if let Some(s) = &args.sandbox_shell {
-        config.sandbox_shell = Some(s.clone());
-    }
+    let config = args.exec.config();
     if requests.iter().any(|r| r.constraints().provide_bin_sh) && config.sandbox_shell.is_none() {
-        return Err(exit(
-            HOST,
-            "a request asks for provide_bin_sh, but no sandbox shell was found: install busybox-static or pass --sandbox-shell",
-        ));
+        return Err(no_sandbox_shell());
     }
     let exec = Executor::new(config, blobs, dirs);
     let builds = futures::future::join_all(requests.iter().map(|r| exec.build(r, &Stderr)));
@@ -277,6 +259,37 @@ pub async fn run(
         0 => Ok(()),
         code => Err(exit(code, "")),
     }
+}
+
+impl ExecArgs {
+    /// The executor configuration these flags describe.
+    pub fn config(&self) -> ExecutorConfig {
+        let mut config = ExecutorConfig {
+            runtime: self.runtime.clone(),
+            keep_bundle: self.keep_bundle,
+            timeout: self.timeout.map(Duration::from_secs),
+            max_silent_time: self.max_silent_time.map(Duration::from_secs),
+            ..ExecutorConfig::default()
+        };
+        if let Some(j) = self.jobs {
+            config.concurrency = j.max(1);
+        }
+        if let Some(r) = &self.bundle_root {
+            config.bundle_root = r.clone();
+        }
+        if let Some(s) = &self.sandbox_shell {
+            config.sandbox_shell = Some(s.clone());
+        }
+        config
+    }
+}
+
+/// The error for a `provide_bin_sh` request without a sandbox shell.
+fn no_sandbox_shell() -> anyhow::Error {
+    exit(
+        HOST,
+        "a request asks for provide_bin_sh, but no sandbox shell was found: install busybox-static or pass --sandbox-shell",
+    )
 }
 
 /// Ctrl-C or SIGTERM.

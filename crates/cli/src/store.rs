@@ -62,6 +62,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}\t{}", p.display(), describe(&node));
             }
         }
+        Command::Serve { listen, exec } => crate::serve::serve(listen, exec, blobs, dirs).await?,
         Command::Export { digest, dest } => {
             let node = crate::browse::resolve(digest, &*blobs, &*dirs).await?;
             export_node(blobs, &*dirs, &node, dest).await?;

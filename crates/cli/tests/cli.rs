@@ -2,37 +2,11 @@
 //! exit codes and messages.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+use common::{assert_nothing_left, bin, busybox_tree, can_build};
+
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn bin(data: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_tvix-oci-build"));
-    c.env("XDG_DATA_HOME", data)
-        .env_remove("BLOB_SERVICE_ADDR")
-        .env_remove("DIRECTORY_SERVICE_ADDR");
-    c
-}
-
-fn can_build() -> Option<String> {
-    // SAFETY: no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("needs root".into());
-    }
-    for p in ["/dev/fuse", "/bin/busybox"] {
-        if !Path::new(p).exists() {
-            return Some(format!("{p} is absent"));
-        }
-    }
-    None
-}
-
-/// A dir holding bin/busybox, the build's toolchain.
-fn busybox_tree(tmp: &Path) -> std::path::PathBuf {
-    let t = tmp.join("bb");
-    std::fs::create_dir_all(t.join("bin")).unwrap();
-    std::fs::copy("/bin/busybox", t.join("bin/busybox")).unwrap();
-    t
-}
+use std::process::Output;
 
 fn flags_run(tmp: &Path, extra: &[&str], script: &str) -> Output {
     let bb = busybox_tree(tmp);
@@ -221,26 +195,7 @@ fn sigterm_mid_build_leaves_nothing_behind() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(3));
-    let left: Vec<_> = std::fs::read_dir(&bundles)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    assert!(left.is_empty(), "bundles left: {left:?}");
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(
-        !mounts.contains(bundles.to_str().unwrap()),
-        "mounts left under {}",
-        bundles.display()
-    );
-    let list = Command::new("runc")
-        .args(["list", "--format", "json"])
-        .output()
-        .unwrap();
-    assert!(
-        !String::from_utf8_lossy(&list.stdout).contains(bundles.to_str().unwrap()),
-        "a container is left"
-    );
+    assert_nothing_left(&bundles);
 }
 
 #[test]

@@ -17,6 +17,7 @@
 mod bundle;
 mod error;
 mod executor;
+pub mod grpc;
 pub mod host;
 pub mod ingest;
 pub mod nar;

@@ -1,0 +1,84 @@
+//! `tvix-oci-build serve`: the store's castore services and the
+//! BuildService, under both the tvix and the snix package names, on one
+//! gRPC listener, so tvix and snix
+//! clients can upload inputs, send builds and read the outputs back.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tvix_oci_castore::blobservice::BlobService;
+use tvix_oci_castore::directoryservice::DirectoryService;
+use tvix_oci_castore::grpc::castore_routes;
+use tvix_oci_executor::Executor;
+use tvix_oci_executor::grpc::GrpcBuildServer;
+
+use crate::args::ExecArgs;
+use crate::exit::{HOST, INVALID, exit};
+use crate::run::shutdown_signal;
+
+/// Serves until Ctrl-C or SIGTERM. Builds in flight are then stopped and
+/// cleaned up (their clients see the call fail).
+pub async fn serve(
+    listen: &str,
+    args: &ExecArgs,
+    blobs: Arc<dyn BlobService>,
+    dirs: Arc<dyn DirectoryService>,
+) -> anyhow::Result<()> {
+    let exec = Arc::new(Executor::new(args.config(), blobs.clone(), dirs.clone()));
+    let builds = GrpcBuildServer::new(exec);
+    let routes = castore_routes(blobs, dirs)
+        .add_service(builds.clone().into_service())
+        .add_service(builds.into_snix_service());
+    let server = Server::builder().add_routes(routes);
+    if let Some(path) = listen.strip_prefix("unix:") {
+        let path = path.trim_start_matches("//");
+        if std::fs::symlink_metadata(path).is_ok() {
+            return Err(exit(
+                INVALID,
+                format!("--listen {listen}: {path} already exists; remove it first"),
+            ));
+        }
+        let listener = tokio::net::UnixListener::bind(path)
+            .map_err(|e| exit(HOST, format!("cannot listen on {path}: {e}")))?;
+        let _socket = RemoveOnDrop(path.into());
+        println!("listening on grpc+unix://{path}");
+        until_signal(server.serve_with_incoming(UnixListenerStream::new(listener))).await?;
+    } else {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| exit(HOST, format!("cannot listen on {listen}: {e}")))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| exit(HOST, format!("cannot listen on {listen}: {e}")))?;
+        println!("listening on grpc+http://{addr}");
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        until_signal(server.serve_with_incoming(incoming)).await?;
+    }
+    Ok(())
+}
+
+/// Runs the server until Ctrl-C or SIGTERM. The server is dropped then
+/// rather than drained, so builds in flight do not hold up the exit: the
+/// runtime's shutdown drops them, and their guards clean up.
+async fn until_signal(
+    server: impl std::future::Future<Output = Result<(), tonic::transport::Error>>,
+) -> anyhow::Result<()> {
+    tokio::select! {
+        r = server => r.context("serving"),
+        _ = shutdown_signal() => {
+            eprintln!("stopping: builds in flight are cancelled and cleaned up");
+            Ok(())
+        }
+    }
+}
+
+/// Removes the unix socket file when serving ends.
+struct RemoveOnDrop(std::path::PathBuf);
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}

@@ -1,0 +1,57 @@
+//! Helpers shared by the binary's tests.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::Command;
+
+pub fn bin(data: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tvix-oci-build"));
+    c.env("XDG_DATA_HOME", data)
+        .env_remove("BLOB_SERVICE_ADDR")
+        .env_remove("DIRECTORY_SERVICE_ADDR");
+    c
+}
+
+pub fn can_build() -> Option<String> {
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("needs root".into());
+    }
+    for p in ["/dev/fuse", "/bin/busybox"] {
+        if !Path::new(p).exists() {
+            return Some(format!("{p} is absent"));
+        }
+    }
+    None
+}
+
+/// A dir holding bin/busybox, the build's toolchain.
+pub fn busybox_tree(tmp: &Path) -> std::path::PathBuf {
+    let t = tmp.join("bb");
+    std::fs::create_dir_all(t.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", t.join("bin/busybox")).unwrap();
+    t
+}
+
+/// Fails when anything of a build is left under `bundles`: a bundle
+/// directory, a mount, or a runc container.
+pub fn assert_nothing_left(bundles: &Path) {
+    let left: Vec<_> = std::fs::read_dir(bundles)
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "bundles left: {left:?}");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(bundles.to_str().unwrap()),
+        "mounts left under {}",
+        bundles.display()
+    );
+    let list = Command::new("runc")
+        .args(["list", "--format", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&list.stdout).contains(bundles.to_str().unwrap()),
+        "a container is left"
+    );
+}

@@ -1,0 +1,235 @@
+//! `tvix-oci-build serve` driven by gRPC clients, as tvix or snix would:
+//! upload the inputs through the castore services, send a `DoBuild`, read
+//! the outputs back; a bad request, a failing build, and SIGTERM with a
+//! build in flight.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::sync::Arc;
+
+use common::{assert_nothing_left, bin, busybox_tree, can_build};
+use tvix_oci_castore::blobservice::BlobService;
+use tvix_oci_castore::directoryservice::DirectoryService;
+use tvix_oci_castore::import::{ImportOptions, import_path};
+use tvix_oci_castore::{B3Digest, Node, open_blob_service, open_directory_service};
+use tvix_oci_spec::proto::{self, build_request as br, build_service_client::BuildServiceClient};
+
+/// A `serve` process on a free port, killed when dropped.
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start(tmp: &Path, bundles: &Path) -> Server {
+        let mut child = bin(&tmp.join("data"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--bundle-root"])
+            .arg(bundles)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        Server { child, url }
+    }
+
+    async fn stores(&self) -> (Arc<dyn BlobService>, Arc<dyn DirectoryService>) {
+        (
+            open_blob_service(&self.url).await.unwrap(),
+            open_directory_service(&self.url).await.unwrap(),
+        )
+    }
+
+    async fn builds(&self) -> BuildServiceClient<tonic::transport::Channel> {
+        let http = self.url.replace("grpc+http://", "http://");
+        BuildServiceClient::connect(http).await.unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A Nix-like request running `script` with busybox as its one input.
+fn request(busybox: &Node, outputs: &[&str], script: &str) -> proto::BuildRequest {
+    proto::BuildRequest {
+        inputs: vec![busybox.to_proto(&"busybox".try_into().unwrap())],
+        command_args: vec![
+            "/nix/store/busybox/bin/busybox".into(),
+            "sh".into(),
+            "-c".into(),
+            script.into(),
+        ],
+        working_dir: "build".into(),
+        scratch_paths: vec!["build".into(), "nix/store".into()],
+        inputs_dir: "nix/store".into(),
+        outputs: outputs.iter().map(|s| s.to_string()).collect(),
+        constraints: Some(br::BuildConstraints {
+            system: tvix_oci_executor::host::host_system(),
+            ..Default::default()
+        }),
+        refscan_needles: vec!["busybox".into()],
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn do_build_over_grpc_and_read_the_outputs_back() {
+    if let Some(why) = can_build() {
+        println!("SKIPPED: {why}");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let bundles = tmp.path().join("bundles");
+    let server = Server::start(tmp.path(), &bundles);
+    let (blobs, dirs) = server.stores().await;
+
+    // Inputs go up through the castore services, as a tvix client does.
+    let bb = busybox_tree(tmp.path());
+    let busybox = import_path(blobs.clone(), &*dirs, &bb, &ImportOptions::default())
+        .await
+        .unwrap();
+
+    let mut client = server.builds().await;
+    let req = request(
+        &busybox,
+        &["build/hello", "nix/store/out"],
+        "mkdir /nix/store/out; echo made with /nix/store/busybox > /nix/store/out/msg; echo hi > hello",
+    );
+    let build = client.do_build(req.clone()).await.unwrap().into_inner();
+    assert_eq!(build.build_request.as_ref(), Some(&req));
+    let build = tvix_oci_spec::Build::try_from(build).unwrap();
+    assert_eq!(build.outputs_needles, vec![vec![], vec![0]]);
+
+    let (name, hello) = &build.outputs[0];
+    assert_eq!(name.as_bytes(), b"hello");
+    let Node::File { digest, .. } = hello else {
+        panic!("hello is {hello:?}")
+    };
+    assert_eq!(*digest, B3Digest::of(b"hi\n"));
+    assert!(
+        blobs.has(digest).await.unwrap(),
+        "the output is in the store"
+    );
+
+    let (name, out) = &build.outputs[1];
+    assert_eq!(name.as_bytes(), b"out");
+    let Node::Directory { digest, .. } = out else {
+        panic!("out is {out:?}")
+    };
+    let dir = dirs
+        .get(digest)
+        .await
+        .unwrap()
+        .expect("the output's directory is stored");
+    let (_, msg) = dir.nodes().find(|(n, _)| n.as_bytes() == b"msg").unwrap();
+    let Node::File { digest, .. } = msg else {
+        panic!("msg is {msg:?}")
+    };
+    let mut bytes = Vec::new();
+    use tokio::io::AsyncReadExt;
+    blobs
+        .open_read(digest)
+        .await
+        .unwrap()
+        .expect("msg's blob is stored")
+        .read_to_end(&mut bytes)
+        .await
+        .unwrap();
+    assert_eq!(bytes, b"made with /nix/store/busybox\n");
+
+    // snix clients call snix.build.v1 and get snix's BuildResponse: the
+    // same outputs, each with its needles.
+    let http = server.url.replace("grpc+http://", "http://");
+    let mut snix = proto::snix::build_service_client::BuildServiceClient::connect(http)
+        .await
+        .unwrap();
+    let resp = snix.do_build(req.clone()).await.unwrap().into_inner();
+    assert_eq!(resp.outputs.len(), 2);
+    assert_eq!(
+        resp.outputs[0].output.as_ref(),
+        Some(&hello.to_proto(&build.outputs[0].0))
+    );
+    assert_eq!(
+        resp.outputs[1].output.as_ref(),
+        Some(&out.to_proto(&build.outputs[1].0))
+    );
+    assert_eq!(resp.outputs[1].needles, vec![0]);
+
+    // An invalid request: INVALID_ARGUMENT naming the field.
+    let mut bad = req.clone();
+    bad.working_dir = "../escape".into();
+    let err = client.do_build(bad).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("working_dir"), "{}", err.message());
+
+    // A failing build: ABORTED with its exit code and log tail.
+    let fail = request(&busybox, &["build/x"], "echo broken >&2; exit 7");
+    let err = client.do_build(fail).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Aborted, "{err:?}");
+    assert!(err.message().contains("exit code 7"), "{}", err.message());
+    assert!(err.message().contains("broken"), "{}", err.message());
+
+    assert_nothing_left(&bundles);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_with_a_build_in_flight_leaves_nothing_behind() {
+    if let Some(why) = can_build() {
+        println!("SKIPPED: {why}");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let bundles = tmp.path().join("bundles");
+    let mut server = Server::start(tmp.path(), &bundles);
+    let (blobs, dirs) = server.stores().await;
+    let bb = busybox_tree(tmp.path());
+    let busybox = import_path(blobs.clone(), &*dirs, &bb, &ImportOptions::default())
+        .await
+        .unwrap();
+    let mut client = server.builds().await;
+    let req = request(
+        &busybox,
+        &["build/x"],
+        "/nix/store/busybox/bin/busybox sleep 60",
+    );
+    let call = tokio::spawn(async move { client.do_build(req).await });
+
+    // Wait for the container to be running.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let list = std::process::Command::new("runc")
+            .args(["list", "--format", "json"])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&list.stdout).contains(bundles.to_str().unwrap()) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the build never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // SAFETY: the child's pid.
+    unsafe { libc::kill(server.child.id() as i32, libc::SIGTERM) };
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "serve ends cleanly on SIGTERM: {status}");
+    let res = call.await.unwrap();
+    assert!(res.is_err(), "the call of a stopped server fails");
+    assert_nothing_left(&bundles);
+}

@@ -1,0 +1,148 @@
+//! The tvix.build.v1 `BuildService` over gRPC, and the same under
+//! snix.build.v1 (answering snix's `BuildResponse`): a tvix or snix client sends
+//! a `BuildRequest`, the [`Executor`] runs it against the server's castore
+//! and answers with the `Build`, whose output nodes the client then reads
+//! from the same castore (serve both with
+//! `tvix_oci_castore::grpc::castore_routes`).
+//!
+//! Status codes: `INVALID_ARGUMENT` for a request that fails validation
+//! (every problem listed), `ABORTED` for a build that ran and failed (exit
+//! code, signal, timeout, a missing or forbidden output: retrying gives the
+//! same answer), `FAILED_PRECONDITION` for a request this host cannot run
+//! (another system, too little memory), `UNAVAILABLE` for an infrastructure
+//! failure (worth retrying). A client that drops the call, or a server
+//! shutting down, cancels the build; the executor cleans up after it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tonic::{Request, Response, Status};
+use tvix_oci_spec::BuildRequest;
+use tvix_oci_spec::proto::{self, build_service_server};
+
+use crate::runc::{LogSink, LogStream};
+use crate::{BuildError, Executor};
+
+/// Serves `BuildService.DoBuild` with an [`Executor`].
+#[derive(Clone, Debug)]
+pub struct GrpcBuildServer {
+    exec: Arc<Executor>,
+}
+
+impl GrpcBuildServer {
+    pub fn new(exec: Arc<Executor>) -> Self {
+        Self { exec }
+    }
+
+    /// The service, ready to add to a tonic router, with message size
+    /// limits fitting requests of many thousand inputs.
+    pub fn into_service(self) -> build_service_server::BuildServiceServer<Self> {
+        build_service_server::BuildServiceServer::new(self)
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE)
+    }
+
+    /// The service under snix's name, `snix.build.v1.BuildService`.
+    pub fn into_snix_service(self) -> proto::snix::build_service_server::BuildServiceServer<Self> {
+        proto::snix::build_service_server::BuildServiceServer::new(self)
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE)
+    }
+
+    /// Runs a wire request and answers with the wire result.
+    pub async fn do_build(&self, req: proto::BuildRequest) -> Result<proto::Build, Status> {
+        let req = BuildRequest::try_from(req)
+            .map_err(|p| Status::invalid_argument(format!("invalid BuildRequest: {p}")))?;
+        let n = REQUESTS.fetch_add(1, Ordering::Relaxed) + 1;
+        let logs = TracingLogs::new(n);
+        tracing::info!(request = n, "build requested");
+        let result = self.exec.build(&req, &logs).await.map_err(status_of)?;
+        tracing::info!(request = n, wall = ?result.accounting.wall, "build done");
+        Ok(proto::Build::from(&result.build))
+    }
+}
+
+/// Largest message accepted or sent: requests of many thousand inputs.
+const MAX_MESSAGE: usize = 64 << 20;
+
+static REQUESTS: AtomicU64 = AtomicU64::new(0);
+
+#[tonic::async_trait]
+impl build_service_server::BuildService for GrpcBuildServer {
+    async fn do_build(
+        &self,
+        request: Request<proto::BuildRequest>,
+    ) -> Result<Response<proto::Build>, Status> {
+        self.do_build(request.into_inner()).await.map(Response::new)
+    }
+}
+
+#[tonic::async_trait]
+impl proto::snix::build_service_server::BuildService for GrpcBuildServer {
+    async fn do_build(
+        &self,
+        request: Request<proto::BuildRequest>,
+    ) -> Result<Response<proto::snix::BuildResponse>, Status> {
+        let build = self.do_build(request.into_inner()).await?;
+        Ok(Response::new(build.into()))
+    }
+}
+
+/// The gRPC status a failed build answers with.
+pub fn status_of(e: BuildError) -> Status {
+    match &e {
+        BuildError::Host(_) => Status::failed_precondition(e.to_string()),
+        _ if e.is_build_failure() => Status::aborted(e.to_string()),
+        _ => Status::unavailable(e.to_string()),
+    }
+}
+
+/// Build logs as `tracing` events (target `tvix_oci_executor::build_log`,
+/// level INFO), one per line, tagged with the request number.
+#[derive(Debug)]
+pub struct TracingLogs {
+    request: u64,
+    partial: std::sync::Mutex<[Vec<u8>; 2]>,
+}
+
+impl TracingLogs {
+    pub fn new(request: u64) -> Self {
+        Self {
+            request,
+            partial: Default::default(),
+        }
+    }
+
+    fn emit(&self, stream: LogStream, line: &[u8]) {
+        let line = String::from_utf8_lossy(line);
+        tracing::info!(target: "tvix_oci_executor::build_log", request = self.request, ?stream, "{line}");
+    }
+}
+
+impl LogSink for TracingLogs {
+    fn log(&self, stream: LogStream, data: &[u8]) {
+        let Ok(mut partial) = self.partial.lock() else {
+            return;
+        };
+        let buf = &mut partial[stream as usize];
+        buf.extend_from_slice(data);
+        while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=nl).collect();
+            self.emit(stream, &line[..nl]);
+        }
+    }
+}
+
+impl Drop for TracingLogs {
+    fn drop(&mut self) {
+        let rest = match self.partial.get_mut() {
+            Ok(p) => std::mem::take(p),
+            Err(_) => return,
+        };
+        for (buf, stream) in rest.iter().zip([LogStream::Stdout, LogStream::Stderr]) {
+            if !buf.is_empty() {
+                self.emit(stream, buf);
+            }
+        }
+    }
+}
