@@ -8,6 +8,7 @@ use clap::Parser;
 mod args;
 mod browse;
 mod exit;
+mod progress;
 mod run;
 mod serve;
 mod store;

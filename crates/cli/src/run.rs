@@ -1,7 +1,7 @@
 //! `tvix-oci-build run`: builds from request files or from flags, logs to
 //! stderr as they come, the result as JSON on stdout.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +12,6 @@ use serde_json::json;
 use tvix_oci_castore::blobservice::BlobService;
 use tvix_oci_castore::directoryservice::DirectoryService;
 use tvix_oci_castore::import::{ImportOptions, import_path};
-use tvix_oci_executor::runc::{LogSink, LogStream};
 use tvix_oci_executor::{BuildResult, Executor, ExecutorConfig};
 use tvix_oci_spec::json::{JsonBuild, JsonError};
 use tvix_oci_spec::proto::{self, build_request as br};
@@ -20,16 +19,7 @@ use tvix_oci_spec::{BuildRequest, Problems};
 
 use crate::args::{ExecArgs, RunArgs};
 use crate::exit::{BUILD_FAILED, HOST, INVALID, exit};
-
-/// Build logs to stderr, as they come.
-struct Stderr;
-impl LogSink for Stderr {
-    fn log(&self, _s: LogStream, data: &[u8]) {
-        let mut e = std::io::stderr().lock();
-        let _ = e.write_all(data);
-        let _ = e.flush();
-    }
-}
+use crate::progress::Progress;
 
 fn invalid(p: Problems) -> anyhow::Error {
     exit(INVALID, p)
@@ -88,6 +78,7 @@ fn split_kv<'a>(s: &'a str, what: &str) -> anyhow::Result<(&'a str, &'a str)> {
 /// The request the flags describe, importing the inputs.
 async fn request_from_flags(
     args: &RunArgs,
+    progress: &Progress,
     blobs: &Arc<dyn BlobService>,
     dirs: &Arc<dyn DirectoryService>,
 ) -> anyhow::Result<BuildRequest> {
@@ -116,7 +107,11 @@ async fn request_from_flags(
                 format!("input {name}: {} does not exist", path.display()),
             ));
         }
-        let node = import_path(blobs.clone(), &**dirs, &path, &ImportOptions::default())
+        let opts = ImportOptions {
+            observer: progress.import(&path),
+            ..ImportOptions::default()
+        };
+        let node = import_path(blobs.clone(), &**dirs, &path, &opts)
             .await
             .with_context(|| format!("importing input {}", path.display()))?;
         let pc = name
@@ -188,6 +183,7 @@ fn result_json(r: &BuildResult) -> serde_json::Value {
         "outputs": outputs,
         "accounting": {
             "wall_ms": a.wall.as_millis() as u64,
+            "to_first_instruction_ms": a.to_first_instruction.map(|d| d.as_millis() as u64),
             "run_wall_ms": a.run_wall.as_millis() as u64,
             "cpu_ms": a.cpu.as_millis() as u64,
             "max_rss_bytes": a.max_rss,
@@ -202,8 +198,9 @@ pub async fn run(
     blobs: Arc<dyn BlobService>,
     dirs: Arc<dyn DirectoryService>,
 ) -> anyhow::Result<()> {
+    let progress = Progress::new();
     let requests = if args.requests.is_empty() {
-        vec![request_from_flags(args, &blobs, &dirs).await?]
+        vec![request_from_flags(args, &progress, &blobs, &dirs).await?]
     } else {
         if !args.command.is_empty() || !args.input.is_empty() {
             return Err(exit(
@@ -227,11 +224,20 @@ pub async fn run(
         return Err(no_sandbox_shell());
     }
     let exec = Executor::new(config, blobs, dirs);
-    let builds = futures::future::join_all(requests.iter().map(|r| exec.build(r, &Stderr)));
+    let sinks: Vec<_> = (1..=requests.len())
+        .map(|i| match requests.len() {
+            1 => progress.build("build".into()),
+            _ => progress.build(format!("build {i}")),
+        })
+        .collect();
+    let builds =
+        futures::future::join_all(requests.iter().zip(&sinks).map(|(r, s)| exec.build(r, s)));
     let results = tokio::select! {
         r = builds => r,
         _ = shutdown_signal() => return Err(exit(HOST, "interrupted; the builds were stopped and cleaned up")),
     };
+    // Spinners off before the result goes to the terminal.
+    drop(sinks);
     let mut worst = 0u8;
     let mut out = Vec::new();
     for (i, r) in results.into_iter().enumerate() {

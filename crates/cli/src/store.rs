@@ -57,8 +57,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cat { node } => crate::browse::cat(node, &*blobs, &*dirs).await?,
         Command::Mount { args } => crate::browse::mount(args, blobs, dirs).await?,
         Command::Import { paths } => {
+            let progress = crate::progress::Progress::new();
             for p in paths {
-                let node = import_path(blobs.clone(), &*dirs, p, &ImportOptions::default()).await?;
+                let opts = ImportOptions {
+                    observer: progress.import(p),
+                    ..ImportOptions::default()
+                };
+                let node = import_path(blobs.clone(), &*dirs, p, &opts).await?;
                 println!("{}\t{}", p.display(), describe(&node));
             }
         }

@@ -304,3 +304,81 @@ fn mount_in_the_foreground_and_unmount_on_interrupt() {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(mnt.to_str().unwrap()), "still mounted");
 }
+
+/// Two request files, each sleeping a little, built with `--jobs N`.
+/// Returns the phase lines of stderr ("build I: PHASE") and the results.
+fn two_builds(tmp: &Path, jobs: &str) -> (Vec<String>, serde_json::Value) {
+    let bb = busybox_tree(tmp);
+    let mut files = Vec::new();
+    for i in 1..=2 {
+        let script = format!("/nix/store/busybox/bin/busybox sleep 1; echo {i} > /build/out");
+        let dry = bin(&tmp.join("data"))
+            .arg("run")
+            .arg("--input")
+            .arg(format!("busybox={}", bb.display()))
+            .args(["--output", "build/out", "--dry-run", "--"])
+            .args(["/nix/store/busybox/bin/busybox", "sh", "-c", &script])
+            .output()
+            .unwrap();
+        assert!(dry.status.success());
+        let f = tmp.join(format!("req{i}.json"));
+        std::fs::write(&f, &dry.stdout).unwrap();
+        files.push(f);
+    }
+    let out = bin(&tmp.join("data"))
+        .args(["run", "--jobs", jobs])
+        .args(&files)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let phases = stderr
+        .lines()
+        .filter(|l| l.starts_with("build "))
+        .map(str::to_owned)
+        .collect();
+    (phases, serde_json::from_slice(&out.stdout).unwrap())
+}
+
+#[test]
+fn several_requests_run_at_most_jobs_at_once() {
+    if let Some(why) = can_build() {
+        println!("SKIPPED: {why}");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (phases, results) = two_builds(tmp.path(), "1");
+    // One result per request, in request order.
+    for (i, r) in results.as_array().unwrap().iter().enumerate() {
+        let want = format!("{}\n", i + 1);
+        let digest = r["build"]["outputs"][0]["file"]["digest"].as_str().unwrap();
+        let cat = bin(&tmp.path().join("data"))
+            .args(["cat", digest])
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&cat.stdout), want);
+    }
+    // One at a time: a build is done ingesting before the other mounts.
+    let first = phases[0].split(':').next().unwrap().to_owned();
+    let firsts: Vec<_> = phases[..3].iter().map(|l| l.starts_with(&first)).collect();
+    assert_eq!(firsts, [true; 3], "not one at a time: {phases:?}");
+    assert_eq!(phases.len(), 6, "{phases:?}");
+
+    // Two at once: both are running before either ingests.
+    let tmp = tempfile::tempdir().unwrap();
+    let (phases, _) = two_builds(tmp.path(), "2");
+    let running = phases.iter().filter(|l| l.ends_with(": running")).count();
+    let first_ingest = phases
+        .iter()
+        .position(|l| l.ends_with(": ingesting outputs"))
+        .unwrap();
+    let running_before: usize = phases[..first_ingest]
+        .iter()
+        .filter(|l| l.ends_with(": running"))
+        .count();
+    assert_eq!(
+        (running, running_before),
+        (2, 2),
+        "not concurrent: {phases:?}"
+    );
+}

@@ -23,7 +23,7 @@ use crate::BuildError;
 use crate::ingest::ingest_output;
 use crate::overlay::Overlay;
 use crate::refscan::Needles;
-use crate::runc::{Container, LogSink, RunLimits};
+use crate::runc::{Container, LogSink, Phase, RunLimits};
 use crate::{bundle::BundleDir, host};
 
 /// How the executor runs builds.
@@ -84,6 +84,9 @@ pub struct OutputInfo {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Accounting {
     pub wall: Duration,
+    /// From the build starting to its process starting in the container
+    /// (the end of the executor's and runc's set-up), to within 1 ms.
+    pub to_first_instruction: Option<Duration>,
     /// From `runc run` starting to it ending.
     pub run_wall: Duration,
     pub cpu: Duration,
@@ -170,6 +173,7 @@ impl Executor {
 
         // Declared in this order so they drop in reverse: container, then
         // overlay, then FUSE, then the bundle directory.
+        logs.phase(Phase::Mounting);
         let bundle = BundleDir::create(&self.config.bundle_root, id, self.config.keep_bundle)?;
         let layout = BundleLayout::new(bundle.path());
         layout
@@ -209,6 +213,7 @@ impl Executor {
             log_limit: self.config.log_limit,
         };
         info!("running");
+        logs.phase(Phase::Running);
         let ran = crate::runc::run(&container, layout.dir(), logs, limits).await;
         container.delete();
         if let Some(o) = overlay {
@@ -225,6 +230,7 @@ impl Executor {
         }
 
         info!("ingesting outputs");
+        logs.phase(Phase::Ingesting);
         let needles = Arc::new(Needles::new(req.refscan_needles()));
         let mut outputs = Vec::new();
         let mut infos = Vec::new();
@@ -253,13 +259,19 @@ impl Executor {
         drop(bundle);
         let accounting = Accounting {
             wall: started.elapsed(),
+            to_first_instruction: outcome.process_started.map(|t| t - started),
             run_wall: outcome.wall,
             cpu: outcome.cpu,
             max_rss: outcome.max_rss,
             input_bytes_fetched: fuse_stats.bytes_fetched,
             input_bytes_served: fuse_stats.bytes_served,
         };
-        info!(wall = ?accounting.wall, cpu = ?accounting.cpu, "built");
+        info!(
+            wall = ?accounting.wall,
+            to_first_instruction = ?accounting.to_first_instruction,
+            cpu = ?accounting.cpu,
+            "built"
+        );
         Ok(BuildResult {
             build: Build {
                 request: req.clone(),

@@ -22,9 +22,24 @@ pub enum LogStream {
     Stderr,
 }
 
-/// Receives the build's output as it comes, in chunks of any size.
+/// The steps of a build that take time, in the order the executor reaches
+/// them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Writing the bundle, mounting the inputs and the overlay.
+    Mounting,
+    /// The container runs.
+    Running,
+    /// Reading the outputs into the castore.
+    Ingesting,
+}
+
+/// Receives the build's output as it comes, in chunks of any size, and
+/// the executor's progress through the [`Phase`]s.
 pub trait LogSink: Send + Sync {
     fn log(&self, stream: LogStream, data: &[u8]);
+    /// The build reached `phase`. Does nothing unless overridden.
+    fn phase(&self, _phase: Phase) {}
 }
 
 /// A sink that drops everything.
@@ -50,6 +65,9 @@ pub struct RunOutcome {
     /// Largest resident set of the build's processes, in bytes.
     pub max_rss: u64,
     pub wall: Duration,
+    /// When runc had started the build's process (it writes its pid file
+    /// right after releasing the process to exec), if it got that far.
+    pub process_started: Option<Instant>,
 }
 
 /// A container that is deleted (`runc delete --force`) when dropped.
@@ -189,10 +207,13 @@ pub async fn run(
     limits: RunLimits,
 ) -> Result<RunOutcome, BuildError> {
     let start = Instant::now();
+    let pid_file = bundle.join("runc.pid");
     let mut child = Command::new(&container.runc)
         .arg("run")
         .arg("--bundle")
         .arg(bundle)
+        .arg("--pid-file")
+        .arg(&pid_file)
         .arg(&container.id)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -214,6 +235,8 @@ pub async fn run(
     let mut tail = Tail::default();
     let mut logged = 0u64;
     let mut last_output = Instant::now();
+    let mut process_started = None;
+    let mut poll = tokio::time::interval(Duration::from_millis(1));
     let far = Duration::from_secs(100 * 365 * 24 * 3600);
     let stop = loop {
         let timeout_at = limits.timeout.map_or(start + far, |t| start + t);
@@ -232,6 +255,11 @@ pub async fn run(
                 sink.log(stream, &data);
                 if logged > limits.log_limit {
                     break Stop::LogLimit;
+                }
+            }
+            _ = poll.tick(), if process_started.is_none() => {
+                if pid_file.exists() {
+                    process_started = Some(Instant::now());
                 }
             }
             _ = tokio::time::sleep_until(timeout_at.into()) => break Stop::TimedOut,
@@ -283,6 +311,7 @@ pub async fn run(
         cpu: tv(usage.ru_utime) + tv(usage.ru_stime),
         max_rss: (usage.ru_maxrss.max(0) as u64) * 1024,
         wall: start.elapsed(),
+        process_started,
     };
     match (status.code(), status.signal()) {
         (Some(0), _) => Ok(outcome),

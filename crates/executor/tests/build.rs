@@ -13,7 +13,7 @@ use tvix_oci_castore::directoryservice::DirectoryService;
 use tvix_oci_castore::import::{ImportOptions, import_path};
 use tvix_oci_castore::{Node, open_blob_service, open_directory_service};
 use tvix_oci_executor::ingest::IngestError;
-use tvix_oci_executor::runc::{LogSink, LogStream, NoLogs};
+use tvix_oci_executor::runc::{LogSink, LogStream, NoLogs, Phase};
 use tvix_oci_executor::{BuildError, Executor, ExecutorConfig};
 use tvix_oci_spec::BuildRequest;
 use tvix_oci_spec::proto::{self, build_request as br};
@@ -186,12 +186,15 @@ impl Env {
     }
 }
 
-/// Collects the log.
+/// Collects the log, and the phases reported.
 #[derive(Default)]
-struct Collect(Mutex<Vec<u8>>);
+struct Collect(Mutex<Vec<u8>>, Mutex<Vec<Phase>>);
 impl LogSink for Collect {
     fn log(&self, _s: LogStream, d: &[u8]) {
         self.0.lock().unwrap().extend_from_slice(d);
+    }
+    fn phase(&self, p: Phase) {
+        self.1.lock().unwrap().push(p);
     }
 }
 
@@ -245,6 +248,15 @@ async fn outputs_and_needles() {
     assert_eq!(res.build.outputs_needles, vec![vec![], vec![0, 1, 2]]);
     assert_eq!(res.outputs[1].needle_paths[&1], PathBuf::from("bin/sh"));
     assert!(res.outputs[1].nar_size > 0);
+    // The phases in order, and the accounting consistent with them.
+    assert_eq!(
+        *logs.1.lock().unwrap(),
+        [Phase::Mounting, Phase::Running, Phase::Ingesting]
+    );
+    let a = &res.accounting;
+    let first = a.to_first_instruction.expect("the process started");
+    assert!(first > Duration::ZERO && first < a.wall, "{a:?}");
+    assert!(a.run_wall < a.wall, "{a:?}");
     e.assert_clean();
 }
 
