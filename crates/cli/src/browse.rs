@@ -149,7 +149,16 @@ pub async fn mount(
         mountpoint,
         &tvix_oci_fuse::MountOptions::default(),
     )
-    .map_err(|e| exit(HOST, e))?;
+    .map_err(|e| {
+        use tvix_oci_fuse::MountError as E;
+        // The user's choice of mount point is at fault, not the host.
+        let code = match &e {
+            E::NotEmpty(_) | E::Taken { .. } => INVALID,
+            E::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => INVALID,
+            _ => HOST,
+        };
+        exit(code, e)
+    })?;
     eprintln!("mounted at {}; Ctrl-C to unmount", m.mountpoint().display());
     let _ = std::io::stderr().flush();
     crate::run::shutdown_signal().await;

@@ -382,3 +382,86 @@ fn several_requests_run_at_most_jobs_at_once() {
         "not concurrent: {phases:?}"
     );
 }
+
+#[test]
+fn host_and_store_errors_are_one_sentence_with_their_code() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let stderr = |o: &Output| String::from_utf8_lossy(&o.stderr).into_owned();
+
+    // 2: a digest the store does not hold.
+    let zero = "0".repeat(64);
+    let out = bin(&data).args(["ls", &zero]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&zero), "{}", stderr(&out));
+
+    // 3: a runtime that does not exist, named.
+    let bb = busybox_tree(tmp.path());
+    let out = bin(&data)
+        .args(["run", "--runtime", "/nonexistent/runc", "--input"])
+        .arg(format!("busybox={}", bb.display()))
+        .args([
+            "--output",
+            "build/x",
+            "--",
+            "/nix/store/busybox/bin/busybox",
+            "true",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("the OCI runtime /nonexistent/runc does not exist"));
+
+    if let Some(why) = can_build() {
+        println!("SKIPPED the mount cases: {why}");
+        return;
+    }
+    let file = tmp.path().join("f");
+    std::fs::write(&file, b"x").unwrap();
+    let out = bin(&data).arg("import").arg(&file).output().unwrap();
+    let digest = String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .to_owned();
+
+    // 2: a mount point that is not empty, or does not exist.
+    let full = tmp.path().join("full");
+    std::fs::create_dir(&full).unwrap();
+    std::fs::write(full.join("x"), b"").unwrap();
+    let out = bin(&data)
+        .args(["mount", &digest])
+        .arg(&full)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("is not empty"), "{}", stderr(&out));
+    let out = bin(&data)
+        .args(["mount", &digest])
+        .arg(tmp.path().join("none"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+
+    // 3: no /dev/fuse (hidden in a mount namespace of the command's own).
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let script = format!(
+        "mount -t tmpfs none /dev && exec {} mount {digest} {}",
+        env!("CARGO_BIN_EXE_tvix-oci-build"),
+        mnt.display()
+    );
+    let out = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .env("XDG_DATA_HOME", &data)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("/dev/fuse is not available"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+}
