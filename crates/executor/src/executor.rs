@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
@@ -214,8 +214,20 @@ impl Executor {
         };
         info!("running");
         logs.phase(Phase::Running);
-        let ran = crate::runc::run(&container, layout.dir(), logs, limits).await;
+        // Aborts the FUSE connection when a limit stops the build, and
+        // before the container is deleted when this future is dropped: a
+        // process blocked reading from a hung store then dies at once.
+        let aborted = AtomicBool::new(false);
+        let abort_inputs = || {
+            aborted.store(true, Ordering::Relaxed);
+            inputs.abort();
+        };
+        let abort_guard = OnDrop(Some(&abort_inputs));
+        let ran = crate::runc::run(&container, layout.dir(), logs, limits, &abort_inputs).await;
+        abort_guard.disarm();
         container.delete();
+        let serving = inputs.is_serving();
+        let store_trouble = inputs.store_trouble(STORE_STALLED);
         if let Some(o) = overlay {
             o.unmount().map_err(BuildError::infra)?;
         }
@@ -223,6 +235,18 @@ impl Executor {
         inputs
             .unmount()
             .map_err(|e| BuildError::infra(format!("unmounting the inputs: {e}")))?;
+        // Whatever the build made of it, inputs it could not read make the
+        // result the store's fault, not the build's.
+        if let Some(t) = store_trouble {
+            return Err(BuildError::infra(format!(
+                "the store failed while the build read its inputs: {t}"
+            )));
+        }
+        if !serving && !aborted.load(Ordering::Relaxed) {
+            return Err(BuildError::infra(
+                "the FUSE connection of the inputs ended mid-build (aborted, or its daemon died)",
+            ));
+        }
         let outcome = ran?;
 
         if req.inputs_dir_is_scratch() {
@@ -281,6 +305,27 @@ impl Executor {
             outputs: infos,
             accounting,
         })
+    }
+}
+
+/// A store call pending this long when the build ends means the store
+/// hung.
+const STORE_STALLED: Duration = Duration::from_secs(1);
+
+/// Runs a function when dropped, unless disarmed.
+struct OnDrop<'a>(Option<&'a (dyn Fn() + Sync)>);
+
+impl OnDrop<'_> {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for OnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
     }
 }
 

@@ -200,11 +200,15 @@ fn tv(t: libc::timeval) -> Duration {
 }
 
 /// Runs the bundle at `bundle` as container `container` and waits for it.
+/// When a limit stops the build, `on_stop` runs just before the container
+/// is killed (the executor aborts the FUSE connection there, so a process
+/// blocked on a hung store dies at once).
 pub async fn run(
     container: &Container,
     bundle: &Path,
     sink: &dyn LogSink,
     limits: RunLimits,
+    on_stop: &(dyn Fn() + Sync),
 ) -> Result<RunOutcome, BuildError> {
     let start = Instant::now();
     let pid_file = bundle.join("runc.pid");
@@ -269,6 +273,7 @@ pub async fn run(
     let (status, usage) = match stop {
         Stop::Exited(s, u) => (s, u),
         other => {
+            on_stop();
             container.kill();
             // Keep draining the log until runc exits: runc copies the
             // build's output into our pipes and will not exit while a copy

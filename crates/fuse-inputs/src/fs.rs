@@ -162,25 +162,20 @@ impl InputsFs {
             })
         });
         let path = || self.inodes.path(ino).display().to_string();
-        match std::panic::catch_unwind(run) {
-            Ok(Some(Ok(Ok(v)))) => Ok(v),
-            Ok(Some(Ok(Err(e)))) => {
-                error!(path = %path(), "{what}: {e}");
-                Err(Errno::EIO)
-            }
-            Ok(Some(Err(_))) => {
-                error!(path = %path(), "{what}: timed out after {timeout:?}");
-                Err(Errno::EIO)
-            }
-            Ok(None) => {
-                error!(path = %path(), "{what}: abandoned, the mount is going away");
-                Err(Errno::EIO)
-            }
-            Err(_) => {
-                error!(path = %path(), "{what}: the store panicked");
-                Err(Errno::EIO)
-            }
-        }
+        let call = self.stats.store_call(|| format!("{what} for {}", path()));
+        let res = std::panic::catch_unwind(run);
+        drop(call);
+        let failure = match res {
+            Ok(Some(Ok(Ok(v)))) => return Ok(v),
+            Ok(Some(Ok(Err(e)))) => e.to_string(),
+            Ok(Some(Err(_))) => format!("timed out after {timeout:?}"),
+            Ok(None) => "abandoned, the mount is going away".to_owned(),
+            Err(_) => "the store panicked".to_owned(),
+        };
+        error!(path = %path(), "{what}: {failure}");
+        self.stats
+            .store_failed(|| format!("{what} for {}: {failure}", path()));
+        Err(Errno::EIO)
     }
 
     fn children(&self, ino: u64) -> Result<Arc<Children>, Errno> {

@@ -298,6 +298,23 @@ impl InputsMount {
         self.stats.snapshot()
     }
 
+    /// What went wrong with the store while this mount served reads: the
+    /// first store call that failed (a reader got EIO), or else the oldest
+    /// call pending for at least `stalled`. `None` when the store answered
+    /// everything.
+    pub fn store_trouble(&self, stalled: std::time::Duration) -> Option<String> {
+        self.stats.store_trouble(stalled)
+    }
+
+    /// Whether the FUSE daemon still serves the mount: false once its
+    /// session ended, e.g. because the connection was aborted (readers then
+    /// get ENOTCONN). Never blocks, even on a hung store.
+    pub fn is_serving(&self) -> bool {
+        self.session
+            .as_ref()
+            .is_some_and(|s| !s.guard.is_finished())
+    }
+
     /// Aborts the FUSE connection: readers get ENOTCONN, nothing waits on
     /// the store any more. The mount stays until unmounted. Returns whether
     /// there was a connection to abort.

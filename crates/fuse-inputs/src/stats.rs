@@ -1,7 +1,12 @@
 //! [`Stats`]: what a mount fetched and served, for accounting (the executor
-//! reports the bytes of inputs a build actually read).
+//! reports the bytes of inputs a build actually read), and the store calls
+//! in flight or failed, so a build that read through a failing or hung
+//! store is reported as the store's fault, not the build's.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 /// Counters of one mount, updated as it works.
 #[derive(Debug, Default)]
@@ -17,6 +22,29 @@ pub struct Stats {
     pub bytes_served: AtomicU64,
     /// Whether the kernel agreed to FUSE passthrough.
     pub passthrough: AtomicBool,
+    /// Store calls that failed, timed out or panicked (each an EIO for a
+    /// reader).
+    pub store_failures: AtomicU64,
+    /// The first of those, described with its path.
+    first_failure: Mutex<Option<String>>,
+    /// Store calls in flight: id → (started, description).
+    in_flight: Mutex<HashMap<u64, (Instant, String)>>,
+    next_call: AtomicU64,
+}
+
+/// A store call in flight; ends (and leaves the registry) when dropped.
+#[derive(Debug)]
+pub(crate) struct StoreCall<'a> {
+    stats: &'a Stats,
+    id: u64,
+}
+
+impl Drop for StoreCall<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.stats.in_flight.lock() {
+            m.remove(&self.id);
+        }
+    }
 }
 
 /// A copy of [`Stats`] at one moment.
@@ -30,6 +58,37 @@ pub struct StatsSnapshot {
 }
 
 impl Stats {
+    /// Registers a store call described by `what` until the returned guard
+    /// drops.
+    pub(crate) fn store_call(&self, what: impl FnOnce() -> String) -> StoreCall<'_> {
+        let id = self.next_call.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut m) = self.in_flight.lock() {
+            m.insert(id, (Instant::now(), what()));
+        }
+        StoreCall { stats: self, id }
+    }
+
+    /// Records a failed store call.
+    pub(crate) fn store_failed(&self, what: impl FnOnce() -> String) {
+        if self.store_failures.fetch_add(1, Ordering::Relaxed) == 0
+            && let Ok(mut f) = self.first_failure.lock()
+        {
+            *f = Some(what());
+        }
+    }
+
+    /// What went wrong with the store so far, if anything: the first failed
+    /// call, or else the oldest call in flight for at least `stalled`.
+    pub fn store_trouble(&self, stalled: Duration) -> Option<String> {
+        if let Some(f) = self.first_failure.lock().ok().and_then(|f| f.clone()) {
+            return Some(f);
+        }
+        let calls = self.in_flight.lock().ok()?;
+        let (started, what) = calls.values().min_by_key(|(t, _)| *t)?;
+        let waited = started.elapsed();
+        (waited >= stalled).then(|| format!("{what}: no answer after {waited:.1?}"))
+    }
+
     /// The counters now.
     pub fn snapshot(&self) -> StatsSnapshot {
         StatsSnapshot {

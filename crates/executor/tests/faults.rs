@@ -1,0 +1,149 @@
+//! Faults under a running build, each an infrastructure error (the store's
+//! or the host's fault, worth retrying) and never "the build failed", with
+//! nothing left behind: a store that hangs mid-build, a store that fails a
+//! read, and the FUSE connection of the inputs ending mid-build.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use common::*;
+use tvix_oci_castore::blobservice::{BlobReader, BlobService, BlobWriter};
+use tvix_oci_castore::{B3Digest, Node};
+use tvix_oci_executor::runc::NoLogs;
+use tvix_oci_executor::{BuildError, Executor};
+
+/// How the wrapped store misbehaves on one blob.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    /// Never answers.
+    Hang,
+    /// Answers with an error.
+    Fail,
+}
+
+/// A store that misbehaves on reads of one blob, and is served to FUSE as
+/// a remote store would be (no local files, no range reads).
+#[derive(Debug)]
+struct Faulty {
+    inner: Arc<dyn BlobService>,
+    target: B3Digest,
+    fault: Fault,
+}
+
+#[async_trait]
+impl BlobService for Faulty {
+    async fn has(&self, d: &B3Digest) -> io::Result<bool> {
+        self.inner.has(d).await
+    }
+    async fn open_read_at(&self, d: &B3Digest, offset: u64) -> io::Result<Option<BlobReader>> {
+        if *d == self.target {
+            match self.fault {
+                Fault::Hang => std::future::pending::<()>().await,
+                Fault::Fail => return Err(io::Error::other("injected: the disk is on fire")),
+            }
+        }
+        self.inner.open_read_at(d, offset).await
+    }
+    async fn open_write(&self) -> io::Result<Box<dyn BlobWriter>> {
+        self.inner.open_write().await
+    }
+    fn local_path(&self, _: &B3Digest) -> Option<PathBuf> {
+        None
+    }
+}
+
+fn data_digest(e: &Env) -> B3Digest {
+    match &e.data {
+        Node::File { digest, .. } => *digest,
+        other => panic!("data is {other:?}"),
+    }
+}
+
+fn faulty_executor(e: &Env, fault: Fault, timeout: Option<Duration>) -> Executor {
+    let blobs = Arc::new(Faulty {
+        inner: e.blobs.clone(),
+        target: data_digest(e),
+        fault,
+    });
+    let mut config = e.config();
+    config.timeout = timeout;
+    Executor::new(config, blobs, e.dirs.clone())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_hanging_mid_build_is_an_infrastructure_error() {
+    need_runtime!();
+    let e = env().await;
+    let script = format!("echo reading; cat /nix/store/{DATA} > /build/out");
+    let req = e.request(&script, &["build/out"], |_| {});
+    let exec = faulty_executor(&e, Fault::Hang, Some(Duration::from_secs(3)));
+    let started = Instant::now();
+    let err = exec.build(&req, &NoLogs).await.unwrap_err();
+    // At the timeout the FUSE connection is aborted: the reader blocked on
+    // the store dies with the container, well before the 5-minute fetch
+    // timeout.
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(!err.is_build_failure(), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("no answer"), "{msg}");
+    assert!(msg.contains(DATA), "names the path: {msg}");
+    e.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_failing_a_read_is_an_infrastructure_error_even_if_the_build_ignores_it() {
+    need_runtime!();
+    let e = env().await;
+    // The build swallows the EIO and succeeds: its output cannot be
+    // trusted, so the result is the store's failure.
+    let script = format!("cat /nix/store/{DATA} > /build/out || true");
+    let req = e.request(&script, &["build/out"], |_| {});
+    let exec = faulty_executor(&e, Fault::Fail, None);
+    let err = exec.build(&req, &NoLogs).await.unwrap_err();
+    assert!(matches!(err, BuildError::Infrastructure(_)), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("the disk is on fire") && msg.contains(DATA),
+        "{msg}"
+    );
+    e.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_fuse_connection_ending_mid_build_is_an_infrastructure_error() {
+    need_runtime!();
+    let e = env().await;
+    let script = format!("/nix/store/{BB}/bin/busybox sleep 2; cat /nix/store/{DATA} > /build/out");
+    let req = e.request(&script, &["build/out"], |_| {});
+    let exec = e.executor(|_| {});
+    let root = e.tmp.path().join("bundles");
+    let build = exec.build(&req, &NoLogs);
+    let killer = async {
+        // Abort the inputs' FUSE connection as soon as it is mounted, as if
+        // its daemon had died.
+        loop {
+            let mounts = tvix_oci_fuse::mountinfo::mounts_below(&root).unwrap();
+            if let Some(m) = mounts.iter().find(|m| m.fs_type.starts_with("fuse")) {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                assert!(tvix_oci_fuse::abort_connection(&m.mount_point));
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let (res, ()) = tokio::join!(build, killer);
+    let err = res.unwrap_err();
+    assert!(matches!(err, BuildError::Infrastructure(_)), "{err}");
+    assert!(err.to_string().contains("FUSE connection"), "{err}");
+    e.assert_clean();
+}
