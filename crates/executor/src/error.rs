@@ -48,9 +48,7 @@ impl BuildError {
             | BuildError::Silent { .. }
             | BuildError::LogLimit { .. }
             | BuildError::ModifiedInput(_) => true,
-            BuildError::Output(e) => {
-                !matches!(e, IngestError::Store { .. } | IngestError::Io { .. })
-            }
+            BuildError::Output(e) => e.is_build_failure(),
             BuildError::Host(_) | BuildError::Infrastructure(_) => false,
         }
     }

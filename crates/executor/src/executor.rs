@@ -47,6 +47,9 @@ pub struct ExecutorConfig {
     pub blob_cache: Option<Arc<BlobCache>>,
     /// Resource limits and the like for the container.
     pub spec: SpecOptions,
+    /// Run builds rootless (see [`crate::rootless`]); by default when the
+    /// process is not root.
+    pub rootless: bool,
 }
 
 impl Default for ExecutorConfig {
@@ -56,7 +59,7 @@ impl Default for ExecutorConfig {
             .map(PathBuf::from)
             .find(|p| p.is_file());
         Self {
-            bundle_root: std::env::temp_dir().join("tvix-oci-build"),
+            bundle_root: crate::rootless::default_bundle_root(),
             runtime: PathBuf::from("runc"),
             sandbox_shell: shell,
             concurrency: std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -66,6 +69,8 @@ impl Default for ExecutorConfig {
             log_limit: 100 << 20,
             blob_cache: None,
             spec: SpecOptions::default(),
+            // SAFETY: geteuid has no preconditions.
+            rootless: unsafe { libc::geteuid() } != 0,
         }
     }
 }
@@ -135,7 +140,11 @@ impl Executor {
         dirs: Arc<dyn DirectoryService>,
     ) -> Self {
         let runc = host::find_runtime(&config.runtime).unwrap_or_else(|_| config.runtime.clone());
-        crate::cleanup_stale(&config.bundle_root, &runc);
+        let rootless = config
+            .rootless
+            .then(|| crate::rootless::prepare(&config.bundle_root).ok())
+            .flatten();
+        crate::cleanup_stale(&config.bundle_root, &runc, rootless.as_ref());
         let permits = Semaphore::new(config.concurrency.max(1));
         Self {
             config,
@@ -168,13 +177,36 @@ impl Executor {
         let runc = host::find_runtime(&self.config.runtime)?;
         let mut spec_opts = self.config.spec.clone();
         spec_opts.sandbox_shell = self.config.sandbox_shell.clone();
-        // A cgroup of its own, named after the build.
-        spec_opts.cgroups_path = Some(PathBuf::from(format!("/tvix-oci-build/{id}")));
+        let rootless = if self.config.rootless {
+            Some(crate::rootless::prepare(&self.config.bundle_root)?)
+        } else {
+            None
+        };
 
         // Declared in this order so they drop in reverse: container, then
         // overlay, then FUSE, then the bundle directory.
         logs.phase(Phase::Mounting);
-        let bundle = BundleDir::create(&self.config.bundle_root, id, self.config.keep_bundle)?;
+        let mut bundle = BundleDir::create(&self.config.bundle_root, id, self.config.keep_bundle)?;
+        match &rootless {
+            Some(r) => {
+                bundle.set_rootless(r.clone());
+                let limits = &spec_opts.resources;
+                if limits.memory_bytes.is_some() || limits.pids.is_some() || limits.cpus.is_some() {
+                    return Err(BuildError::Host(
+                        "resource limits need a cgroup, which a rootless build does not get; run as root or drop the limits".into(),
+                    ));
+                }
+                spec_opts.rootless = true;
+                spec_opts.uid_mappings = r.uid_mappings.clone();
+                spec_opts.gid_mappings = r.gid_mappings.clone();
+                spec_opts.overlay_in_container = Some(bundle.path().to_owned());
+                spec_opts.cgroups_path = None;
+            }
+            // A cgroup of its own, named after the build.
+            None => {
+                spec_opts.cgroups_path = Some(PathBuf::from(format!("/tvix-oci-build/{id}")));
+            }
+        }
         let layout = BundleLayout::new(bundle.path());
         layout
             .write_skeleton(req, &spec_opts)
@@ -192,7 +224,8 @@ impl Executor {
             &mount_opts,
         )
         .map_err(|e| BuildError::infra(format!("mounting the inputs: {e}")))?;
-        let overlay = if req.inputs_dir_is_scratch() {
+        // Rootless, the container mounts the overlay itself.
+        let overlay = if req.inputs_dir_is_scratch() && rootless.is_none() {
             Some(
                 Overlay::mount(
                     &layout.inputs(),
@@ -206,7 +239,8 @@ impl Executor {
             None
         };
 
-        let mut container = Container::new(&runc, id);
+        let mut container =
+            Container::new(&runc, rootless.as_ref().map(|r| r.runc_root.as_path()), id);
         let limits = RunLimits {
             timeout: self.config.timeout,
             max_silent: self.config.max_silent_time,

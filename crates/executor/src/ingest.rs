@@ -46,21 +46,24 @@ pub struct IngestedOutput {
 pub enum IngestError {
     #[error("the build did not produce output {0}")]
     Missing(String),
-    #[error("output {output}: {} is a {kind}; outputs may hold only files, directories and symlinks", path.display())]
+    #[error(
+        "output {output}{} is a {kind}; outputs may hold only files, directories and symlinks",
+        at(path)
+    )]
     Special {
         output: String,
         path: PathBuf,
         kind: &'static str,
     },
-    #[error("output {output}: {}: {source}", path.display())]
+    #[error("output {output}{}: {source}{}", at(path), unreadable_hint(source))]
     Io {
         output: String,
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("output {output}: {} changed while it was read", path.display())]
+    #[error("output {output}{} changed while it was read", at(path))]
     Changed { output: String, path: PathBuf },
-    #[error("output {output}: {}: {msg}", path.display())]
+    #[error("output {output}{}: {msg}", at(path))]
     Invalid {
         output: String,
         path: PathBuf,
@@ -71,6 +74,35 @@ pub enum IngestError {
         output: String,
         source: Box<StoreError>,
     },
+}
+
+/// Where in an output: nothing for the output itself.
+fn at(path: &Path) -> String {
+    if path.as_os_str().is_empty() {
+        String::new()
+    } else {
+        format!(" at {}", path.display())
+    }
+}
+
+fn unreadable_hint(e: &std::io::Error) -> &'static str {
+    if e.kind() == std::io::ErrorKind::PermissionDenied {
+        " (the executor reads outputs as itself: rootless, that is another user than the build's, so outputs must be readable by others)"
+    } else {
+        ""
+    }
+}
+
+impl IngestError {
+    /// Whether the build is at fault: it made an output the rules refuse,
+    /// or one the executor may not read.
+    pub fn is_build_failure(&self) -> bool {
+        match self {
+            IngestError::Store { .. } => false,
+            IngestError::Io { source, .. } => source.kind() == std::io::ErrorKind::PermissionDenied,
+            _ => true,
+        }
+    }
 }
 
 fn kind_of(mode: u32) -> &'static str {

@@ -23,6 +23,7 @@ pub mod ingest;
 pub mod nar;
 mod overlay;
 pub mod refscan;
+pub mod rootless;
 pub mod runc;
 mod stale;
 

@@ -74,25 +74,35 @@ pub struct RunOutcome {
 #[derive(Debug)]
 pub struct Container {
     runc: PathBuf,
+    /// runc's `--root` (its state dir), when not its default.
+    state_root: Option<PathBuf>,
     id: String,
     live: bool,
 }
 
 impl Container {
-    /// Names container `id`; nothing runs yet.
-    pub fn new(runc: &Path, id: &str) -> Self {
+    /// Names container `id`; nothing runs yet. `state_root` is runc's
+    /// `--root` (rootless builds keep their state there).
+    pub fn new(runc: &Path, state_root: Option<&Path>, id: &str) -> Self {
         Self {
             runc: runc.to_owned(),
+            state_root: state_root.map(Path::to_owned),
             id: id.to_owned(),
             live: true,
         }
     }
 
+    /// A runc command with the global options.
+    fn command(&self) -> Command {
+        let mut c = Command::new(&self.runc);
+        if let Some(r) = &self.state_root {
+            c.arg("--root").arg(r);
+        }
+        c
+    }
+
     fn runc(&self, args: &[&str]) -> std::io::Result<std::process::Output> {
-        Command::new(&self.runc)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
+        self.command().args(args).stdin(Stdio::null()).output()
     }
 
     /// Kills the container's init, and with it its PID namespace. (Not
@@ -212,7 +222,8 @@ pub async fn run(
 ) -> Result<RunOutcome, BuildError> {
     let start = Instant::now();
     let pid_file = bundle.join("runc.pid");
-    let mut child = Command::new(&container.runc)
+    let mut child = container
+        .command()
         .arg("run")
         .arg("--bundle")
         .arg(bundle)

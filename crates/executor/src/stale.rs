@@ -6,6 +6,8 @@ use std::path::Path;
 
 use tracing::{info, warn};
 
+use crate::rootless::Rootless;
+
 /// The pid in a bundle name `tob-<pid>-<n>-<nonce>`.
 fn owner_pid(name: &str) -> Option<u32> {
     name.strip_prefix("tob-")?.split('-').next()?.parse().ok()
@@ -17,8 +19,9 @@ fn alive(pid: u32) -> bool {
 
 /// Removes the stale bundles under `root`: deletes their containers,
 /// aborts and detaches their mounts (deepest first), removes the
-/// directories. Returns how many were cleaned.
-pub fn cleanup_stale(root: &Path, runc: &Path) -> usize {
+/// directories (`rootless`: runc's state and the builds' files are those
+/// of rootless builds). Returns how many were cleaned.
+pub fn cleanup_stale(root: &Path, runc: &Path, rootless: Option<&Rootless>) -> usize {
     let Ok(rd) = std::fs::read_dir(root) else {
         return 0;
     };
@@ -33,7 +36,11 @@ pub fn cleanup_stale(root: &Path, runc: &Path) -> usize {
         }
         let dir = e.path();
         warn!(bundle = %dir.display(), "cleaning up after a build of a process that died");
-        let _ = std::process::Command::new(runc)
+        let mut delete = std::process::Command::new(runc);
+        if let Some(r) = rootless {
+            delete.arg("--root").arg(&r.runc_root);
+        }
+        let _ = delete
             .args(["delete", "--force", &name])
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
@@ -45,13 +52,20 @@ pub fn cleanup_stale(root: &Path, runc: &Path) -> usize {
             if m.fs_type.starts_with("fuse") {
                 let _ = tvix_oci_fuse::abort_connection(&m.mount_point);
             }
-            if let Err(err) = nix::mount::umount2(&m.mount_point, nix::mount::MntFlags::MNT_DETACH)
-            {
+            let detached = if m.fs_type.starts_with("fuse") {
+                tvix_oci_fuse::detach(&m.mount_point)
+            } else {
+                nix::mount::umount2(&m.mount_point, nix::mount::MntFlags::MNT_DETACH)
+                    .map_err(std::io::Error::from)
+            };
+            if let Err(err) = detached {
                 warn!(path = %m.mount_point.display(), "detaching a stale mount: {err}");
             }
         }
         if tvix_oci_fuse::mountinfo::mounts_below(&dir).is_ok_and(|m| m.is_empty()) {
-            match std::fs::remove_dir_all(&dir) {
+            let removed = crate::bundle::remove_tree(&dir)
+                .or_else(|e| rootless.map_or(Err(e), |r| r.remove_tree(&dir)));
+            match removed {
                 Ok(()) => cleaned += 1,
                 Err(err) => warn!(bundle = %dir.display(), "removing a stale bundle: {err}"),
             }
@@ -84,7 +98,10 @@ mod tests {
         for d in [&dead, &mine, &other] {
             std::fs::create_dir_all(d.join("root/etc")).unwrap();
         }
-        assert_eq!(cleanup_stale(tmp.path(), Path::new("/nonexistent/runc")), 1);
+        assert_eq!(
+            cleanup_stale(tmp.path(), Path::new("/nonexistent/runc"), None),
+            1
+        );
         assert!(!dead.exists() && mine.exists() && other.exists());
     }
 }

@@ -27,5 +27,5 @@ mod stats;
 
 pub use cache::BlobCache;
 pub use inodes::InodeError;
-pub use mount::{FSNAME, InputsMount, MountError, MountOptions, abort_connection, mount};
+pub use mount::{FSNAME, InputsMount, MountError, MountOptions, abort_connection, detach, mount};
 pub use stats::StatsSnapshot;

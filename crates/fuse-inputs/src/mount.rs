@@ -129,7 +129,7 @@ fn clean_stale(path: &Path) -> Result<(), MountError> {
         if m.fs_type.starts_with("fuse") && m.source == FSNAME {
             warn!(path = %path.display(), "detaching a stale inputs mount");
             let _ = abort_connection(path);
-            umount(path, libc::MNT_DETACH).map_err(at(path))?;
+            detach(path).map_err(at(path))?;
         } else {
             return Err(MountError::Taken {
                 path: path.to_owned(),
@@ -139,6 +139,30 @@ fn clean_stale(path: &Path) -> Result<(), MountError> {
         }
     }
     Ok(())
+}
+
+/// Detaches the FUSE mount at `path` (lazy unmount). Not root, the kernel
+/// refuses; the setuid `fusermount3 -u -z` then does it, as for any FUSE
+/// mount of ours.
+pub fn detach(path: &Path) -> io::Result<()> {
+    match umount(path, libc::MNT_DETACH) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            let out = std::process::Command::new("fusermount3")
+                .args(["-u", "-z", "--"])
+                .arg(path)
+                .stdin(std::process::Stdio::null())
+                .output()?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(io::Error::other(format!(
+                    "fusermount3 -u: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )))
+            }
+        }
+        other => other,
+    }
 }
 
 fn umount(path: &Path, flags: i32) -> io::Result<()> {
@@ -243,7 +267,9 @@ pub fn mount(
         cache.clone(),
         rt.clone(),
         (opts.uid, opts.gid),
-        opts.passthrough,
+        // Passthrough needs CAP_SYS_ADMIN: not root, the kernel refuses it.
+        // SAFETY: geteuid has no preconditions.
+        opts.passthrough && unsafe { libc::geteuid() } == 0,
         opts.fetch_timeout,
         stats.clone(),
         closing.clone(),
@@ -263,6 +289,7 @@ pub fn mount(
     } else {
         SessionACL::Owner
     };
+    // Not root, fuser has the setuid fusermount3 mount and unmount.
     config.n_threads = Some(opts.threads.max(1));
     config.clone_fd = opts.threads > 1;
     let session = fuser::spawn_mount(fs, &path, &config).map_err(at(&path))?;
@@ -344,7 +371,7 @@ impl InputsMount {
             Err(e) => {
                 warn!(path = %self.mountpoint.display(), "unmount failed ({e}); aborting and detaching");
                 let _ = abort_connection(&self.mountpoint);
-                match umount(&self.mountpoint, libc::MNT_DETACH) {
+                match detach(&self.mountpoint) {
                     Ok(()) => Ok(()),
                     // Already gone: the failed unmount raced with its end.
                     Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(()),

@@ -13,7 +13,7 @@
 //! ```
 
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::BuildRequest;
@@ -133,6 +133,17 @@ impl BundleLayout {
         let owner = opts
             .build_owner_on_host()
             .ok_or(SpecError::RootlessMappings)?;
+        // The dirs the build writes: the build user's; rootless, where the
+        // build user is a sub-id no one may chown to, ours with mode 0777
+        // (only the container reaches into the 0700 bundle).
+        let writable = |p: &Path| {
+            if opts.rootless {
+                mkdir(p)?;
+                std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o777)).map_err(at(p))
+            } else {
+                mkdir_owned(p, owner)
+            }
+        };
         std::fs::DirBuilder::new()
             .mode(0o700)
             .recursive(true)
@@ -147,10 +158,10 @@ impl BundleLayout {
         ] {
             mkdir(&d)?;
         }
-        mkdir_owned(&self.upper(), owner)?;
+        writable(&self.upper())?;
         for s in req.scratch_paths() {
             if s != req.inputs_dir() {
-                mkdir_owned(&self.scratch(s), owner)?;
+                writable(&self.scratch(s))?;
             }
         }
 

@@ -92,6 +92,11 @@ pub struct SpecOptions {
     pub resources: ResourceLimits,
     /// The cgroup runc puts the container in (for accounting).
     pub cgroups_path: Option<PathBuf>,
+    /// Mount the overlay that makes a writable inputs dir inside the
+    /// container, from the bundle at this absolute path (rootless: the
+    /// executor cannot mount it on the host, the container's user
+    /// namespace can). `None`: the executor mounts it at `store/`.
+    pub overlay_in_container: Option<PathBuf>,
 }
 
 impl SpecOptions {
@@ -128,6 +133,10 @@ pub enum SpecError {
         "rootless mode needs uid and gid mappings that map the build user {BUILD_UID}:{BUILD_GID}"
     )]
     RootlessMappings,
+    #[error(
+        "the bundle path {0:?} holds ',' or ':', which an overlay mount inside the container cannot take"
+    )]
+    OverlayPath(String),
     #[error("building the OCI spec: {0}")]
     Oci(#[from] OciSpecError),
 }
@@ -171,7 +180,36 @@ fn build_mounts(req: &BuildRequest, opts: &SpecOptions) -> Result<Vec<Mount>, Sp
         ],
     )?];
     let dest = |p: &crate::path::CleanPath| format!("/{p}");
-    if req.inputs_dir_is_scratch() {
+    if req.inputs_dir_is_scratch()
+        && let Some(bundle) = &opts.overlay_in_container
+    {
+        let b = BundleLayout::new(bundle);
+        let dirs = [
+            ("lowerdir", b.inputs()),
+            ("upperdir", b.upper()),
+            ("workdir", b.work()),
+        ];
+        let mut options: Vec<String> = dirs
+            .iter()
+            .map(|(k, p)| {
+                let p = p.to_string_lossy();
+                // The kernel splits overlay options at ',' (and lowerdir at ':').
+                if p.contains([',', ':']) {
+                    Err(SpecError::OverlayPath(p.into_owned()))
+                } else {
+                    Ok(format!("{k}={p}"))
+                }
+            })
+            .collect::<Result<_, _>>()?;
+        options.extend(["userxattr", "nosuid", "nodev"].map(String::from));
+        let options: Vec<&str> = options.iter().map(String::as_str).collect();
+        m.push(mount(
+            &dest(req.inputs_dir()),
+            "overlay",
+            "overlay",
+            &options,
+        )?);
+    } else if req.inputs_dir_is_scratch() {
         m.push(mount(
             &dest(req.inputs_dir()),
             "none",

@@ -214,6 +214,34 @@ fn mount_layout() {
 }
 
 #[test]
+fn rootless_mounts_the_overlay_inside_the_container() {
+    let opts = SpecOptions {
+        overlay_in_container: Some("/run/b/tob-1".into()),
+        ..rootless()
+    };
+    let v = config(nix_like(), &opts);
+    let m = mounts(&v);
+    let (_, src, o) = m.iter().find(|(d, ..)| d == "/nix/store").cloned().unwrap();
+    assert_eq!(src, "overlay");
+    for want in [
+        "lowerdir=/run/b/tob-1/inputs",
+        "upperdir=/run/b/tob-1/outputs/upper",
+        "workdir=/run/b/tob-1/outputs/work",
+        "userxattr",
+    ] {
+        assert!(o.contains(&want.to_owned()), "{want} missing from {o:?}");
+    }
+    assert!(validator().validate(&v).is_ok());
+    // The kernel splits overlay options at ',' and ':'.
+    let bad = SpecOptions {
+        overlay_in_container: Some("/run/a,b".into()),
+        ..rootless()
+    };
+    let req = BuildRequest::try_from(nix_like()).unwrap();
+    assert!(matches!(make_spec(&req, &bad), Err(SpecError::OverlayPath(_))));
+}
+
+#[test]
 fn variants_differ_where_they_should() {
     let mut net = nix_like();
     net.constraints.as_mut().unwrap().network_access = true;
