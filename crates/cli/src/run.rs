@@ -187,6 +187,7 @@ fn result_json(r: &BuildResult) -> serde_json::Value {
             "run_wall_ms": a.run_wall.as_millis() as u64,
             "cpu_ms": a.cpu.as_millis() as u64,
             "max_rss_bytes": a.max_rss,
+            "peak_memory_bytes": a.peak_memory,
             "input_bytes_fetched": a.input_bytes_fetched,
             "input_bytes_served": a.input_bytes_served,
         },

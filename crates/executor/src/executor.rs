@@ -20,6 +20,7 @@ use tvix_oci_fuse::{BlobCache, MountOptions};
 use tvix_oci_spec::{Build, BuildRequest, BundleLayout, SpecOptions};
 
 use crate::BuildError;
+use crate::cgroup::BuildCgroup;
 use crate::ingest::ingest_output;
 use crate::overlay::Overlay;
 use crate::refscan::Needles;
@@ -94,7 +95,13 @@ pub struct Accounting {
     pub to_first_instruction: Option<Duration>,
     /// From `runc run` starting to it ending.
     pub run_wall: Duration,
+    /// CPU time of the build's processes (its cgroup), or where it has no
+    /// cgroup (rootless), of runc and the build (`wait4`).
     pub cpu: Duration,
+    /// Peak memory of the build's cgroup, page cache included (`None`
+    /// without a cgroup).
+    pub peak_memory: Option<u64>,
+    /// Largest resident set of one process of the build.
     pub max_rss: u64,
     /// Bytes of inputs fetched from the store, and served by the FUSE
     /// daemon itself (passthrough reads of local blobs bypass it).
@@ -182,6 +189,10 @@ impl Executor {
         } else {
             None
         };
+        let cgroup = rootless
+            .is_none()
+            .then(|| BuildCgroup::create(id))
+            .flatten();
 
         // Declared in this order so they drop in reverse: container, then
         // overlay, then FUSE, then the bundle directory.
@@ -202,9 +213,14 @@ impl Executor {
                 spec_opts.overlay_in_container = Some(bundle.path().to_owned());
                 spec_opts.cgroups_path = None;
             }
-            // A cgroup of its own, named after the build.
+            // A cgroup of its own, named after the build; runc's is a child
+            // of one the executor makes, to read the usage after runc
+            // removed its own.
             None => {
-                spec_opts.cgroups_path = Some(PathBuf::from(format!("/tvix-oci-build/{id}")));
+                spec_opts.cgroups_path = Some(match &cgroup {
+                    Some(cg) => cg.runc_path(),
+                    None => PathBuf::from(format!("/{}/{id}", crate::cgroup::PARENT)),
+                });
             }
         }
         let layout = BundleLayout::new(bundle.path());
@@ -260,6 +276,7 @@ impl Executor {
         let ran = crate::runc::run(&container, layout.dir(), logs, limits, &abort_inputs).await;
         abort_guard.disarm();
         container.delete();
+        let usage = cgroup.as_ref().map(BuildCgroup::usage).unwrap_or_default();
         let serving = inputs.is_serving();
         let store_trouble = inputs.store_trouble(STORE_STALLED);
         if let Some(o) = overlay {
@@ -319,7 +336,8 @@ impl Executor {
             wall: started.elapsed(),
             to_first_instruction: outcome.process_started.map(|t| t - started),
             run_wall: outcome.wall,
-            cpu: outcome.cpu,
+            cpu: usage.cpu.unwrap_or(outcome.cpu),
+            peak_memory: usage.peak_memory,
             max_rss: outcome.max_rss,
             input_bytes_fetched: fuse_stats.bytes_fetched,
             input_bytes_served: fuse_stats.bytes_served,

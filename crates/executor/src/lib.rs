@@ -15,6 +15,7 @@
 //! ```
 
 mod bundle;
+pub mod cgroup;
 mod error;
 mod executor;
 pub mod grpc;

@@ -71,6 +71,15 @@ pub fn cleanup_stale(root: &Path, runc: &Path, rootless: Option<&Rootless>) -> u
             }
         }
     }
+    // Their cgroups (the executor's parent of runc's, per hierarchy).
+    for parent in crate::cgroup::parents() {
+        for e in std::fs::read_dir(&parent).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if owner_pid(&name).is_some_and(|pid| pid != std::process::id() && !alive(pid)) {
+                crate::cgroup::remove_cgroup(&e.path());
+            }
+        }
+    }
     if cleaned > 0 {
         info!(cleaned, "stale bundles removed");
     }

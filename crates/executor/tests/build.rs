@@ -67,6 +67,32 @@ async fn outputs_and_needles() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn cpu_and_peak_memory_come_from_the_builds_cgroup() {
+    need_runtime!();
+    if tvix_oci_executor::cgroup::BuildCgroup::create("tob-probe").is_none() {
+        println!("SKIPPED: no writable cgroup filesystem");
+        return;
+    }
+    for p in tvix_oci_executor::cgroup::parents() {
+        tvix_oci_executor::cgroup::remove_cgroup(&p.join("tob-probe"));
+    }
+    let e = env().await;
+    // 64 MiB in the build's /tmp (a tmpfs, charged to its cgroup), and
+    // some CPU time.
+    let script = "dd if=/dev/zero of=/tmp/x bs=1M count=64 2>/dev/null; i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; echo ok > /build/out";
+    let req = e.request(script, &["build/out"], |_| {});
+    let res = e.executor(|_| {}).build(&req, &NoLogs).await.unwrap();
+    let a = &res.accounting;
+    let peak = a.peak_memory.expect("a cgroup peak");
+    assert!(
+        peak >= 64 << 20,
+        "peak {peak} below the 64 MiB written: {a:?}"
+    );
+    assert!(a.cpu >= Duration::from_millis(10), "{a:?}");
+    e.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn failing_build_returns_code_and_log_tail() {
     need_runtime!();
     let e = env().await;

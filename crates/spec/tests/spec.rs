@@ -238,7 +238,10 @@ fn rootless_mounts_the_overlay_inside_the_container() {
         ..rootless()
     };
     let req = BuildRequest::try_from(nix_like()).unwrap();
-    assert!(matches!(make_spec(&req, &bad), Err(SpecError::OverlayPath(_))));
+    assert!(matches!(
+        make_spec(&req, &bad),
+        Err(SpecError::OverlayPath(_))
+    ));
 }
 
 #[test]

@@ -183,6 +183,17 @@ impl Env {
             .map(|c| c["id"].to_string())
             .collect();
         assert!(ours.is_empty(), "containers left: {ours:?}");
+        // The builds' cgroups (this process's builds are named after it).
+        let prefix = format!("tob-{}-", std::process::id());
+        for parent in tvix_oci_executor::cgroup::parents() {
+            let left: Vec<_> = std::fs::read_dir(&parent)
+                .unwrap()
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+                .map(|e| e.path())
+                .collect();
+            assert!(left.is_empty(), "cgroups left: {left:?}");
+        }
     }
 }
 
