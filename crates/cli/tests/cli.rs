@@ -412,6 +412,36 @@ fn host_and_store_errors_are_one_sentence_with_their_code() {
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(stderr(&out).contains("the OCI runtime /nonexistent/runc does not exist"));
 
+    // 3: a runc below the 1.1.12 floor, with the CVE and the fix named.
+    let old_runc = tmp.path().join("runc");
+    std::fs::write(
+        &old_runc,
+        "#!/bin/sh\necho 'runc version 1.1.11'\necho 'commit: v1.1.11'\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &old_runc,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let out = bin(&data)
+        .arg("run")
+        .arg("--runtime")
+        .arg(&old_runc)
+        .arg("--input")
+        .arg(format!("busybox={}", bb.display()))
+        .args([
+            "--output",
+            "build/x",
+            "--",
+            "/nix/store/busybox/bin/busybox",
+            "true",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("CVE-2024-21626"), "{}", stderr(&out));
+
     if let Some(why) = can_build() {
         println!("SKIPPED the mount cases: {why}");
         return;

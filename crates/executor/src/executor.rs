@@ -125,6 +125,8 @@ pub struct Executor {
     blobs: Arc<dyn BlobService>,
     dirs: Arc<dyn DirectoryService>,
     permits: Semaphore,
+    /// The runtime's version, judged once (see [`crate::runtime_version`]).
+    runtime_verdict: std::sync::OnceLock<Result<(), String>>,
 }
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
@@ -158,6 +160,7 @@ impl Executor {
             blobs,
             dirs,
             permits,
+            runtime_verdict: std::sync::OnceLock::new(),
         }
     }
 
@@ -182,6 +185,16 @@ impl Executor {
         let started = Instant::now();
         host::check(req)?;
         let runc = host::find_runtime(&self.config.runtime)?;
+        let verdict = self.runtime_verdict.get_or_init(|| {
+            crate::runtime_version::check(&runc).map(|warning| {
+                if let Some(w) = warning {
+                    tracing::warn!("{w}");
+                }
+            })
+        });
+        if let Err(e) = verdict {
+            return Err(BuildError::Host(e.clone()));
+        }
         let mut spec_opts = self.config.spec.clone();
         spec_opts.sandbox_shell = self.config.sandbox_shell.clone();
         let rootless = if self.config.rootless {

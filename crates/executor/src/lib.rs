@@ -26,6 +26,7 @@ mod overlay;
 pub mod refscan;
 pub mod rootless;
 pub mod runc;
+pub mod runtime_version;
 mod stale;
 
 pub use error::BuildError;
