@@ -1,0 +1,227 @@
+//! The escape suite: real builds whose scripts try to get out of the
+//! sandbox, modelled on runc's `mask.bats` and `cwd.bats` and Nix's sandbox
+//! tests. Each attempt must fail inside the build, and the build itself is
+//! handled cleanly (nothing left behind). The probe script writes one line
+//! per attempt to an output, which the test reads back from the castore.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use common::*;
+use tvix_oci_castore::Node;
+use tvix_oci_castore::import::{ImportOptions, import_path};
+use tvix_oci_executor::BuildError;
+use tvix_oci_executor::runc::NoLogs;
+use tvix_oci_spec::proto;
+
+/// A tiny static C program that tries to set an xattr on its argument and
+/// prints the errno's name (no busybox applet does).
+const SETXATTR_C: &str = r#"
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/xattr.h>
+int main(int argc, char **argv) {
+    if (setxattr(argv[1], "user.escape", "x", 1, 0) == 0) { puts("ESCAPED set"); return 0; }
+    printf("refused %s\n", strerror(errno));
+    return 1;
+}
+"#;
+
+/// Builds the setxattr probe with the host's gcc, statically, into `dir`;
+/// `None` (the xattr line skipped, saying why) where gcc cannot.
+fn setxattr_probe(dir: &Path) -> Option<()> {
+    let src = dir.join("setxattr.c");
+    std::fs::write(&src, SETXATTR_C).unwrap();
+    let ok = std::process::Command::new("gcc")
+        .args(["-static", "-O1", "-o"])
+        .arg(dir.join("setxattr"))
+        .arg(&src)
+        .status()
+        .is_ok_and(|s| s.success());
+    std::fs::remove_file(&src).unwrap();
+    if !ok {
+        println!("SKIPPED the xattr attempt: gcc -static is not available");
+    }
+    ok.then_some(())
+}
+
+/// One line per attempt: `name: refused …` or `name: ESCAPED …`, and a few
+/// `name: value` observations.
+fn probe_script(bb: &str, probes: &str) -> String {
+    format!(
+        r#"
+B=/nix/store/{bb}/bin/busybox
+# The fds a process of the build inherits (ls's own, reading /proc, aside):
+# a leaked fd of the executor or runc would be one (CVE-2024-21626).
+$B ls -l /proc/self/fd > /build/fds-long
+try() {{ name=$1; shift; if out=$("$@" 2>&1); then echo "$name: ESCAPED $out"; else echo "$name: refused $out"; fi; }}
+R=/build/report; : > $R
+echo "kcore-bytes: $($B cat /proc/kcore 2>/dev/null | $B wc -c)" >> $R
+try sysrq $B sh -c 'echo h > /proc/sysrq-trigger' >> $R
+try mount $B mount -t tmpfs none /tmp >> $R
+try umount $B umount /proc >> $R
+try mknod $B mknod /build/null c 1 3 >> $R
+try write-etc $B sh -c 'echo x > /etc/passwd' >> $R
+try write-input $B sh -c 'echo x > /nix/store/{bb}/planted' >> $R
+try write-root $B sh -c 'echo x > /planted' >> $R
+try hardlink-input $B ln /nix/store/{bb}/bin/busybox /build/hl >> $R
+$B touch /build/f
+try setuid $B chmod u+s /build/f >> $R
+try setgid $B chmod g+s /build/f >> $R
+if [ -x {probes}/setxattr ]; then {probes}/setxattr /build/f >> $R 2>&1; fi
+# Inherited fds: only 0-2 (none of the executor's, no /dev/fuse).
+echo "fds: $($B awk '/->/ && $NF !~ /^\/proc\// {{print $(NF-2)}}' /build/fds-long | $B sort -n | $B tr '\n' ' ')" >> $R
+echo "fuse-fds: $($B grep -c fuse /build/fds-long)" >> $R
+# CVE-2024-21626: no fd of the host's to walk out through.
+for n in $($B seq 0 20); do
+  if [ -d /proc/self/fd/$n/../../.. ] && [ -e /proc/self/fd/$n/../../../work ]; then echo "fd-walk: ESCAPED via $n" >> $R; fi
+done
+echo "fd-walk: refused" >> $R
+cd /proc/self/cwd/../../../../ && echo "cwd-walk: $(pwd) $($B ls | $B tr '\n' ' ')" >> $R
+cd /build
+echo "host-work-dir: $([ -e /proc/1/root/work ] && echo ESCAPED || echo refused)" >> $R
+echo "interfaces: $($B ls /sys/class/net | $B tr '\n' ' ')" >> $R
+try network $B wget -q -T 2 -O /dev/null http://1.1.1.1/ >> $R
+echo "pid1: $($B tr '\0' '\n' < /proc/1/cmdline | $B head -n 3 | $B tail -n 2 | $B tr '\n' ' ')" >> $R
+echo "processes: $($B ls /proc | $B grep -c '^[0-9]')" >> $R
+"#
+    )
+}
+
+fn report(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|l| l.split_once(": "))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_escape_attempt_fails_inside_the_sandbox() {
+    need_runtime!();
+    let e = env().await;
+    // The probes as an input of their own.
+    let probes_dir = e.tmp.path().join("probes");
+    std::fs::create_dir(&probes_dir).unwrap();
+    let has_xattr_probe = setxattr_probe(&probes_dir).is_some();
+    std::fs::write(probes_dir.join("keep"), b"").unwrap();
+    let probes = import_path(
+        e.blobs.clone(),
+        &*e.dirs,
+        &probes_dir,
+        &ImportOptions::default(),
+    )
+    .await
+    .unwrap();
+    const PROBES: &str = "2hc1l3l7x5pbmhv9a2kyzxwsjfy4q0dg-probes";
+    let script = probe_script(BB, &format!("/nix/store/{PROBES}"));
+    let req = e.request(&script, &["build/report"], |p: &mut proto::BuildRequest| {
+        p.inputs.push(probes.to_proto(&PROBES.try_into().unwrap()));
+        p.inputs
+            .sort_by(|a, b| a.node.as_ref().map(name).cmp(&b.node.as_ref().map(name)));
+    });
+    let res = e.executor(|_| {}).build(&req, &NoLogs).await.unwrap();
+    let text = String::from_utf8(file_of(&e, &res.build.outputs[0].1, "").await).unwrap();
+    println!("{text}");
+    assert!(!text.contains("ESCAPED"), "an attempt got out:\n{text}");
+    let r = report(&text);
+    let has = |k: &str, what: &str| {
+        let v = r
+            .get(k)
+            .unwrap_or_else(|| panic!("no {k} line in:\n{text}"));
+        assert!(v.contains(what), "{k}: {v:?} lacks {what:?}");
+    };
+    has("kcore-bytes", "0"); // masked by /dev/null
+    has("sysrq", "refused");
+    has("mount", "refused");
+    has("umount", "refused");
+    has("mknod", "Operation not permitted");
+    has("write-etc", "Read-only file system");
+    has("write-input", "refused");
+    has("write-root", "Read-only file system");
+    has("hardlink-input", "refused");
+    has("setuid", "Operation not permitted"); // seccomp
+    has("setgid", "Operation not permitted");
+    if has_xattr_probe {
+        assert!(
+            text.contains("refused Operation not supported"),
+            "xattr:\n{text}"
+        );
+    }
+    has("fds", "0 1 2");
+    assert_eq!(r["fds"].trim(), "0 1 2", "only stdio is inherited");
+    has("fuse-fds", "0");
+    has("fd-walk", "refused");
+    has("cwd-walk", "/ ");
+    assert!(!r["cwd-walk"].contains("work"), "{}", r["cwd-walk"]);
+    has("host-work-dir", "refused");
+    assert_eq!(r["interfaces"].trim(), "lo", "only loopback");
+    has("network", "refused");
+    has("pid1", "sh -c");
+    let procs: u32 = r["processes"].trim().parse().unwrap();
+    assert!(procs <= 6, "the build sees {procs} processes: only its own");
+    e.assert_clean();
+}
+
+fn name(n: &tvix_oci_castore::proto::node::Node) -> Vec<u8> {
+    use tvix_oci_castore::proto::node::Node as N;
+    match n {
+        N::Directory(d) => d.name.to_vec(),
+        N::File(f) => f.name.to_vec(),
+        N::Symlink(s) => s.name.to_vec(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hard_linking_an_input_into_the_store_is_refused_or_caught() {
+    need_runtime!();
+    let e = env().await;
+    let out = format!("/nix/store/{OUT}");
+    // Through the overlay a link would copy the input up: either the kernel
+    // refuses it (protected_hardlinks), or the executor sees the input
+    // modified. Never a stored output sharing an inode with an input.
+    let script = format!(
+        "mkdir {out}; ln /nix/store/{BB}/bin/busybox {out}/hl 2>/dev/null; echo done > {out}/f"
+    );
+    let req = e.request(&script, &[&out[1..]], |_| {});
+    match e.executor(|_| {}).build(&req, &NoLogs).await {
+        Ok(res) => {
+            let Node::Directory { digest, .. } = &res.build.outputs[0].1 else {
+                panic!("the output is not a directory")
+            };
+            let dir = e.dirs.get(digest).await.unwrap().unwrap();
+            let names: Vec<_> = dir.nodes().map(|(n, _)| n.to_string()).collect();
+            assert_eq!(names, ["f"], "the link was refused");
+        }
+        Err(BuildError::ModifiedInput(name)) => assert_eq!(name, BB),
+        Err(other) => panic!("{other}"),
+    }
+    e.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_process_left_running_cannot_swap_an_output_for_a_symlink() {
+    need_runtime!();
+    let e = env().await;
+    // The build backgrounds a process that replaces its output with a
+    // symlink to / a moment later, and exits. The pid namespace dies with
+    // the build, so the swap never happens; the result is what the build
+    // left, read from the castore.
+    let script = format!(
+        "mkdir /build/out; echo kept > /build/out/f; \
+         (/nix/store/{BB}/bin/busybox sleep 0.3; rm -rf /build/out; ln -s / /build/out) & exit 0"
+    );
+    let req = e.request(&script, &["build/out"], |_| {});
+    let res = e.executor(|_| {}).build(&req, &NoLogs).await.unwrap();
+    assert!(
+        matches!(res.build.outputs[0].1, Node::Directory { .. }),
+        "{:?}",
+        res.build.outputs[0].1
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(file_of(&e, &res.build.outputs[0].1, "f").await, b"kept\n");
+    e.assert_clean();
+}
