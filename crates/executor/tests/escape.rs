@@ -120,8 +120,7 @@ async fn every_escape_attempt_fails_inside_the_sandbox() {
     let script = probe_script(BB, &format!("/nix/store/{PROBES}"));
     let req = e.request(&script, &["build/report"], |p: &mut proto::BuildRequest| {
         p.inputs.push(probes.to_proto(&PROBES.try_into().unwrap()));
-        p.inputs
-            .sort_by(|a, b| a.node.as_ref().map(name).cmp(&b.node.as_ref().map(name)));
+        p.inputs.sort_by_key(|n| n.node.as_ref().map(name));
     });
     let res = e.executor(|_| {}).build(&req, &NoLogs).await.unwrap();
     let text = String::from_utf8(file_of(&e, &res.build.outputs[0].1, "").await).unwrap();
