@@ -21,7 +21,7 @@ use tvix_oci_spec::{Build, BuildRequest, BundleLayout, SpecOptions};
 
 use crate::BuildError;
 use crate::cgroup::BuildCgroup;
-use crate::ingest::ingest_output;
+use crate::ingest::{IngestLimits, ingest_output};
 use crate::overlay::Overlay;
 use crate::refscan::Needles;
 use crate::runc::{Container, LogSink, Phase, RunLimits};
@@ -44,6 +44,8 @@ pub struct ExecutorConfig {
     pub max_silent_time: Option<Duration>,
     /// Bytes of log past which the build is killed.
     pub log_limit: u64,
+    /// Caps on the outputs of one build, all outputs together.
+    pub ingest_limits: IngestLimits,
     /// Cache for blobs fetched from a remote store.
     pub blob_cache: Option<Arc<BlobCache>>,
     /// Resource limits and the like for the container.
@@ -68,6 +70,7 @@ impl Default for ExecutorConfig {
             timeout: None,
             max_silent_time: None,
             log_limit: 100 << 20,
+            ingest_limits: IngestLimits::default(),
             blob_cache: None,
             spec: SpecOptions::default(),
             // SAFETY: geteuid has no preconditions.
@@ -323,6 +326,7 @@ impl Executor {
         let mut outputs = Vec::new();
         let mut infos = Vec::new();
         let mut needle_lists = Vec::new();
+        let mut limits = self.config.ingest_limits;
         for out in req.outputs() {
             let (base, rel) = output_location(&layout, req, out)?;
             let got = ingest_output(
@@ -332,8 +336,10 @@ impl Executor {
                 self.blobs.clone(),
                 &*self.dirs,
                 needles.clone(),
+                limits,
             )
             .await?;
+            limits = limits.less(got.bytes, got.entries);
             let name = PathComponent::try_from(out.file_name())
                 .map_err(|e| BuildError::infra(format!("output {out}: {e}")))?;
             outputs.push((name, got.node));

@@ -29,6 +29,41 @@ use crate::refscan::{Needles, Scanner};
 
 const CHUNK: usize = 1 << 20;
 
+/// Caps on what a build's outputs may hold, so a build cannot exhaust the
+/// host or the store while its outputs are read. Checked as the walk goes:
+/// nothing past a cap is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IngestLimits {
+    /// Bytes of file contents.
+    pub max_bytes: u64,
+    /// Files, directories and symlinks.
+    pub max_entries: u64,
+    /// Directory nesting below an output.
+    pub max_depth: u32,
+}
+
+impl Default for IngestLimits {
+    fn default() -> Self {
+        Self {
+            max_bytes: 64 << 30,
+            max_entries: 1_000_000,
+            max_depth: 256,
+        }
+    }
+}
+
+impl IngestLimits {
+    /// What is left of these caps after an output used `bytes` and
+    /// `entries` (the depth cap holds for every output).
+    pub fn less(self, bytes: u64, entries: u64) -> Self {
+        Self {
+            max_bytes: self.max_bytes.saturating_sub(bytes),
+            max_entries: self.max_entries.saturating_sub(entries),
+            max_depth: self.max_depth,
+        }
+    }
+}
+
 /// One output, ingested.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IngestedOutput {
@@ -39,6 +74,9 @@ pub struct IngestedOutput {
     /// Index of each needle found, with the first path (relative to the
     /// output, empty for the output itself) it was found in.
     pub needles: BTreeMap<usize, PathBuf>,
+    /// Bytes of file contents and entries read.
+    pub bytes: u64,
+    pub entries: u64,
 }
 
 /// Why an output could not be ingested. Names the path.
@@ -68,6 +106,16 @@ pub enum IngestError {
         output: String,
         path: PathBuf,
         msg: String,
+    },
+    #[error(
+        "output {output}{}: the build's outputs exceed the limit of {limit} {what}",
+        at(path)
+    )]
+    Limit {
+        output: String,
+        path: PathBuf,
+        what: &'static str,
+        limit: u64,
     },
     #[error("output {output}: storing directories: {source}")]
     Store {
@@ -124,6 +172,9 @@ struct Walk<'a> {
     scanner: Scanner<'a>,
     found: BTreeMap<usize, PathBuf>,
     dirs: Vec<Directory>,
+    limits: IngestLimits,
+    bytes: u64,
+    entries: u64,
 }
 
 impl Walk<'_> {
@@ -145,7 +196,20 @@ impl Walk<'_> {
         self.scanner.reset_stream();
     }
 
+    fn limit(&self, rel: &Path, what: &'static str, limit: u64) -> IngestError {
+        IngestError::Limit {
+            output: self.output.clone(),
+            path: rel.to_owned(),
+            what,
+            limit,
+        }
+    }
+
     fn entry(&mut self, dirfd: &OwnedFd, name: &OsStr, rel: &Path) -> Result<Node, IngestError> {
+        self.entries += 1;
+        if self.entries > self.limits.max_entries {
+            return Err(self.limit(rel, "entries", self.limits.max_entries));
+        }
         let st =
             fstatat(dirfd.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW).map_err(self.io(rel))?;
         self.scanner.update(name.as_bytes());
@@ -192,6 +256,10 @@ impl Walk<'_> {
         }
         let executable = st.st_mode & 0o100 != 0;
         let size = st.st_size as u64;
+        self.bytes = self.bytes.saturating_add(size);
+        if self.bytes > self.limits.max_bytes {
+            return Err(self.limit(rel, "bytes", self.limits.max_bytes));
+        }
         self.nar.file_start(executable, size);
         let io = |source| IngestError::Io {
             output: self.output.clone(),
@@ -249,6 +317,10 @@ impl Walk<'_> {
     }
 
     fn directory(&mut self, fd: OwnedFd, rel: &Path) -> Result<Node, IngestError> {
+        // The walk recurses: the depth cap also bounds its stack.
+        if rel.components().count() > self.limits.max_depth as usize {
+            return Err(self.limit(rel, "levels of directories", self.limits.max_depth.into()));
+        }
         let st = fstat(fd.as_fd()).map_err(self.io(rel))?;
         if st.st_dev != self.dev {
             return Err(IngestError::Invalid {
@@ -306,6 +378,7 @@ pub async fn ingest_output(
     blobs: Arc<dyn BlobService>,
     dirs: &dyn DirectoryService,
     needles: Arc<Needles>,
+    limits: IngestLimits,
 ) -> Result<IngestedOutput, IngestError> {
     let (base, rel_s, output_s) = (base.to_owned(), rel.to_owned(), output.to_owned());
     let rt = tokio::runtime::Handle::current();
@@ -368,11 +441,15 @@ pub async fn ingest_output(
             scanner: needles.scanner(),
             found: BTreeMap::new(),
             dirs: Vec::new(),
+            limits,
+            bytes: 0,
+            entries: 0,
         };
         // Names are scanned relative to the output: its own name too.
         let node = walk.entry(&parent_fd, &name, Path::new(""))?;
         let (nar_sha256, nar_size) = walk.nar.finish();
-        Ok::<_, IngestError>((node, nar_sha256, nar_size, walk.found, walk.dirs))
+        let used = (walk.bytes, walk.entries);
+        Ok::<_, IngestError>((node, nar_sha256, nar_size, walk.found, walk.dirs, used))
     })
     .await
     .map_err(|e| IngestError::Invalid {
@@ -380,7 +457,7 @@ pub async fn ingest_output(
         path: PathBuf::new(),
         msg: format!("ingestion task failed: {e}"),
     })??;
-    let (node, nar_sha256, nar_size, needles, directories) = walked;
+    let (node, nar_sha256, nar_size, needles, directories, (bytes, entries)) = walked;
     if !directories.is_empty() {
         let store_err = |e| IngestError::Store {
             output: output.to_owned(),
@@ -397,5 +474,7 @@ pub async fn ingest_output(
         nar_sha256,
         nar_size,
         needles,
+        bytes,
+        entries,
     })
 }

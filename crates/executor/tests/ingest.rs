@@ -13,6 +13,7 @@ use tvix_oci_castore::Node;
 use tvix_oci_castore::blobservice::{BlobService, MemoryBlobService};
 use tvix_oci_castore::directoryservice::{DirectoryService, MemoryDirectoryService};
 use tvix_oci_castore::import::{ImportOptions, import_path};
+use tvix_oci_executor::ingest::IngestLimits;
 use tvix_oci_executor::ingest::{IngestError, ingest_output};
 use tvix_oci_executor::refscan::Needles;
 
@@ -116,6 +117,7 @@ async fn ingest_matches_import_nar_and_needles() {
         blobs.clone(),
         &*dirs,
         needles,
+        IngestLimits::default(),
     )
     .await
     .unwrap();
@@ -160,6 +162,7 @@ async fn symlink_outputs_are_stored_never_followed() {
         blobs,
         &*dirs,
         Arc::new(Needles::new::<&str>(&[])),
+        IngestLimits::default(),
     )
     .await
     .unwrap();
@@ -185,6 +188,7 @@ async fn a_symlink_on_the_way_to_an_output_is_refused() {
         blobs,
         &*dirs,
         Arc::new(Needles::new::<&str>(&[])),
+        IngestLimits::default(),
     )
     .await
     .unwrap_err();
@@ -206,6 +210,7 @@ async fn missing_output_and_special_files_are_named() {
         blobs.clone(),
         &*dirs,
         none.clone(),
+        IngestLimits::default(),
     )
     .await
     .unwrap_err();
@@ -217,12 +222,77 @@ async fn missing_output_and_special_files_are_named() {
     let fifo = std::ffi::CString::new(base.join("out/sub/pipe").as_os_str().as_bytes()).unwrap();
     // SAFETY: a valid path.
     assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
-    let err = ingest_output(&base, "out", "nix/store/out", blobs, &*dirs, none)
-        .await
-        .unwrap_err();
+    let err = ingest_output(
+        &base,
+        "out",
+        "nix/store/out",
+        blobs,
+        &*dirs,
+        none,
+        IngestLimits::default(),
+    )
+    .await
+    .unwrap_err();
     assert!(
         matches!(err, IngestError::Special { kind: "FIFO", .. }),
         "{err}"
     );
     assert!(err.to_string().contains("sub/pipe"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn limits_on_bytes_entries_and_depth_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("upper");
+    let out = base.join("out");
+    std::fs::create_dir_all(out.join("d")).unwrap();
+    std::fs::write(out.join("d/a"), vec![b'x'; 1000]).unwrap();
+    std::fs::write(out.join("d/b"), vec![b'y'; 1000]).unwrap();
+    let none = Arc::new(Needles::new::<&str>(&[]));
+    let run = |limits: IngestLimits| {
+        let (blobs, dirs) = stores();
+        let (base, none) = (base.clone(), none.clone());
+        async move { ingest_output(&base, "out", "nix/store/out", blobs, &*dirs, none, limits).await }
+    };
+    let lim = |max_bytes, max_entries, max_depth| IngestLimits {
+        max_bytes,
+        max_entries,
+        max_depth,
+    };
+    // Within the caps: the figures of what was read.
+    let got = run(lim(2000, 4, 1)).await.unwrap();
+    assert_eq!((got.bytes, got.entries), (2000, 4));
+    assert_eq!(
+        IngestLimits::default()
+            .less(got.bytes, got.entries)
+            .max_bytes,
+        IngestLimits::default().max_bytes - 2000
+    );
+
+    let err = run(lim(1999, 4, 1)).await.unwrap_err();
+    assert!(err.is_build_failure());
+    assert_eq!(
+        err.to_string(),
+        "output nix/store/out at d/b: the build's outputs exceed the limit of 1999 bytes"
+    );
+    let err = run(lim(2000, 3, 1)).await.unwrap_err();
+    assert!(
+        err.to_string().ends_with("exceed the limit of 3 entries"),
+        "{err}"
+    );
+    let err = run(lim(2000, 4, 0)).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .ends_with("exceed the limit of 0 levels of directories"),
+        "{err}"
+    );
+
+    // Deeper than the default cap: refused, never a stack overflow.
+    let mut deep = out.clone();
+    for _ in 0..300 {
+        deep = deep.join("d");
+    }
+    std::fs::create_dir_all(&deep).unwrap();
+    let err = run(IngestLimits::default()).await.unwrap_err();
+    assert!(err.to_string().contains("limit of 256 levels"), "{err}");
 }
