@@ -329,6 +329,16 @@ pub async fn run(
         wall: start.elapsed(),
         process_started,
     };
+    // runc writes the pid file once it has started the build's process
+    // (and leaves it): without it, runc failed before the build ran, and
+    // its exit code is runc's, not the build's.
+    if !pid_file.exists() && outcome.process_started.is_none() {
+        return Err(BuildError::infra(format!(
+            "{} failed before starting the build ({status}): {}",
+            container.runc.display(),
+            tail.lines()
+        )));
+    }
     match (status.code(), status.signal()) {
         (Some(0), _) => Ok(outcome),
         // runc reports a build killed by signal N as 128 + N.

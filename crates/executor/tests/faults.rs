@@ -147,3 +147,103 @@ async fn the_fuse_connection_ending_mid_build_is_an_infrastructure_error() {
     assert!(err.to_string().contains("FUSE connection"), "{err}");
     e.assert_clean();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn runc_failing_before_the_build_runs_is_an_infrastructure_error() {
+    need_runtime!();
+    let e = env().await;
+    // A runtime that fails the way runc does when it cannot create the
+    // container: a message on stderr, exit code 1.
+    let fake = e.tmp.path().join("runc");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\ncase \"$1\" in run) echo 'level=error msg=\"cannot create the container\"' >&2; exit 1;; esac\nexit 0\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let req = e.request("echo never", &["build/out"], |_| {});
+    let err = e
+        .executor(|c| c.runtime = fake.clone())
+        .build(&req, &NoLogs)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, BuildError::Infrastructure(_)), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("failed before starting the build"), "{msg}");
+    assert!(msg.contains("cannot create the container"), "{msg}");
+    e.assert_clean();
+}
+
+/// Mounts a tmpfs of `size` at `dir`; unmounted when dropped.
+struct SmallDisk(PathBuf);
+impl SmallDisk {
+    fn mount(dir: PathBuf, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(&dir).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tobtest"])
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        SmallDisk(dir)
+    }
+}
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_while_ingesting_leaves_no_partial_blob_or_directory() {
+    need_runtime!();
+    let e = env().await;
+    // The blob store on a 6 MiB disk: room for busybox (2 MiB), not for
+    // the 8 MiB output.
+    let disk = SmallDisk::mount(e.tmp.path().join("small"), "6m");
+    let blobs: Arc<dyn BlobService> = Arc::new(
+        tvix_oci_castore::blobservice::ObjectsBlobService::open(disk.0.join("blobs")).unwrap(),
+    );
+    let tree = e.tmp.path().join("bb");
+    let bb = tvix_oci_castore::import::import_path(
+        blobs.clone(),
+        &*e.dirs,
+        &tree,
+        &tvix_oci_castore::import::ImportOptions::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(bb, e.bb);
+    let script = format!(
+        "mkdir /nix/store/{OUT}; echo small > /nix/store/{OUT}/a; \
+         /nix/store/{BB}/bin/busybox dd if=/dev/zero of=/nix/store/{OUT}/big bs=1M count=8 2>/dev/null"
+    );
+    let out = format!("nix/store/{OUT}");
+    let req = e.request(&script, &[&out], |_| {});
+    let exec = Executor::new(e.config(), blobs.clone(), e.dirs.clone());
+    let err = exec.build(&req, &NoLogs).await.unwrap_err();
+    assert!(
+        !err.is_build_failure(),
+        "the disk's fault, not the build's: {err}"
+    );
+    assert!(err.to_string().contains("big"), "names the file: {err}");
+    // Every file in the blob store is a whole blob named by its digest;
+    // no temp file is left.
+    for entry in walkdir::WalkDir::new(disk.0.join("blobs")) {
+        let entry = entry.unwrap();
+        if !entry.file_type().is_file() {
+            continue;
+        }
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let data = std::fs::read(entry.path()).unwrap();
+        assert_eq!(
+            name,
+            B3Digest::of(&data).to_string(),
+            "a partial or stray file: {}",
+            entry.path().display()
+        );
+    }
+    drop(exec);
+    e.assert_clean();
+    drop(disk);
+}
