@@ -189,4 +189,29 @@ pub struct ExecArgs {
     /// static busybox, when installed).
     #[arg(long)]
     pub sandbox_shell: Option<PathBuf>,
+    /// Memory a build may use (bytes, or with K, M, G); past it the
+    /// kernel kills the build.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub memory_limit: Option<u64>,
+    /// Processes a build may have at once.
+    #[arg(long, value_name = "N")]
+    pub pids_limit: Option<u32>,
+    /// CPUs' worth of time a build may use, e.g. 1.5.
+    #[arg(long, value_name = "CPUS")]
+    pub cpus: Option<f64>,
+}
+
+/// A size in bytes, with an optional K, M or G (powers of 1024).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&t[..i], 1u64 << 10),
+        Some((i, 'M' | 'm')) => (&t[..i], 1 << 20),
+        Some((i, 'G' | 'g')) => (&t[..i], 1 << 30),
+        _ => (t, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("{s:?} is not a size like 4294967296, 512M or 4G"))
 }

@@ -287,6 +287,10 @@ impl ExecArgs {
         if let Some(s) = &self.sandbox_shell {
             config.sandbox_shell = Some(s.clone());
         }
+        let limits = &mut config.spec.resources;
+        limits.memory_bytes = self.memory_limit.map(|m| m.min(i64::MAX as u64) as i64);
+        limits.pids = self.pids_limit.map(i64::from);
+        limits.cpus = self.cpus;
         config
     }
 }

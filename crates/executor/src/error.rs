@@ -13,6 +13,8 @@ pub enum BuildError {
     Failed { code: i32, log_tail: String },
     #[error("the build was killed by signal {signal}{}", tail_suffix(.log_tail))]
     Signaled { signal: i32, log_tail: String },
+    #[error("the build was killed for using more than its memory limit of {limit} bytes{}", tail_suffix(.log_tail))]
+    OutOfMemory { limit: u64, log_tail: String },
     #[error("the build timed out after {after:?}{}", tail_suffix(.log_tail))]
     TimedOut { after: Duration, log_tail: String },
     #[error("the build was silent for {after:?} and was killed{}", tail_suffix(.log_tail))]
@@ -44,6 +46,7 @@ impl BuildError {
         match self {
             BuildError::Failed { .. }
             | BuildError::Signaled { .. }
+            | BuildError::OutOfMemory { .. }
             | BuildError::TimedOut { .. }
             | BuildError::Silent { .. }
             | BuildError::LogLimit { .. }

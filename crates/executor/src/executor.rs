@@ -314,7 +314,24 @@ impl Executor {
                 "the FUSE connection of the inputs ended mid-build (aborted, or its daemon died)",
             ));
         }
-        let outcome = ran?;
+        let outcome = ran.map_err(|e| match e {
+            // Killed at its memory limit: say so rather than "signal 9".
+            BuildError::Signaled {
+                signal: 9,
+                log_tail,
+            } if spec_opts.resources.memory_bytes.is_some_and(|limit| {
+                usage
+                    .peak_memory
+                    .is_some_and(|peak| peak >= limit as u64 * 15 / 16)
+            }) =>
+            {
+                BuildError::OutOfMemory {
+                    limit: spec_opts.resources.memory_bytes.unwrap_or_default() as u64,
+                    log_tail,
+                }
+            }
+            other => other,
+        })?;
 
         if req.inputs_dir_is_scratch() {
             check_inputs_untouched(&layout.upper(), req.inputs())?;

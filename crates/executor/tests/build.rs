@@ -423,15 +423,85 @@ async fn a_killed_executor_is_cleaned_up_by_the_next() {
             .unwrap(),
         "child build never started"
     );
+    let child_pid = child.id();
     child.kill().unwrap();
     child.wait().unwrap();
-    // It left a bundle with mounts in it (and maybe the container).
+    // It left a bundle with mounts in it, its cgroups (and maybe the
+    // container).
     assert!(
         !tvix_oci_fuse::mountinfo::mounts_below(&root)
             .unwrap()
             .is_empty()
     );
+    let child_cgroups = || -> Vec<std::path::PathBuf> {
+        let prefix = format!("tob-{child_pid}-");
+        tvix_oci_executor::cgroup::parents()
+            .iter()
+            .flat_map(|p| std::fs::read_dir(p).unwrap().flatten())
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .map(|e| e.path())
+            .collect()
+    };
+    let had_cgroups = !child_cgroups().is_empty();
     // A new executor on the same root cleans it all up at start.
     let _exec = e.executor(|_| {});
+    e.assert_clean();
+    assert!(
+        child_cgroups().is_empty(),
+        "cgroups left: {:?}",
+        child_cgroups()
+    );
+    if !had_cgroups {
+        println!("(the killed build had no cgroup to clean up)");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pids_and_memory_limits_from_configuration_hold() {
+    need_runtime!();
+    if tvix_oci_executor::cgroup::BuildCgroup::create("tob-probe").is_none() {
+        println!("SKIPPED: no writable cgroup filesystem");
+        return;
+    }
+    for p in tvix_oci_executor::cgroup::parents() {
+        tvix_oci_executor::cgroup::remove_cgroup(&p.join("tob-probe"));
+    }
+    let e = env().await;
+    // 16 processes at most: the 40th background sleep cannot be forked
+    // (the shell says so, and may give up).
+    let script = format!(
+        "i=0; while [ $i -lt 40 ]; do /nix/store/{BB}/bin/busybox sleep 1 & i=$((i+1)); done; wait; echo x > /build/out"
+    );
+    let req = e.request(&script, &["build/out"], |_| {});
+    let logs = Collect::default();
+    let _ = e
+        .executor(|c| c.spec.resources.pids = Some(16))
+        .build(&req, &logs)
+        .await;
+    let log = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    assert!(
+        log.contains("fork"),
+        "no fork failed under a pids limit of 16: {log:?}"
+    );
+
+    // 32 MiB of memory: holding 64 MiB in a shell variable gets it killed.
+    let req = e.request(
+        "x=$(head -c 67108864 /dev/zero | tr '\\0' a); echo survived > /build/out",
+        &["build/out"],
+        |_| {},
+    );
+    let err = e
+        .executor(|c| c.spec.resources.memory_bytes = Some(32 << 20))
+        .build(&req, &NoLogs)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, BuildError::OutOfMemory { limit, .. } if limit == 32 << 20),
+        "not OOM-killed: {err}"
+    );
+    assert!(
+        err.to_string().contains("memory limit of 33554432 bytes"),
+        "{err}"
+    );
     e.assert_clean();
 }
