@@ -1,0 +1,4 @@
+//! Fuzz target: see `tvix_oci_tests::directory`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| tvix_oci_tests::directory(data));

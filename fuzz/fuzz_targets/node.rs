@@ -1,0 +1,4 @@
+//! Fuzz target: see `tvix_oci_tests::node`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| tvix_oci_tests::node(data));
