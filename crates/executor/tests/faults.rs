@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use common::*;
-use tvix_oci_castore::blobservice::{BlobReader, BlobService, BlobWriter};
+use tvix_oci_castore::blobservice::{BlobReader, BlobService, BlobWriter, read_to_end};
 use tvix_oci_castore::{B3Digest, Node};
 use tvix_oci_executor::runc::NoLogs;
 use tvix_oci_executor::{BuildError, Executor};
@@ -25,6 +25,8 @@ enum Fault {
     Hang,
     /// Answers with an error.
     Fail,
+    /// Answers with other bytes of the same length.
+    Corrupt,
 }
 
 /// A store that misbehaves on reads of one blob, and is served to FUSE as
@@ -46,6 +48,14 @@ impl BlobService for Faulty {
             match self.fault {
                 Fault::Hang => std::future::pending::<()>().await,
                 Fault::Fail => return Err(io::Error::other("injected: the disk is on fire")),
+                Fault::Corrupt => {
+                    let mut data = read_to_end(&*self.inner, d).await?.unwrap_or_default();
+                    for b in &mut data {
+                        *b ^= 0x55;
+                    }
+                    let data = data.split_off((offset as usize).min(data.len()));
+                    return Ok(Some(Box::new(std::io::Cursor::new(data))));
+                }
             }
         }
         self.inner.open_read_at(d, offset).await
@@ -115,6 +125,30 @@ async fn a_store_failing_a_read_is_an_infrastructure_error_even_if_the_build_ign
     assert!(
         msg.contains("the disk is on fire") && msg.contains(DATA),
         "{msg}"
+    );
+    e.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_serving_corrupted_bytes_is_caught_and_named_by_digest() {
+    need_runtime!();
+    let e = env().await;
+    // The build sees EIO, never the wrong bytes; the error names the blob.
+    let script = format!("cat /nix/store/{DATA} > /build/out; echo \"cat: $?\" >&2");
+    let req = e.request(&script, &["build/out"], |_| {});
+    let logs = Collect::default();
+    let err = faulty_executor(&e, Fault::Corrupt, None)
+        .build(&req, &logs)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, BuildError::Infrastructure(_)), "{err}");
+    let digest = data_digest(&e).to_string();
+    let hex = digest.trim_start_matches("b3:");
+    assert!(err.to_string().contains(hex), "names the blob: {err}");
+    let log = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    assert!(
+        log.contains("I/O error") || log.contains("cat: 1"),
+        "EIO inside: {log}"
     );
     e.assert_clean();
 }
