@@ -70,21 +70,28 @@ pub fn json_request(data: &[u8]) {
 }
 
 /// The reference scanner against the obvious one: the first byte says how
-/// many needles (up to 8) and the next bytes their lengths (1 to 32); the
-/// rest is the data, fed in chunks of the size the last needle byte
-/// suggests. Both must find the same needles.
+/// many needles (up to 8) and, by its top bit, whether they all have one
+/// length of 8 to 32 (the skip scan for store path hashes) or each its own
+/// of 1 to 32 (Aho-Corasick); the next bytes give the lengths, then the
+/// needles; the rest is the data, fed in chunks of the size the last length
+/// byte suggests. Both must find the same needles.
 pub fn refscan(data: &[u8]) {
-    let Some((&count, rest)) = data.split_first() else {
+    let Some((&head, rest)) = data.split_first() else {
         return;
     };
-    let count = (count % 9) as usize;
+    let count = (head & 0x7f) as usize % 9;
+    let uniform = head & 0x80 != 0;
     if rest.len() < count {
         return;
     }
     let (lens, mut rest) = rest.split_at(count);
     let mut needles = Vec::new();
     for &l in lens {
-        let l = (l % 32) as usize + 1;
+        let l = if uniform {
+            (lens[0] % 25) as usize + 8
+        } else {
+            (l % 32) as usize + 1
+        };
         if rest.len() < l {
             return;
         }

@@ -3,32 +3,161 @@
 //! targets and names. Streaming: data comes in chunks of any size, needles
 //! that straddle chunk boundaries and needles that overlap are found.
 //!
-//! Each chunk is searched with Aho-Corasick (fast, prefiltered); a needle
-//! crossing the boundary between two chunks is found by searching just the
-//! boundary window (the previous chunk's last `max_len - 1` bytes and this
-//! chunk's first ones), so no byte is copied twice for the common case.
+//! Store path hashes — needles of one length over a small alphabet
+//! (nix-base32) — are found the way Nix finds them: a window of the needle
+//! length is checked from its end for a byte outside the alphabet, and on
+//! one the scan jumps past it, so most bytes of binary data or prose are
+//! never looked at twice, and only windows made wholly of alphabet bytes
+//! are looked up (see [`SkipScan`]). Any other needle set is searched with
+//! Aho-Corasick. A needle crossing the boundary between two chunks is
+//! found by searching just the boundary window (the previous chunk's last
+//! `max_len - 1` bytes and this chunk's first ones), so no byte is copied
+//! twice for the common case.
+
+use std::collections::HashMap;
 
 use aho_corasick::{AhoCorasick, MatchKind};
 
 /// The needles to look for, compiled once per build.
 #[derive(Debug)]
 pub struct Needles {
-    ac: Option<AhoCorasick>,
+    matcher: Option<Matcher>,
     count: usize,
     max_len: usize,
+}
+
+/// How a needle set is searched.
+#[derive(Debug)]
+enum Matcher {
+    Skip(Box<SkipScan>),
+    Ac(AhoCorasick),
+}
+
+impl Matcher {
+    /// Calls `hit(start, needle)` for every occurrence in `hay`, overlapping
+    /// ones included.
+    fn each_match(&self, hay: &[u8], mut hit: impl FnMut(usize, usize)) {
+        match self {
+            Matcher::Skip(s) => s.each_match(hay, hit),
+            Matcher::Ac(ac) => {
+                for m in ac.find_overlapping_iter(hay) {
+                    hit(m.start(), m.pattern().as_usize());
+                }
+            }
+        }
+    }
+}
+
+/// Needles that all have one length, over an alphabet of at most
+/// [`SkipScan::MAX_ALPHABET`] bytes (store path hashes: 32 bytes of
+/// nix-base32). A window ending in a byte outside the alphabet cannot
+/// hold a needle, so the scan checks each window from its end and jumps
+/// past the first such byte; bytes already checked are not checked again.
+#[derive(Debug)]
+struct SkipScan {
+    len: usize,
+    alphabet: [bool; 256],
+    /// The needles by their first 8 bytes (checked in full on a hit).
+    by_prefix: HashMap<u64, Candidates>,
+}
+
+/// Needles sharing a prefix, each with its index.
+type Candidates = Vec<(Box<[u8]>, usize)>;
+
+impl SkipScan {
+    const MAX_ALPHABET: usize = 64;
+    const MIN_LEN: usize = 8;
+
+    /// The skip scanner for `needles`, if they suit it.
+    fn new(needles: &[&[u8]]) -> Option<Self> {
+        let len = needles.first()?.len();
+        if len < Self::MIN_LEN || needles.iter().any(|n| n.len() != len) {
+            return None;
+        }
+        let mut alphabet = [false; 256];
+        for &b in needles.iter().flat_map(|n| n.iter()) {
+            alphabet[b as usize] = true;
+        }
+        if alphabet.iter().filter(|a| **a).count() > Self::MAX_ALPHABET {
+            return None;
+        }
+        let mut by_prefix: HashMap<u64, Candidates> = HashMap::new();
+        for (i, n) in needles.iter().enumerate() {
+            by_prefix
+                .entry(prefix(n))
+                .or_default()
+                .push(((*n).into(), i));
+        }
+        Some(Self {
+            len,
+            alphabet,
+            by_prefix,
+        })
+    }
+
+    fn each_match(&self, hay: &[u8], mut hit: impl FnMut(usize, usize)) {
+        let len = self.len;
+        let mut start = 0;
+        // hay[start..checked] are known to be alphabet bytes.
+        let mut checked = 0;
+        while start + len <= hay.len() {
+            let end = start + len;
+            if checked < end {
+                // From the window's end back to what is known good.
+                let mut j = end;
+                let mut bad = None;
+                while j > checked.max(start) {
+                    j -= 1;
+                    if !self.alphabet[hay[j] as usize] {
+                        bad = Some(j);
+                        break;
+                    }
+                }
+                if let Some(b) = bad {
+                    // No window holding hay[b] can match; hay[b+1..end]
+                    // was checked on the way.
+                    start = b + 1;
+                    checked = end;
+                    continue;
+                }
+                checked = end;
+            }
+            let window = &hay[start..end];
+            if let Some(cands) = self.by_prefix.get(&prefix(window)) {
+                for (n, i) in cands {
+                    if **n == *window {
+                        hit(start, *i);
+                    }
+                }
+            }
+            start += 1;
+        }
+    }
+}
+
+/// The first 8 bytes of a needle or window (at least 8 long).
+fn prefix(b: &[u8]) -> u64 {
+    let mut p = [0u8; 8];
+    p.copy_from_slice(&b[..8]);
+    u64::from_le_bytes(p)
 }
 
 impl Needles {
     /// Compiles `needles` (empty ones are ignored).
     pub fn new<S: AsRef<[u8]>>(needles: &[S]) -> Self {
-        let max_len = needles.iter().map(|n| n.as_ref().len()).max().unwrap_or(0);
-        let ac = AhoCorasick::builder()
-            .match_kind(MatchKind::Standard)
-            .build(needles.iter().map(|n| n.as_ref()))
-            .ok()
-            .filter(|_| max_len > 0);
+        let refs: Vec<&[u8]> = needles.iter().map(|n| n.as_ref()).collect();
+        let max_len = refs.iter().map(|n| n.len()).max().unwrap_or(0);
+        let matcher = match SkipScan::new(&refs) {
+            Some(s) => Some(Matcher::Skip(Box::new(s))),
+            None => AhoCorasick::builder()
+                .match_kind(MatchKind::Standard)
+                .build(&refs)
+                .ok()
+                .filter(|_| max_len > 0)
+                .map(Matcher::Ac),
+        };
         Self {
-            ac,
+            matcher,
             count: needles.len(),
             max_len,
         }
@@ -69,22 +198,25 @@ pub struct Scanner<'a> {
 impl Scanner<'_> {
     /// Feeds the next bytes of the stream.
     pub fn update(&mut self, chunk: &[u8]) {
-        let Some(ac) = &self.needles.ac else { return };
+        let Some(matcher) = &self.needles.matcher else {
+            return;
+        };
         let keep = self.needles.max_len - 1;
+        let (found, new) = (&mut self.found, &mut self.new);
         if !self.tail.is_empty() && !chunk.is_empty() {
-            // Needles that start in the tail and end in this chunk.
+            // Needles that start in the tail and end in this chunk (one
+            // wholly in the tail was found before).
             let mut window = Vec::with_capacity(self.tail.len() + keep.min(chunk.len()));
             window.extend_from_slice(&self.tail);
             window.extend_from_slice(&chunk[..keep.min(chunk.len())]);
-            for m in ac.find_overlapping_iter(&window) {
-                if m.start() < self.tail.len() && m.end() > self.tail.len() {
-                    mark(&mut self.found, &mut self.new, m.pattern().as_usize());
+            let tail_len = self.tail.len();
+            matcher.each_match(&window, |start, i| {
+                if start < tail_len {
+                    mark(found, new, i);
                 }
-            }
+            });
         }
-        for m in ac.find_overlapping_iter(chunk) {
-            mark(&mut self.found, &mut self.new, m.pattern().as_usize());
-        }
+        matcher.each_match(chunk, |_, i| mark(found, new, i));
         // Keep the last `keep` bytes of everything seen so far.
         if chunk.len() >= keep {
             self.tail.clear();
@@ -161,8 +293,42 @@ mod tests {
         assert_eq!(scan(b"anything", &[], 3), Vec::<bool>::new());
     }
 
+    #[test]
+    fn store_path_hashes_use_the_skip_scan() {
+        let hashes = [
+            b"0k9yxm9zqc2dgw2xxbyh3mnbs5ijjc7v",
+            b"a6xgw8ck6z7vb3yzrn0m7bl0sfkxwlyk",
+        ];
+        assert!(matches!(
+            Needles::new(&hashes).matcher,
+            Some(Matcher::Skip(_))
+        ));
+        let mixed = [
+            b"abc".as_slice(),
+            b"0k9yxm9zqc2dgw2xxbyh3mnbs5ijjc7v".as_slice(),
+        ];
+        assert!(matches!(Needles::new(&mixed).matcher, Some(Matcher::Ac(_))));
+        // Found across a chunk boundary, overlapping, and at the very end.
+        let data =
+            b"xx/nix/store/0k9yxm9zqc2dgw2xxbyh3mnbs5ijjc7v-a6xgw8ck6z7vb3yzrn0m7bl0sfkxwlyk";
+        for chunk in 1..data.len() + 1 {
+            let hs: Vec<Vec<u8>> = hashes.iter().map(|h| h.to_vec()).collect();
+            assert_eq!(scan(data, &hs, chunk), vec![true, true], "chunk {chunk}");
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 2000, failure_persistence: None, ..ProptestConfig::default() })]
+        #[test]
+        fn skip_scan_same_as_naive(
+            data in prop::collection::vec(prop_oneof![Just(b'a'), Just(b'b'), Just(b'-'), any::<u8>()], 0..400),
+            needles in prop::collection::vec(prop::collection::vec(prop_oneof![Just(b'a'), Just(b'b')], 8..=8), 1..6),
+            chunk in 1usize..40,
+        ) {
+            prop_assert!(matches!(Needles::new(&needles).matcher, Some(Matcher::Skip(_))));
+            prop_assert_eq!(scan(&data, &needles, chunk), naive(&data, &needles));
+        }
+
         #[test]
         fn same_as_naive(
             data in prop::collection::vec(prop_oneof![Just(b'a'), Just(b'b'), Just(b'c')], 0..300),

@@ -1,0 +1,164 @@
+//! Micro-benchmarks of the hot paths, each next to its baseline:
+//! - the one pass over an output's bytes — BLAKE3 (the blob digest) plus
+//!   reference scanning for 1,000 needles of 32 bytes (bar: at least 70% of
+//!   BLAKE3 alone on the same data, one thread), and with the NAR SHA-256
+//!   as well (what ingestion does in full) — on the host's executables and
+//!   C headers (16 MiB each);
+//! - Directory encode, decode (with validation) and digest, 1,000 entries;
+//! - the FUSE handlers lookup, getattr and read without the kernel.
+//!
+//! Run: `cargo bench -p tvix-oci-benches --bench micro`
+
+// A benchmark fixture that fails should stop the run loudly.
+#![allow(clippy::expect_used)]
+
+use std::hint::black_box;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use prost::Message;
+use sha2::Digest;
+use tvix_oci_benches::Rng;
+use tvix_oci_castore::{B3Digest, Directory, Node, PathComponent, proto};
+use tvix_oci_executor::refscan::Needles;
+
+const DATA: usize = 16 << 20;
+const NIX32: &[u8] = b"0123456789abcdfghijklmnpqrsvwxyz";
+
+/// 1,000 store-path hashes, nix-base32, 32 bytes each.
+fn needles(rng: &mut Rng) -> Vec<Vec<u8>> {
+    (0..1000)
+        .map(|_| (0..32).map(|_| NIX32[rng.below(32) as usize]).collect())
+        .collect()
+}
+
+/// Up to `DATA` bytes of the files below `dir` whose names pass `keep`,
+/// with a store path from `needles` put in now and then (as outputs
+/// mention their dependencies); `None` if the host has too few.
+fn real(dir: &str, keep: fn(&str) -> bool, needles: &[Vec<u8>], rng: &mut Rng) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(DATA);
+    let mut todo = vec![std::path::PathBuf::from(dir)];
+    while let Some(d) = todo.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        let mut entries: Vec<_> = rd.flatten().collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let Ok(t) = e.file_type() else { continue };
+            if t.is_dir() {
+                todo.push(e.path());
+            } else if t.is_file()
+                && keep(&e.file_name().to_string_lossy())
+                && let Ok(data) = std::fs::read(e.path())
+            {
+                out.extend_from_slice(&data);
+                out.extend_from_slice(b"/nix/store/");
+                out.extend_from_slice(&needles[rng.below(needles.len() as u64) as usize]);
+            }
+            if out.len() >= DATA {
+                out.truncate(DATA);
+                return Some(out);
+            }
+        }
+    }
+    None
+}
+
+/// Arbitrary bytes, where the host has no binaries to read.
+fn random(rng: &mut Rng) -> Vec<u8> {
+    (0..DATA).map(|_| rng.below(256) as u8).collect()
+}
+
+fn one_pass(c: &mut Criterion) {
+    let mut rng = Rng::new(7);
+    let needles = needles(&mut rng);
+    let compiled = Needles::new(&needles);
+    // Real data of the host: executables (as in a compiler's output) and C
+    // headers (as in source trees, scripts, docs).
+    let binaries = real("/usr/bin", |_| true, &needles, &mut rng);
+    let headers = real("/usr/include", |n| n.ends_with(".h"), &needles, &mut rng);
+    let sets = [
+        ("binaries", binaries.unwrap_or_else(|| random(&mut rng))),
+        ("headers", headers.unwrap_or_else(|| random(&mut rng))),
+    ];
+    for (name, data) in sets {
+        let mut g = c.benchmark_group(format!("one_pass/{name}"));
+        g.throughput(Throughput::Bytes(data.len() as u64));
+        g.sample_size(20);
+        g.bench_function("blake3", |b| {
+            b.iter(|| {
+                let mut h = blake3::Hasher::new();
+                for chunk in data.chunks(1 << 20) {
+                    h.update(chunk);
+                }
+                black_box(h.finalize())
+            })
+        });
+        g.bench_function("blake3+refscan", |b| {
+            b.iter(|| {
+                let mut h = blake3::Hasher::new();
+                let mut s = compiled.scanner();
+                for chunk in data.chunks(1 << 20) {
+                    h.update(chunk);
+                    s.update(chunk);
+                }
+                black_box((h.finalize(), s.found().iter().filter(|f| **f).count()))
+            })
+        });
+        g.bench_function("blake3+refscan+sha256", |b| {
+            b.iter(|| {
+                let mut h = blake3::Hasher::new();
+                let mut nar = sha2::Sha256::new();
+                let mut s = compiled.scanner();
+                for chunk in data.chunks(1 << 20) {
+                    h.update(chunk);
+                    nar.update(chunk);
+                    s.update(chunk);
+                }
+                black_box((h.finalize(), nar.finalize(), s.found().len()))
+            })
+        });
+        g.finish();
+    }
+}
+
+fn directory(c: &mut Criterion) {
+    let mut dir = Directory::new();
+    for i in 0..1000u32 {
+        let name = PathComponent::try_from(format!("entry-{i:05}").as_str()).expect("a name");
+        let node = match i % 3 {
+            0 => Node::File {
+                digest: B3Digest::of(&i.to_le_bytes()),
+                size: u64::from(i) * 100,
+                executable: i % 2 == 0,
+            },
+            1 => Node::Directory {
+                digest: B3Digest::of(&i.to_be_bytes()),
+                size: u64::from(i),
+            },
+            _ => Node::Symlink {
+                target: format!("../target-{i}")
+                    .as_str()
+                    .try_into()
+                    .expect("a target"),
+            },
+        };
+        dir.add(name, node).expect("sorted, unique");
+    }
+    let wire = proto::Directory::from(&dir).encode_to_vec();
+    let mut g = c.benchmark_group("directory_1000_entries");
+    g.bench_function("encode", |b| {
+        b.iter(|| black_box(proto::Directory::from(&dir).encode_to_vec()))
+    });
+    g.bench_function("decode+validate", |b| {
+        b.iter(|| {
+            let p = proto::Directory::decode(wire.as_slice()).expect("decodes");
+            black_box(Directory::try_from(p).expect("valid"))
+        })
+    });
+    g.bench_function("digest", |b| b.iter(|| black_box(dir.digest())));
+    g.finish();
+}
+
+criterion_group!(benches, one_pass, directory);
+criterion_main!(benches);
