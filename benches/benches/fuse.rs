@@ -12,49 +12,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tvix_oci_benches::latency::{SlowBlobs, SlowDirs};
+use tvix_oci_benches::measure::{files_below, percentile, read_all, serve_remote};
 use tvix_oci_benches::{TreeShape, make_tree, mib_per_s};
-use tvix_oci_castore::blobservice::BlobService;
-use tvix_oci_castore::directoryservice::DirectoryService;
 use tvix_oci_castore::import::{ImportOptions, import_path};
 use tvix_oci_castore::{open_blob_service, open_directory_service};
 use tvix_oci_fuse::{BlobCache, MountOptions, mount};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
-
-fn files_below(root: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut todo = vec![root.to_owned()];
-    while let Some(d) = todo.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            match e.file_type() {
-                Ok(t) if t.is_dir() => todo.push(e.path()),
-                Ok(_) => out.push(e.path()),
-                Err(_) => {}
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
-fn read_all(p: &Path) -> Res<(u64, Duration)> {
-    let t = Instant::now();
-    let mut f = std::fs::File::open(p)?;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut n = 0u64;
-    loop {
-        let k = f.read(&mut buf)?;
-        if k == 0 {
-            break;
-        }
-        n += k as u64;
-    }
-    Ok((n, t.elapsed()))
-}
 
 fn stat_all(paths: &[PathBuf]) -> Res<Duration> {
     let t = Instant::now();
@@ -65,8 +29,7 @@ fn stat_all(paths: &[PathBuf]) -> Res<Duration> {
 }
 
 fn pct(v: &mut [Duration], q: f64) -> Duration {
-    v.sort();
-    v[((v.len() as f64 - 1.0) * q) as usize]
+    percentile(v, q)
 }
 
 fn main() -> Res<()> {
@@ -207,17 +170,7 @@ fn main() -> Res<()> {
 
     // Cold first byte from a remote store answering in 1 ms.
     let delay = Duration::from_millis(1);
-    let slow_b: Arc<dyn BlobService> = Arc::new(SlowBlobs(blobs.clone(), delay));
-    let slow_d: Arc<dyn DirectoryService> = Arc::new(SlowDirs(dirs.clone(), delay));
-    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
-    let url = format!("grpc+http://{}", listener.local_addr()?);
-    let server = rt.spawn(
-        tonic::transport::Server::builder()
-            .add_routes(tvix_oci_castore::grpc::castore_routes(slow_b, slow_d))
-            .serve_with_incoming(
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            ),
-    );
+    let (url, server) = serve_remote(&rt, blobs.clone(), dirs.clone(), delay)?;
     let rb = rt.block_on(open_blob_service(&url))?;
     let rd = rt.block_on(open_directory_service(&url))?;
     let cache_dir = tmp.path().join("cache");

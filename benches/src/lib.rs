@@ -122,6 +122,7 @@ pub fn mib_per_s(bytes: u64, d: Duration) -> f64 {
 }
 
 pub mod latency;
+pub mod measure;
 
 /// A temp dir for a benchmark's trees, on the disk named by `BENCH_DIR`
 /// (default `target/bench-tmp`), removed when dropped.

@@ -1,0 +1,303 @@
+//! The end-to-end part: `zig cc` compiling zstd (the single-file library in
+//! the `zstandard` sdist) as a real build, three ways, each from a dropped
+//! page cache: through the executor with the toolchain as lazy FUSE input
+//! (from the local store, and from a gRPC store at 1 ms), exporting the
+//! toolchain to disk first and running the same bundle, and the same
+//! compile run directly on the host.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tvix_oci_benches::measure::serve_remote;
+use tvix_oci_benches::sync_and_drop_caches;
+use tvix_oci_castore::blobservice::BlobService;
+use tvix_oci_castore::directoryservice::DirectoryService;
+use tvix_oci_castore::export::export_node;
+use tvix_oci_castore::import::{ImportOptions, import_path};
+use tvix_oci_castore::{open_blob_service, open_directory_service};
+use tvix_oci_executor::runc::NoLogs;
+use tvix_oci_executor::{Executor, ExecutorConfig};
+use tvix_oci_spec::proto::{self, build_request as br};
+use tvix_oci_spec::{BuildRequest, BundleLayout, SpecOptions};
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+const ZIG: &str = "ziglang==0.17.1";
+const ZSTANDARD: &str = "zstandard==0.25.0";
+/// The compile, as the build runs it (and, with host paths, the host).
+const COMPILE: &str = "cc -O2 -target x86_64-linux-musl -c {src}/zstd.c -o {out}/zstd.o";
+
+/// The downloaded toolchain and sources.
+pub struct Zig {
+    /// The `ziglang` dir of the wheel: `zig` and `lib/`.
+    pub toolchain: PathBuf,
+    /// The sdist's `zstd` dir: `zstd.c` and headers.
+    pub zstd: PathBuf,
+}
+
+/// Downloads (or finds, in `$ZIG_DIR`) the wheel and the sdist with pip and
+/// unpacks them.
+pub fn fetch(tmp: &Path) -> Res<Zig> {
+    let dl = std::env::var_os("ZIG_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| tmp.join("downloads"));
+    std::fs::create_dir_all(&dl)?;
+    let has = |prefix: &str| -> Option<PathBuf> {
+        std::fs::read_dir(&dl)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(prefix))
+            })
+    };
+    let pip = |args: &[&str]| -> Res<()> {
+        let st = std::process::Command::new("python3")
+            .args(["-m", "pip", "download", "--no-deps", "-q", "-d"])
+            .arg(&dl)
+            .args(args)
+            .status()?;
+        if st.success() {
+            Ok(())
+        } else {
+            Err(format!("pip download {args:?} failed").into())
+        }
+    };
+    if has("ziglang-").is_none() {
+        pip(&[ZIG, "--only-binary=:all:"])?;
+    }
+    if has("zstandard-").is_none() {
+        pip(&[ZSTANDARD, "--no-binary=:all:"])?;
+    }
+    let wheel = has("ziglang-").ok_or("no ziglang wheel")?;
+    let sdist = has("zstandard-").ok_or("no zstandard sdist")?;
+    let out = tmp.join("unpacked");
+    std::fs::create_dir_all(&out)?;
+    let st = std::process::Command::new("python3")
+        .args(["-m", "zipfile", "-e"])
+        .arg(&wheel)
+        .arg(out.join("wheel"))
+        .status()?;
+    if !st.success() {
+        return Err("unpacking the wheel failed".into());
+    }
+    let toolchain = out.join("wheel/ziglang");
+    // Zip entries carry no modes here: the compiler must be executable.
+    std::fs::set_permissions(
+        toolchain.join("zig"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )?;
+    let st = std::process::Command::new("tar")
+        .arg("xzf")
+        .arg(&sdist)
+        .arg("-C")
+        .arg(&out)
+        .status()?;
+    if !st.success() {
+        return Err("unpacking the sdist failed".into());
+    }
+    let zstd = std::fs::read_dir(&out)?
+        .flatten()
+        .map(|e| e.path().join("zstd"))
+        .find(|p| p.join("zstd.c").is_file())
+        .ok_or("no zstd/zstd.c in the sdist")?;
+    Ok(Zig { toolchain, zstd })
+}
+
+/// The end-to-end figures.
+pub struct E2e {
+    pub lazy_local: Duration,
+    pub lazy_local_first: Option<Duration>,
+    pub lazy_remote: Duration,
+    pub remote_bytes_fetched: u64,
+    pub toolchain_bytes: u64,
+    pub eager_export: Duration,
+    pub eager_total: Duration,
+    pub host: Duration,
+}
+
+impl E2e {
+    pub fn json(&self) -> serde_json::Value {
+        let s = |d: Duration| d.as_secs_f64();
+        json!({
+            "lazy_local_s": s(self.lazy_local),
+            "lazy_local_first_instruction_s": self.lazy_local_first.map(s),
+            "lazy_remote_1ms_s": s(self.lazy_remote),
+            "remote_bytes_fetched": self.remote_bytes_fetched,
+            "toolchain_bytes": self.toolchain_bytes,
+            "eager_export_s": s(self.eager_export),
+            "eager_total_s": s(self.eager_total),
+            "host_s": s(self.host),
+        })
+    }
+}
+
+fn request(
+    inputs: Vec<proto::build_request::EnvVar>,
+    nodes: Vec<tvix_oci_castore::proto::Node>,
+) -> Res<BuildRequest> {
+    let compile = COMPILE
+        .replace("{src}", "/nix/store/zstd")
+        .replace("{out}", "/build");
+    let script = format!("/nix/store/zig/zig {compile}");
+    Ok(BuildRequest::try_from(proto::BuildRequest {
+        inputs: nodes,
+        command_args: vec![
+            "/nix/store/busybox/bin/busybox".into(),
+            "sh".into(),
+            "-c".into(),
+            script,
+        ],
+        working_dir: "build".into(),
+        scratch_paths: vec!["build".into()],
+        inputs_dir: "nix/store".into(),
+        outputs: vec!["build/zstd.o".into()],
+        environment_vars: inputs,
+        constraints: Some(br::BuildConstraints {
+            system: tvix_oci_executor::host::host_system(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })?)
+}
+
+/// Runs the compile the three ways.
+pub fn compile(
+    rt: &tokio::runtime::Runtime,
+    tmp: &Path,
+    z: &Zig,
+    blobs: &Arc<dyn BlobService>,
+    dirs: &Arc<dyn DirectoryService>,
+) -> Res<E2e> {
+    let _guard = rt.enter();
+    let opts = ImportOptions::default();
+    let zig = rt.block_on(import_path(blobs.clone(), &**dirs, &z.toolchain, &opts))?;
+    let zstd = rt.block_on(import_path(blobs.clone(), &**dirs, &z.zstd, &opts))?;
+    let bb = rt.block_on(tvix_oci_benches::import_busybox(
+        blobs.clone(),
+        &**dirs,
+        tmp,
+    ))?;
+    let mut named = vec![("busybox", bb), ("zig", zig), ("zstd", zstd)];
+    named.sort_by(|a, b| a.0.cmp(b.0));
+    let nodes = named
+        .iter()
+        .map(|(n, node)| Ok(node.to_proto(&(*n).try_into()?)))
+        .collect::<Res<Vec<_>>>()?;
+    let env = [
+        "HOME=/build",
+        "ZIG_GLOBAL_CACHE_DIR=/build/gc",
+        "ZIG_LOCAL_CACHE_DIR=/build/lc",
+    ]
+    .iter()
+    .filter_map(|kv| kv.split_once('='))
+    .map(|(k, v)| br::EnvVar {
+        key: k.into(),
+        value: v.to_owned().into(),
+    })
+    .collect();
+    let req = request(env, nodes)?;
+    let config = ExecutorConfig {
+        bundle_root: tmp.join("bundles"),
+        ..ExecutorConfig::default()
+    };
+
+    // Lazy, from the local store.
+    sync_and_drop_caches();
+    let exec = Executor::new(config.clone(), blobs.clone(), dirs.clone());
+    let t = Instant::now();
+    let res = rt.block_on(exec.build(&req, &NoLogs))?;
+    let lazy_local = t.elapsed();
+    let lazy_local_first = res.accounting.to_first_instruction;
+    println!(
+        "  zig cc, lazy (local store): {:.1} s",
+        lazy_local.as_secs_f64()
+    );
+
+    // Lazy, from a gRPC store at 1 ms: whole blobs are fetched into the
+    // cache when opened, so the bytes fetched are those of the files the
+    // compile opened.
+    sync_and_drop_caches();
+    let (url, server) = serve_remote(rt, blobs.clone(), dirs.clone(), Duration::from_millis(1))?;
+    let rb = rt.block_on(open_blob_service(&url))?;
+    let rd = rt.block_on(open_directory_service(&url))?;
+    let exec = Executor::new(config, rb, rd);
+    let t = Instant::now();
+    let res = rt.block_on(exec.build(&req, &NoLogs))?;
+    let lazy_remote = t.elapsed();
+    server.abort();
+    let remote_bytes_fetched = res.accounting.input_bytes_fetched;
+    println!(
+        "  zig cc, lazy (gRPC, 1 ms): {:.1} s",
+        lazy_remote.as_secs_f64()
+    );
+
+    // Eager: export the inputs, then run the same bundle.
+    sync_and_drop_caches();
+    let bundle = tmp.join("eager");
+    let layout = BundleLayout::new(&bundle);
+    let t = Instant::now();
+    layout.write_skeleton(&req, &SpecOptions::default())?;
+    rt.block_on(async {
+        for (name, node) in &named {
+            export_node(blobs.clone(), &**dirs, node, &layout.inputs().join(name)).await?;
+        }
+        Ok::<_, Box<dyn std::error::Error>>(())
+    })?;
+    let eager_export = t.elapsed();
+    let runc = tvix_oci_executor::host::find_runtime(Path::new("runc"))?;
+    let st = std::process::Command::new(&runc)
+        .args(["run", "--bundle"])
+        .arg(&bundle)
+        .arg(format!("bench-zig-{}", std::process::id()))
+        .stdout(std::process::Stdio::null())
+        .status()?;
+    let eager_total = t.elapsed();
+    if !st.success() {
+        return Err(format!("the eager compile failed: {st}").into());
+    }
+    println!(
+        "  zig cc, export then build: {:.1} s",
+        eager_total.as_secs_f64()
+    );
+
+    // The host: the same compile on the exported toolchain, no container.
+    sync_and_drop_caches();
+    let host_dir = tmp.join("host-build");
+    std::fs::create_dir_all(&host_dir)?;
+    let compile = COMPILE
+        .replace("{src}", &layout.inputs().join("zstd").display().to_string())
+        .replace("{out}", &host_dir.display().to_string());
+    let t = Instant::now();
+    let st = std::process::Command::new(layout.inputs().join("zig/zig"))
+        .args(compile.split(' '))
+        .env("HOME", &host_dir)
+        .env("ZIG_GLOBAL_CACHE_DIR", host_dir.join("gc"))
+        .env("ZIG_LOCAL_CACHE_DIR", host_dir.join("lc"))
+        .status()?;
+    let host = t.elapsed();
+    if !st.success() {
+        return Err(format!("the host compile failed: {st}").into());
+    }
+    println!("  zig cc, on the host: {:.1} s", host.as_secs_f64());
+    std::fs::remove_dir_all(&bundle)?;
+    std::fs::remove_dir_all(&host_dir)?;
+    let toolchain_bytes = tvix_oci_benches::measure::files_below(&z.toolchain)
+        .iter()
+        .filter_map(|p| std::fs::symlink_metadata(p).ok())
+        .map(|m| m.len())
+        .sum();
+    Ok(E2e {
+        lazy_local,
+        lazy_local_first,
+        lazy_remote,
+        remote_bytes_fetched,
+        toolchain_bytes,
+        eager_export,
+        eager_total,
+        host,
+    })
+}
