@@ -44,15 +44,14 @@ pub fn fetch(tmp: &Path) -> Res<Zig> {
         .map(PathBuf::from)
         .unwrap_or_else(|| tmp.join("downloads"));
     std::fs::create_dir_all(&dl)?;
-    let has = |prefix: &str| -> Option<PathBuf> {
-        std::fs::read_dir(&dl)
-            .ok()?
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| {
-                p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with(prefix))
-            })
+    let has = |prefix: &str, suffix: &str| -> Option<PathBuf> {
+        std::fs::read_dir(&dl).ok()?.flatten().map(|e| e.path()).find(|p| {
+            p.is_file()
+                && p.file_name().is_some_and(|n| {
+                    let n = n.to_string_lossy();
+                    n.starts_with(prefix) && n.ends_with(suffix)
+                })
+        })
     };
     let pip = |args: &[&str]| -> Res<()> {
         let st = std::process::Command::new("python3")
@@ -66,14 +65,14 @@ pub fn fetch(tmp: &Path) -> Res<Zig> {
             Err(format!("pip download {args:?} failed").into())
         }
     };
-    if has("ziglang-").is_none() {
+    if has("ziglang-", ".whl").is_none() {
         pip(&[ZIG, "--only-binary=:all:"])?;
     }
-    if has("zstandard-").is_none() {
+    if has("zstandard-", ".tar.gz").is_none() {
         pip(&[ZSTANDARD, "--no-binary=:all:"])?;
     }
-    let wheel = has("ziglang-").ok_or("no ziglang wheel")?;
-    let sdist = has("zstandard-").ok_or("no zstandard sdist")?;
+    let wheel = has("ziglang-", ".whl").ok_or("no ziglang wheel")?;
+    let sdist = has("zstandard-", ".tar.gz").ok_or("no zstandard sdist")?;
     let out = tmp.join("unpacked");
     std::fs::create_dir_all(&out)?;
     let st = std::process::Command::new("python3")

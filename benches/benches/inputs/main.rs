@@ -23,7 +23,8 @@
 //! Run (root, /dev/fuse, runc, /bin/busybox; pip for the Zig parts):
 //! `cargo bench -p tvix-oci-benches --bench inputs`. `QUICK=1`: a small
 //! synthetic tree, local and 0 ms only, no Zig (CI runs this).
-//! `ZIG_DIR=/path/with/wheel-and-sdist` reuses downloads.
+//! `ZIG_DIR=/path/with/wheel-and-sdist` reuses downloads; `E2E_ONLY=1`
+//! runs only the end-to-end compile.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -83,7 +84,7 @@ fn main() -> Res<()> {
     let (blobs, dirs) = rt.block_on(tvix_oci_benches::local_stores(tmp.path()))?;
 
     let mut trees = vec![synthetic(&rt, tmp.path(), &blobs, &dirs, quick)?];
-    let zig = if quick {
+    let zig = if quick && std::env::var_os("E2E_ONLY").is_none() {
         None
     } else {
         match e2e::fetch(tmp.path()) {
@@ -115,6 +116,10 @@ fn main() -> Res<()> {
     };
 
     let mut rows = Vec::new();
+    // E2E_ONLY=1: only the end-to-end compile.
+    if std::env::var_os("E2E_ONLY").is_some() {
+        trees.clear();
+    }
     for tree in &trees {
         println!(
             "{}: {} files, {:.0} MiB",

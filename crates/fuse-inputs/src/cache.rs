@@ -80,9 +80,9 @@ impl BlobCache {
         blobs: &dyn BlobService,
         digest: &B3Digest,
         size: u64,
-    ) -> io::Result<std::fs::File> {
+    ) -> io::Result<(std::fs::File, bool)> {
         if let Some(f) = self.get(digest) {
-            return Ok(f);
+            return Ok((f, false));
         }
         // Someone else may be fetching it: wait for them, then look again.
         let lock = {
@@ -91,8 +91,8 @@ impl BlobCache {
         };
         let guard = lock.lock().await;
         let res = match self.get(digest) {
-            Some(f) => Ok(f),
-            None => self.fetch(blobs, digest, size).await,
+            Some(f) => Ok((f, false)),
+            None => self.fetch(blobs, digest, size).await.map(|f| (f, true)),
         };
         drop(guard);
         self.inflight
@@ -203,8 +203,11 @@ mod tests {
             digests.push(blobs.put(data).await.unwrap());
         }
         for d in &digests {
-            let f = cache.get_or_fetch(&blobs, d, 1000).await.unwrap();
+            let (f, fetched) = cache.get_or_fetch(&blobs, d, 1000).await.unwrap();
+            assert!(fetched);
             assert_eq!(f.metadata().unwrap().len(), 1000);
+            // Again: a hit, not a second fetch.
+            assert!(!cache.get_or_fetch(&blobs, d, 1000).await.unwrap().1);
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         // The third fill went past 2500 bytes: the oldest went.

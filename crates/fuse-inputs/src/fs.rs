@@ -241,11 +241,14 @@ impl InputsFs {
             return Ok(f);
         }
         let (cache, blobs, d) = (self.cache.clone(), self.blobs.clone(), *digest);
-        let f = self.block_on("fetching blob", ino, async move {
+        let (f, fetched) = self.block_on("fetching blob", ino, async move {
             cache.get_or_fetch(&*blobs, &d, size).await
         })?;
-        self.stats.blobs_fetched.fetch_add(1, Ordering::Relaxed);
-        self.stats.bytes_fetched.fetch_add(size, Ordering::Relaxed);
+        // Counted once per blob fetched, not per open of a cached one.
+        if fetched {
+            self.stats.blobs_fetched.fetch_add(1, Ordering::Relaxed);
+            self.stats.bytes_fetched.fetch_add(size, Ordering::Relaxed);
+        }
         Ok(f)
     }
 

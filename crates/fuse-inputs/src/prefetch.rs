@@ -85,10 +85,11 @@ pub(crate) async fn prefetch(
                     return;
                 }
                 match cache.get_or_fetch(&*blobs, &digest, size).await {
-                    Ok(_) => {
+                    Ok((_, true)) => {
                         stats.blobs_fetched.fetch_add(1, Ordering::Relaxed);
                         stats.bytes_fetched.fetch_add(size, Ordering::Relaxed);
                     }
+                    Ok((_, false)) => {}
                     Err(e) => warn!(digest = %digest, "prefetch: {e}"),
                 }
             }
