@@ -45,13 +45,17 @@ pub fn fetch(tmp: &Path) -> Res<Zig> {
         .unwrap_or_else(|| tmp.join("downloads"));
     std::fs::create_dir_all(&dl)?;
     let has = |prefix: &str, suffix: &str| -> Option<PathBuf> {
-        std::fs::read_dir(&dl).ok()?.flatten().map(|e| e.path()).find(|p| {
-            p.is_file()
-                && p.file_name().is_some_and(|n| {
-                    let n = n.to_string_lossy();
-                    n.starts_with(prefix) && n.ends_with(suffix)
-                })
-        })
+        std::fs::read_dir(&dl)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.is_file()
+                    && p.file_name().is_some_and(|n| {
+                        let n = n.to_string_lossy();
+                        n.starts_with(prefix) && n.ends_with(suffix)
+                    })
+            })
     };
     let pip = |args: &[&str]| -> Res<()> {
         let st = std::process::Command::new("python3")

@@ -39,7 +39,7 @@ const MTIME: Duration = Duration::from_secs(1);
 
 /// An open file.
 #[derive(Debug)]
-enum Handle {
+pub(crate) enum Handle {
     /// Reads go straight to the backing file in the kernel. Shared by all
     /// opens of one inode: the kernel refuses two backing files for one
     /// inode at a time (EBUSY, seen by the reader as EIO).
@@ -105,11 +105,11 @@ impl InputsFs {
         }
     }
 
-    fn inode(&self, ino: INodeNo) -> Result<Arc<Inode>, Errno> {
+    pub(crate) fn inode(&self, ino: INodeNo) -> Result<Arc<Inode>, Errno> {
         self.inodes.get(ino.0).ok_or(Errno::ENOENT)
     }
 
-    fn attr(&self, ino: u64, inode: &Inode) -> FileAttr {
+    pub(crate) fn attr(&self, ino: u64, inode: &Inode) -> FileAttr {
         let (kind, perm, size) = match &inode.kind {
             InodeKind::Root(_) | InodeKind::Directory { .. } => (FileType::Directory, 0o555, 0),
             InodeKind::File {
@@ -195,7 +195,7 @@ impl InputsFs {
         res.ok_or(Errno::ENOTDIR)
     }
 
-    fn do_lookup(&self, parent: INodeNo, name: &OsStr) -> Result<FileAttr, Errno> {
+    pub(crate) fn do_lookup(&self, parent: INodeNo, name: &OsStr) -> Result<FileAttr, Errno> {
         let children = self.children(parent.0)?;
         let ino = children.get(name.as_bytes()).ok_or(Errno::ENOENT)?;
         let inode = self.inode(INodeNo(ino))?;
@@ -252,11 +252,13 @@ impl InputsFs {
         Ok(f)
     }
 
-    fn do_open(
+    /// Opens a file; `open_backing` registers a backing file with the
+    /// kernel for passthrough (only called when passthrough was agreed).
+    pub(crate) fn do_open(
         &self,
         ino: INodeNo,
         flags: OpenFlags,
-        reply: &ReplyOpen,
+        open_backing: &dyn Fn(&std::fs::File) -> std::io::Result<BackingId>,
     ) -> Result<(u64, Arc<Handle>), Errno> {
         if flags.acc_mode() != OpenAccMode::O_RDONLY {
             return Err(Errno::EROFS);
@@ -275,7 +277,7 @@ impl InputsFs {
                 let mut backing = self.backing.lock().unwrap_or_else(|p| p.into_inner());
                 match backing.get(&ino.0).and_then(std::sync::Weak::upgrade) {
                     Some(id) => Handle::Passthrough(id),
-                    None => match reply.open_backing(&file) {
+                    None => match open_backing(&file) {
                         Ok(id) => {
                             let id = Arc::new(id);
                             backing.insert(ino.0, Arc::downgrade(&id));
@@ -301,7 +303,14 @@ impl InputsFs {
         Ok((fh, handle))
     }
 
-    fn do_read(
+    pub(crate) fn do_release(&self, fh: FileHandle) {
+        self.handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&fh.0);
+    }
+
+    pub(crate) fn do_read(
         &self,
         ino: INodeNo,
         fh: FileHandle,
@@ -482,7 +491,7 @@ impl Filesystem for InputsFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.do_open(ino, flags, &reply) {
+        match self.do_open(ino, flags, &|f| reply.open_backing(f)) {
             Ok((fh, handle)) => match &*handle {
                 // The kernel refuses KEEP_CACHE with passthrough: the page
                 // cache is the backing file's own.
@@ -522,10 +531,7 @@ impl Filesystem for InputsFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.handles
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&fh.0);
+        self.do_release(fh);
         reply.ok();
     }
 

@@ -19,6 +19,7 @@
 
 mod cache;
 mod fs;
+pub mod handlers;
 mod inodes;
 mod mount;
 pub mod mountinfo;
