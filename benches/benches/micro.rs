@@ -95,6 +95,15 @@ fn one_pass(c: &mut Criterion) {
                 black_box(h.finalize())
             })
         });
+        g.bench_function("refscan", |b| {
+            b.iter(|| {
+                let mut s = compiled.scanner();
+                for chunk in data.chunks(1 << 20) {
+                    s.update(chunk);
+                }
+                black_box(s.found().iter().filter(|f| **f).count())
+            })
+        });
         g.bench_function("blake3+refscan", |b| {
             b.iter(|| {
                 let mut h = blake3::Hasher::new();
