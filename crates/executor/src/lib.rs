@@ -24,6 +24,7 @@ pub mod ingest;
 pub mod nar;
 mod overlay;
 pub mod refscan;
+mod refscan_mask;
 pub mod rootless;
 pub mod runc;
 pub mod runtime_version;
