@@ -120,6 +120,8 @@ pub struct E2e {
     pub eager_export: Duration,
     pub eager_total: Duration,
     pub host: Duration,
+    /// Rounds the medians are of.
+    pub reps: usize,
 }
 
 impl E2e {
@@ -134,6 +136,7 @@ impl E2e {
             "eager_export_s": s(self.eager_export),
             "eager_total_s": s(self.eager_total),
             "host_s": s(self.host),
+            "rounds": self.reps,
         })
     }
 }
@@ -208,11 +211,56 @@ pub fn compile(
         ..ExecutorConfig::default()
     };
 
+    // Rounds (E2E_REPS, default 3), the four ways interleaved; the
+    // median of each.
+    let reps: usize = std::env::var("E2E_REPS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3)
+        .max(1);
+    let rounds = (0..reps)
+        .map(|_| round(rt, tmp, &req, &named, &config, blobs, dirs))
+        .collect::<Res<Vec<_>>>()?;
+    let median = |f: fn(&E2e) -> Duration| {
+        let mut v: Vec<Duration> = rounds.iter().map(f).collect();
+        v.sort();
+        v[v.len() / 2]
+    };
+    let toolchain_bytes = tvix_oci_benches::measure::files_below(&z.toolchain)
+        .iter()
+        .filter_map(|p| std::fs::symlink_metadata(p).ok())
+        .map(|m| m.len())
+        .sum();
+    let last = rounds.last().ok_or("no round")?;
+    Ok(E2e {
+        lazy_local: median(|r| r.lazy_local),
+        lazy_local_first: last.lazy_local_first,
+        lazy_remote: median(|r| r.lazy_remote),
+        remote_bytes_fetched: last.remote_bytes_fetched,
+        toolchain_bytes,
+        eager_export: median(|r| r.eager_export),
+        eager_total: median(|r| r.eager_total),
+        host: median(|r| r.host),
+        reps,
+    })
+}
+
+/// One round of the four ways, each from a dropped page cache.
+#[allow(clippy::too_many_arguments)]
+fn round(
+    rt: &tokio::runtime::Runtime,
+    tmp: &Path,
+    req: &BuildRequest,
+    named: &[(&str, tvix_oci_castore::Node)],
+    config: &ExecutorConfig,
+    blobs: &Arc<dyn BlobService>,
+    dirs: &Arc<dyn DirectoryService>,
+) -> Res<E2e> {
     // Lazy, from the local store.
     sync_and_drop_caches();
     let exec = Executor::new(config.clone(), blobs.clone(), dirs.clone());
     let t = Instant::now();
-    let res = rt.block_on(exec.build(&req, &NoLogs))?;
+    let res = rt.block_on(exec.build(req, &NoLogs))?;
     let lazy_local = t.elapsed();
     let lazy_local_first = res.accounting.to_first_instruction;
     println!(
@@ -227,9 +275,9 @@ pub fn compile(
     let (url, server) = serve_remote(rt, blobs.clone(), dirs.clone(), Duration::from_millis(1))?;
     let rb = rt.block_on(open_blob_service(&url))?;
     let rd = rt.block_on(open_directory_service(&url))?;
-    let exec = Executor::new(config, rb, rd);
+    let exec = Executor::new(config.clone(), rb, rd);
     let t = Instant::now();
-    let res = rt.block_on(exec.build(&req, &NoLogs))?;
+    let res = rt.block_on(exec.build(req, &NoLogs))?;
     let lazy_remote = t.elapsed();
     server.abort();
     let remote_bytes_fetched = res.accounting.input_bytes_fetched;
@@ -243,9 +291,9 @@ pub fn compile(
     let bundle = tmp.join("eager");
     let layout = BundleLayout::new(&bundle);
     let t = Instant::now();
-    layout.write_skeleton(&req, &SpecOptions::default())?;
+    layout.write_skeleton(req, &SpecOptions::default())?;
     rt.block_on(async {
-        for (name, node) in &named {
+        for (name, node) in named {
             export_node(blobs.clone(), &**dirs, node, &layout.inputs().join(name)).await?;
         }
         Ok::<_, Box<dyn std::error::Error>>(())
@@ -288,19 +336,15 @@ pub fn compile(
     println!("  zig cc, on the host: {:.1} s", host.as_secs_f64());
     std::fs::remove_dir_all(&bundle)?;
     std::fs::remove_dir_all(&host_dir)?;
-    let toolchain_bytes = tvix_oci_benches::measure::files_below(&z.toolchain)
-        .iter()
-        .filter_map(|p| std::fs::symlink_metadata(p).ok())
-        .map(|m| m.len())
-        .sum();
     Ok(E2e {
         lazy_local,
         lazy_local_first,
         lazy_remote,
         remote_bytes_fetched,
-        toolchain_bytes,
+        toolchain_bytes: 0,
         eager_export,
         eager_total,
         host,
+        reps: 1,
     })
 }

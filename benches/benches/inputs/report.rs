@@ -1,7 +1,8 @@
 //! The input benchmark's output: a JSON file of every figure (with the
 //! machine and date), a Markdown table, and SVG plots — latency CDFs of
 //! `stat` and of open-to-first-byte, and sequential-read throughput bars —
-//! under `benches/results/` (`benches/results/quick/` in quick mode).
+//! under `benches/results/` (`benches/results/quick/` in quick mode;
+//! `e2e.json` and `e2e.md` for an `E2E_ONLY` run).
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -88,7 +89,12 @@ pub fn write(rows: &[Row], e2e: Option<&E2e>, quick: bool) -> Res<()> {
         })).collect::<Vec<_>>(),
         "e2e": e2e.map(E2e::json),
     });
-    std::fs::write(dir.join("inputs.json"), serde_json::to_string_pretty(&doc)?)?;
+    // E2E_ONLY runs write beside, not over, a full run's files.
+    let name = if rows.is_empty() { "e2e" } else { "inputs" };
+    std::fs::write(
+        dir.join(format!("{name}.json")),
+        serde_json::to_string_pretty(&doc)?,
+    )?;
 
     let mut md = String::new();
     let _ = writeln!(
@@ -108,7 +114,8 @@ pub fn write(rows: &[Row], e2e: Option<&E2e>, quick: bool) -> Res<()> {
         let s = |d: std::time::Duration| d.as_secs_f64();
         let _ = writeln!(
             md,
-            "\nEnd to end, `zig cc -O2 -c zstd.c` (zstandard 0.25.0's zstd), page cache dropped before each:\n"
+            "\nEnd to end, `zig cc -O2 -c zstd.c` (zstandard 0.25.0's zstd), page cache dropped before each, median of {} rounds:\n",
+            e.reps
         );
         md.push_str("| how | wall | ratio to the host |\n| --- | --- | --- |\n");
         let rows = [
@@ -136,7 +143,7 @@ pub fn write(rows: &[Row], e2e: Option<&E2e>, quick: bool) -> Res<()> {
                 .map_or("—".into(), |d| format!("{:.0} ms", d.as_secs_f64() * 1e3)),
         );
     }
-    std::fs::write(dir.join("inputs.md"), &md)?;
+    std::fs::write(dir.join(format!("{name}.md")), &md)?;
     println!("\n{md}");
 
     for tree in unique(rows.iter().map(|r| r.tree.as_str())) {
@@ -238,6 +245,14 @@ fn cdf_svg(title: &str, series: &[(String, Vec<f64>)]) -> String {
         top + plot_h / 2.0,
         top + plot_h / 2.0
     );
+    for q in [0.0, 0.5, 1.0] {
+        let _ = write!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{q}</text>"#,
+            left - 6.0,
+            y(q) + 4.0
+        );
+    }
     for (i, (label, values)) in series.iter().enumerate() {
         let mut v = values.clone();
         v.sort_by(|a, b| a.total_cmp(b));
