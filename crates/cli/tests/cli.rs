@@ -397,18 +397,24 @@ fn host_and_store_errors_are_one_sentence_with_their_code() {
 
     // 3: a runtime that does not exist, named.
     let bb = busybox_tree(tmp.path());
-    let out = bin(&data)
-        .args(["run", "--runtime", "/nonexistent/runc", "--input"])
-        .arg(format!("busybox={}", bb.display()))
-        .args([
-            "--output",
-            "build/x",
-            "--",
-            "/nix/store/busybox/bin/busybox",
-            "true",
-        ])
-        .output()
-        .unwrap();
+    let with_runtime = |runtime: &Path| {
+        bin(&data)
+            .arg("run")
+            .arg("--runtime")
+            .arg(runtime)
+            .arg("--input")
+            .arg(format!("busybox={}", bb.display()))
+            .args([
+                "--output",
+                "build/x",
+                "--",
+                "/nix/store/busybox/bin/busybox",
+                "true",
+            ])
+            .output()
+            .unwrap()
+    };
+    let out = with_runtime(Path::new("/nonexistent/runc"));
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(stderr(&out).contains("the OCI runtime /nonexistent/runc does not exist"));
 
@@ -424,21 +430,7 @@ fn host_and_store_errors_are_one_sentence_with_their_code() {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
-    let out = bin(&data)
-        .arg("run")
-        .arg("--runtime")
-        .arg(&old_runc)
-        .arg("--input")
-        .arg(format!("busybox={}", bb.display()))
-        .args([
-            "--output",
-            "build/x",
-            "--",
-            "/nix/store/busybox/bin/busybox",
-            "true",
-        ])
-        .output()
-        .unwrap();
+    let out = with_runtime(&old_runc);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(stderr(&out).contains("CVE-2024-21626"), "{}", stderr(&out));
 

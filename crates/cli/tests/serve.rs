@@ -57,6 +57,18 @@ impl Server {
     }
 }
 
+impl Server {
+    /// Uploads a busybox tree through the castore services, as a tvix
+    /// client uploads its inputs; its node.
+    async fn upload_busybox(&self, tmp: &Path) -> Node {
+        let (blobs, dirs) = self.stores().await;
+        let bb = busybox_tree(tmp);
+        import_path(blobs, &*dirs, &bb, &ImportOptions::default())
+            .await
+            .unwrap()
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -97,12 +109,7 @@ async fn do_build_over_grpc_and_read_the_outputs_back() {
     let bundles = tmp.path().join("bundles");
     let server = Server::start(tmp.path(), &bundles);
     let (blobs, dirs) = server.stores().await;
-
-    // Inputs go up through the castore services, as a tvix client does.
-    let bb = busybox_tree(tmp.path());
-    let busybox = import_path(blobs.clone(), &*dirs, &bb, &ImportOptions::default())
-        .await
-        .unwrap();
+    let busybox = server.upload_busybox(tmp.path()).await;
 
     let mut client = server.builds().await;
     let req = request(
@@ -196,11 +203,7 @@ async fn sigterm_with_a_build_in_flight_leaves_nothing_behind() {
     let tmp = tempfile::tempdir().unwrap();
     let bundles = tmp.path().join("bundles");
     let mut server = Server::start(tmp.path(), &bundles);
-    let (blobs, dirs) = server.stores().await;
-    let bb = busybox_tree(tmp.path());
-    let busybox = import_path(blobs.clone(), &*dirs, &bb, &ImportOptions::default())
-        .await
-        .unwrap();
+    let busybox = server.upload_busybox(tmp.path()).await;
     let mut client = server.builds().await;
     let req = request(
         &busybox,

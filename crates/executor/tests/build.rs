@@ -69,12 +69,9 @@ async fn outputs_and_needles() {
 #[tokio::test(flavor = "multi_thread")]
 async fn cpu_and_peak_memory_come_from_the_builds_cgroup() {
     need_runtime!();
-    if tvix_oci_executor::cgroup::BuildCgroup::create("tob-probe").is_none() {
-        println!("SKIPPED: no writable cgroup filesystem");
+    if let Some(why) = no_cgroups() {
+        println!("SKIPPED: {why}");
         return;
-    }
-    for p in tvix_oci_executor::cgroup::parents() {
-        tvix_oci_executor::cgroup::remove_cgroup(&p.join("tob-probe"));
     }
     let e = env().await;
     // 64 MiB in the build's /tmp (a tmpfs, charged to its cgroup), and
@@ -459,12 +456,9 @@ async fn a_killed_executor_is_cleaned_up_by_the_next() {
 #[tokio::test(flavor = "multi_thread")]
 async fn pids_and_memory_limits_from_configuration_hold() {
     need_runtime!();
-    if tvix_oci_executor::cgroup::BuildCgroup::create("tob-probe").is_none() {
-        println!("SKIPPED: no writable cgroup filesystem");
+    if let Some(why) = no_cgroups() {
+        println!("SKIPPED: {why}");
         return;
-    }
-    for p in tvix_oci_executor::cgroup::parents() {
-        tvix_oci_executor::cgroup::remove_cgroup(&p.join("tob-probe"));
     }
     let e = env().await;
     // 16 processes at most: the 40th background sleep cannot be forked

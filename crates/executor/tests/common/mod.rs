@@ -223,3 +223,14 @@ pub async fn file_of(e: &Env, node: &Node, path: &str) -> Vec<u8> {
     };
     read_to_end(&*e.blobs, &digest).await.unwrap().unwrap()
 }
+
+/// Why a test of cgroup figures or limits cannot run here, if it cannot:
+/// no writable cgroup filesystem.
+pub fn no_cgroups() -> Option<&'static str> {
+    let probe = "tob-probe";
+    let made = tvix_oci_executor::cgroup::BuildCgroup::create(probe).is_some();
+    for p in tvix_oci_executor::cgroup::parents() {
+        tvix_oci_executor::cgroup::remove_cgroup(&p.join(probe));
+    }
+    (!made).then_some("no writable cgroup filesystem")
+}
