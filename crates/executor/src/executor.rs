@@ -244,8 +244,19 @@ impl Executor {
             .write_skeleton(req, &spec_opts)
             .map_err(|e| BuildError::Host(e.to_string()))?;
 
+        // Without a shared cache, the build's own lives in its bundle, so
+        // it goes with the bundle, even after a crash (the stale cleanup).
+        let cache = match &self.config.blob_cache {
+            Some(c) => c.clone(),
+            None => {
+                let dir = bundle.path().join("blob-cache");
+                Arc::new(BlobCache::open(&dir, u64::MAX).map_err(|e| {
+                    BuildError::Host(format!("making the blob cache {}: {e}", dir.display()))
+                })?)
+            }
+        };
         let mount_opts = MountOptions {
-            cache: self.config.blob_cache.clone(),
+            cache: Some(cache),
             ..MountOptions::default()
         };
         let inputs = tvix_oci_fuse::mount(

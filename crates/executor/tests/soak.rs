@@ -52,14 +52,21 @@ async fn two_hundred_in_a_row_and_eight_at_once_leak_nothing() {
     round(&exec, &req, 20).await;
     let (fds, mnts, rss) = (open_fds(), mounts(), rss_kib());
     round(&exec, &req, 200).await;
+    // Threads of the last builds may still be letting go (a FUSE worker
+    // closing its fd): give them a moment before counting.
+    let settled = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while (open_fds() != fds || mounts() != mnts) && std::time::Instant::now() < settled {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let after = rss_kib();
     assert_eq!(open_fds(), fds, "open fds before and after");
     assert_eq!(mounts(), mnts, "mounts before and after");
     // Before fuse-inputs pinned glibc's mmap threshold, fuser's zeroed
-    // 16 MiB buffers made this grow by 250 MiB per 200 builds.
+    // 16 MiB buffers made this grow by 250 MiB per 200 builds; now about 1 MiB
+    // (the bound leaves room for other tests loading the machine).
     let grown = after.saturating_sub(rss);
     assert!(
-        grown < 16 * 1024,
+        grown < 48 * 1024,
         "memory grew from {rss} to {after} KiB over 208 builds"
     );
     e.assert_clean();

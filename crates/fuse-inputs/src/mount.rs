@@ -232,6 +232,37 @@ pub fn abort_connection(path: &Path) -> bool {
     std::fs::write(format!("{FUSECTL}/{}/abort", m.minor), "1").is_ok()
 }
 
+/// The name of a mount's own blob cache in the temp dir starts with this,
+/// then the owning process's pid.
+const PRIVATE_CACHE: &str = "tvix-oci-blob-cache-";
+
+/// Removes the private blob caches of processes that died without
+/// removing them (SIGKILL): those whose pid is no longer alive.
+fn sweep_private_caches() {
+    let Ok(rd) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(PRIVATE_CACHE)) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            match std::fs::remove_dir_all(e.path()) {
+                Ok(()) => {
+                    info!(path = %e.path().display(), "removed the blob cache of a process that died")
+                }
+                Err(err) => {
+                    warn!(path = %e.path().display(), "removing a dead process's blob cache: {err}")
+                }
+            }
+        }
+    }
+}
+
 /// Pins glibc's mmap threshold (see the module docs), once.
 fn pin_mmap_threshold() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -271,8 +302,9 @@ pub fn mount(
     let (cache, private) = match &opts.cache {
         Some(c) => (c.clone(), None),
         None => {
+            sweep_private_caches();
             let tmp = tempfile::Builder::new()
-                .prefix("tvix-oci-blob-cache-")
+                .prefix(&format!("{PRIVATE_CACHE}{}-", std::process::id()))
                 .tempdir()
                 .map_err(at(&path))?;
             let cache = BlobCache::open(tmp.path(), u64::MAX).map_err(at(&path))?;
@@ -413,5 +445,25 @@ impl Drop for InputsMount {
         if let Err(e) = self.teardown() {
             warn!("{e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caches_of_dead_processes_are_swept_and_live_ones_kept() {
+        let tmp = std::env::temp_dir();
+        // pid 2^22+1 is above the kernel's pid_max: never alive.
+        let dead = tmp.join(format!("{PRIVATE_CACHE}4194305-test"));
+        let mine = tmp.join(format!("{PRIVATE_CACHE}{}-test", std::process::id()));
+        for d in [&dead, &mine] {
+            std::fs::create_dir_all(d.join("tmp")).unwrap();
+        }
+        sweep_private_caches();
+        assert!(!dead.exists(), "a dead process's cache is swept");
+        assert!(mine.exists(), "a live process's cache is kept");
+        std::fs::remove_dir_all(&mine).unwrap();
     }
 }
