@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-use common::{assert_nothing_left, bin, busybox_tree, can_build};
+use common::{assert_nothing_left, bin, busybox_tree, can_build, import_digest};
 
 use std::path::Path;
 use std::process::Output;
@@ -273,13 +273,7 @@ fn mount_in_the_foreground_and_unmount_on_interrupt() {
     let tree = tmp.path().join("tree");
     std::fs::create_dir_all(&tree).unwrap();
     std::fs::write(tree.join("f"), b"through fuse\n").unwrap();
-    let out = bin(&data).arg("import").arg(&tree).output().unwrap();
-    let digest = String::from_utf8(out.stdout)
-        .unwrap()
-        .split_whitespace()
-        .nth(2)
-        .unwrap()
-        .to_owned();
+    let digest = import_digest(&data, &tree);
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     let mut child = bin(&data)
@@ -440,13 +434,7 @@ fn host_and_store_errors_are_one_sentence_with_their_code() {
     }
     let file = tmp.path().join("f");
     std::fs::write(&file, b"x").unwrap();
-    let out = bin(&data).arg("import").arg(&file).output().unwrap();
-    let digest = String::from_utf8(out.stdout)
-        .unwrap()
-        .split_whitespace()
-        .nth(2)
-        .unwrap()
-        .to_owned();
+    let digest = import_digest(&data, &file);
 
     // 2: a mount point that is not empty, or does not exist.
     let full = tmp.path().join("full");

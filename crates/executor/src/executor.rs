@@ -130,6 +130,9 @@ pub struct Executor {
     permits: Semaphore,
     /// The runtime's version, judged once (see [`crate::runtime_version`]).
     runtime_verdict: std::sync::OnceLock<Result<(), String>>,
+    /// What rootless builds need, checked once it is all there (until then
+    /// each build checks again, so a fixed host needs no restart).
+    rootless: std::sync::OnceLock<crate::rootless::Rootless>,
 }
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
@@ -164,6 +167,7 @@ impl Executor {
             dirs,
             permits,
             runtime_verdict: std::sync::OnceLock::new(),
+            rootless: rootless.map(std::sync::OnceLock::from).unwrap_or_default(),
         }
     }
 
@@ -201,7 +205,13 @@ impl Executor {
         let mut spec_opts = self.config.spec.clone();
         spec_opts.sandbox_shell = self.config.sandbox_shell.clone();
         let rootless = if self.config.rootless {
-            Some(crate::rootless::prepare(&self.config.bundle_root)?)
+            Some(match self.rootless.get() {
+                Some(r) => r.clone(),
+                None => {
+                    let r = crate::rootless::prepare(&self.config.bundle_root)?;
+                    self.rootless.get_or_init(|| r).clone()
+                }
+            })
         } else {
             None
         };

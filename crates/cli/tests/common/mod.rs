@@ -55,3 +55,19 @@ pub fn assert_nothing_left(bundles: &Path) {
         "a container is left"
     );
 }
+
+/// `import PATH` into the store under `data`; the digest it prints.
+pub fn import_digest(data: &Path, path: &Path) -> String {
+    let out = bin(data).arg("import").arg(path).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .to_owned()
+}
