@@ -124,7 +124,7 @@ pub struct RunArgs {
     pub requests: Vec<PathBuf>,
 
     /// An input, imported from a local path: NAME=PATH (or just PATH, named
-    /// by its file name). It appears at /<inputs-dir>/NAME.
+    /// by its file name). It appears at /INPUTS_DIR/NAME.
     #[arg(long, value_name = "NAME=PATH")]
     pub input: Vec<String>,
     /// A path the build must produce, relative (e.g. build/out).

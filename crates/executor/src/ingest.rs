@@ -27,7 +27,15 @@ use tvix_oci_castore::{B3Digest, Directory, Node, PathComponent, StoreError, Sym
 use crate::nar::NarHasher;
 use crate::refscan::{Needles, Scanner};
 
-const CHUNK: usize = 1 << 20;
+/// The bytes of a file read (and handed to the blob writer) at once.
+pub const CHUNK: usize = 1 << 20;
+
+/// Each chunk goes to the NAR hash and the reference scanner in pieces of
+/// this size, one after the other, so the scanner reads what SHA-256 has
+/// just read from the core's own cache rather than from memory (a 1 MiB
+/// chunk does not stay in a 1 MiB L2): 8% faster over the whole pass
+/// (`cargo bench -p tvix-oci-benches --bench micro -- one_pass`).
+pub const PIECE: usize = 64 << 10;
 
 /// Caps on what a build's outputs may hold, so a build cannot exhaust the
 /// host or the store while its outputs are read. Checked as the walk goes:
@@ -282,8 +290,10 @@ impl Walk<'_> {
             }
             buf.truncate(n);
             total += n as u64;
-            self.nar.file_data(&buf);
-            self.scanner.update(&buf);
+            for piece in buf.chunks(PIECE) {
+                self.nar.file_data(piece);
+                self.scanner.update(piece);
+            }
             let w = writer.write(buf.freeze());
             self.rt.block_on(w).map_err(|source| IngestError::Io {
                 output: self.output.clone(),

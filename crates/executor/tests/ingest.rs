@@ -83,7 +83,8 @@ const NEEDLES: [&str; 5] = [
 fn output_tree(root: &Path) {
     std::fs::create_dir_all(root.join("bin")).unwrap();
     std::fs::create_dir_all(root.join("share/empty")).unwrap();
-    let mut big = vec![b'x'; (1 << 20) - 10];
+    // The hash straddles the first 1 MiB read (and a 64 KiB piece).
+    let mut big = vec![b'x'; (1 << 20) - 11 - 16];
     big.extend_from_slice(b"/nix/store/a6xgw8ck6z7vb3yzrn0m7bl0sfkxwlykzz-dep\n");
     std::fs::write(root.join("share/big"), &big).unwrap();
     std::fs::write(root.join("bin/tool"), b"#!/bin/sh\n").unwrap();

@@ -47,7 +47,7 @@ impl Drop for StoreCall<'_> {
     }
 }
 
-/// A copy of [`Stats`] at one moment.
+/// A copy of a mount's counters at one moment.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StatsSnapshot {
     pub dirs_fetched: u64,
