@@ -121,8 +121,8 @@ pub fn mib_per_s(bytes: u64, d: Duration) -> f64 {
     bytes as f64 / (1024.0 * 1024.0) / d.as_secs_f64()
 }
 
-pub mod latency;
 pub mod measure;
+pub mod remote;
 
 /// A temp dir for a benchmark's trees, on the disk named by `BENCH_DIR`
 /// (default `target/bench-tmp`), removed when dropped.

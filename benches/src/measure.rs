@@ -1,17 +1,10 @@
 //! What the input benchmarks measure on a tree, wherever it is (local disk
 //! or a FUSE mount): `stat` of every file, open to first byte, sequential
-//! reads, and a whole-tree read; and a store served over gRPC on loopback
-//! with a round-trip delay.
+//! reads, and a whole-tree read.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use tvix_oci_castore::blobservice::BlobService;
-use tvix_oci_castore::directoryservice::DirectoryService;
-
-use crate::latency::{SlowBlobs, SlowDirs};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -120,27 +113,4 @@ pub fn read_tree(files: &[PathBuf], threads: usize) -> Res<(u64, Duration)> {
         return Err(e.into());
     }
     Ok((total.into_inner(), t.elapsed()))
-}
-
-/// A store served over gRPC on loopback (the castore routes `serve` uses),
-/// each call answered after `delay`; its URL, and the server task.
-pub fn serve_remote(
-    rt: &tokio::runtime::Runtime,
-    blobs: Arc<dyn BlobService>,
-    dirs: Arc<dyn DirectoryService>,
-    delay: Duration,
-) -> Res<(String, tokio::task::JoinHandle<()>)> {
-    let slow_b: Arc<dyn BlobService> = Arc::new(SlowBlobs(blobs, delay));
-    let slow_d: Arc<dyn DirectoryService> = Arc::new(SlowDirs(dirs, delay));
-    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
-    let url = format!("grpc+http://{}", listener.local_addr()?);
-    let server = rt.spawn(async move {
-        let _ = tonic::transport::Server::builder()
-            .add_routes(tvix_oci_castore::grpc::castore_routes(slow_b, slow_d))
-            .serve_with_incoming(
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            )
-            .await;
-    });
-    Ok((url, server))
 }

@@ -1,7 +1,8 @@
 //! The end-to-end part: `zig cc` compiling zstd (the single-file library in
 //! the `zstandard` sdist) as a real build, three ways, each from a dropped
 //! page cache: through the executor with the toolchain as lazy FUSE input
-//! (from the local store, and from a gRPC store at 1 ms), exporting the
+//! (from the local store, and from `tvix-oci-build serve` through a proxy
+//! adding 1 ms to each round trip), exporting the
 //! toolchain to disk first and running the same bundle, and the same
 //! compile run directly on the host.
 
@@ -10,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tvix_oci_benches::measure::serve_remote;
+use tvix_oci_benches::remote::{Served, route, upload};
 use tvix_oci_benches::sync_and_drop_caches;
 use tvix_oci_castore::blobservice::BlobService;
 use tvix_oci_castore::directoryservice::DirectoryService;
@@ -177,6 +178,7 @@ pub fn compile(
     z: &Zig,
     blobs: &Arc<dyn BlobService>,
     dirs: &Arc<dyn DirectoryService>,
+    served: &Served,
 ) -> Res<E2e> {
     let _guard = rt.enter();
     let opts = ImportOptions::default();
@@ -189,6 +191,13 @@ pub fn compile(
     ))?;
     let mut named = vec![("busybox", bb), ("zig", zig), ("zstd", zstd)];
     named.sort_by(|a, b| a.0.cmp(b.0));
+    let (rb, rd) = (
+        rt.block_on(open_blob_service(&served.url()))?,
+        rt.block_on(open_directory_service(&served.url()))?,
+    );
+    for (_, node) in &named {
+        rt.block_on(upload(node, (blobs, &**dirs), (&rb, &*rd)))?;
+    }
     let nodes = named
         .iter()
         .map(|(n, node)| Ok(node.to_proto(&(*n).try_into()?)))
@@ -219,7 +228,7 @@ pub fn compile(
         .unwrap_or(3)
         .max(1);
     let rounds = (0..reps)
-        .map(|_| round(rt, tmp, &req, &named, &config, blobs, dirs))
+        .map(|_| round(rt, tmp, &req, &named, &config, blobs, dirs, served))
         .collect::<Res<Vec<_>>>()?;
     let median = |f: fn(&E2e) -> Duration| {
         let mut v: Vec<Duration> = rounds.iter().map(f).collect();
@@ -255,6 +264,7 @@ fn round(
     config: &ExecutorConfig,
     blobs: &Arc<dyn BlobService>,
     dirs: &Arc<dyn DirectoryService>,
+    served: &Served,
 ) -> Res<E2e> {
     // Lazy, from the local store.
     sync_and_drop_caches();
@@ -268,18 +278,17 @@ fn round(
         lazy_local.as_secs_f64()
     );
 
-    // Lazy, from a gRPC store at 1 ms: whole blobs are fetched into the
+    // Lazy, from `serve` 1 ms away: whole blobs are fetched into the
     // cache when opened, so the bytes fetched are those of the files the
     // compile opened.
     sync_and_drop_caches();
-    let (url, server) = serve_remote(rt, blobs.clone(), dirs.clone(), Duration::from_millis(1))?;
+    let (url, _proxy) = route(served, Duration::from_millis(1))?;
     let rb = rt.block_on(open_blob_service(&url))?;
     let rd = rt.block_on(open_directory_service(&url))?;
     let exec = Executor::new(config.clone(), rb, rd);
     let t = Instant::now();
     let res = rt.block_on(exec.build(req, &NoLogs))?;
     let lazy_remote = t.elapsed();
-    server.abort();
     let remote_bytes_fetched = res.accounting.input_bytes_fetched;
     println!(
         "  zig cc, lazy (gRPC, 1 ms): {:.1} s",

@@ -9,8 +9,8 @@
 //! For each: mount time, `stat` of every file (p50, p99), open to first byte
 //! (p50, p99, 200 files), sequential read of the 3 largest files, and a
 //! whole-tree read (8 readers). Placements: the embedded local store, and
-//! a store served over gRPC on loopback (the castore routes `serve` runs)
-//! answering after 0, 1 and 10 ms. Trees: a synthetic one shaped like a
+//! `tvix-oci-build serve` in its own process on loopback, reached directly
+//! and through a proxy adding 1 and 10 ms to each round trip. Trees: a synthetic one shaped like a
 //! toolchain closure, and the Zig toolchain from the `ziglang` wheel on
 //! PyPI (19,520 files, 411 MiB). End to end: `zig cc` compiling zstd (from
 //! the `zstandard` sdist on PyPI) through the executor with the toolchain
@@ -31,8 +31,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tvix_oci_benches::measure::{
-    files_below, first_byte_each, percentile, read_all, read_tree, serve_remote, stat_each,
+    files_below, first_byte_each, percentile, read_all, read_tree, stat_each,
 };
+use tvix_oci_benches::remote::{Served, cli_binary, route, upload};
 use tvix_oci_benches::{TreeShape, bench_tempdir, make_tree, mib_per_s, sync_and_drop_caches};
 use tvix_oci_castore::blobservice::BlobService;
 use tvix_oci_castore::directoryservice::DirectoryService;
@@ -120,6 +121,23 @@ fn main() -> Res<()> {
     if std::env::var_os("E2E_ONLY").is_some() {
         trees.clear();
     }
+    // The remote store: `serve` on a store of its own, holding the trees.
+    let served = Served::start(&cli_binary()?, &tmp.path().join("served"))?;
+    let (rb, rd) = (
+        rt.block_on(open_blob_service(&served.url()))?,
+        rt.block_on(open_directory_service(&served.url()))?,
+    );
+    for tree in &trees {
+        let t = Instant::now();
+        for (_, node) in &tree.inputs {
+            rt.block_on(upload(node, (&blobs, &*dirs), (&rb, &*rd)))?;
+        }
+        println!(
+            "{}: uploaded to serve in {:.1} s",
+            tree.name,
+            t.elapsed().as_secs_f64()
+        );
+    }
     for tree in &trees {
         println!(
             "{}: {} files, {:.0} MiB",
@@ -129,11 +147,11 @@ fn main() -> Res<()> {
         );
         rows.extend(native(&rt, tmp.path(), tree, &blobs, &dirs)?);
         for &p in &placements {
-            rows.extend(fuse_rows(&rt, tmp.path(), tree, p, &blobs, &dirs)?);
+            rows.extend(fuse_rows(&rt, tmp.path(), tree, p, &blobs, &dirs, &served)?);
         }
     }
     let e2e = match &zig {
-        Some(z) => Some(e2e::compile(&rt, tmp.path(), z, &blobs, &dirs)?),
+        Some(z) => Some(e2e::compile(&rt, tmp.path(), z, &blobs, &dirs, &served)?),
         None => None,
     };
     report::write(&rows, e2e.as_ref(), quick)?;
@@ -297,17 +315,17 @@ fn fuse_rows(
     placement: Placement,
     blobs: &Arc<dyn BlobService>,
     dirs: &Arc<dyn DirectoryService>,
+    served: &Served,
 ) -> Res<Vec<Row>> {
     let _guard = rt.enter();
-    let (b, d, server): (Arc<dyn BlobService>, Arc<dyn DirectoryService>, _) = match placement {
+    let (b, d, _proxy): (Arc<dyn BlobService>, Arc<dyn DirectoryService>, _) = match placement {
         Placement::Local => (blobs.clone(), dirs.clone(), None),
         Placement::Remote(ms) => {
-            let (url, server) =
-                serve_remote(rt, blobs.clone(), dirs.clone(), Duration::from_millis(ms))?;
+            let (url, proxy) = route(served, Duration::from_millis(ms))?;
             (
                 rt.block_on(open_blob_service(&url))?,
                 rt.block_on(open_directory_service(&url))?,
-                Some(server),
+                proxy,
             )
         }
     };
@@ -341,9 +359,6 @@ fn fuse_rows(
         let setup = t.elapsed();
         rows.push(measure(&mnt, variant, tree, placement.label(), setup)?);
         m.unmount()?;
-    }
-    if let Some(s) = server {
-        s.abort();
     }
     let _ = std::fs::remove_dir_all(&cache_dir);
     Ok(rows)
