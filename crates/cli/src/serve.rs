@@ -32,7 +32,11 @@ pub async fn serve(
     let routes = castore_routes(blobs, dirs)
         .add_service(builds.clone().into_service())
         .add_service(builds.into_snix_service());
-    let server = Server::builder().add_routes(routes);
+    // Uploads to a store far away: the receive window grows with the
+    // bandwidth-delay product (as the clients' do, see castore's grpc).
+    let server = Server::builder()
+        .http2_adaptive_window(Some(true))
+        .add_routes(routes);
     if let Some(path) = listen.strip_prefix("unix:") {
         let path = path.trim_start_matches("//");
         if std::fs::symlink_metadata(path).is_ok() {
