@@ -103,7 +103,11 @@ impl Served {
             return Err(io::Error::other("serve: no stdout"));
         };
         let mut line = String::new();
-        BufReader::new(out).read_line(&mut line)?;
+        let mut out = BufReader::new(out);
+        out.read_line(&mut line)?;
+        // Whatever it prints later goes on to ours (a closed pipe would
+        // fail its writes).
+        thread::spawn(move || io::copy(&mut out, &mut io::stdout()));
         let addr = line
             .trim()
             .strip_prefix("listening on grpc+http://")

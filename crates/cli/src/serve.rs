@@ -32,8 +32,10 @@ pub async fn serve(
     let routes = castore_routes(blobs, dirs)
         .add_service(builds.clone().into_service())
         .add_service(builds.into_snix_service());
-    // Uploads to a store far away: the receive window grows with the
-    // bandwidth-delay product (as the clients' do, see castore's grpc).
+    // Uploads from clients far away: the receive window grows with the
+    // bandwidth-delay product as it is measured, so a server with many
+    // clients near by keeps small buffers (clients, which hold one
+    // connection per store, use fixed large windows: castore's grpc).
     let server = Server::builder()
         .http2_adaptive_window(Some(true))
         .add_routes(routes);
