@@ -13,8 +13,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tvix_oci_benches::copy::upload;
 use tvix_oci_benches::measure::{files_below, percentile, read_all};
-use tvix_oci_benches::remote::{Served, cli_binary, route, upload};
+use tvix_oci_benches::remote::{Served, cli_binary, route};
 use tvix_oci_benches::{TreeShape, make_tree, mib_per_s};
 use tvix_oci_castore::import::{ImportOptions, import_path};
 use tvix_oci_castore::{open_blob_service, open_directory_service};

@@ -121,6 +121,7 @@ pub fn mib_per_s(bytes: u64, d: Duration) -> f64 {
     bytes as f64 / (1024.0 * 1024.0) / d.as_secs_f64()
 }
 
+pub mod copy;
 pub mod measure;
 pub mod remote;
 

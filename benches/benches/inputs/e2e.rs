@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tvix_oci_benches::remote::{Served, route, upload};
+use tvix_oci_benches::copy::upload;
+use tvix_oci_benches::remote::{Served, route};
 use tvix_oci_benches::sync_and_drop_caches;
 use tvix_oci_castore::blobservice::BlobService;
 use tvix_oci_castore::directoryservice::DirectoryService;

@@ -30,10 +30,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tvix_oci_benches::copy::upload;
 use tvix_oci_benches::measure::{
     files_below, first_byte_each, percentile, read_all, read_tree, stat_each,
 };
-use tvix_oci_benches::remote::{Served, cli_binary, route, upload};
+use tvix_oci_benches::remote::{Served, cli_binary, route};
 use tvix_oci_benches::{TreeShape, bench_tempdir, make_tree, mib_per_s, sync_and_drop_caches};
 use tvix_oci_castore::blobservice::BlobService;
 use tvix_oci_castore::directoryservice::DirectoryService;
