@@ -385,6 +385,10 @@ async fn a_killed_executor_is_cleaned_up_by_the_next() {
     need_runtime!();
     let e = env().await;
     let root = e.tmp.path().join("bundles");
+    // The child's own temp dir (its store) goes below ours: killed, it
+    // cannot remove it.
+    let child_tmp = e.tmp.path().join("child-tmp");
+    std::fs::create_dir(&child_tmp).unwrap();
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -393,6 +397,7 @@ async fn a_killed_executor_is_cleaned_up_by_the_next() {
             "--nocapture",
         ])
         .env("TVIX_OCI_CHILD_BUNDLES", &root)
+        .env("TMPDIR", &child_tmp)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
