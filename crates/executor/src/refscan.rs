@@ -213,6 +213,7 @@ impl Needles {
         Scanner {
             needles: self,
             tail: Vec::with_capacity(self.max_len),
+            boundary: Vec::with_capacity(2 * self.max_len),
             found: vec![false; self.count],
             new: Vec::new(),
         }
@@ -225,6 +226,10 @@ pub struct Scanner<'a> {
     needles: &'a Needles,
     /// The last `max_len - 1` bytes seen.
     tail: Vec<u8>,
+    /// The tail and the next chunk's first bytes, searched for needles
+    /// that straddle them (kept to reuse its allocation: ingestion calls
+    /// `update` once per 64 KiB).
+    boundary: Vec<u8>,
     found: Vec<bool>,
     /// Needles found for the first time since the last `take_new`.
     new: Vec<usize>,
@@ -241,11 +246,12 @@ impl Scanner<'_> {
         if !self.tail.is_empty() && !chunk.is_empty() {
             // Needles that start in the tail and end in this chunk (one
             // wholly in the tail was found before).
-            let mut window = Vec::with_capacity(self.tail.len() + keep.min(chunk.len()));
+            let window = &mut self.boundary;
+            window.clear();
             window.extend_from_slice(&self.tail);
             window.extend_from_slice(&chunk[..keep.min(chunk.len())]);
             let tail_len = self.tail.len();
-            matcher.each_match(&window, |start, i| {
+            matcher.each_match(window, |start, i| {
                 if start < tail_len {
                     mark(found, new, i);
                 }
