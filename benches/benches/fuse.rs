@@ -7,18 +7,15 @@
 //! Run (root and /dev/fuse needed): `cargo bench -p tvix-oci-benches --bench fuse`
 //! (`QUICK=1` for a small tree; `BENCH_DIR` picks the disk).
 
-use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tvix_oci_benches::copy::upload;
-use tvix_oci_benches::measure::{files_below, percentile, read_all};
-use tvix_oci_benches::remote::{Served, cli_binary, route};
+use tvix_oci_benches::measure::{files_below, first_byte_each, percentile, read_all};
+use tvix_oci_benches::remote::{Served, cli_binary, route, stores_at};
 use tvix_oci_benches::{TreeShape, make_tree, mib_per_s};
 use tvix_oci_castore::import::{ImportOptions, import_path};
-use tvix_oci_castore::{open_blob_service, open_directory_service};
 use tvix_oci_fuse::{BlobCache, MountOptions, mount};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
@@ -29,10 +26,6 @@ fn stat_all(paths: &[PathBuf]) -> Res<Duration> {
         std::fs::symlink_metadata(p)?;
     }
     Ok(t.elapsed())
-}
-
-fn pct(v: &mut [Duration], q: f64) -> Duration {
-    percentile(v, q)
 }
 
 fn main() -> Res<()> {
@@ -105,7 +98,7 @@ fn main() -> Res<()> {
         assert_eq!(n, inputs.len());
         m.unmount()?;
     }
-    let mt = pct(&mut mount_times, 0.5);
+    let mt = percentile(&mut mount_times, 0.5);
     rows.push((
         format!("mount + list root ({} inputs)", inputs.len()),
         "—".into(),
@@ -173,14 +166,9 @@ fn main() -> Res<()> {
 
     // Cold first byte from a remote store 1 ms away.
     let served = Served::start(&cli_binary()?, &tmp.path().join("served"))?;
-    let (sb, sd) = (
-        rt.block_on(open_blob_service(&served.url()))?,
-        rt.block_on(open_directory_service(&served.url()))?,
-    );
-    rt.block_on(upload(&root, (&blobs, &*dirs), (&sb, &*sd)))?;
+    rt.block_on(served.upload([&root], (&blobs, &*dirs)))?;
     let (url, _proxy) = route(&served, Duration::from_millis(1))?;
-    let rb = rt.block_on(open_blob_service(&url))?;
-    let rd = rt.block_on(open_directory_service(&url))?;
+    let (rb, rd) = rt.block_on(stores_at(&url))?;
     let cache_dir = tmp.path().join("cache");
     let cache = Arc::new(BlobCache::open(&cache_dir, 8 << 30)?);
     let m = mount(
@@ -194,7 +182,7 @@ fn main() -> Res<()> {
         },
     )?;
     // Directories looked up first: this measures the blob, not the walk.
-    let sample: Vec<&PathBuf> = fuse_files
+    let sample: Vec<PathBuf> = fuse_files
         .iter()
         .step_by((fuse_files.len() / 200).max(1))
         .filter(|p| {
@@ -203,16 +191,10 @@ fn main() -> Res<()> {
                     .map(|m| m.len() > 0 && m.len() < 1 << 20)
                     .unwrap_or(false)
         })
+        .cloned()
         .collect();
-    let mut firsts = Vec::new();
-    let mut one = [0u8; 1];
-    for p in &sample {
-        let t = Instant::now();
-        let mut f = std::fs::File::open(p)?;
-        f.read_exact(&mut one)?;
-        firsts.push(t.elapsed());
-    }
-    let (p50, p99) = (pct(&mut firsts, 0.5), pct(&mut firsts, 0.99));
+    let mut firsts = first_byte_each(&sample)?;
+    let (p50, p99) = (percentile(&mut firsts, 0.5), percentile(&mut firsts, 0.99));
     rows.push((
         format!(
             "cold first byte, remote store at 1 ms ({} files)",

@@ -10,13 +10,14 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use tvix_oci_benches::{TreeShape, bench_tempdir, make_tree, sync_and_drop_caches};
+use tvix_oci_benches::{
+    TreeShape, bench_tempdir, busybox_sh_request, make_tree, sync_and_drop_caches,
+};
 use tvix_oci_castore::export::export_node;
 use tvix_oci_castore::import::{ImportOptions, import_path};
 use tvix_oci_executor::runc::{LogSink, LogStream};
 use tvix_oci_executor::{Executor, ExecutorConfig};
-use tvix_oci_spec::proto::{self, build_request as br};
-use tvix_oci_spec::{BuildRequest, BundleLayout, SpecOptions};
+use tvix_oci_spec::{BundleLayout, SpecOptions};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -84,27 +85,8 @@ fn main() -> Res<()> {
         "echo go; i=0; while [ $i -lt {paths} ]; do cat /nix/store/pkg-$(printf %04d $i)/lib/*/file-* > /dev/null; i=$((i+{step})); done; \
          head -c {quarter} /nix/store/{big_rel} > /dev/null; echo done"
     );
-    let req = BuildRequest::try_from(proto::BuildRequest {
-        inputs: inputs.iter().map(|(n, node)| node.to_proto(n)).collect(),
-        command_args: vec![
-            "/nix/store/busybox/bin/busybox".into(),
-            "sh".into(),
-            "-c".into(),
-            script,
-        ],
-        working_dir: "build".into(),
-        scratch_paths: vec!["build".into()],
-        inputs_dir: "nix/store".into(),
-        environment_vars: vec![br::EnvVar {
-            key: "PATH".into(),
-            value: "/nix/store/busybox/bin".into(),
-        }],
-        constraints: Some(br::BuildConstraints {
-            system: tvix_oci_executor::host::host_system(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    })?;
+    let nodes = inputs.iter().map(|(n, node)| node.to_proto(n)).collect();
+    let req = busybox_sh_request(nodes, script, &[("PATH", "/nix/store/busybox/bin")], &[])?;
     let read = (paths / step) as u64 * 20 * shape.small_avg + quarter;
 
     // Lazy: the executor, inputs through FUSE.

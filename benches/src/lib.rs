@@ -121,6 +121,45 @@ pub fn mib_per_s(bytes: u64, d: Duration) -> f64 {
     bytes as f64 / (1024.0 * 1024.0) / d.as_secs_f64()
 }
 
+/// A Nix-like build request: `script` run by the `sh` of the input named
+/// `busybox`, in `/build` (the scratch dir), inputs at `/nix/store`, for
+/// this host's system; with `env` and `outputs`.
+pub fn busybox_sh_request(
+    inputs: Vec<tvix_oci_castore::proto::Node>,
+    script: String,
+    env: &[(&str, &str)],
+    outputs: &[&str],
+) -> Result<tvix_oci_spec::BuildRequest, Box<dyn std::error::Error>> {
+    use tvix_oci_spec::proto::{self, build_request as br};
+    Ok(tvix_oci_spec::BuildRequest::try_from(
+        proto::BuildRequest {
+            inputs,
+            command_args: vec![
+                "/nix/store/busybox/bin/busybox".into(),
+                "sh".into(),
+                "-c".into(),
+                script,
+            ],
+            working_dir: "build".into(),
+            scratch_paths: vec!["build".into()],
+            inputs_dir: "nix/store".into(),
+            outputs: outputs.iter().map(|o| (*o).into()).collect(),
+            environment_vars: env
+                .iter()
+                .map(|(k, v)| br::EnvVar {
+                    key: (*k).into(),
+                    value: v.as_bytes().to_vec().into(),
+                })
+                .collect(),
+            constraints: Some(br::BuildConstraints {
+                system: tvix_oci_executor::host::host_system(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    )?)
+}
+
 pub mod copy;
 pub mod measure;
 pub mod remote;

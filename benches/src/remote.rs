@@ -15,6 +15,12 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use tvix_oci_castore::blobservice::BlobService;
+use tvix_oci_castore::directoryservice::DirectoryService;
+use tvix_oci_castore::{Node, StoreError, open_blob_service, open_directory_service};
+
+use crate::copy;
+
 /// The `tvix-oci-build` binary of this build profile: `$TVIX_OCI_BUILD`
 /// if set, else built now with the cargo that runs this benchmark (a
 /// no-op when it is up to date), next to this program's own directory.
@@ -49,7 +55,8 @@ pub fn cli_binary() -> io::Result<PathBuf> {
         .status()?;
     if !status.success() {
         return Err(io::Error::other(format!(
-            "building tvix-oci-build ({profile}) failed: {status}"
+            "building tvix-oci-build ({profile}) failed: {status}; \
+             or set TVIX_OCI_BUILD to a built binary"
         )));
     }
     Ok(profile_dir.join("tvix-oci-build"))
@@ -110,7 +117,8 @@ impl Served {
                 let _ = child.kill();
                 let _ = child.wait();
                 Err(io::Error::other(format!(
-                    "serve did not say where it listens: {line:?}"
+                    "{} serve did not say where it listens (its first line: {line:?})",
+                    bin.display()
                 )))
             }
         }
@@ -125,6 +133,30 @@ impl Served {
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
+
+    /// Copies `nodes`, and everything below them, from the stores `from`
+    /// into the served one.
+    pub async fn upload<'n>(
+        &self,
+        nodes: impl IntoIterator<Item = &'n Node>,
+        from: (&Arc<dyn BlobService>, &dyn DirectoryService),
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let (blobs, dirs) = stores_at(&self.url()).await?;
+        for node in nodes {
+            copy::upload(node, from, (&blobs, &*dirs)).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The blob and directory stores behind one gRPC URL.
+pub async fn stores_at(
+    url: &str,
+) -> Result<(Arc<dyn BlobService>, Arc<dyn DirectoryService>), StoreError> {
+    Ok((
+        open_blob_service(url).await?,
+        open_directory_service(url).await?,
+    ))
 }
 
 impl Drop for Served {

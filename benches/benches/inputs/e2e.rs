@@ -11,17 +11,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tvix_oci_benches::copy::upload;
-use tvix_oci_benches::remote::{Served, route};
-use tvix_oci_benches::sync_and_drop_caches;
+use tvix_oci_benches::remote::{Served, route, stores_at};
+use tvix_oci_benches::{busybox_sh_request, sync_and_drop_caches};
 use tvix_oci_castore::blobservice::BlobService;
 use tvix_oci_castore::directoryservice::DirectoryService;
 use tvix_oci_castore::export::export_node;
 use tvix_oci_castore::import::{ImportOptions, import_path};
-use tvix_oci_castore::{open_blob_service, open_directory_service};
 use tvix_oci_executor::runc::NoLogs;
-use tvix_oci_executor::{Executor, ExecutorConfig};
-use tvix_oci_spec::proto::{self, build_request as br};
+use tvix_oci_executor::{Accounting, Executor, ExecutorConfig};
 use tvix_oci_spec::{BuildRequest, BundleLayout, SpecOptions};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
@@ -143,35 +140,6 @@ impl E2e {
     }
 }
 
-fn request(
-    inputs: Vec<proto::build_request::EnvVar>,
-    nodes: Vec<tvix_oci_castore::proto::Node>,
-) -> Res<BuildRequest> {
-    let compile = COMPILE
-        .replace("{src}", "/nix/store/zstd")
-        .replace("{out}", "/build");
-    let script = format!("/nix/store/zig/zig {compile}");
-    Ok(BuildRequest::try_from(proto::BuildRequest {
-        inputs: nodes,
-        command_args: vec![
-            "/nix/store/busybox/bin/busybox".into(),
-            "sh".into(),
-            "-c".into(),
-            script,
-        ],
-        working_dir: "build".into(),
-        scratch_paths: vec!["build".into()],
-        inputs_dir: "nix/store".into(),
-        outputs: vec!["build/zstd.o".into()],
-        environment_vars: inputs,
-        constraints: Some(br::BuildConstraints {
-            system: tvix_oci_executor::host::host_system(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    })?)
-}
-
 /// Runs the compile the three ways.
 pub fn compile(
     rt: &tokio::runtime::Runtime,
@@ -192,30 +160,21 @@ pub fn compile(
     ))?;
     let mut named = vec![("busybox", bb), ("zig", zig), ("zstd", zstd)];
     named.sort_by(|a, b| a.0.cmp(b.0));
-    let (rb, rd) = (
-        rt.block_on(open_blob_service(&served.url()))?,
-        rt.block_on(open_directory_service(&served.url()))?,
-    );
-    for (_, node) in &named {
-        rt.block_on(upload(node, (blobs, &**dirs), (&rb, &*rd)))?;
-    }
+    rt.block_on(served.upload(named.iter().map(|(_, node)| node), (blobs, &**dirs)))?;
     let nodes = named
         .iter()
         .map(|(n, node)| Ok(node.to_proto(&(*n).try_into()?)))
         .collect::<Res<Vec<_>>>()?;
+    let compile = COMPILE
+        .replace("{src}", "/nix/store/zstd")
+        .replace("{out}", "/build");
     let env = [
-        "HOME=/build",
-        "ZIG_GLOBAL_CACHE_DIR=/build/gc",
-        "ZIG_LOCAL_CACHE_DIR=/build/lc",
-    ]
-    .iter()
-    .filter_map(|kv| kv.split_once('='))
-    .map(|(k, v)| br::EnvVar {
-        key: k.into(),
-        value: v.to_owned().into(),
-    })
-    .collect();
-    let req = request(env, nodes)?;
+        ("HOME", "/build"),
+        ("ZIG_GLOBAL_CACHE_DIR", "/build/gc"),
+        ("ZIG_LOCAL_CACHE_DIR", "/build/lc"),
+    ];
+    let script = format!("/nix/store/zig/zig {compile}");
+    let req = busybox_sh_request(nodes, script, &env, &["build/zstd.o"])?;
     let config = ExecutorConfig {
         bundle_root: tmp.join("bundles"),
         ..ExecutorConfig::default()
@@ -267,34 +226,22 @@ fn round(
     dirs: &Arc<dyn DirectoryService>,
     served: &Served,
 ) -> Res<E2e> {
-    // Lazy, from the local store.
-    sync_and_drop_caches();
-    let exec = Executor::new(config.clone(), blobs.clone(), dirs.clone());
-    let t = Instant::now();
-    let res = rt.block_on(exec.build(req, &NoLogs))?;
-    let lazy_local = t.elapsed();
-    let lazy_local_first = res.accounting.to_first_instruction;
-    println!(
-        "  zig cc, lazy (local store): {:.1} s",
-        lazy_local.as_secs_f64()
-    );
-
-    // Lazy, from `serve` 1 ms away: whole blobs are fetched into the
-    // cache when opened, so the bytes fetched are those of the files the
-    // compile opened.
-    sync_and_drop_caches();
+    let lazy = |label: &str, blobs, dirs| -> Res<(Duration, Accounting)> {
+        sync_and_drop_caches();
+        let exec = Executor::new(config.clone(), blobs, dirs);
+        let t = Instant::now();
+        let res = rt.block_on(exec.build(req, &NoLogs))?;
+        let wall = t.elapsed();
+        println!("  zig cc, lazy ({label}): {:.1} s", wall.as_secs_f64());
+        Ok((wall, res.accounting))
+    };
+    let (lazy_local, local) = lazy("local store", blobs.clone(), dirs.clone())?;
+    // From `serve` 1 ms away: whole blobs are fetched into the cache when
+    // opened, so the bytes fetched are those of the files the compile
+    // opened.
     let (url, _proxy) = route(served, Duration::from_millis(1))?;
-    let rb = rt.block_on(open_blob_service(&url))?;
-    let rd = rt.block_on(open_directory_service(&url))?;
-    let exec = Executor::new(config.clone(), rb, rd);
-    let t = Instant::now();
-    let res = rt.block_on(exec.build(req, &NoLogs))?;
-    let lazy_remote = t.elapsed();
-    let remote_bytes_fetched = res.accounting.input_bytes_fetched;
-    println!(
-        "  zig cc, lazy (gRPC, 1 ms): {:.1} s",
-        lazy_remote.as_secs_f64()
-    );
+    let (rb, rd) = rt.block_on(stores_at(&url))?;
+    let (lazy_remote, remote) = lazy("gRPC, 1 ms", rb, rd)?;
 
     // Eager: export the inputs, then run the same bundle.
     sync_and_drop_caches();
@@ -348,9 +295,9 @@ fn round(
     std::fs::remove_dir_all(&host_dir)?;
     Ok(E2e {
         lazy_local,
-        lazy_local_first,
+        lazy_local_first: local.to_first_instruction,
         lazy_remote,
-        remote_bytes_fetched,
+        remote_bytes_fetched: remote.input_bytes_fetched,
         toolchain_bytes: 0,
         eager_export,
         eager_total,

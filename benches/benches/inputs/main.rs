@@ -30,17 +30,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tvix_oci_benches::copy::upload;
 use tvix_oci_benches::measure::{
     files_below, first_byte_each, percentile, read_all, read_tree, stat_each,
 };
-use tvix_oci_benches::remote::{Served, cli_binary, route};
+use tvix_oci_benches::remote::{Served, cli_binary, route, stores_at};
 use tvix_oci_benches::{TreeShape, bench_tempdir, make_tree, mib_per_s, sync_and_drop_caches};
 use tvix_oci_castore::blobservice::BlobService;
 use tvix_oci_castore::directoryservice::DirectoryService;
 use tvix_oci_castore::export::export_node;
 use tvix_oci_castore::import::{ImportOptions, import_path};
-use tvix_oci_castore::{Node, PathComponent, open_blob_service, open_directory_service};
+use tvix_oci_castore::{Node, PathComponent};
 use tvix_oci_fuse::{BlobCache, MountOptions, mount};
 
 mod e2e;
@@ -124,15 +123,10 @@ fn main() -> Res<()> {
     }
     // The remote store: `serve` on a store of its own, holding the trees.
     let served = Served::start(&cli_binary()?, &tmp.path().join("served"))?;
-    let (rb, rd) = (
-        rt.block_on(open_blob_service(&served.url()))?,
-        rt.block_on(open_directory_service(&served.url()))?,
-    );
     for tree in &trees {
         let t = Instant::now();
-        for (_, node) in &tree.inputs {
-            rt.block_on(upload(node, (&blobs, &*dirs), (&rb, &*rd)))?;
-        }
+        let nodes = tree.inputs.iter().map(|(_, node)| node);
+        rt.block_on(served.upload(nodes, (&blobs, &*dirs)))?;
         println!(
             "{}: uploaded to serve in {:.1} s",
             tree.name,
@@ -323,11 +317,8 @@ fn fuse_rows(
         Placement::Local => (blobs.clone(), dirs.clone(), None),
         Placement::Remote(ms) => {
             let (url, proxy) = route(served, Duration::from_millis(ms))?;
-            (
-                rt.block_on(open_blob_service(&url))?,
-                rt.block_on(open_directory_service(&url))?,
-                proxy,
-            )
+            let (b, d) = rt.block_on(stores_at(&url))?;
+            (b, d, proxy)
         }
     };
     let cache_dir = tmp.join("cache");

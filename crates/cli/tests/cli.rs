@@ -3,18 +3,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-use common::{assert_nothing_left, bin, busybox_tree, can_build, import_digest};
+use common::{assert_nothing_left, bin, busybox_tree, can_build, import_digest, run_with_busybox};
 
 use std::path::Path;
 use std::process::Output;
 
 fn flags_run(tmp: &Path, extra: &[&str], script: &str) -> Output {
     let bb = busybox_tree(tmp);
-    let mut c = bin(&tmp.join("data"));
-    c.arg("run")
-        .arg("--input")
-        .arg(format!("busybox={}", bb.display()))
-        .args(["--output", "build/hello", "--needle", "busybox"])
+    let mut c = run_with_busybox(&tmp.join("data"), &bb);
+    c.args(["--output", "build/hello", "--needle", "busybox"])
         .args(extra)
         .args(["--", "/nix/store/busybox/bin/busybox", "sh", "-c", script]);
     c.output().unwrap()
@@ -159,12 +156,9 @@ fn sigterm_mid_build_leaves_nothing_behind() {
     let tmp = tempfile::tempdir().unwrap();
     let bb = busybox_tree(tmp.path());
     let bundles = tmp.path().join("bundles");
-    let mut child = bin(&tmp.path().join("data"))
-        .arg("run")
+    let mut child = run_with_busybox(&tmp.path().join("data"), &bb)
         .arg("--bundle-root")
         .arg(&bundles)
-        .arg("--input")
-        .arg(format!("busybox={}", bb.display()))
         .args([
             "--output",
             "build/x",
@@ -306,10 +300,7 @@ fn two_builds(tmp: &Path, jobs: &str) -> (Vec<String>, serde_json::Value) {
     let mut files = Vec::new();
     for i in 1..=2 {
         let script = format!("/nix/store/busybox/bin/busybox sleep 1; echo {i} > /build/out");
-        let dry = bin(&tmp.join("data"))
-            .arg("run")
-            .arg("--input")
-            .arg(format!("busybox={}", bb.display()))
+        let dry = run_with_busybox(&tmp.join("data"), &bb)
             .args(["--output", "build/out", "--dry-run", "--"])
             .args(["/nix/store/busybox/bin/busybox", "sh", "-c", &script])
             .output()
@@ -392,12 +383,9 @@ fn host_and_store_errors_are_one_sentence_with_their_code() {
     // 3: a runtime that does not exist, named.
     let bb = busybox_tree(tmp.path());
     let with_runtime = |runtime: &Path| {
-        bin(&data)
-            .arg("run")
+        run_with_busybox(&data, &bb)
             .arg("--runtime")
             .arg(runtime)
-            .arg("--input")
-            .arg(format!("busybox={}", bb.display()))
             .args([
                 "--output",
                 "build/x",

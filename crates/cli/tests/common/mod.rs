@@ -33,6 +33,16 @@ pub fn busybox_tree(tmp: &Path) -> std::path::PathBuf {
     t
 }
 
+/// `run` with the store under `data` and `bb` (see [`busybox_tree`]) as
+/// the input `busybox`; the caller adds the rest.
+pub fn run_with_busybox(data: &Path, bb: &Path) -> Command {
+    let mut c = bin(data);
+    c.arg("run")
+        .arg("--input")
+        .arg(format!("busybox={}", bb.display()));
+    c
+}
+
 /// Fails when anything of a build is left under `bundles`: a bundle
 /// directory, a mount, or a runc container.
 pub fn assert_nothing_left(bundles: &Path) {
