@@ -10,14 +10,13 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use tvix_oci_benches::eager::{Eager, export_then_run};
 use tvix_oci_benches::{
     TreeShape, bench_tempdir, busybox_sh_request, make_tree, sync_and_drop_caches,
 };
-use tvix_oci_castore::export::export_node;
 use tvix_oci_castore::import::{ImportOptions, import_path};
 use tvix_oci_executor::runc::{LogSink, LogStream};
 use tvix_oci_executor::{Executor, ExecutorConfig};
-use tvix_oci_spec::{BundleLayout, SpecOptions};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -113,33 +112,11 @@ fn main() -> Res<()> {
     // Eager: export every input to disk, then run the same build on them.
     sync_and_drop_caches();
     let bundle = tmp.path().join("eager");
-    let layout = BundleLayout::new(&bundle);
-    let opts = SpecOptions::default();
-    let t = Instant::now();
-    layout.write_skeleton(&req, &opts)?;
-    let inputs_dir = layout.inputs();
-    rt.block_on(async {
-        let blobs = blobs.clone();
-        for (name, node) in &inputs {
-            let dest = inputs_dir.join(name.to_string());
-            export_node(blobs.clone(), &*dirs, node, &dest).await?;
-        }
-        Ok::<_, Box<dyn std::error::Error>>(())
-    })?;
-    let export = t.elapsed();
-    let runc = tvix_oci_executor::host::find_runtime(Path::new("runc"))?;
-    let t2 = Instant::now();
-    let st = std::process::Command::new(&runc)
-        .args(["run", "--bundle"])
-        .arg(&bundle)
-        .arg(format!("bench-eager-{}", std::process::id()))
-        .stdout(std::process::Stdio::null())
-        .status()?;
-    if !st.success() {
-        return Err(format!("eager runc run failed: {st}").into());
-    }
-    let eager_run = t2.elapsed();
-    let eager = t.elapsed();
+    let Eager {
+        export,
+        run: eager_run,
+        total: eager,
+    } = export_then_run(&rt, &bundle, &req, &inputs, &blobs, &*dirs)?;
     std::fs::remove_dir_all(&bundle)?;
 
     let ms = |d: Duration| d.as_secs_f64() * 1e3;

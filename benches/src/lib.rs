@@ -161,6 +161,7 @@ pub fn busybox_sh_request(
 }
 
 pub mod copy;
+pub mod eager;
 pub mod measure;
 pub mod remote;
 

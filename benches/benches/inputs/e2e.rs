@@ -11,15 +11,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use tvix_oci_benches::eager::export_then_run;
 use tvix_oci_benches::remote::{Served, route, stores_at};
 use tvix_oci_benches::{busybox_sh_request, sync_and_drop_caches};
 use tvix_oci_castore::blobservice::BlobService;
 use tvix_oci_castore::directoryservice::DirectoryService;
-use tvix_oci_castore::export::export_node;
 use tvix_oci_castore::import::{ImportOptions, import_path};
 use tvix_oci_executor::runc::NoLogs;
 use tvix_oci_executor::{Accounting, Executor, ExecutorConfig};
-use tvix_oci_spec::{BuildRequest, BundleLayout, SpecOptions};
+use tvix_oci_spec::{BuildRequest, BundleLayout};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -246,30 +246,11 @@ fn round(
     // Eager: export the inputs, then run the same bundle.
     sync_and_drop_caches();
     let bundle = tmp.join("eager");
+    let eager = export_then_run(rt, &bundle, req, named, blobs, &**dirs)?;
     let layout = BundleLayout::new(&bundle);
-    let t = Instant::now();
-    layout.write_skeleton(req, &SpecOptions::default())?;
-    rt.block_on(async {
-        for (name, node) in named {
-            export_node(blobs.clone(), &**dirs, node, &layout.inputs().join(name)).await?;
-        }
-        Ok::<_, Box<dyn std::error::Error>>(())
-    })?;
-    let eager_export = t.elapsed();
-    let runc = tvix_oci_executor::host::find_runtime(Path::new("runc"))?;
-    let st = std::process::Command::new(&runc)
-        .args(["run", "--bundle"])
-        .arg(&bundle)
-        .arg(format!("bench-zig-{}", std::process::id()))
-        .stdout(std::process::Stdio::null())
-        .status()?;
-    let eager_total = t.elapsed();
-    if !st.success() {
-        return Err(format!("the eager compile failed: {st}").into());
-    }
     println!(
         "  zig cc, export then build: {:.1} s",
-        eager_total.as_secs_f64()
+        eager.total.as_secs_f64()
     );
 
     // The host: the same compile on the exported toolchain, no container.
@@ -299,8 +280,8 @@ fn round(
         lazy_remote,
         remote_bytes_fetched: remote.input_bytes_fetched,
         toolchain_bytes: 0,
-        eager_export,
-        eager_total,
+        eager_export: eager.export,
+        eager_total: eager.total,
         host,
         reps: 1,
     })
