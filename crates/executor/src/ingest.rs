@@ -220,8 +220,6 @@ impl Walk<'_> {
         }
         let st =
             fstatat(dirfd.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW).map_err(self.io(rel))?;
-        self.scanner.update(name.as_bytes());
-        self.scan_done(rel);
         let fmt = st.st_mode & SFlag::S_IFMT.bits();
         if fmt == SFlag::S_IFLNK.bits() {
             let target = readlinkat(dirfd.as_fd(), name).map_err(self.io(rel))?;
@@ -357,6 +355,10 @@ impl Walk<'_> {
         for name in names {
             let child_rel = rel.join(&name);
             self.nar.entry_start(name.as_bytes());
+            // An entry's name is in the NAR, so scanned (the output's own
+            // name is not: Nix never sees it).
+            self.scanner.update(name.as_bytes());
+            self.scan_done(&child_rel);
             let node = self.entry(&fd, &name, &child_rel)?;
             self.nar.entry_end();
             let pc =
@@ -455,7 +457,8 @@ pub async fn ingest_output(
             bytes: 0,
             entries: 0,
         };
-        // Names are scanned relative to the output: its own name too.
+        // Found-in paths are relative to the output; its own name is not
+        // part of its NAR, so not scanned (only the names of entries below).
         let node = walk.entry(&parent_fd, &name, Path::new(""))?;
         let (nar_sha256, nar_size) = walk.nar.finish();
         let used = (walk.bytes, walk.entries);

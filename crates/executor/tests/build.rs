@@ -50,8 +50,10 @@ async fn outputs_and_needles() {
         String::from_utf8_lossy(&tool),
         format!("I need /nix/store/{DATA} and am /nix/store/{OUT}\n")
     );
-    // Needles: OUT (its own name) and DATA in the tool, BB in the symlink.
+    // Needles: OUT (the tool names $out) and DATA in the tool, BB in the
+    // symlink; the output's own name (OUT too) is not part of its NAR.
     assert_eq!(res.build.outputs_needles, vec![vec![], vec![0, 1, 2]]);
+    assert_eq!(res.outputs[1].needle_paths[&0], PathBuf::from("bin/tool"));
     assert_eq!(res.outputs[1].needle_paths[&1], PathBuf::from("bin/sh"));
     assert!(res.outputs[1].nar_size > 0);
     // The phases in order, and the accounting consistent with them.
