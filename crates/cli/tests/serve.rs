@@ -15,6 +15,7 @@ use common::{assert_nothing_left, bin, busybox_tree, can_build};
 use tvix_oci_castore::blobservice::BlobService;
 use tvix_oci_castore::directoryservice::DirectoryService;
 use tvix_oci_castore::import::{ImportOptions, import_path};
+use tvix_oci_castore::proto::{self as castore_proto, node as proto_node};
 use tvix_oci_castore::{B3Digest, Node, open_blob_service, open_directory_service};
 use tvix_oci_spec::proto::{self, build_request as br, build_service_client::BuildServiceClient};
 
@@ -160,22 +161,56 @@ async fn do_build_over_grpc_and_read_the_outputs_back() {
     assert_eq!(bytes, b"made with /nix/store/busybox\n");
 
     // snix clients call snix.build.v1 and get snix's BuildResponse: the
-    // same outputs, each with its needles.
+    // same outputs as anonymous entries (snix refuses named ones), each
+    // with its needles.
     let http = server.url.replace("grpc+http://", "http://");
     let mut snix = proto::snix::build_service_client::BuildServiceClient::connect(http)
         .await
         .unwrap();
     let resp = snix.do_build(req.clone()).await.unwrap().into_inner();
-    assert_eq!(resp.outputs.len(), 2);
-    assert_eq!(
-        resp.outputs[0].output.as_ref(),
-        Some(&hello.to_proto(&build.outputs[0].0))
-    );
-    assert_eq!(
-        resp.outputs[1].output.as_ref(),
-        Some(&out.to_proto(&build.outputs[1].0))
-    );
+    let anonymous = |n: &Node| {
+        n.to_proto(&"x".try_into().unwrap()).node.map(|n| match n {
+            proto_node::Node::Directory(d) => {
+                proto_node::Node::Directory(castore_proto::DirectoryNode {
+                    name: Default::default(),
+                    ..d
+                })
+            }
+            proto_node::Node::File(f) => proto_node::Node::File(castore_proto::FileNode {
+                name: Default::default(),
+                ..f
+            }),
+            proto_node::Node::Symlink(l) => proto_node::Node::Symlink(castore_proto::SymlinkNode {
+                name: Default::default(),
+                ..l
+            }),
+        })
+    };
+    let got: Vec<_> = resp
+        .outputs
+        .iter()
+        .map(|o| o.output.clone().and_then(|n| n.node))
+        .collect();
+    assert_eq!(got, vec![anonymous(hello), anonymous(out)]);
+    assert_eq!(resp.outputs[0].needles, Vec::<u64>::new());
     assert_eq!(resp.outputs[1].needles, vec![0]);
+
+    // snix sends outputs in output-name order, not sorted: snix.build.v1
+    // answers in that order; tvix.build.v1 still requires them sorted.
+    let mut unsorted = req.clone();
+    unsorted.outputs.reverse();
+    let resp = snix.do_build(unsorted.clone()).await.unwrap().into_inner();
+    let got: Vec<_> = resp
+        .outputs
+        .iter()
+        .map(|o| o.output.clone().and_then(|n| n.node))
+        .collect();
+    assert_eq!(got, vec![anonymous(out), anonymous(hello)]);
+    let needles: Vec<_> = resp.outputs.iter().map(|o| o.needles.clone()).collect();
+    assert_eq!(needles, vec![vec![0], vec![]]);
+    let err = client.do_build(unsorted).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("is not sorted"), "{}", err.message());
 
     // An invalid request: INVALID_ARGUMENT naming the field.
     let mut bad = req.clone();

@@ -5,6 +5,12 @@
 //! from the same castore (serve both with
 //! `tvix_oci_castore::grpc::castore_routes`).
 //!
+//! The two answer as their clients read them: tvix.build.v1 requires sorted
+//! outputs and names each output node by the output path's last component
+//! (tvix finds its outputs by name); snix.build.v1 accepts the outputs in
+//! any order (snix sends them in output-name order) and answers in the
+//! request's order with anonymous entries (snix refuses a named one).
+//!
 //! Status codes: `INVALID_ARGUMENT` for a request that fails validation
 //! (every problem listed), `ABORTED` for a build that ran and failed (exit
 //! code, signal, timeout, a missing or forbidden output: retrying gives the
@@ -83,9 +89,48 @@ impl proto::snix::build_service_server::BuildService for GrpcBuildServer {
         &self,
         request: Request<proto::BuildRequest>,
     ) -> Result<Response<proto::snix::BuildResponse>, Status> {
-        let build = self.do_build(request.into_inner()).await?;
-        Ok(Response::new(build.into()))
+        let (req, order) = sorted_outputs(request.into_inner());
+        let build = self
+            .do_build(req)
+            .await
+            .map_err(|s| note_sorted(s, &order))?;
+        Ok(Response::new(proto::snix::BuildResponse::from_build(
+            build, &order,
+        )))
     }
+}
+
+/// snix's client sends `outputs` in the order of the derivation's output
+/// names (`dev` before `out`), not sorted as tvix.build.v1 requires, and
+/// pairs the answer with them by position. So a snix request is checked
+/// and built with its outputs sorted; `order[j]` is where sorted output
+/// `j` stood in the request, to answer in the request's order. Everything
+/// else, the needles included, is left as sent.
+fn sorted_outputs(mut req: proto::BuildRequest) -> (proto::BuildRequest, Vec<usize>) {
+    let mut order: Vec<usize> = (0..req.outputs.len()).collect();
+    // Stable: duplicates stay next to each other, for validation to refuse.
+    order.sort_by(|&a, &b| req.outputs[a].cmp(&req.outputs[b]));
+    if order.iter().enumerate().any(|(j, &i)| i != j) {
+        let mut given: Vec<Option<String>> = req.outputs.drain(..).map(Some).collect();
+        req.outputs = order
+            .iter()
+            .map(|&i| given.get_mut(i).and_then(Option::take).unwrap_or_default())
+            .collect();
+    }
+    (req, order)
+}
+
+/// Says, on a refused request whose outputs were reordered, that the
+/// indices of outputs it names count in sorted order.
+fn note_sorted(s: Status, order: &[usize]) -> Status {
+    let moved = order.iter().enumerate().any(|(j, &i)| i != j);
+    if s.code() != tonic::Code::InvalidArgument || !moved {
+        return s;
+    }
+    Status::invalid_argument(format!(
+        "{} (snix.build.v1 checks the outputs sorted: an outputs[N] above counts in sorted order)",
+        s.message()
+    ))
 }
 
 /// The gRPC status a failed build answers with.
@@ -144,5 +189,67 @@ impl Drop for TracingLogs {
                 self.emit(stream, buf);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outputs(r: &proto::BuildRequest) -> Vec<&str> {
+        r.outputs.iter().map(String::as_str).collect()
+    }
+
+    #[test]
+    fn snix_outputs_are_sorted_with_their_places_kept() {
+        let req = proto::BuildRequest {
+            outputs: ["nix/store/x-dev", "nix/store/j-out", "build/log"]
+                .map(String::from)
+                .into(),
+            refscan_needles: vec!["x".into(), "j".into()],
+            ..Default::default()
+        };
+        let (sorted, order) = sorted_outputs(req.clone());
+        assert_eq!(
+            outputs(&sorted),
+            ["build/log", "nix/store/j-out", "nix/store/x-dev"]
+        );
+        assert_eq!(order, [2, 1, 0]);
+        assert_eq!(sorted.refscan_needles, req.refscan_needles);
+
+        // Sorted already: untouched, the identity.
+        let (same, order) = sorted_outputs(sorted.clone());
+        assert_eq!(same, sorted);
+        assert_eq!(order, [0, 1, 2]);
+    }
+
+    #[test]
+    fn unsorted_duplicates_are_still_refused_and_the_note_says_why_indices_moved() {
+        let req = proto::BuildRequest {
+            outputs: ["nix/store/b", "nix/store/a", "nix/store/b"]
+                .map(String::from)
+                .into(),
+            ..Default::default()
+        };
+        let (sorted, order) = sorted_outputs(req);
+        let problems = BuildRequest::try_from(sorted).unwrap_err();
+        assert!(
+            problems
+                .0
+                .iter()
+                .any(|p| p.field == "outputs[2]" && p.problem == "is a duplicate"),
+            "{problems}"
+        );
+        let s = note_sorted(Status::invalid_argument(problems.to_string()), &order);
+        assert!(
+            s.message().contains("counts in sorted order"),
+            "{}",
+            s.message()
+        );
+        // Nothing to say when nothing moved, or for another failure.
+        let s = note_sorted(Status::invalid_argument("x"), &[0, 1]);
+        assert_eq!(s.message(), "x");
+        let s = note_sorted(Status::aborted("x"), &order);
+        assert_eq!(s.message(), "x");
     }
 }
