@@ -220,6 +220,25 @@ async fn a_symlink_on_the_way_to_an_output_is_refused() {
         err.to_string(),
         "output build/a/b/c/out: build/a/b is a symlink; outputs are read without following symlinks"
     );
+    // A file on the way: the build's fault too (was the host's, ENOTDIR).
+    std::fs::write(tmp.path().join("scratch/file"), b"").unwrap();
+    let (blobs, dirs) = stores();
+    let err = ingest_output(
+        &tmp.path().join("scratch"),
+        "file/out",
+        "build/file/out",
+        blobs,
+        &*dirs,
+        Arc::new(Needles::new::<&str>(&[])),
+        IngestLimits::default(),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.is_build_failure(), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "output build/file/out at file: is not a directory, so the output cannot be below it"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
