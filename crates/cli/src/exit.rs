@@ -3,6 +3,7 @@
 //! `anyhow`; any other error is 3.
 
 use std::fmt;
+use std::path::Path;
 
 /// An error with the exit code it should end the process with.
 #[derive(Debug)]
@@ -34,4 +35,15 @@ pub fn exit(code: u8, msg: impl fmt::Display) -> anyhow::Error {
 /// The code an error ends the process with.
 pub fn code_of(e: &anyhow::Error) -> u8 {
     e.downcast_ref::<Exit>().map_or(HOST, |x| x.code)
+}
+
+/// Fails with [`INVALID`], naming `path`, when a path the user gave does
+/// not exist (the request's fault, as `run --input` says, not the host's).
+pub fn must_exist(path: &Path) -> anyhow::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(exit(INVALID, format!("{} does not exist", path.display())))
+        }
+        _ => Ok(()),
+    }
 }

@@ -59,6 +59,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Import { paths } => {
             let progress = crate::progress::Progress::new();
             for p in paths {
+                crate::exit::must_exist(p)?;
                 let opts = ImportOptions {
                     observer: progress.import(p),
                     ..ImportOptions::default()

@@ -463,3 +463,60 @@ fn host_and_store_errors_are_one_sentence_with_their_code() {
     );
     assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
 }
+
+#[test]
+fn a_missing_builder_or_a_symlinked_output_is_the_builds_fault_and_a_missing_import_path_the_requests()
+ {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let stderr = |o: &Output| String::from_utf8_lossy(&o.stderr).into_owned();
+
+    // 2: a path to import that does not exist, named (as `run --input`).
+    let out = bin(&data)
+        .args(["import", "/nonexistent/tree"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("/nonexistent/tree does not exist"),
+        "{}",
+        stderr(&out)
+    );
+
+    if let Some(why) = can_build() {
+        println!("SKIPPED the build part: {why}");
+        return;
+    }
+    // 1: a builder that does not exist in the sandbox, named.
+    let bb = busybox_tree(tmp.path());
+    let out = run_with_busybox(&data, &bb)
+        .args(["--output", "build/x", "--", "/nix/store/busybox/bin/nope"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out)
+            .contains("the builder /nix/store/busybox/bin/nope does not exist in the sandbox"),
+        "{}",
+        stderr(&out)
+    );
+    // 1: a symlink on the way to an output.
+    let out = run_with_busybox(&data, &bb)
+        .args(["--output", "build/link/out", "--"])
+        .args([
+            "/nix/store/busybox/bin/busybox",
+            "sh",
+            "-c",
+            "mkdir -p /build/real/out; ln -s real /build/link",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(
+            "output build/link/out: build/link is a symlink; outputs are read without following symlinks"
+        ),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -23,6 +23,14 @@ pub enum BuildError {
     LogLimit { limit: u64 },
     #[error("build modified input {0}")]
     ModifiedInput(String),
+    /// The request's command could not be started in the container (runc
+    /// could not exec it): the build's fault, named.
+    #[error("the builder {command} {problem}")]
+    Builder {
+        command: String,
+        /// E.g. "does not exist in the sandbox".
+        problem: &'static str,
+    },
     #[error(transparent)]
     Output(#[from] IngestError),
     #[error("this host cannot run the build: {0}")]
@@ -50,7 +58,8 @@ impl BuildError {
             | BuildError::TimedOut { .. }
             | BuildError::Silent { .. }
             | BuildError::LogLimit { .. }
-            | BuildError::ModifiedInput(_) => true,
+            | BuildError::ModifiedInput(_)
+            | BuildError::Builder { .. } => true,
             BuildError::Output(e) => e.is_build_failure(),
             BuildError::Host(_) | BuildError::Infrastructure(_) => false,
         }

@@ -21,7 +21,7 @@ use tvix_oci_spec::{Build, BuildRequest, BundleLayout, SpecOptions};
 
 use crate::BuildError;
 use crate::cgroup::BuildCgroup;
-use crate::ingest::{IngestLimits, ingest_output};
+use crate::ingest::{Deadline, IngestLimits, OutputAt, ingest_outputs};
 use crate::overlay::Overlay;
 use crate::refscan::Needles;
 use crate::runc::{Container, LogSink, Phase, RunLimits};
@@ -40,6 +40,8 @@ pub struct ExecutorConfig {
     pub concurrency: usize,
     /// Keep each bundle after the build (for debugging).
     pub keep_bundle: bool,
+    /// How long the build may take, from its container starting to its
+    /// outputs stored: the run and the ingestion of its outputs together.
     pub timeout: Option<Duration>,
     pub max_silent_time: Option<Duration>,
     /// Bytes of log past which the build is killed.
@@ -310,7 +312,17 @@ impl Executor {
             inputs.abort();
         };
         let abort_guard = OnDrop(Some(&abort_inputs));
-        let ran = crate::runc::run(&container, layout.dir(), logs, limits, &abort_inputs).await;
+        let run_started = Instant::now();
+        let builder = req.command_args().first().map_or("", String::as_str);
+        let ran = crate::runc::run(
+            &container,
+            layout.dir(),
+            logs,
+            limits,
+            builder,
+            &abort_inputs,
+        )
+        .await;
         abort_guard.disarm();
         container.delete();
         let usage = cgroup.as_ref().map(BuildCgroup::usage).unwrap_or_default();
@@ -364,20 +376,21 @@ impl Executor {
         let mut outputs = Vec::new();
         let mut infos = Vec::new();
         let mut needle_lists = Vec::new();
-        let mut limits = self.config.ingest_limits;
+        let mut at = Vec::new();
         for out in req.outputs() {
             let (base, rel) = output_location(&layout, req, out)?;
-            let got = ingest_output(
-                &base,
-                &rel,
-                out.as_str(),
-                self.blobs.clone(),
-                &*self.dirs,
-                needles.clone(),
-                limits,
-            )
-            .await?;
-            limits = limits.less(got.bytes, got.entries);
+            let output = out.to_string();
+            at.push(OutputAt { base, rel, output });
+        }
+        // The build's timeout covers the ingestion of its outputs too.
+        let mut limits = self.config.ingest_limits;
+        limits.deadline = self.config.timeout.map(|timeout| Deadline {
+            at: run_started + timeout,
+            timeout,
+        });
+        let ingested =
+            ingest_outputs(&at, self.blobs.clone(), &*self.dirs, needles, limits).await?;
+        for (out, got) in req.outputs().iter().zip(ingested) {
             let name = PathComponent::try_from(out.file_name())
                 .map_err(|e| BuildError::infra(format!("output {out}: {e}")))?;
             outputs.push((name, got.node));

@@ -8,6 +8,9 @@
 //! outside the output is read. Each file's bytes are read once, and that
 //! read feeds the blob store, the NAR hash and the reference scanner.
 //! What is stored is canonical: only the executable bit survives.
+//! Before any byte is read, a census ([`crate::census`]) of all the build's
+//! outputs checks them against the [`IngestLimits`], so an output past a
+//! limit is refused at once, not after the rest was read and stored.
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
@@ -16,14 +19,17 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag, openat, openat2, readlinkat};
+use nix::fcntl::{AtFlags, OFlag, openat, readlinkat};
 use nix::sys::stat::{Mode, SFlag, fstat, fstatat};
 use tvix_oci_castore::blobservice::BlobService;
 use tvix_oci_castore::directoryservice::DirectoryService;
-use tvix_oci_castore::{B3Digest, Directory, Node, PathComponent, StoreError, SymlinkTarget};
+use tvix_oci_castore::{B3Digest, Directory, Node, PathComponent, SymlinkTarget};
 
+use crate::ingest_error::kind_of;
+pub use crate::ingest_error::{Cap, IngestError};
 use crate::nar::NarHasher;
 use crate::refscan::{Needles, Scanner};
 
@@ -38,8 +44,9 @@ pub const CHUNK: usize = 1 << 20;
 pub const PIECE: usize = 64 << 10;
 
 /// Caps on what a build's outputs may hold, so a build cannot exhaust the
-/// host or the store while its outputs are read. Checked as the walk goes:
-/// nothing past a cap is read.
+/// host or the store while its outputs are read. Checked first by a census
+/// of all outputs (sizes and names only, listing stops at the first entry
+/// past the cap), then again as the walk goes: nothing past a cap is read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IngestLimits {
     /// Bytes of file contents.
@@ -48,6 +55,16 @@ pub struct IngestLimits {
     pub max_entries: u64,
     /// Directory nesting below an output.
     pub max_depth: u32,
+    /// When ingestion must have ended (the build's timeout covers it).
+    pub deadline: Option<Deadline>,
+}
+
+/// An instant ingestion must end by, and the timeout that set it (named
+/// in errors).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Deadline {
+    pub at: Instant,
+    pub timeout: Duration,
 }
 
 impl Default for IngestLimits {
@@ -56,18 +73,19 @@ impl Default for IngestLimits {
             max_bytes: 64 << 30,
             max_entries: 1_000_000,
             max_depth: 256,
+            deadline: None,
         }
     }
 }
 
 impl IngestLimits {
     /// What is left of these caps after an output used `bytes` and
-    /// `entries` (the depth cap holds for every output).
+    /// `entries` (the depth cap and the deadline hold for every output).
     pub fn less(self, bytes: u64, entries: u64) -> Self {
         Self {
             max_bytes: self.max_bytes.saturating_sub(bytes),
             max_entries: self.max_entries.saturating_sub(entries),
-            max_depth: self.max_depth,
+            ..self
         }
     }
 }
@@ -87,90 +105,6 @@ pub struct IngestedOutput {
     pub entries: u64,
 }
 
-/// Why an output could not be ingested. Names the path.
-#[derive(Debug, thiserror::Error)]
-pub enum IngestError {
-    #[error("the build did not produce output {0}")]
-    Missing(String),
-    #[error(
-        "output {output}{} is a {kind}; outputs may hold only files, directories and symlinks",
-        at(path)
-    )]
-    Special {
-        output: String,
-        path: PathBuf,
-        kind: &'static str,
-    },
-    #[error("output {output}{}: {source}{}", at(path), unreadable_hint(source))]
-    Io {
-        output: String,
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("output {output}{} changed while it was read", at(path))]
-    Changed { output: String, path: PathBuf },
-    #[error("output {output}{}: {msg}", at(path))]
-    Invalid {
-        output: String,
-        path: PathBuf,
-        msg: String,
-    },
-    #[error(
-        "output {output}{}: the build's outputs exceed the limit of {limit} {what}",
-        at(path)
-    )]
-    Limit {
-        output: String,
-        path: PathBuf,
-        what: &'static str,
-        limit: u64,
-    },
-    #[error("output {output}: storing directories: {source}")]
-    Store {
-        output: String,
-        source: Box<StoreError>,
-    },
-}
-
-/// Where in an output: nothing for the output itself.
-fn at(path: &Path) -> String {
-    if path.as_os_str().is_empty() {
-        String::new()
-    } else {
-        format!(" at {}", path.display())
-    }
-}
-
-fn unreadable_hint(e: &std::io::Error) -> &'static str {
-    if e.kind() == std::io::ErrorKind::PermissionDenied {
-        " (the executor reads outputs as itself: rootless, that is another user than the build's, so outputs must be readable by others)"
-    } else {
-        ""
-    }
-}
-
-impl IngestError {
-    /// Whether the build is at fault: it made an output the rules refuse,
-    /// or one the executor may not read.
-    pub fn is_build_failure(&self) -> bool {
-        match self {
-            IngestError::Store { .. } => false,
-            IngestError::Io { source, .. } => source.kind() == std::io::ErrorKind::PermissionDenied,
-            _ => true,
-        }
-    }
-}
-
-fn kind_of(mode: u32) -> &'static str {
-    match SFlag::from_bits_truncate(mode & SFlag::S_IFMT.bits()) {
-        SFlag::S_IFIFO => "FIFO",
-        SFlag::S_IFSOCK => "socket",
-        SFlag::S_IFCHR => "character device",
-        SFlag::S_IFBLK => "block device",
-        _ => "special file",
-    }
-}
-
 struct Walk<'a> {
     output: String,
     blobs: &'a dyn BlobService,
@@ -188,11 +122,28 @@ struct Walk<'a> {
 impl Walk<'_> {
     fn io(&self, path: &Path) -> impl FnOnce(nix::Error) -> IngestError + '_ {
         let path = path.to_owned();
-        move |e| IngestError::Io {
-            output: self.output.clone(),
-            path,
-            source: e.into(),
+        move |e| IngestError::reading(&self.output, &path, e.into())
+    }
+
+    /// Fails once the deadline has passed.
+    fn in_time(&self, rel: &Path) -> Result<(), IngestError> {
+        match self.limits.deadline {
+            Some(d) if Instant::now() >= d.at => Err(IngestError::TimedOut {
+                output: self.output.clone(),
+                path: rel.to_owned(),
+                timeout: d.timeout,
+            }),
+            _ => Ok(()),
         }
+    }
+
+    /// Runs a blob store call for `rel`, until the deadline at most.
+    fn store<T>(
+        &self,
+        rel: &Path,
+        call: impl std::future::Future<Output = std::io::Result<T>>,
+    ) -> Result<T, IngestError> {
+        store_call(&self.rt, &self.output, rel, self.limits.deadline, call)
     }
 
     /// Scans one stream (a name, a target, a file) and records where new
@@ -204,19 +155,20 @@ impl Walk<'_> {
         self.scanner.reset_stream();
     }
 
-    fn limit(&self, rel: &Path, what: &'static str, limit: u64) -> IngestError {
+    fn limit(&self, rel: &Path, what: Cap) -> IngestError {
         IngestError::Limit {
             output: self.output.clone(),
             path: rel.to_owned(),
             what,
-            limit,
+            limit: what.of(&self.limits),
         }
     }
 
     fn entry(&mut self, dirfd: &OwnedFd, name: &OsStr, rel: &Path) -> Result<Node, IngestError> {
+        self.in_time(rel)?;
         self.entries += 1;
         if self.entries > self.limits.max_entries {
-            return Err(self.limit(rel, "entries", self.limits.max_entries));
+            return Err(self.limit(rel, Cap::Entries));
         }
         let st =
             fstatat(dirfd.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW).map_err(self.io(rel))?;
@@ -264,25 +216,19 @@ impl Walk<'_> {
         let size = st.st_size as u64;
         self.bytes = self.bytes.saturating_add(size);
         if self.bytes > self.limits.max_bytes {
-            return Err(self.limit(rel, "bytes", self.limits.max_bytes));
+            return Err(self.limit(rel, Cap::Bytes));
         }
         self.nar.file_start(executable, size);
-        let io = |source| IngestError::Io {
-            output: self.output.clone(),
-            path: rel.to_owned(),
-            source,
-        };
-        let mut writer = self.rt.block_on(self.blobs.open_write()).map_err(io)?;
+        let mut writer = self.store(rel, self.blobs.open_write())?;
         let mut file = std::fs::File::from(fd);
         let mut total = 0u64;
         loop {
+            self.in_time(rel)?;
             let mut buf =
                 BytesMut::zeroed(CHUNK.min(size.saturating_sub(total).max(1) as usize).max(1));
-            let n = file.read(&mut buf).map_err(|source| IngestError::Io {
-                output: self.output.clone(),
-                path: rel.to_owned(),
-                source,
-            })?;
+            let n = file
+                .read(&mut buf)
+                .map_err(|e| IngestError::reading(&self.output, rel, e))?;
             if n == 0 {
                 break;
             }
@@ -292,12 +238,7 @@ impl Walk<'_> {
                 self.nar.file_data(piece);
                 self.scanner.update(piece);
             }
-            let w = writer.write(buf.freeze());
-            self.rt.block_on(w).map_err(|source| IngestError::Io {
-                output: self.output.clone(),
-                path: rel.to_owned(),
-                source,
-            })?;
+            self.store(rel, writer.write(buf.freeze()))?;
             if total > size {
                 break;
             }
@@ -309,14 +250,7 @@ impl Walk<'_> {
             });
         }
         self.scan_done(rel);
-        let digest: B3Digest =
-            self.rt
-                .block_on(writer.close())
-                .map_err(|source| IngestError::Io {
-                    output: self.output.clone(),
-                    path: rel.to_owned(),
-                    source,
-                })?;
+        let digest: B3Digest = self.store(rel, writer.close())?;
         Ok(Node::File {
             digest,
             size,
@@ -327,7 +261,7 @@ impl Walk<'_> {
     fn directory(&mut self, fd: OwnedFd, rel: &Path) -> Result<Node, IngestError> {
         // The walk recurses: the depth cap also bounds its stack.
         if rel.components().count() > self.limits.max_depth as usize {
-            return Err(self.limit(rel, "levels of directories", self.limits.max_depth.into()));
+            return Err(self.limit(rel, Cap::Depth));
         }
         let st = fstat(fd.as_fd()).map_err(self.io(rel))?;
         if st.st_dev != self.dev {
@@ -337,11 +271,9 @@ impl Walk<'_> {
                 msg: "is on another filesystem (a mount inside the output)".into(),
             });
         }
-        let listing = fd.try_clone().map_err(|source| IngestError::Io {
-            output: self.output.clone(),
-            path: rel.to_owned(),
-            source,
-        })?;
+        let listing = fd
+            .try_clone()
+            .map_err(|e| IngestError::reading(&self.output, rel, e))?;
         let mut names: Vec<OsString> = nix::dir::Dir::from_fd(listing)
             .map_err(self.io(rel))?
             .into_iter()
@@ -380,10 +312,120 @@ impl Walk<'_> {
     }
 }
 
+/// Where one output is: at `rel` below the trusted directory `base` (the
+/// overlay's upper dir or a scratch dir); `output` is its path in the
+/// request, for messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutputAt {
+    pub base: PathBuf,
+    pub rel: String,
+    pub output: String,
+}
+
+/// Ingests the outputs of one build, in order, under one budget of
+/// `limits` for all of them: a census of every output first, so none is
+/// read or stored when together they are past a limit.
+pub async fn ingest_outputs(
+    outs: &[OutputAt],
+    blobs: Arc<dyn BlobService>,
+    dirs: &dyn DirectoryService,
+    needles: Arc<Needles>,
+    limits: IngestLimits,
+) -> Result<Vec<IngestedOutput>, IngestError> {
+    // Each output is checked against what the ones before it left; the
+    // error names the build's whole limit.
+    let whole = |e| match e {
+        IngestError::Limit {
+            output, path, what, ..
+        } => IngestError::Limit {
+            output,
+            path,
+            what,
+            limit: what.of(&limits),
+        },
+        other => other,
+    };
+    let mut left = limits;
+    for o in outs {
+        let (bytes, entries) = crate::census::census(o, left).await.map_err(whole)?;
+        left = left.less(bytes, entries);
+    }
+    let mut got = Vec::with_capacity(outs.len());
+    let mut left = limits;
+    for o in outs {
+        let g = walk_output(
+            &o.base,
+            &o.rel,
+            &o.output,
+            blobs.clone(),
+            dirs,
+            needles.clone(),
+            left,
+        )
+        .await
+        .map_err(whole)?;
+        left = left.less(g.bytes, g.entries);
+        got.push(g);
+    }
+    Ok(got)
+}
+
 /// Ingests output `output`, found at `rel` below the trusted directory
 /// `base` (the overlay's upper dir or a scratch dir), into the stores,
-/// scanning it for `needles`.
+/// scanning it for `needles`: [`ingest_outputs`] of one output.
 pub async fn ingest_output(
+    base: &Path,
+    rel: &str,
+    output: &str,
+    blobs: Arc<dyn BlobService>,
+    dirs: &dyn DirectoryService,
+    needles: Arc<Needles>,
+    limits: IngestLimits,
+) -> Result<IngestedOutput, IngestError> {
+    let at = OutputAt {
+        base: base.to_owned(),
+        rel: rel.to_owned(),
+        output: output.to_owned(),
+    };
+    let mut got = ingest_outputs(&[at], blobs, dirs, needles, limits).await?;
+    got.pop().ok_or_else(|| IngestError::Task {
+        output: output.to_owned(),
+        msg: "no result".into(),
+    })
+}
+
+/// Runs a blob store call for `rel` of `output` on `rt`, until `deadline`
+/// at most; its failure is the store's.
+fn store_call<T>(
+    rt: &tokio::runtime::Handle,
+    output: &str,
+    rel: &Path,
+    deadline: Option<Deadline>,
+    call: impl std::future::Future<Output = std::io::Result<T>>,
+) -> Result<T, IngestError> {
+    let res = rt.block_on(async {
+        match deadline {
+            Some(d) => tokio::time::timeout_at(d.at.into(), call).await.ok(),
+            None => Some(call.await),
+        }
+    });
+    match res {
+        None => Err(IngestError::StoreTimedOut {
+            output: output.to_owned(),
+            path: rel.to_owned(),
+            timeout: deadline.map_or(Duration::ZERO, |d| d.timeout),
+        }),
+        Some(Err(source)) => Err(IngestError::BlobStore {
+            output: output.to_owned(),
+            path: rel.to_owned(),
+            source,
+        }),
+        Some(Ok(v)) => Ok(v),
+    }
+}
+
+/// Reads one output (checking the limits again as it goes) into the stores.
+async fn walk_output(
     base: &Path,
     rel: &str,
     output: &str,
@@ -396,54 +438,11 @@ pub async fn ingest_output(
     let rt = tokio::runtime::Handle::current();
     let blobs2 = blobs.clone();
     let walked = tokio::task::spawn_blocking(move || {
-        let io = |path: &Path, e: nix::Error| IngestError::Io {
-            output: output_s.clone(),
-            path: path.to_owned(),
-            source: e.into(),
-        };
-        let base_fd = nix::fcntl::open(
-            &base,
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| io(&base, e))?;
-        let rel_path = Path::new(&rel_s);
-        let (parent, name) = match (rel_path.parent(), rel_path.file_name()) {
-            (Some(p), Some(n)) => (p, n.to_owned()),
-            _ => {
-                return Err(IngestError::Invalid {
-                    output: output_s.clone(),
-                    path: rel_path.to_owned(),
-                    msg: "not a path below the output dir".into(),
-                });
-            }
-        };
-        let parent_fd = if parent.as_os_str().is_empty() {
-            base_fd
-        } else {
-            let how = OpenHow::new()
-                .flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
-                .resolve(
-                    ResolveFlag::RESOLVE_BENEATH
-                        | ResolveFlag::RESOLVE_NO_SYMLINKS
-                        | ResolveFlag::RESOLVE_NO_XDEV,
-                );
-            match openat2(base_fd.as_fd(), parent, how) {
-                Ok(fd) => fd,
-                Err(nix::Error::ENOENT) => return Err(IngestError::Missing(output_s.clone())),
-                Err(e) => return Err(io(parent, e)),
-            }
-        };
-        let dev = fstat(parent_fd.as_fd()).map_err(|e| io(parent, e))?.st_dev;
-        match fstatat(
-            parent_fd.as_fd(),
-            name.as_os_str(),
-            AtFlags::AT_SYMLINK_NOFOLLOW,
-        ) {
-            Err(nix::Error::ENOENT) => return Err(IngestError::Missing(output_s.clone())),
-            Err(e) => return Err(io(rel_path, e)),
-            Ok(_) => {}
-        }
+        let crate::census::Opened {
+            parent: parent_fd,
+            name,
+            dev,
+        } = crate::census::open_output(&base, &rel_s, &output_s)?;
         let mut walk = Walk {
             output: output_s.clone(),
             blobs: &*blobs2,
@@ -465,22 +464,33 @@ pub async fn ingest_output(
         Ok::<_, IngestError>((node, nar_sha256, nar_size, walk.found, walk.dirs, used))
     })
     .await
-    .map_err(|e| IngestError::Invalid {
+    .map_err(|e| IngestError::Task {
         output: output.to_owned(),
-        path: PathBuf::new(),
-        msg: format!("ingestion task failed: {e}"),
+        msg: e.to_string(),
     })??;
     let (node, nar_sha256, nar_size, needles, directories, (bytes, entries)) = walked;
     if !directories.is_empty() {
-        let store_err = |e| IngestError::Store {
+        let put_all = async {
+            let mut putter = dirs.put_multiple_start();
+            for d in directories {
+                putter.put(d).await?;
+            }
+            putter.close().await.map(drop)
+        };
+        let put = match limits.deadline {
+            Some(d) => tokio::time::timeout_at(d.at.into(), put_all)
+                .await
+                .map_err(|_| IngestError::StoreTimedOut {
+                    output: output.to_owned(),
+                    path: PathBuf::new(),
+                    timeout: d.timeout,
+                })?,
+            None => put_all.await,
+        };
+        put.map_err(|e| IngestError::Store {
             output: output.to_owned(),
             source: Box::new(e),
-        };
-        let mut putter = dirs.put_multiple_start();
-        for d in directories {
-            putter.put(d).await.map_err(store_err)?;
-        }
-        putter.close().await.map_err(store_err)?;
+        })?;
     }
     Ok(IngestedOutput {
         node,

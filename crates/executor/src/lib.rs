@@ -15,12 +15,14 @@
 //! ```
 
 mod bundle;
+mod census;
 pub mod cgroup;
 mod error;
 mod executor;
 pub mod grpc;
 pub mod host;
 pub mod ingest;
+mod ingest_error;
 pub mod nar;
 mod overlay;
 pub mod refscan;

@@ -209,7 +209,31 @@ fn tv(t: libc::timeval) -> Duration {
     Duration::from_secs(t.tv_sec.max(0) as u64) + Duration::from_micros(t.tv_usec.max(0) as u64)
 }
 
+/// Why runc could not exec the build's command, from what it said before
+/// the build started (`runc run failed: unable to start container process:
+/// exec: "/x": stat /x: no such file or directory`, runc 1.1 and later),
+/// as the rest of the sentence "the builder X ...". `None` when runc failed
+/// for another reason (its own, or the host's).
+pub fn exec_failure(said: &str) -> Option<&'static str> {
+    let line = said
+        .lines()
+        .find(|l| l.contains("unable to start container process: exec: "))?;
+    let why = &line[line.find("unable to start container process: exec: ")?..];
+    if why.contains("no such file or directory") || why.contains("not a directory") {
+        Some("does not exist in the sandbox")
+    } else if why.contains("executable file not found in $PATH") {
+        Some("is not on the sandbox's PATH")
+    } else if why.contains("permission denied") {
+        Some(
+            "is not an executable file in the sandbox (a directory, or a file without the executable bit)",
+        )
+    } else {
+        None
+    }
+}
+
 /// Runs the bundle at `bundle` as container `container` and waits for it.
+/// `builder` is the command it runs (named when runc cannot exec it).
 /// When a limit stops the build, `on_stop` runs just before the container
 /// is killed (the executor aborts the FUSE connection there, so a process
 /// blocked on a hung store dies at once).
@@ -218,6 +242,7 @@ pub async fn run(
     bundle: &Path,
     sink: &dyn LogSink,
     limits: RunLimits,
+    builder: &str,
     on_stop: &(dyn Fn() + Sync),
 ) -> Result<RunOutcome, BuildError> {
     let start = Instant::now();
@@ -331,8 +356,15 @@ pub async fn run(
     };
     // runc writes the pid file once it has started the build's process
     // (and leaves it): without it, runc failed before the build ran, and
-    // its exit code is runc's, not the build's.
+    // its exit code is runc's, not the build's — unless what failed was
+    // the exec of the request's own command.
     if !pid_file.exists() && outcome.process_started.is_none() {
+        if let Some(problem) = exec_failure(&tail.lines()) {
+            return Err(BuildError::Builder {
+                command: builder.to_owned(),
+                problem,
+            });
+        }
         return Err(BuildError::infra(format!(
             "{} failed before starting the build ({status}): {}",
             container.runc.display(),
@@ -354,5 +386,44 @@ pub async fn run(
             "runc itself was killed by signal {sig}"
         ))),
         (None, None) => Err(BuildError::infra("runc ended without a status")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::exec_failure;
+
+    /// What runc 1.1.5 (Debian 12) prints, checked by running it.
+    #[test]
+    fn execs_that_fail_are_told_from_runc_failing() {
+        let said = |cause: &str| {
+            format!(
+                "time=\"2026-12-01T20:04:59Z\" level=error msg=\"runc run failed: unable to start container process: exec: \\\"/x\\\": {cause}\""
+            )
+        };
+        let missing = "does not exist in the sandbox";
+        assert_eq!(
+            exec_failure(&said("stat /x: no such file or directory")),
+            Some(missing)
+        );
+        assert_eq!(
+            exec_failure(&said("stat /x: not a directory")),
+            Some(missing)
+        );
+        assert!(
+            exec_failure(&said("permission denied"))
+                .is_some_and(|p| p.starts_with("is not an executable file"))
+        );
+        assert_eq!(
+            exec_failure(&said("executable file not found in $PATH")),
+            Some("is not on the sandbox's PATH")
+        );
+        for other in [
+            "time=\"x\" level=error msg=\"runc run failed: unable to start container process: error during container init: error mounting \\\"proc\\\": permission denied\"",
+            "level=error msg=\"cannot create the container\"",
+            "",
+        ] {
+            assert_eq!(exec_failure(other), None, "{other}");
+        }
     }
 }

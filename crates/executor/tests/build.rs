@@ -506,3 +506,73 @@ async fn pids_and_memory_limits_from_configuration_hold() {
     );
     e.assert_clean();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_builder_that_cannot_run_is_the_builds_fault_and_named() {
+    need_runtime!();
+    let e = env().await;
+    let exec = e.executor(|_| {});
+    let cases = [
+        (format!("/nix/store/{BB}/bin/nope"), "does not exist"),
+        (format!("/nix/store/{BB}/bin/busybox/x"), "does not exist"),
+        // The data input is a file without the executable bit.
+        (format!("/nix/store/{DATA}"), "is not an executable file"),
+        (format!("/nix/store/{BB}/bin"), "is not an executable file"),
+    ];
+    for (builder, what) in cases {
+        let req = e.request("unused", &["build/out"], |p| {
+            p.command_args = vec![builder.clone()];
+        });
+        let err = exec.build(&req, &NoLogs).await.unwrap_err();
+        assert!(err.is_build_failure(), "{builder}: {err}");
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with(&format!("the builder {builder} {what} in the sandbox")),
+            "{msg}"
+        );
+    }
+    e.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_symlink_on_the_way_to_an_output_is_the_builds_fault() {
+    need_runtime!();
+    let e = env().await;
+    let req = e.request(
+        "mkdir -p /build/real/out; echo x > /build/real/out/f; ln -s real /build/link",
+        &["build/link/out"],
+        |_| {},
+    );
+    let err = e.executor(|_| {}).build(&req, &NoLogs).await.unwrap_err();
+    assert!(err.is_build_failure(), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "output build/link/out: build/link is a symlink; outputs are read without following symlinks"
+    );
+    e.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_entries_limit_holds_for_all_outputs_before_any_is_stored() {
+    need_runtime!();
+    let e = env().await;
+    // Two outputs of 601 entries each against one budget of 1,000: refused
+    // before a single file of either is stored (before, the first output
+    // and part of the second were).
+    let script = "mkdir -p /build/a /build/b; i=0; while [ $i -lt 600 ]; do : > /build/a/$i; : > /build/b/$i; i=$((i+1)); done";
+    let req = e.request(script, &["build/a", "build/b"], |_| {});
+    let blobs = CountingBlobs::new(e.blobs.clone(), WriteFault::None);
+    let mut config = e.config();
+    config.ingest_limits.max_entries = 1000;
+    let exec = Executor::new(config, blobs.clone(), e.dirs.clone());
+    let err = exec.build(&req, &NoLogs).await.unwrap_err();
+    assert!(err.is_build_failure(), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with("output build/b at ") && msg.ends_with("exceed the limit of 1000 entries"),
+        "{msg}"
+    );
+    assert_eq!(blobs.writes(), 0, "outputs were stored before the refusal");
+    drop(exec);
+    e.assert_clean();
+}

@@ -281,3 +281,34 @@ async fn a_full_disk_while_ingesting_leaves_no_partial_blob_or_directory() {
     e.assert_clean();
     drop(disk);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_hanging_while_outputs_are_stored_is_bounded_by_the_timeout() {
+    need_runtime!();
+    let e = env().await;
+    let blobs = CountingBlobs::new(e.blobs.clone(), WriteFault::Hang);
+    let mut config = e.config();
+    config.timeout = Some(Duration::from_secs(4));
+    let exec = Executor::new(config, blobs.clone(), e.dirs.clone());
+    let req = e.request(
+        "mkdir -p /build/o; echo x > /build/o/f",
+        &["build/o"],
+        |_| {},
+    );
+    let t = Instant::now();
+    // Before, ingestion waited for the store forever.
+    let err = tokio::time::timeout(Duration::from_secs(60), exec.build(&req, &NoLogs))
+        .await
+        .expect("ingestion is bounded by the build's timeout")
+        .unwrap_err();
+    assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
+    assert!(!err.is_build_failure(), "the store's fault: {err}");
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with("output build/o at f: the store did not answer")
+            && msg.contains("timeout of 4s"),
+        "{msg}"
+    );
+    drop(exec);
+    e.assert_clean();
+}

@@ -3,6 +3,8 @@
 //! outside the output ever read.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -13,7 +15,7 @@ use tvix_oci_castore::Node;
 use tvix_oci_castore::blobservice::{BlobService, MemoryBlobService};
 use tvix_oci_castore::directoryservice::{DirectoryService, MemoryDirectoryService};
 use tvix_oci_castore::import::{ImportOptions, import_path};
-use tvix_oci_executor::ingest::IngestLimits;
+use tvix_oci_executor::ingest::{Deadline, IngestLimits};
 use tvix_oci_executor::ingest::{IngestError, ingest_output};
 use tvix_oci_executor::refscan::Needles;
 
@@ -193,8 +195,50 @@ async fn a_symlink_on_the_way_to_an_output_is_refused() {
     )
     .await
     .unwrap_err();
-    assert!(matches!(err, IngestError::Io { .. }), "{err}");
-    assert!(err.to_string().contains("build/sub/etc"), "{err}");
+    assert!(err.is_build_failure(), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "output build/sub/etc: build/sub is a symlink; outputs are read without following symlinks"
+    );
+    // Deeper on the way: the symlink component is named.
+    std::fs::create_dir_all(tmp.path().join("scratch/a")).unwrap();
+    std::os::unix::fs::symlink("../a", tmp.path().join("scratch/a/b")).unwrap();
+    let (blobs, dirs) = stores();
+    let err = ingest_output(
+        &tmp.path().join("scratch"),
+        "a/b/c/out",
+        "build/a/b/c/out",
+        blobs,
+        &*dirs,
+        Arc::new(Needles::new::<&str>(&[])),
+        IngestLimits::default(),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.is_build_failure(), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "output build/a/b/c/out: build/a/b is a symlink; outputs are read without following symlinks"
+    );
+    // A file on the way: the build's fault too (was the host's, ENOTDIR).
+    std::fs::write(tmp.path().join("scratch/file"), b"").unwrap();
+    let (blobs, dirs) = stores();
+    let err = ingest_output(
+        &tmp.path().join("scratch"),
+        "file/out",
+        "build/file/out",
+        blobs,
+        &*dirs,
+        Arc::new(Needles::new::<&str>(&[])),
+        IngestLimits::default(),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.is_build_failure(), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "output build/file/out at file: is not a directory, so the output cannot be below it"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -259,6 +303,7 @@ async fn limits_on_bytes_entries_and_depth_are_named() {
         max_bytes,
         max_entries,
         max_depth,
+        deadline: None,
     };
     // Within the caps: the figures of what was read.
     let got = run(lim(2000, 4, 1)).await.unwrap();
@@ -296,4 +341,165 @@ async fn limits_on_bytes_entries_and_depth_are_named() {
     std::fs::create_dir_all(&deep).unwrap();
     let err = run(IngestLimits::default()).await.unwrap_err();
     assert!(err.to_string().contains("limit of 256 levels"), "{err}");
+}
+
+/// `n` directories of `per` one-byte files below `out`.
+fn many_files(out: &Path, n: usize, per: usize) {
+    for d in 0..n {
+        let dir = out.join(format!("d{d:02}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in 0..per {
+            std::fs::write(dir.join(format!("f{f:03}")), b"x").unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn past_the_entries_limit_no_file_is_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("upper");
+    // 2,021 entries against a limit of 1,000: refused before any file's
+    // bytes are read (before, about 950 files were stored first).
+    many_files(&base.join("out"), 20, 100);
+    let blobs = common::CountingBlobs::new(
+        Arc::new(MemoryBlobService::default()),
+        common::WriteFault::None,
+    );
+    let dirs = MemoryDirectoryService::default();
+    let limits = IngestLimits {
+        max_entries: 1000,
+        ..IngestLimits::default()
+    };
+    let none = Arc::new(Needles::new::<&str>(&[]));
+    let err = ingest_output(
+        &base,
+        "out",
+        "nix/store/out",
+        blobs.clone(),
+        &dirs,
+        none,
+        limits,
+    )
+    .await
+    .unwrap_err();
+    assert!(err.is_build_failure(), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with("output nix/store/out at d")
+            && msg.ends_with("the build's outputs exceed the limit of 1000 entries"),
+        "{msg}"
+    );
+    assert_eq!(blobs.writes(), 0, "files were read before the refusal");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn past_the_bytes_limit_no_file_is_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("upper");
+    std::fs::create_dir_all(base.join("out")).unwrap();
+    std::fs::write(base.join("out/a"), vec![b'a'; 600 << 10]).unwrap();
+    std::fs::write(base.join("out/b"), vec![b'b'; 600 << 10]).unwrap();
+    let blobs = common::CountingBlobs::new(
+        Arc::new(MemoryBlobService::default()),
+        common::WriteFault::None,
+    );
+    let dirs = MemoryDirectoryService::default();
+    let limits = IngestLimits {
+        max_bytes: 1 << 20,
+        ..IngestLimits::default()
+    };
+    let none = Arc::new(Needles::new::<&str>(&[]));
+    let err = ingest_output(
+        &base,
+        "out",
+        "nix/store/out",
+        blobs.clone(),
+        &dirs,
+        none,
+        limits,
+    )
+    .await
+    .unwrap_err();
+    assert!(err.is_build_failure(), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "output nix/store/out at b: the build's outputs exceed the limit of 1048576 bytes"
+    );
+    assert_eq!(blobs.writes(), 0, "a was read before the refusal");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_failing_blob_writes_is_not_the_builds_fault() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("upper");
+    std::fs::create_dir_all(base.join("out")).unwrap();
+    std::fs::write(base.join("out/f"), b"data").unwrap();
+    // Permission denied by the store's disk: the store's fault, not an
+    // output the executor may not read.
+    let blobs = common::CountingBlobs::new(
+        Arc::new(MemoryBlobService::default()),
+        common::WriteFault::Fail,
+    );
+    let dirs = MemoryDirectoryService::default();
+    let none = Arc::new(Needles::new::<&str>(&[]));
+    let err = ingest_output(
+        &base,
+        "out",
+        "nix/store/out",
+        blobs,
+        &dirs,
+        none,
+        IngestLimits::default(),
+    )
+    .await
+    .unwrap_err();
+    assert!(!err.is_build_failure(), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "output nix/store/out at f: storing the blob: injected: the store's disk refuses writes"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ingestion_ends_by_the_deadline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("upper");
+    std::fs::create_dir_all(base.join("out")).unwrap();
+    std::fs::write(base.join("out/f"), b"data").unwrap();
+    let none = Arc::new(Needles::new::<&str>(&[]));
+    let with = |at, fault| {
+        let blobs = common::CountingBlobs::new(Arc::new(MemoryBlobService::default()), fault);
+        let (base, none) = (base.clone(), none.clone());
+        let limits = IngestLimits {
+            deadline: Some(Deadline {
+                at,
+                timeout: std::time::Duration::from_secs(3),
+            }),
+            ..IngestLimits::default()
+        };
+        async move {
+            let dirs = MemoryDirectoryService::default();
+            ingest_output(&base, "out", "nix/store/out", blobs, &dirs, none, limits).await
+        }
+    };
+    // Out of time before the store was asked anything: the build's fault
+    // (its run and outputs took the time).
+    let err = with(std::time::Instant::now(), common::WriteFault::None)
+        .await
+        .unwrap_err();
+    assert!(err.is_build_failure(), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "output nix/store/out: ingesting the outputs ran past the build's timeout of 3s"
+    );
+    // A store that never answers: its fault, and over at the deadline.
+    let t = std::time::Instant::now();
+    let soon = t + std::time::Duration::from_millis(500);
+    let err = with(soon, common::WriteFault::Hang).await.unwrap_err();
+    assert!(t.elapsed() < std::time::Duration::from_secs(10));
+    assert!(!err.is_build_failure(), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "output nix/store/out at f: the store did not answer before the build's timeout of 3s ran out"
+    );
 }
