@@ -92,6 +92,7 @@ impl proto::snix::build_service_server::BuildService for GrpcBuildServer {
 pub fn status_of(e: BuildError) -> Status {
     match &e {
         BuildError::Host(_) => Status::failed_precondition(e.to_string()),
+        BuildError::NotAllowed(_) => Status::permission_denied(e.to_string()),
         _ if e.is_build_failure() => Status::aborted(e.to_string()),
         _ => Status::unavailable(e.to_string()),
     }
