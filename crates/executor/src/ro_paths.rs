@@ -237,6 +237,8 @@ fn set_read_only(tree: &OwnedFd, device: bool) -> std::io::Result<()> {
     if !device {
         set |= libc::MOUNT_ATTR_NODEV;
     }
+    // c_ulong is 32 bits on some targets.
+    #[allow(clippy::unnecessary_cast)]
     let attr = libc::mount_attr {
         attr_set: set,
         attr_clr: 0,

@@ -277,6 +277,10 @@ async fn read_only_paths_the_operator_did_not_allow_are_refused_before_anything_
         assert!(matches!(err, BuildError::NotAllowed(_)), "{err:?}");
         assert!(!err.is_build_failure());
         assert_eq!(
+            tvix_oci_executor::grpc::status_of(BuildError::NotAllowed(err.to_string())).code(),
+            tonic::Code::PermissionDenied
+        );
+        assert_eq!(
             err.to_string(),
             "constraints.available_ro_paths: /etc is not allowed on this builder (the operator allows paths with --allow-ro-path)"
         );

@@ -390,10 +390,18 @@ fn a_pids_limit_by_default_an_rlimit_when_rootless() {
         ..Default::default()
     };
     let v = config(nix_like(), &unlimited);
-    assert!(v["linux"]["resources"].get("pids").is_none(), "{}", v["linux"]);
+    assert!(
+        v["linux"]["resources"].get("pids").is_none(),
+        "{}",
+        v["linux"]
+    );
     // Rootless: no cgroup to hold it, so RLIMIT_NPROC of the build user.
     let v = config(nix_like(), &rootless());
-    assert!(v["linux"]["resources"].get("pids").is_none(), "{}", v["linux"]);
+    assert!(
+        v["linux"]["resources"].get("pids").is_none(),
+        "{}",
+        v["linux"]
+    );
     let nproc = v["process"]["rlimits"]
         .as_array()
         .unwrap()
