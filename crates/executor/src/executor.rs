@@ -200,7 +200,8 @@ impl Executor {
     ) -> Result<BuildResult, BuildError> {
         let started = Instant::now();
         host::check(req)?;
-        let ro_paths = crate::ro_paths::check(req, &self.allowed_ro_paths)?;
+        let ro_paths =
+            crate::ro_paths::check(req, &self.allowed_ro_paths, &self.config.bundle_root)?;
         let runc = host::find_runtime(&self.config.runtime)?;
         let verdict = self.runtime_verdict.get_or_init(|| {
             crate::runtime_version::check(&runc).map(|warning| {

@@ -105,14 +105,28 @@ pub fn decide(path: &str, allowed: &[PathBuf]) -> Result<Kind, BuildError> {
     })
 }
 
-/// Decides all of `req`'s paths, before anything is mounted.
-pub fn check(req: &BuildRequest, allowed: &[PathBuf]) -> Result<Vec<Allowed>, BuildError> {
+/// Decides all of `req`'s paths, before anything is mounted. A path that
+/// holds `bundle_root` is refused even if allowed: through it a build
+/// would see the other builds' bundles (and its own clone inside itself).
+pub fn check(
+    req: &BuildRequest,
+    allowed: &[PathBuf],
+    bundle_root: &Path,
+) -> Result<Vec<Allowed>, BuildError> {
+    let root = std::fs::canonicalize(bundle_root).unwrap_or_else(|_| bundle_root.to_owned());
     req.constraints()
         .available_ro_paths
         .iter()
         .map(|p| {
             let path = p.to_host();
-            decide(&path, allowed).map(|kind| Allowed { path, kind })
+            let kind = decide(&path, allowed)?;
+            if root.starts_with(&path) {
+                return Err(BuildError::Host(format!(
+                    "constraints.available_ro_paths: {path} holds this builder's bundle root {}, which no build may see; the operator should allow a path outside it",
+                    root.display()
+                )));
+            }
+            Ok(Allowed { path, kind })
         })
         .collect()
 }

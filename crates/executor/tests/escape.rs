@@ -304,6 +304,19 @@ async fn read_only_paths_the_operator_did_not_allow_are_refused_before_anything_
     assert!(matches!(err, BuildError::NotAllowed(_)), "{err:?}");
     assert!(err.to_string().contains("/dev/shm is not allowed"), "{err}");
     e.assert_clean();
+    // Allowed, but above the bundle root: other builds' bundles are there.
+    let above = e.tmp.path().canonicalize().unwrap();
+    let req = e.request("true", &["build/x"], |p| {
+        ro_paths(p, &[above.to_str().unwrap()])
+    });
+    let err = e
+        .executor(|c| c.allowed_ro_paths = vec![above.clone()])
+        .build(&req, &NoLogs)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, BuildError::Host(_)), "{err:?}");
+    assert!(err.to_string().contains("bundle root"), "{err}");
+    e.assert_clean();
 }
 
 #[tokio::test(flavor = "multi_thread")]
