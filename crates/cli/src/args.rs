@@ -193,12 +193,41 @@ pub struct ExecArgs {
     /// kernel kills the build.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub memory_limit: Option<u64>,
-    /// Processes a build may have at once.
-    #[arg(long, value_name = "N")]
-    pub pids_limit: Option<u32>,
+    /// Processes a build may have at once; 0 or none: unlimited.
+    #[arg(long, value_name = "N", default_value = "4096", value_parser = parse_pids)]
+    pub pids_limit: PidsLimit,
     /// CPUs' worth of time a build may use, e.g. 1.5.
     #[arg(long, value_name = "CPUS")]
     pub cpus: Option<f64>,
+    /// A host path requests may name in constraints.available_ro_paths
+    /// (exactly this path; repeat for more), e.g. /dev/kvm. It is bound
+    /// read-only, with everything mounted below it. None by default: such
+    /// requests are refused.
+    #[arg(long = "allow-ro-path", value_name = "PATH", value_parser = parse_abs_path)]
+    pub allow_ro_path: Vec<PathBuf>,
+}
+
+/// `--pids-limit`: `None` is unlimited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PidsLimit(pub Option<u32>);
+
+fn parse_pids(s: &str) -> Result<PidsLimit, String> {
+    match s.trim() {
+        "none" | "0" => Ok(PidsLimit(None)),
+        n => n
+            .parse::<u32>()
+            .map(|n| PidsLimit(Some(n)))
+            .map_err(|_| format!("{s:?} is not a number of processes (or 0 or none: unlimited)")),
+    }
+}
+
+fn parse_abs_path(s: &str) -> Result<PathBuf, String> {
+    let p = PathBuf::from(s);
+    if p.is_absolute() {
+        Ok(p)
+    } else {
+        Err(format!("{s:?} is not an absolute path"))
+    }
 }
 
 /// A size in bytes, with an optional K, M or G (powers of 1024).

@@ -247,6 +247,8 @@ pub async fn run(
             Err(e) => {
                 let code = if e.is_build_failure() {
                     BUILD_FAILED
+                } else if matches!(e, tvix_oci_executor::BuildError::NotAllowed(_)) {
+                    INVALID
                 } else {
                     HOST
                 };
@@ -289,8 +291,9 @@ impl ExecArgs {
         }
         let limits = &mut config.spec.resources;
         limits.memory_bytes = self.memory_limit.map(|m| m.min(i64::MAX as u64) as i64);
-        limits.pids = self.pids_limit.map(i64::from);
+        limits.pids = self.pids_limit.0.map(i64::from);
         limits.cpus = self.cpus;
+        config.allowed_ro_paths = self.allow_ro_path.clone();
         config
     }
 }

@@ -520,3 +520,63 @@ fn a_missing_builder_or_a_symlinked_output_is_the_builds_fault_and_a_missing_imp
         stderr(&out)
     );
 }
+
+#[test]
+fn only_read_only_paths_allowed_with_allow_ro_path_are_bound() {
+    if let Some(why) = can_build() {
+        println!("SKIPPED: {why}");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let bundles = tmp.path().join("bundles");
+    let dry = flags_run(
+        tmp.path(),
+        &["--dry-run"],
+        "head -c 3 /dev/zero | wc -c > /build/hello",
+    );
+    let mut v: serde_json::Value = serde_json::from_slice(&dry.stdout).unwrap();
+    v["constraints"]["available_ro_paths"] = serde_json::json!(["/dev/zero"]);
+    let req = tmp.path().join("req.json");
+    std::fs::write(&req, v.to_string()).unwrap();
+    let run = |extra: &[&str]| {
+        bin(&tmp.path().join("data"))
+            .arg("run")
+            .arg(&req)
+            .arg("--bundle-root")
+            .arg(&bundles)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    // Not allowed: the request's fault on this builder, named with the flag.
+    let out = run(&["--allow-ro-path", "/dev/null"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(
+            "constraints.available_ro_paths: /dev/zero is not allowed on this builder (the operator allows paths with --allow-ro-path)"
+        ),
+        "{err}"
+    );
+    assert_nothing_left(&bundles);
+    // Allowed: bound, and the device works inside.
+    let out = run(&["--allow-ro-path", "/dev/zero"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["build"]["outputs"][0]["file"]["size"], 2, "{v}");
+    assert_nothing_left(&bundles);
+    // The flag takes absolute paths only; --pids-limit takes none.
+    let out = run(&["--allow-ro-path", "dev/zero"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not an absolute path"));
+    let out = run(&["--allow-ro-path", "/dev/zero", "--pids-limit", "none"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

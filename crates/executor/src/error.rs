@@ -1,6 +1,7 @@
 //! [`BuildError`]: why a build did not produce a result, in two classes —
 //! the build's own fault (it failed, timed out, broke the rules) and the
-//! host's or the store's (an infrastructure failure, worth retrying).
+//! host's or the store's (an infrastructure failure, worth retrying) —
+//! and the request's, where it asks for what this builder does not allow.
 
 use std::time::Duration;
 
@@ -33,6 +34,11 @@ pub enum BuildError {
     },
     #[error(transparent)]
     Output(#[from] IngestError),
+    /// The request asks for what this builder's operator does not allow
+    /// (a host path to bind): the request's fault here, though another
+    /// builder may allow it.
+    #[error("{0}")]
+    NotAllowed(String),
     #[error("this host cannot run the build: {0}")]
     Host(String),
     #[error("infrastructure failure: {0}")]
@@ -61,7 +67,9 @@ impl BuildError {
             | BuildError::ModifiedInput(_)
             | BuildError::Builder { .. } => true,
             BuildError::Output(e) => e.is_build_failure(),
-            BuildError::Host(_) | BuildError::Infrastructure(_) => false,
+            BuildError::NotAllowed(_) | BuildError::Host(_) | BuildError::Infrastructure(_) => {
+                false
+            }
         }
     }
 

@@ -55,6 +55,10 @@ pub struct ExecutorConfig {
     /// Run builds rootless (see [`crate::rootless`]); by default when the
     /// process is not root.
     pub rootless: bool,
+    /// The host paths a request may name in `available_ro_paths` (exactly;
+    /// canonicalized when the executor is made); none by default. See
+    /// [`crate::ro_paths`].
+    pub allowed_ro_paths: Vec<PathBuf>,
 }
 
 impl Default for ExecutorConfig {
@@ -77,6 +81,7 @@ impl Default for ExecutorConfig {
             spec: SpecOptions::default(),
             // SAFETY: geteuid has no preconditions.
             rootless: unsafe { libc::geteuid() } != 0,
+            allowed_ro_paths: Vec::new(),
         }
     }
 }
@@ -135,6 +140,8 @@ pub struct Executor {
     /// What rootless builds need, checked once it is all there (until then
     /// each build checks again, so a fixed host needs no restart).
     rootless: std::sync::OnceLock<crate::rootless::Rootless>,
+    /// `config.allowed_ro_paths`, canonical.
+    allowed_ro_paths: Vec<PathBuf>,
 }
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
@@ -163,7 +170,9 @@ impl Executor {
             .flatten();
         crate::cleanup_stale(&config.bundle_root, &runc, rootless.as_ref());
         let permits = Semaphore::new(config.concurrency.max(1));
+        let allowed_ro_paths = crate::ro_paths::canonical_allow_list(&config.allowed_ro_paths);
         Self {
+            allowed_ro_paths,
             config,
             blobs,
             dirs,
@@ -193,6 +202,8 @@ impl Executor {
     ) -> Result<BuildResult, BuildError> {
         let started = Instant::now();
         host::check(req)?;
+        let ro_paths =
+            crate::ro_paths::check(req, &self.allowed_ro_paths, &self.config.bundle_root)?;
         let runc = host::find_runtime(&self.config.runtime)?;
         let verdict = self.runtime_verdict.get_or_init(|| {
             crate::runtime_version::check(&runc).map(|warning| {
@@ -229,10 +240,11 @@ impl Executor {
         match &rootless {
             Some(r) => {
                 bundle.set_rootless(r.clone());
+                // The pids limit is an rlimit there (see make_spec).
                 let limits = &spec_opts.resources;
-                if limits.memory_bytes.is_some() || limits.pids.is_some() || limits.cpus.is_some() {
+                if limits.memory_bytes.is_some() || limits.cpus.is_some() {
                     return Err(BuildError::Host(
-                        "resource limits need a cgroup, which a rootless build does not get; run as root or drop the limits".into(),
+                        "memory and CPU limits need a cgroup, which a rootless build does not get; run as root or drop the limits".into(),
                     ));
                 }
                 spec_opts.rootless = true;
@@ -252,6 +264,15 @@ impl Executor {
             }
         }
         let layout = BundleLayout::new(bundle.path());
+        // Detached before the bundle goes, after the container.
+        let (ro_clones, ro_mounts) = match &rootless {
+            Some(_) => (
+                Default::default(),
+                crate::ro_paths::rootless_mounts(&ro_paths)?,
+            ),
+            None => crate::ro_paths::RoClones::attach(&layout, &ro_paths)?,
+        };
+        spec_opts.ro_mounts = ro_mounts;
         layout
             .write_skeleton(req, &spec_opts)
             .map_err(|e| BuildError::Host(e.to_string()))?;
@@ -401,6 +422,7 @@ impl Executor {
                 needle_paths: got.needles,
             });
         }
+        drop(ro_clones);
         drop(bundle);
         let accounting = Accounting {
             wall: started.elapsed(),

@@ -137,6 +137,7 @@ fn note_sorted(s: Status, order: &[usize]) -> Status {
 pub fn status_of(e: BuildError) -> Status {
     match &e {
         BuildError::Host(_) => Status::failed_precondition(e.to_string()),
+        BuildError::NotAllowed(_) => Status::permission_denied(e.to_string()),
         _ if e.is_build_failure() => Status::aborted(e.to_string()),
         _ => Status::unavailable(e.to_string()),
     }

@@ -27,6 +27,7 @@ pub mod nar;
 mod overlay;
 pub mod refscan;
 mod refscan_mask;
+pub mod ro_paths;
 pub mod rootless;
 pub mod runc;
 pub mod runtime_version;

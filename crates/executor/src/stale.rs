@@ -17,6 +17,27 @@ fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// Detaches the read-only clones of host paths in bundle `dir` (see
+/// [`crate::ro_paths`]), each with its whole tree. First, and as a whole:
+/// a FUSE mount inside one is the host's, whose connection must not be
+/// aborted like the build's inputs.
+fn detach_ro_clones(dir: &Path) {
+    let ro = dir.join(tvix_oci_spec::BundleLayout::RO);
+    let depth = ro.components().count() + 1;
+    let mut tops: Vec<_> = tvix_oci_fuse::mountinfo::mounts_below(&ro)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| m.mount_point.components().count() == depth)
+        .map(|m| m.mount_point)
+        .collect();
+    tops.dedup();
+    for t in tops {
+        if let Err(err) = nix::mount::umount2(&t, nix::mount::MntFlags::MNT_DETACH) {
+            warn!(path = %t.display(), "detaching a stale read-only clone: {err}");
+        }
+    }
+}
+
 /// Removes the stale bundles under `root`: deletes their containers,
 /// aborts and detaches their mounts (deepest first), removes the
 /// directories (`rootless`: runc's state and the builds' files are those
@@ -46,6 +67,7 @@ pub fn cleanup_stale(root: &Path, runc: &Path, rootless: Option<&Rootless>) -> u
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .status();
+        detach_ro_clones(&dir);
         let mut mounts = tvix_oci_fuse::mountinfo::mounts_below(&dir).unwrap_or_default();
         mounts.sort_by_key(|m| std::cmp::Reverse(m.mount_point.components().count()));
         for m in &mounts {

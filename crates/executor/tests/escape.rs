@@ -224,3 +224,282 @@ async fn a_process_left_running_cannot_swap_an_output_for_a_symlink() {
     assert_eq!(file_of(&e, &res.build.outputs[0].1, "f").await, b"kept\n");
     e.assert_clean();
 }
+
+/// A writable tmpfs mounted by the test on `dir`, unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            dir,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some("mode=1777,size=1m"),
+        )
+        .unwrap();
+        Self(dir.to_owned())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+fn ro_paths(p: &mut proto::BuildRequest, paths: &[&str]) {
+    let mut v: Vec<String> = paths.iter().map(|s| s.to_string()).collect();
+    v.sort();
+    p.constraints.as_mut().unwrap().available_ro_paths = v;
+}
+
+/// Whether the host has a mount at exactly `p`.
+fn mounted_at(p: &Path) -> bool {
+    tvix_oci_fuse::mountinfo::mounts()
+        .unwrap()
+        .iter()
+        .any(|m| m.mount_point == p)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn read_only_paths_the_operator_did_not_allow_are_refused_before_anything_is_mounted() {
+    need_runtime!();
+    let e = env().await;
+    let req = e.request("true", &["build/x"], |p| ro_paths(p, &["/etc"]));
+    for allowed in [vec![], vec!["/dev/null".into(), "/etc/ssh".into()]] {
+        let err = e
+            .executor(|c| c.allowed_ro_paths = allowed)
+            .build(&req, &NoLogs)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, BuildError::NotAllowed(_)), "{err:?}");
+        assert!(!err.is_build_failure());
+        assert_eq!(
+            tvix_oci_executor::grpc::status_of(BuildError::NotAllowed(err.to_string())).code(),
+            tonic::Code::PermissionDenied
+        );
+        assert_eq!(
+            err.to_string(),
+            "constraints.available_ro_paths: /etc is not allowed on this builder (the operator allows paths with --allow-ro-path)"
+        );
+        // Never made: no bundle dir at all.
+        assert!(
+            !e.tmp
+                .path()
+                .join("bundles")
+                .read_dir()
+                .is_ok_and(|mut d| d.next().is_some())
+        );
+        e.assert_clean();
+    }
+    // Allowing a device allows nothing above it.
+    let req = e.request("true", &["build/x"], |p| ro_paths(p, &["/dev/shm"]));
+    let err = e
+        .executor(|c| c.allowed_ro_paths = vec!["/dev/shm/x".into(), "/dev".into()])
+        .build(&req, &NoLogs)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, BuildError::NotAllowed(_)), "{err:?}");
+    assert!(err.to_string().contains("/dev/shm is not allowed"), "{err}");
+    e.assert_clean();
+    // Allowed, but above the bundle root: other builds' bundles are there.
+    let above = e.tmp.path().canonicalize().unwrap();
+    let req = e.request("true", &["build/x"], |p| {
+        ro_paths(p, &[above.to_str().unwrap()])
+    });
+    let err = e
+        .executor(|c| c.allowed_ro_paths = vec![above.clone()])
+        .build(&req, &NoLogs)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, BuildError::Host(_)), "{err:?}");
+    assert!(err.to_string().contains("bundle root"), "{err}");
+    e.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_allowed_path_is_read_only_all_the_way_down_and_a_device_stays_usable() {
+    need_runtime!();
+    let e = env().await;
+    let d = e.tmp.path().canonicalize().unwrap().join("allowed");
+    let sub = d.join("sub");
+    let _tmpfs = Tmpfs::mount(&sub);
+    std::fs::write(sub.join("host-file"), b"host\n").unwrap();
+    let ds = d.to_str().unwrap();
+    let script = format!(
+        r#"
+B=/nix/store/{BB}/bin/busybox
+R=/build/report; : > $R
+try() {{ name=$1; shift; if out=$("$@" 2>&1); then echo "$name: ESCAPED $out"; else echo "$name: refused $out"; fi; }}
+try write-top $B sh -c 'echo x > {ds}/x' >> $R
+try write-sub $B sh -c 'echo x > {ds}/sub/x' >> $R
+echo "read-sub: $($B cat {ds}/sub/host-file)" >> $R
+echo "zero-bytes: $($B head -c 4 /dev/zero | $B wc -c)" >> $R
+$B awk '$5=="{ds}" || $5=="{ds}/sub" || $5=="/dev/zero" {{print "opts " $5 ": " $6}}' /proc/self/mountinfo >> $R
+"#
+    );
+    let req = e.request(&script, &["build/report"], |p| {
+        ro_paths(p, &[ds, "/dev/zero"])
+    });
+    let exec = e.executor(|c| c.allowed_ro_paths = vec![d.clone(), "/dev/zero".into()]);
+    let res = exec.build(&req, &NoLogs).await.unwrap();
+    let text = String::from_utf8(file_of(&e, &res.build.outputs[0].1, "").await).unwrap();
+    println!("{text}");
+    assert!(!text.contains("ESCAPED"), "a write got through:\n{text}");
+    let r = report(&text);
+    assert!(r["write-top"].contains("Read-only file system"), "{text}");
+    assert!(r["write-sub"].contains("Read-only file system"), "{text}");
+    assert!(!sub.join("x").exists(), "the build wrote onto the host");
+    assert_eq!(r["read-sub"], "host");
+    assert_eq!(
+        r["zero-bytes"].trim(),
+        "4",
+        "the allowed device is readable"
+    );
+    let opts = |k: &str| -> Vec<&str> {
+        r.get(&format!("opts {k}"))
+            .unwrap_or_else(|| panic!("no mount at {k}:\n{text}"))
+            .split(',')
+            .collect()
+    };
+    for dir in [ds.to_owned(), format!("{ds}/sub")] {
+        let o = opts(&dir);
+        assert!(
+            o.contains(&"ro") && o.contains(&"nosuid") && o.contains(&"nodev"),
+            "{dir}: {o:?}"
+        );
+    }
+    let o = opts("/dev/zero");
+    assert!(
+        o.contains(&"ro") && !o.contains(&"nodev"),
+        "/dev/zero: {o:?}"
+    );
+    // The clones are gone, the host's own mount is untouched.
+    e.assert_clean();
+    assert!(
+        mounted_at(&sub),
+        "the host's mount at {} went away",
+        sub.display()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancelled_build_and_a_killed_executor_leave_no_read_only_clone() {
+    need_runtime!();
+    let e = env().await;
+    let d = e.tmp.path().canonicalize().unwrap().join("allowed");
+    let sub = d.join("sub");
+    let _tmpfs = Tmpfs::mount(&sub);
+    let req = e.request(
+        &format!("echo started; /nix/store/{BB}/bin/busybox sleep 60"),
+        &["build/x"],
+        |p| ro_paths(p, &[d.to_str().unwrap()]),
+    );
+    let exec = std::sync::Arc::new(e.executor(|c| c.allowed_ro_paths = vec![d.clone()]));
+    let started = std::sync::Arc::new(Collect::default());
+    let (ex, rq, st) = (exec.clone(), req.clone(), started.clone());
+    let task = tokio::spawn(async move { ex.build(&rq, &*st).await });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !String::from_utf8_lossy(&started.0.lock().unwrap()).contains("started") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the build never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let root = e.tmp.path().join("bundles");
+    let clones: Vec<_> = tvix_oci_fuse::mountinfo::mounts_below(&root)
+        .unwrap()
+        .into_iter()
+        .filter(|m| m.mount_point.to_string_lossy().contains("/ro/0"))
+        .collect();
+    assert!(
+        clones.len() >= 2,
+        "no recursive clone (top and sub) while running: {clones:?}"
+    );
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
+    e.assert_clean();
+    assert!(mounted_at(&sub));
+
+    // What a SIGKILLed executor leaves: a bundle of a dead pid holding a
+    // clone of the tree; the next executor detaches it as a whole.
+    let stale = root.join("tob-4194305-0-00");
+    std::fs::create_dir_all(stale.join("ro/0")).unwrap();
+    nix::mount::mount(
+        Some(&d),
+        &stale.join("ro/0"),
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND | nix::mount::MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .unwrap();
+    assert!(mounted_at(&stale.join("ro/0/sub")));
+    let _ = e.executor(|_| {});
+    e.assert_clean();
+    assert!(mounted_at(&sub), "the stale cleanup took the host's mount");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_pids_limit_holds_and_is_on_by_default() {
+    need_runtime!();
+    let e = env().await;
+    assert_eq!(e.config().spec.resources.pids, Some(4096));
+    let script = format!(
+        "i=0; while [ $i -lt 100 ]; do /nix/store/{BB}/bin/busybox sleep 1 & i=$((i+1)); done; wait; echo x > /build/out"
+    );
+    let req = e.request(&script, &["build/out"], |_| {});
+    let logs = Collect::default();
+    let _ = e
+        .executor(|c| c.spec.resources.pids = Some(64))
+        .build(&req, &logs)
+        .await;
+    let log = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    assert!(
+        log.contains("fork"),
+        "no fork failed under a pids limit of 64: {log:?}"
+    );
+    e.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tmp_is_on_disk_in_the_bundle_not_in_ram() {
+    need_runtime!();
+    let e = env().await;
+    const SIZE: u64 = 200 << 20;
+    let script = format!(
+        "B=/nix/store/{BB}/bin/busybox; $B head -c {SIZE} /dev/zero > /tmp/big; \
+         $B stat -f -c %T /tmp > /build/fs; $B stat -c %u /tmp >> /build/fs; echo written; $B sleep 3"
+    );
+    let req = e.request(&script, &["build/fs"], |_| {});
+    let exec = e.executor(|_| {});
+    let logs = Collect::default();
+    let root = e.tmp.path().join("bundles");
+    let watch = async {
+        // The file is in the bundle's tmp/ on the host while the build runs.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while std::time::Instant::now() < deadline {
+            for b in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+                if std::fs::metadata(b.path().join("tmp/big")).is_ok_and(|m| m.len() == SIZE) {
+                    return true;
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        false
+    };
+    let (res, seen) = tokio::join!(exec.build(&req, &logs), watch);
+    let res = res.unwrap();
+    assert!(seen, "/tmp/big never appeared under the bundle");
+    let text = String::from_utf8(file_of(&e, &res.build.outputs[0].1, "").await).unwrap();
+    let mut lines = text.lines();
+    assert_ne!(lines.next(), Some("tmpfs"), "/tmp is a tmpfs:\n{text}");
+    assert_eq!(
+        lines.next(),
+        Some("1000"),
+        "/tmp is the build user's:\n{text}"
+    );
+    e.assert_clean();
+}

@@ -10,6 +10,8 @@
 //!          outputs/work       overlay work dir
 //!          store/             the overlay, bound at inputs_dir
 //!          scratch/<name>     one per other scratch path
+//!          tmp/               the build's /tmp (on disk, not RAM)
+//!          ro/<n>             the executor's read-only clones of the allowed available_ro_paths
 //! ```
 
 use std::io;
@@ -62,6 +64,9 @@ impl BundleLayout {
     pub const SCRATCH: &'static str = "scratch";
     pub const UPPER: &'static str = "outputs/upper";
     pub const WORK: &'static str = "outputs/work";
+    pub const TMP: &'static str = "tmp";
+    /// The parent of the read-only clones of `available_ro_paths`.
+    pub const RO: &'static str = "ro";
 
     /// The layout of a bundle at `dir`.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
@@ -90,6 +95,20 @@ impl BundleLayout {
     /// Where the overlay is mounted.
     pub fn store(&self) -> PathBuf {
         self.dir.join(Self::STORE)
+    }
+    /// The host dir behind the build's `/tmp`.
+    pub fn tmp(&self) -> PathBuf {
+        self.dir.join(Self::TMP)
+    }
+    /// Where the executor attaches the read-only clone of the `n`th of
+    /// the request's `available_ro_paths`; [`Self::ro_source`] is how the
+    /// spec names it.
+    pub fn ro(&self, n: usize) -> PathBuf {
+        self.dir.join(Self::ro_source(n))
+    }
+    /// [`Self::ro`] relative to the bundle.
+    pub fn ro_source(n: usize) -> PathBuf {
+        Path::new(Self::RO).join(n.to_string())
     }
     /// The host dir behind scratch path `p`.
     pub fn scratch(&self, p: &CleanPath) -> PathBuf {
@@ -159,6 +178,7 @@ impl BundleLayout {
             mkdir(&d)?;
         }
         writable(&self.upper())?;
+        writable(&self.tmp())?;
         for s in req.scratch_paths() {
             if s != req.inputs_dir() {
                 writable(&self.scratch(s))?;
@@ -191,10 +211,16 @@ impl BundleLayout {
                 continue; // the runtime's own
             }
             let target = root.join(rel);
-            let is_file = m
-                .source()
-                .as_ref()
-                .is_some_and(|s| s.is_absolute() && !s.is_dir());
+            // A relative source is in the bundle (a read-only clone of a
+            // file, say): looked at there.
+            let is_file = m.source().as_ref().is_some_and(|s| {
+                if s.is_absolute() {
+                    !s.is_dir()
+                } else {
+                    let s = self.dir.join(s);
+                    s.exists() && !s.is_dir()
+                }
+            });
             if is_file {
                 if let Some(parent) = target.parent() {
                     mkdir(parent)?;

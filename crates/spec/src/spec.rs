@@ -70,13 +70,42 @@ impl IdMapping {
     }
 }
 
-/// Limits put on the container (none by default).
-#[derive(Clone, Debug, Default, PartialEq)]
+/// The processes a build may have at once unless the operator says
+/// otherwise: enough for a parallel compile, not for a fork bomb.
+pub const DEFAULT_PIDS_LIMIT: i64 = 4096;
+
+/// Limits put on the container: by default only [`DEFAULT_PIDS_LIMIT`].
+#[derive(Clone, Debug, PartialEq)]
 pub struct ResourceLimits {
     pub memory_bytes: Option<i64>,
+    /// `None`: unlimited.
     pub pids: Option<i64>,
     /// CPUs' worth of time, e.g. 1.5.
     pub cpus: Option<f64>,
+}
+
+impl Default for ResourceLimits {
+    fn default() -> Self {
+        Self {
+            memory_bytes: None,
+            pids: Some(DEFAULT_PIDS_LIMIT),
+            cpus: None,
+        }
+    }
+}
+
+/// How one of the request's `available_ro_paths` is bound, as the
+/// executor prepared it after the operator allowed it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoMount {
+    /// The requested path: where it appears in the container, as on the host.
+    pub path: String,
+    /// What is bound there: relative to the bundle (`ro/N`, a recursively
+    /// read-only clone of the host path), or an absolute host path
+    /// (rootless, where the path has nothing mounted below it).
+    pub source: PathBuf,
+    /// A character or block device: bound without `nodev`.
+    pub device: bool,
 }
 
 /// How the host runs builds: what is not in the request.
@@ -97,6 +126,9 @@ pub struct SpecOptions {
     /// executor cannot mount it on the host, the container's user
     /// namespace can). `None`: the executor mounts it at `store/`.
     pub overlay_in_container: Option<PathBuf>,
+    /// The prepared binds of the request's `available_ro_paths`; a
+    /// requested path missing here is refused ([`SpecError::RoPathNotPrepared`]).
+    pub ro_mounts: Vec<RoMount>,
 }
 
 impl SpecOptions {
@@ -137,6 +169,10 @@ pub enum SpecError {
         "the bundle path {0:?} holds ',' or ':', which an overlay mount inside the container cannot take"
     )]
     OverlayPath(String),
+    #[error(
+        "constraints.available_ro_paths: {0} was not prepared by the executor (only paths the operator allows are bound)"
+    )]
+    RoPathNotPrepared(String),
     #[error("building the OCI spec: {0}")]
     Oci(#[from] OciSpecError),
 }
@@ -166,19 +202,8 @@ fn ids(maps: &[IdMapping]) -> Result<Vec<LinuxIdMapping>, OciSpecError> {
 fn build_mounts(req: &BuildRequest, opts: &SpecOptions) -> Result<Vec<Mount>, SpecError> {
     const RW: &[&str] = &["rbind", "rw", "nosuid", "nodev"];
     const RO: &[&str] = &["rbind", "ro", "nosuid", "nodev"];
-    let mut m = vec![mount(
-        "/tmp",
-        "tmpfs",
-        "tmpfs",
-        &[
-            "nosuid",
-            "nodev",
-            "noatime",
-            "mode=700",
-            &format!("uid={BUILD_UID}"),
-            &format!("gid={BUILD_GID}"),
-        ],
-    )?];
+    // On disk under the bundle, like the scratch paths: not RAM.
+    let mut m = vec![mount("/tmp", "none", BundleLayout::TMP, RW)?];
     let dest = |p: &crate::path::CleanPath| format!("/{p}");
     if req.inputs_dir_is_scratch()
         && let Some(bundle) = &opts.overlay_in_container
@@ -234,12 +259,23 @@ fn build_mounts(req: &BuildRequest, opts: &SpecOptions) -> Result<Vec<Mount>, Sp
     }
     let c = req.constraints();
     for p in &c.available_ro_paths {
-        // No nodev: these are often devices (/dev/kvm).
+        let host = p.to_host();
+        let prepared = opts
+            .ro_mounts
+            .iter()
+            .find(|r| r.path == host)
+            .ok_or_else(|| SpecError::RoPathNotPrepared(host.clone()))?;
+        // A device the operator allowed (/dev/kvm) must stay usable.
+        let options: &[&str] = if prepared.device {
+            &["rbind", "ro", "nosuid"]
+        } else {
+            RO
+        };
         m.push(mount(
-            &p.to_host(),
+            &host,
             "none",
-            &p.to_host(),
-            &["rbind", "ro", "nosuid"],
+            &prepared.source.to_string_lossy(),
+            options,
         )?);
     }
     if c.network_access {
@@ -261,6 +297,32 @@ fn build_mounts(req: &BuildRequest, opts: &SpecOptions) -> Result<Vec<Mount>, Sp
     }
     m.sort_by_key(|m| m.destination().components().count());
     Ok(m)
+}
+
+/// The process's rlimits. Rootless, where no cgroup holds a pids limit,
+/// the limit is RLIMIT_NPROC of the build user (its processes in the
+/// container's user namespace).
+fn rlimits(opts: &SpecOptions) -> Result<Vec<oci_spec::runtime::PosixRlimit>, OciSpecError> {
+    let mut r = vec![
+        PosixRlimitBuilder::default()
+            .typ(PosixRlimitType::RlimitNofile)
+            .hard(1024u64)
+            .soft(1024u64)
+            .build()?,
+    ];
+    if opts.rootless
+        && let Some(n) = opts.resources.pids
+    {
+        let n = n.max(1) as u64;
+        r.push(
+            PosixRlimitBuilder::default()
+                .typ(PosixRlimitType::RlimitNproc)
+                .hard(n)
+                .soft(n)
+                .build()?,
+        );
+    }
+    Ok(r)
 }
 
 /// The runtime spec for `req`. See the module docs for the layout.
@@ -300,13 +362,7 @@ pub fn make_spec(req: &BuildRequest, opts: &SpecOptions) -> Result<Spec, SpecErr
                 .ambient(oci_spec::runtime::Capabilities::new())
                 .build()?,
         )
-        .rlimits(vec![
-            PosixRlimitBuilder::default()
-                .typ(PosixRlimitType::RlimitNofile)
-                .hard(1024u64)
-                .soft(1024u64)
-                .build()?,
-        ])
+        .rlimits(rlimits(opts)?)
         .build()?;
 
     let mut namespaces = vec![
@@ -341,12 +397,14 @@ pub fn make_spec(req: &BuildRequest, opts: &SpecOptions) -> Result<Spec, SpecErr
         linux = linux.cgroups_path(p.clone());
     }
     let r = &opts.resources;
-    if r.memory_bytes.is_some() || r.pids.is_some() || r.cpus.is_some() {
+    // Rootless, the pids limit is an rlimit (see [`rlimits`]).
+    let pids = r.pids.filter(|_| !opts.rootless);
+    if r.memory_bytes.is_some() || pids.is_some() || r.cpus.is_some() {
         let mut res = LinuxResourcesBuilder::default();
         if let Some(mem) = r.memory_bytes {
             res = res.memory(LinuxMemoryBuilder::default().limit(mem).swap(mem).build()?);
         }
-        if let Some(pids) = r.pids {
+        if let Some(pids) = pids {
             res = res.pids(LinuxPidsBuilder::default().limit(pids).build()?);
         }
         if let Some(cpus) = r.cpus {

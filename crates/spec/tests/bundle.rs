@@ -45,12 +45,11 @@ fn skeleton() {
             .unwrap()
             .contains("localhost")
     );
-    // runc gives the /tmp tmpfs the mode of its mount point.
-    assert_eq!(mode(&layout.rootfs().join("tmp")), 0o700);
     for d in ["build", "nix/store", "tmp"] {
         assert!(layout.rootfs().join(d).is_dir(), "mount point {d} missing");
     }
     for d in [
+        layout.tmp(),
         layout.inputs(),
         layout.store(),
         layout.work(),
@@ -65,6 +64,9 @@ fn skeleton() {
         let m = std::fs::metadata(&build).unwrap();
         assert_eq!((m.uid(), m.gid()), (1000, 100));
         let m = std::fs::metadata(layout.upper()).unwrap();
+        assert_eq!((m.uid(), m.gid()), (1000, 100));
+        // The build's /tmp, on disk in the bundle.
+        let m = std::fs::metadata(layout.tmp()).unwrap();
         assert_eq!((m.uid(), m.gid()), (1000, 100));
     } else {
         println!("skipping ownership checks: not root");

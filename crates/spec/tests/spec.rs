@@ -10,7 +10,9 @@ use std::path::Path;
 use common::nix_like;
 use serde_json::Value;
 use tvix_oci_spec::proto;
-use tvix_oci_spec::{BuildRequest, IdMapping, ResourceLimits, SpecError, SpecOptions, make_spec};
+use tvix_oci_spec::{
+    BuildRequest, IdMapping, ResourceLimits, RoMount, SpecError, SpecOptions, make_spec,
+};
 
 fn config(p: proto::BuildRequest, opts: &SpecOptions) -> Value {
     let req = BuildRequest::try_from(p).unwrap();
@@ -193,10 +195,20 @@ fn mount_layout() {
     assert!(opts.contains(&"rw".to_owned()));
     let (_, src, _) = find("/build").unwrap();
     assert_eq!(src, "scratch/build");
-    let (_, _, opts) = find("/tmp").unwrap();
-    for o in ["nosuid", "noatime", "mode=700"] {
-        assert!(opts.contains(&o.to_owned()), "/tmp lacks {o}");
-    }
+    // /tmp is the bundle's tmp/ on disk, not a RAM tmpfs.
+    let (_, src, opts) = find("/tmp").unwrap();
+    assert_eq!(src, "tmp");
+    assert_eq!(opts, ["rbind", "rw", "nosuid", "nodev"]);
+    assert!(
+        !v["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["destination"] == "/tmp" && m["type"] == "tmpfs")
+    );
+    // /dev/shm stays runc's bounded tmpfs.
+    let (_, _, opts) = find("/dev/shm").unwrap();
+    assert!(opts.contains(&"size=65536k".to_owned()), "{opts:?}");
     assert!(
         find("/etc/resolv.conf").is_none(),
         "no network files without network"
@@ -321,4 +333,84 @@ fn non_utf8_env_is_an_error_not_a_panic() {
     let req = BuildRequest::try_from(p).unwrap();
     let err = make_spec(&req, &SpecOptions::default()).unwrap_err();
     assert!(err.to_string().contains("\"HOME\""), "{err}");
+}
+
+#[test]
+fn read_only_paths_are_bound_as_the_executor_prepared_them() {
+    let mut p = nix_like();
+    p.constraints.as_mut().unwrap().available_ro_paths =
+        vec!["/dev/kvm".into(), "/opt/tools".into()];
+    let prepared = vec![
+        RoMount {
+            path: "/dev/kvm".into(),
+            source: "ro/0".into(),
+            device: true,
+        },
+        RoMount {
+            path: "/opt/tools".into(),
+            source: "ro/1".into(),
+            device: false,
+        },
+    ];
+    let opts = SpecOptions {
+        ro_mounts: prepared,
+        ..Default::default()
+    };
+    let m = mounts(&config(p.clone(), &opts));
+    let find = |d: &str| m.iter().find(|(dest, ..)| dest == d).cloned().unwrap();
+    // A device keeps dev; a directory gets nodev; both from the bundle.
+    assert_eq!(find("/dev/kvm").1, "ro/0");
+    assert_eq!(find("/dev/kvm").2, ["rbind", "ro", "nosuid"]);
+    assert_eq!(find("/opt/tools").1, "ro/1");
+    assert_eq!(find("/opt/tools").2, ["rbind", "ro", "nosuid", "nodev"]);
+    // Nothing prepared: refused, never the host path bound directly.
+    let req = BuildRequest::try_from(p).unwrap();
+    let err = make_spec(&req, &SpecOptions::default()).unwrap_err();
+    assert!(
+        matches!(err, SpecError::RoPathNotPrepared(ref p) if p == "/dev/kvm"),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("constraints.available_ro_paths: /dev/kvm"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_pids_limit_by_default_an_rlimit_when_rootless() {
+    assert_eq!(SpecOptions::default().resources.pids, Some(4096));
+    let v = config(nix_like(), &SpecOptions::default());
+    assert_eq!(v["linux"]["resources"]["pids"]["limit"], 4096);
+    let unlimited = SpecOptions {
+        resources: ResourceLimits {
+            pids: None,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let v = config(nix_like(), &unlimited);
+    assert!(
+        v["linux"]["resources"].get("pids").is_none(),
+        "{}",
+        v["linux"]
+    );
+    // Rootless: no cgroup to hold it, so RLIMIT_NPROC of the build user.
+    let v = config(nix_like(), &rootless());
+    assert!(
+        v["linux"]["resources"].get("pids").is_none(),
+        "{}",
+        v["linux"]
+    );
+    let nproc = v["process"]["rlimits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["type"] == "RLIMIT_NPROC")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        (nproc["soft"].clone(), nproc["hard"].clone()),
+        (4096.into(), 4096.into())
+    );
 }

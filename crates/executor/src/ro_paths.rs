@@ -1,0 +1,354 @@
+//! A request's `constraints.available_ro_paths`: only what the operator
+//! allowed ([`crate::ExecutorConfig::allowed_ro_paths`], `--allow-ro-path`),
+//! bound read-only all the way down.
+//!
+//! As in Nix (`sandbox-paths`), the admin decides what of the host a build
+//! may see, never the request. A path is allowed when it is exactly one of
+//! the operator's (no prefixes: allowing `/dev/kvm` allows neither `/dev`
+//! nor `/dev/kvm/x`) and is its own real path (no symlink in it).
+//!
+//! `rbind,ro` makes only the top mount read-only: a writable mount below
+//! it stays writable, and runc 1.1 has no `rro`. So, as root, the executor
+//! clones the path's mount tree (`open_tree(OPEN_TREE_CLONE|AT_RECURSIVE)`),
+//! makes every mount of the clone read-only, `nosuid` and (unless the path
+//! is a device node) `nodev`, and private (`mount_setattr(AT_RECURSIVE)`),
+//! and attaches it at `<bundle>/ro/<n>` (`move_mount`), which the spec
+//! binds at the path. [`RoClones`] detaches them when dropped; the stale
+//! cleanup detaches those a killed executor left.
+//!
+//! Rootless, the executor cannot clone a host mount, and runc's rbind in
+//! the build's user namespace keeps the sub-mounts' own flags (locked): a
+//! path with anything mounted below it is refused there, one without is
+//! bound `rbind,ro,nosuid,nodev` (no `nodev` for a device) from the host.
+
+use std::ffi::{CString, c_uint};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+
+use tracing::warn;
+use tvix_oci_spec::{BuildRequest, BundleLayout, RoMount};
+
+use crate::BuildError;
+
+/// What an allowed path is on the host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Dir,
+    /// A regular file (or a fifo or socket): bound like a file.
+    File,
+    /// A character or block device: bound without `nodev`.
+    Device,
+}
+
+/// A requested path this host will bind, and what it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Allowed {
+    pub path: String,
+    pub kind: Kind,
+}
+
+/// The operator's list, canonical: each path resolved through symlinks
+/// where it exists (so it matches the real path a request must name), as
+/// given otherwise (a request naming it is then refused as absent).
+pub fn canonical_allow_list(paths: &[PathBuf]) -> Vec<PathBuf> {
+    paths
+        .iter()
+        .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()))
+        .collect()
+}
+
+/// The refusal of a path the operator did not allow: the request's fault
+/// on this builder.
+fn not_allowed(path: &str) -> BuildError {
+    BuildError::NotAllowed(format!(
+        "constraints.available_ro_paths: {path} is not allowed on this builder (the operator allows paths with --allow-ro-path)"
+    ))
+}
+
+/// Decides one requested path against the canonical allow-list: refused
+/// unless it is exactly an allowed path, exists, and is its own real path.
+pub fn decide(path: &str, allowed: &[PathBuf]) -> Result<Kind, BuildError> {
+    if !allowed
+        .iter()
+        .any(|a| a.as_os_str().as_bytes() == path.as_bytes())
+    {
+        return Err(not_allowed(path));
+    }
+    let meta = std::fs::symlink_metadata(path).map_err(|_| {
+        BuildError::Host(format!(
+            "constraints.available_ro_paths: {path} does not exist on this host"
+        ))
+    })?;
+    match std::fs::canonicalize(path) {
+        Ok(real) if real.as_os_str().as_bytes() == path.as_bytes() => {}
+        Ok(real) => {
+            return Err(BuildError::NotAllowed(format!(
+                "constraints.available_ro_paths: {path} goes through a symlink (it is {}); only the real paths the operator allows are bound",
+                real.display()
+            )));
+        }
+        Err(e) => {
+            return Err(BuildError::Host(format!(
+                "constraints.available_ro_paths: resolving {path}: {e}"
+            )));
+        }
+    }
+    let t = meta.file_type();
+    Ok(if t.is_dir() {
+        Kind::Dir
+    } else if t.is_char_device() || t.is_block_device() {
+        Kind::Device
+    } else {
+        Kind::File
+    })
+}
+
+/// Decides all of `req`'s paths, before anything is mounted. A path that
+/// holds `bundle_root` is refused even if allowed: through it a build
+/// would see the other builds' bundles (and its own clone inside itself).
+pub fn check(
+    req: &BuildRequest,
+    allowed: &[PathBuf],
+    bundle_root: &Path,
+) -> Result<Vec<Allowed>, BuildError> {
+    let root = std::fs::canonicalize(bundle_root).unwrap_or_else(|_| bundle_root.to_owned());
+    req.constraints()
+        .available_ro_paths
+        .iter()
+        .map(|p| {
+            let path = p.to_host();
+            let kind = decide(&path, allowed)?;
+            if root.starts_with(&path) {
+                return Err(BuildError::Host(format!(
+                    "constraints.available_ro_paths: {path} holds this builder's bundle root {}, which no build may see; the operator should allow a path outside it",
+                    root.display()
+                )));
+            }
+            Ok(Allowed { path, kind })
+        })
+        .collect()
+}
+
+/// Rootless: the host paths themselves, refused where something is
+/// mounted below one (its flags would hold in the build).
+pub fn rootless_mounts(paths: &[Allowed]) -> Result<Vec<RoMount>, BuildError> {
+    let mounts = tvix_oci_fuse::mountinfo::mounts().map_err(BuildError::infra)?;
+    paths
+        .iter()
+        .map(|a| {
+            let below: Vec<_> = mounts
+                .iter()
+                .filter(|m| m.mount_point.starts_with(&a.path) && m.mount_point != Path::new(&a.path))
+                .map(|m| m.mount_point.display().to_string())
+                .collect();
+            if !below.is_empty() {
+                return Err(BuildError::Host(format!(
+                    "constraints.available_ro_paths: {} has mounts below it ({}), which a rootless build cannot bind read-only; run as root or allow a path without mounts below it",
+                    a.path,
+                    below.join(", ")
+                )));
+            }
+            Ok(RoMount {
+                path: a.path.clone(),
+                source: PathBuf::from(&a.path),
+                device: a.kind == Kind::Device,
+            })
+        })
+        .collect()
+}
+
+/// The read-only clones attached in one bundle, detached when dropped
+/// (declare it before the container, after the bundle directory).
+#[derive(Debug, Default)]
+pub(crate) struct RoClones {
+    attached: Vec<PathBuf>,
+}
+
+impl RoClones {
+    /// Clones each path recursively read-only at `layout`'s `ro/<n>`.
+    pub fn attach(
+        layout: &BundleLayout,
+        paths: &[Allowed],
+    ) -> Result<(Self, Vec<RoMount>), BuildError> {
+        let mut clones = Self::default();
+        let mut mounts = Vec::new();
+        if paths.is_empty() {
+            return Ok((clones, mounts));
+        }
+        let parent = layout.dir().join(BundleLayout::RO);
+        std::fs::create_dir(&parent)
+            .map_err(|e| BuildError::Host(format!("{}: {e}", parent.display())))?;
+        for (n, a) in paths.iter().enumerate() {
+            let target = layout.ro(n);
+            let fail = |what: &str, e: std::io::Error| {
+                BuildError::Host(format!(
+                    "binding {} read-only at {}: {what}: {e}",
+                    a.path,
+                    target.display()
+                ))
+            };
+            let created = match a.kind {
+                Kind::Dir => std::fs::create_dir(&target),
+                _ => std::fs::File::create_new(&target).map(drop),
+            };
+            created.map_err(|e| fail("creating the mount point", e))?;
+            let tree = open_tree_clone(&a.path).map_err(|e| fail("open_tree", e))?;
+            set_read_only(&tree, a.kind == Kind::Device).map_err(|e| fail("mount_setattr", e))?;
+            move_mount(&tree, &target).map_err(|e| fail("move_mount", e))?;
+            clones.attached.push(target);
+            mounts.push(RoMount {
+                path: a.path.clone(),
+                source: BundleLayout::ro_source(n),
+                device: a.kind == Kind::Device,
+            });
+        }
+        Ok((clones, mounts))
+    }
+}
+
+impl Drop for RoClones {
+    fn drop(&mut self) {
+        for t in self.attached.iter().rev() {
+            // MNT_DETACH takes the clone's whole tree.
+            if let Err(e) = nix::mount::umount2(t, nix::mount::MntFlags::MNT_DETACH) {
+                warn!(path = %t.display(), "detaching a read-only clone: {e}");
+            }
+        }
+    }
+}
+
+fn cstring(p: impl AsRef<Path>) -> std::io::Result<CString> {
+    CString::new(p.as_ref().as_os_str().as_bytes()).map_err(std::io::Error::other)
+}
+
+fn check_rc(rc: libc::c_long) -> std::io::Result<libc::c_long> {
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// A detached copy of the mount tree at `path` (gone if never attached).
+fn open_tree_clone(path: &str) -> std::io::Result<OwnedFd> {
+    let p = cstring(path)?;
+    let flags = libc::OPEN_TREE_CLONE
+        | libc::OPEN_TREE_CLOEXEC
+        | libc::AT_RECURSIVE as c_uint
+        | libc::AT_SYMLINK_NOFOLLOW as c_uint;
+    // SAFETY: p is a valid C string; the kernel returns a new fd or -1.
+    let fd =
+        check_rc(unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, p.as_ptr(), flags) })?;
+    // SAFETY: fd is a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
+}
+
+/// Every mount of `tree` read-only, nosuid, nodev (unless `device`), private.
+fn set_read_only(tree: &OwnedFd, device: bool) -> std::io::Result<()> {
+    let mut set = libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID;
+    if !device {
+        set |= libc::MOUNT_ATTR_NODEV;
+    }
+    // c_ulong is 32 bits on some targets.
+    #[allow(clippy::unnecessary_cast)]
+    let attr = libc::mount_attr {
+        attr_set: set,
+        attr_clr: 0,
+        propagation: libc::MS_PRIVATE as u64,
+        userns_fd: 0,
+    };
+    // SAFETY: attr lives across the call and its size is passed.
+    check_rc(unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_RECURSIVE,
+            &attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    })
+    .map(drop)
+}
+
+/// Attaches `tree` at `target`.
+fn move_mount(tree: &OwnedFd, target: &Path) -> std::io::Result<()> {
+    let t = cstring(target)?;
+    // SAFETY: t is a valid C string, tree an open_tree fd.
+    check_rc(unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            t.as_ptr(),
+            libc::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    })
+    .map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(r: Result<Kind, BuildError>) -> String {
+        match r {
+            Err(BuildError::NotAllowed(m)) => m,
+            other => panic!("not refused as not allowed: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn only_exact_allowed_paths_pass() {
+        let allowed = canonical_allow_list(&["/dev/null".into()]);
+        assert_eq!(decide("/dev/null", &allowed).unwrap(), Kind::Device);
+        let m = refused(decide("/dev", &allowed));
+        assert_eq!(
+            m,
+            "constraints.available_ro_paths: /dev is not allowed on this builder (the operator allows paths with --allow-ro-path)"
+        );
+        refused(decide("/dev/null/x", &allowed));
+        refused(decide("/dev/nul", &allowed));
+        refused(decide("/etc", &[]));
+    }
+
+    #[test]
+    fn kinds_and_absent_paths() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().canonicalize().unwrap();
+        std::fs::write(dir.join("f"), b"x").unwrap();
+        let allowed = canonical_allow_list(&[dir.clone(), dir.join("f"), dir.join("gone")]);
+        let s = |p: &Path| p.to_str().unwrap().to_owned();
+        assert_eq!(decide(&s(&dir), &allowed).unwrap(), Kind::Dir);
+        assert_eq!(decide(&s(&dir.join("f")), &allowed).unwrap(), Kind::File);
+        let err = decide(&s(&dir.join("gone")), &allowed).unwrap_err();
+        assert!(
+            matches!(err, BuildError::Host(ref m) if m.contains("gone") && m.contains("does not exist")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn symlinks_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().canonicalize().unwrap();
+        std::fs::create_dir(dir.join("real")).unwrap();
+        std::os::unix::fs::symlink(dir.join("real"), dir.join("link")).unwrap();
+        let link = dir.join("link");
+        // The operator's list given through the link resolves to the real path ...
+        let allowed = canonical_allow_list(std::slice::from_ref(&link));
+        assert_eq!(allowed, [dir.join("real")]);
+        refused(decide(link.to_str().unwrap(), &allowed));
+        // ... and a literal list naming a symlink still binds nothing through it.
+        let m = refused(decide(link.to_str().unwrap(), std::slice::from_ref(&link)));
+        assert!(m.contains("symlink") && m.contains("real"), "{m}");
+        // A symlink in a parent too.
+        std::fs::create_dir(dir.join("real/sub")).unwrap();
+        let via = link.join("sub");
+        let m = refused(decide(via.to_str().unwrap(), std::slice::from_ref(&via)));
+        assert!(m.contains("symlink"), "{m}");
+    }
+}
