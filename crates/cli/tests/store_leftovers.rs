@@ -48,17 +48,17 @@ impl Server {
     /// call's task (its result is the server's answer).
     async fn stalled_upload(
         &self,
-    ) -> tokio::task::JoinHandle<Result<tonic::Response<tvix_oci_castore::proto::PutBlobResponse>, tonic::Status>> {
+    ) -> tokio::task::JoinHandle<
+        Result<tonic::Response<tvix_oci_castore::proto::PutBlobResponse>, tonic::Status>,
+    > {
         let mut c = BlobServiceClient::connect(self.url.replace("grpc+http://", "http://"))
             .await
             .unwrap();
         let chunk = BlobChunk {
             data: vec![1u8; 1 << 20].into(),
         };
-        let stream = futures::StreamExt::chain(
-            futures::stream::iter([chunk]),
-            futures::stream::pending(),
-        );
+        let stream =
+            futures::StreamExt::chain(futures::stream::iter([chunk]), futures::stream::pending());
         tokio::spawn(async move { c.put(stream).await })
     }
 }
@@ -114,7 +114,10 @@ async fn a_stalled_upload_is_dropped_with_its_temp_file() {
         .unwrap()
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
-    assert!(status.message().contains("sent nothing for 1 s"), "{status:?}");
+    assert!(
+        status.message().contains("sent nothing for 1 s"),
+        "{status:?}"
+    );
     assert!(
         eventually(5, || temp_files(&data).is_empty()).await,
         "left: {:?}",
@@ -151,17 +154,24 @@ async fn temp_files_of_a_killed_server_are_removed_at_the_next_open() {
     assert!(left.starts_with(&format!("blob.{pid}.")), "{left}");
     server.child.kill().unwrap(); // SIGKILL: nothing of it runs again
     server.child.wait().unwrap();
-    assert_eq!(temp_files(&data), [left.clone()]);
+    assert_eq!(temp_files(&data), std::slice::from_ref(&left));
 
     // A write in flight of a live process (this one) in the same dir.
-    let live = format!("{}abcdef", tvix_oci_castore::tempfiles::owned_prefix("blob"));
+    let live = format!(
+        "{}abcdef",
+        tvix_oci_castore::tempfiles::owned_prefix("blob")
+    );
     std::fs::write(temp_dir(&data).join(&live), b"in flight").unwrap();
 
     // The next start of the store: any command opening it.
     let f = tmp.path().join("f");
     std::fs::write(&f, b"x").unwrap();
     let out = bin(&data).arg("import").arg(&f).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(temp_files(&data), [live]);
 }
 
@@ -184,5 +194,33 @@ async fn a_second_process_on_the_embedded_store_is_told_who_holds_it() {
     );
     assert!(err.contains(&expect), "{err:?} lacks {expect:?}");
     assert!(err.contains(" serve --listen 127.0.0.1:0"), "{err}");
-    assert!(err.contains(&format!("use its gRPC address ({})", server.url)), "{err}");
+    assert!(
+        err.contains(&format!("use its gRPC address ({})", server.url)),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_directory_upload_is_dropped() {
+    use tvix_oci_castore::proto::directory_service_client::DirectoryServiceClient;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let server = Server::start(&data, &["--upload-idle-timeout", "1"]);
+    let mut c = DirectoryServiceClient::connect(server.url.replace("grpc+http://", "http://"))
+        .await
+        .unwrap();
+    let leaf = tvix_oci_castore::proto::Directory::default();
+    let stream =
+        futures::StreamExt::chain(futures::stream::iter([leaf]), futures::stream::pending());
+    let status = tokio::time::timeout(Duration::from_secs(15), c.put(stream))
+        .await
+        .expect("the server still holds the silent upload after 15 s")
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("the directory upload sent nothing for 1 s"),
+        "{status:?}"
+    );
 }
