@@ -19,11 +19,11 @@ use std::sync::Arc;
 use url::Url;
 
 use crate::StoreError;
-use crate::grpc::StoreTimeouts;
 use crate::blobservice::{BlobService, GrpcBlobService, MemoryBlobService, ObjectsBlobService};
 use crate::directoryservice::{
     DirectoryService, GrpcDirectoryService, MemoryDirectoryService, RedbDirectoryService,
 };
+use crate::grpc::StoreTimeouts;
 
 fn parse(url: &str) -> Result<Url, StoreError> {
     Url::parse(url).map_err(|e| StoreError::url(url, e.to_string()))

@@ -16,7 +16,9 @@ use futures::StreamExt;
 use tokio::io::AsyncReadExt;
 use tvix_oci_castore::blobservice::{BlobReader, BlobService, BlobWriter};
 use tvix_oci_castore::directoryservice::{DirectoryPutter, DirectoryService};
-use tvix_oci_castore::{B3Digest, Directory, StoreError, open_blob_service, open_directory_service};
+use tvix_oci_castore::{
+    B3Digest, Directory, StoreError, open_blob_service, open_directory_service,
+};
 
 /// Accepts connections and holds them, never reading or writing.
 async fn silent_listener() -> (String, tokio::task::JoinHandle<()>) {
@@ -129,16 +131,29 @@ async fn every_call_times_out(base: &str, read_starts: bool) {
     // Big enough to fill the flow control windows when nobody reads.
     let big = Bytes::from(vec![7u8; 64 << 20]);
     let err = fails_soon("put", blobs.put(big)).await;
-    assert!(err.contains(&format!("the blob store {url} did not")), "{err}");
+    assert!(
+        err.contains(&format!("the blob store {url} did not")),
+        "{err}"
+    );
 
     let err = fails_soon("get", dirs.get(&d)).await;
-    assert_names(&err, "directory", &url, &format!("answer Get of directory {d}"));
+    assert_names(
+        &err,
+        "directory",
+        &url,
+        &format!("answer Get of directory {d}"),
+    );
 
     let err = fails_soon("get_recursive", async {
         dirs.get_recursive(&d).next().await.expect("an item")
     })
     .await;
-    assert_names(&err, "directory", &url, &format!("answer Get of directory {d}"));
+    assert_names(
+        &err,
+        "directory",
+        &url,
+        &format!("answer Get of directory {d}"),
+    );
 
     let dir = Directory::default();
     let root = dir.digest();
@@ -168,7 +183,12 @@ async fn a_grpc_server_whose_store_never_answers() {
 
 #[tokio::test]
 async fn bad_timeout_parameters_are_refused() {
-    for q in ["timeout=0", "idle_timeout=-1", "connect_timeout=soon", "timeouts=3"] {
+    for q in [
+        "timeout=0",
+        "idle_timeout=-1",
+        "connect_timeout=soon",
+        "timeouts=3",
+    ] {
         let url = format!("grpc+http://127.0.0.1:1?{q}");
         let err = open_blob_service(&url).await.unwrap_err().to_string();
         assert!(err.contains(&url), "{err}");

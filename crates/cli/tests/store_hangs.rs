@@ -177,7 +177,8 @@ fn a_url_parameter_overrides_the_flag() {
     let (code, err, _) = run_bounded(c);
     assert_eq!(code, Some(3), "{err}");
     assert!(
-        err.contains(&format!("the directory store {url} did not answer Get")) && err.contains("within 1 s"),
+        err.contains(&format!("the directory store {url} did not answer Get"))
+            && err.contains("within 1 s"),
         "{err}"
     );
 }

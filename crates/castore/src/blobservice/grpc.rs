@@ -212,13 +212,20 @@ struct GrpcWriter {
 
 impl GrpcWriter {
     /// The upload's reply; `what` names it for a timeout.
-    async fn finish(&mut self, what: impl FnOnce() -> String) -> io::Result<proto::PutBlobResponse> {
+    async fn finish(
+        &mut self,
+        what: impl FnOnce() -> String,
+    ) -> io::Result<proto::PutBlobResponse> {
         self.tx = None;
         let task = self
             .task
             .as_mut()
             .ok_or_else(|| io::Error::other("blob writer already closed"))?;
-        let res = self.waits.first(what, task).await.map_err(|t| t.into_io())?;
+        let res = self
+            .waits
+            .first(what, task)
+            .await
+            .map_err(|t| t.into_io())?;
         self.task = None;
         match res {
             Ok(Ok(r)) => Ok(r),

@@ -37,7 +37,11 @@ impl ObjectsBlobService {
         })?;
         let removed = crate::tempfiles::sweep(&root.join("tmp"));
         if removed > 0 {
-            tracing::info!(removed, "removed temp files of dead writers in {}", root.display());
+            tracing::info!(
+                removed,
+                "removed temp files of dead writers in {}",
+                root.display()
+            );
         }
         Ok(Self { root })
     }

@@ -27,7 +27,11 @@ pub fn find_holder(path: &Path) -> Option<Holder> {
     let meta = std::fs::metadata(path).ok()?;
     let me = std::process::id();
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
             continue;
         };
         if pid == me {
@@ -140,7 +144,11 @@ fn tcp_addr(hex: &str) -> Option<std::net::SocketAddr> {
     let ip = match a.len() {
         8 => {
             let ip = Ipv4Addr::from(word(0)?);
-            IpAddr::V4(if ip.is_unspecified() { Ipv4Addr::LOCALHOST } else { ip })
+            IpAddr::V4(if ip.is_unspecified() {
+                Ipv4Addr::LOCALHOST
+            } else {
+                ip
+            })
         }
         32 => {
             let mut b = [0u8; 16];
@@ -148,7 +156,11 @@ fn tcp_addr(hex: &str) -> Option<std::net::SocketAddr> {
                 b[i * 4..i * 4 + 4].copy_from_slice(&word(i)?);
             }
             let ip = Ipv6Addr::from(b);
-            IpAddr::V6(if ip.is_unspecified() { Ipv6Addr::LOCALHOST } else { ip })
+            IpAddr::V6(if ip.is_unspecified() {
+                Ipv6Addr::LOCALHOST
+            } else {
+                ip
+            })
         }
         _ => return None,
     };
@@ -162,10 +174,18 @@ mod tests {
     #[test]
     fn kernel_tcp_addresses() {
         if cfg!(target_endian = "little") {
-            assert_eq!(tcp_addr("0100007F:1F40").unwrap().to_string(), "127.0.0.1:8000");
-            assert_eq!(tcp_addr("00000000:0050").unwrap().to_string(), "127.0.0.1:80");
             assert_eq!(
-                tcp_addr("00000000000000000000000001000000:1F40").unwrap().to_string(),
+                tcp_addr("0100007F:1F40").unwrap().to_string(),
+                "127.0.0.1:8000"
+            );
+            assert_eq!(
+                tcp_addr("00000000:0050").unwrap().to_string(),
+                "127.0.0.1:80"
+            );
+            assert_eq!(
+                tcp_addr("00000000000000000000000001000000:1F40")
+                    .unwrap()
+                    .to_string(),
                 "[::1]:8000"
             );
         }

@@ -15,9 +15,11 @@ use crate::StoreError;
 mod server;
 mod timeouts;
 
-pub use server::{GrpcBlobServer, GrpcDirectoryServer, ServeOptions, castore_routes, castore_routes_with};
-pub use timeouts::{StoreTimeouts, Timeout, parse_seconds};
+pub use server::{
+    GrpcBlobServer, GrpcDirectoryServer, ServeOptions, castore_routes, castore_routes_with,
+};
 pub(crate) use timeouts::Waits;
+pub use timeouts::{StoreTimeouts, Timeout, parse_seconds};
 
 /// The largest message accepted or sent (a Directory with many entries is
 /// larger than tonic's 4 MiB default).

@@ -142,7 +142,9 @@ impl GrpcBlobServer {
         // Dropping `w` on an early return (an error, the client gone, or
         // the idle limit) discards the temp file.
         let mut w = self.blobs.open_write().await.map_err(io_status)?;
-        while let Some(chunk) = next_upload(&mut stream, self.upload_idle, "the blob upload").await? {
+        while let Some(chunk) =
+            next_upload(&mut stream, self.upload_idle, "the blob upload").await?
+        {
             w.write(chunk.data).await.map_err(io_status)?;
         }
         let digest = w.close().await.map_err(io_status)?;
@@ -205,7 +207,9 @@ impl GrpcDirectoryServer {
         mut stream: Streaming<proto::Directory>,
     ) -> Result<proto::PutDirectoryResponse, Status> {
         let mut putter = self.dirs.put_multiple_start();
-        while let Some(p) = next_upload(&mut stream, self.upload_idle, "the directory upload").await? {
+        while let Some(p) =
+            next_upload(&mut stream, self.upload_idle, "the directory upload").await?
+        {
             let digest = B3Digest::of(&prost::Message::encode_to_vec(&p));
             let dir = Directory::try_from(p).map_err(|err| {
                 Status::invalid_argument(format!("directory {digest} is invalid: {err}"))

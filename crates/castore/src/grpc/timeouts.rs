@@ -75,7 +75,8 @@ pub(crate) fn apply_param(
         "idle_timeout" => &mut t.idle,
         _ => return Ok(false),
     };
-    *slot = parse_seconds(value).map_err(|e| StoreError::url(url.as_str(), format!("{key}: {e}")))?;
+    *slot =
+        parse_seconds(value).map_err(|e| StoreError::url(url.as_str(), format!("{key}: {e}")))?;
     Ok(true)
 }
 
