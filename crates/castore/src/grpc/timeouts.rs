@@ -159,17 +159,14 @@ impl Waits {
         S: Stream<Item = T> + Send + Unpin + 'static,
         T: Send + 'static,
     {
-        let waits = self.clone();
-        futures::stream::unfold(Some(stream), move |state| {
-            let waits = waits.clone();
-            let what = what.clone();
-            async move {
-                let mut s = state?;
-                match tokio::time::timeout(waits.t.idle, s.next()).await {
-                    Ok(Some(item)) => Some((Ok(item), Some(s))),
-                    Ok(None) => None,
-                    Err(_) => Some((Err(waits.timeout(what, waits.t.idle)), None)),
-                }
+        let idle = self.t.idle;
+        let state = Some((stream, self.clone(), what));
+        futures::stream::unfold(state, move |state| async move {
+            let (mut s, waits, what) = state?;
+            match tokio::time::timeout(idle, s.next()).await {
+                Ok(Some(item)) => Some((Ok(item), Some((s, waits, what)))),
+                Ok(None) => None,
+                Err(_) => Some((Err(waits.timeout(what, idle)), None)),
             }
         })
         .boxed()
