@@ -37,6 +37,36 @@ pub enum StoreError {
     },
     #[error("invalid store URL {url:?}: {reason}")]
     Url { url: String, reason: String },
+    /// A remote store did not answer in time.
+    #[error(transparent)]
+    Timeout(#[from] crate::grpc::Timeout),
+    /// The embedded database is open in another process (redb allows one).
+    #[error("{}", in_use(path, holder.as_ref()))]
+    InUse {
+        path: PathBuf,
+        holder: Option<crate::directoryservice::Holder>,
+    },
+}
+
+fn in_use(path: &std::path::Path, holder: Option<&crate::directoryservice::Holder>) -> String {
+    let p = path.display();
+    match holder {
+        Some(h) => {
+            let addr = match h.listening.first() {
+                Some(a) => format!("its gRPC address ({a})"),
+                None => "its gRPC address (grpc+http://…)".to_owned(),
+            };
+            format!(
+                "the directory store {p} is in use by process {} ({}); use {addr} as the store, or stop it",
+                h.pid, h.command
+            )
+        }
+        None => format!(
+            "the directory store {p} is in use by another process, which could not be found \
+             (it may belong to another user or pid namespace); use that process's gRPC address \
+             as the store, or stop it"
+        ),
+    }
 }
 
 impl StoreError {

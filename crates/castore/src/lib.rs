@@ -28,5 +28,7 @@ pub use digest::{B3_LEN, B3Digest, DigestError};
 pub use directory::{Directory, DirectoryError};
 pub use error::{ClosureError, StoreError};
 pub use node::{Node, NodeError};
-pub use open::{open_blob_service, open_directory_service};
+pub use open::{
+    open_blob_service, open_blob_service_with, open_directory_service, open_directory_service_with,
+};
 pub use path::{NameError, PathComponent, SymlinkTarget};

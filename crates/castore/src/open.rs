@@ -9,7 +9,10 @@
 //! | `grpc+unix:///run/x.sock` | [`GrpcBlobService`] | [`GrpcDirectoryService`] |
 //!
 //! gRPC URLs take `?package=snix` to speak `snix.castore.v1` instead of
-//! the default `tvix.castore.v1`. Each `memory://` opens a new, empty store.
+//! the default `tvix.castore.v1`, and bounds on their waits in seconds:
+//! `connect_timeout` (default 10), `timeout` (the first answer to a call,
+//! default 30) and `idle_timeout` (silence within a stream, default 30);
+//! see [`StoreTimeouts`]. Each `memory://` opens a new, empty store.
 
 use std::sync::Arc;
 
@@ -20,6 +23,7 @@ use crate::blobservice::{BlobService, GrpcBlobService, MemoryBlobService, Object
 use crate::directoryservice::{
     DirectoryService, GrpcDirectoryService, MemoryDirectoryService, RedbDirectoryService,
 };
+use crate::grpc::StoreTimeouts;
 
 fn parse(url: &str) -> Result<Url, StoreError> {
     Url::parse(url).map_err(|e| StoreError::url(url, e.to_string()))
@@ -40,6 +44,15 @@ fn local_path(url: &Url) -> Result<std::path::PathBuf, StoreError> {
 
 /// Opens the blob store at `url` (see the module docs for the schemes).
 pub async fn open_blob_service(url: &str) -> Result<Arc<dyn BlobService>, StoreError> {
+    open_blob_service_with(url, StoreTimeouts::default()).await
+}
+
+/// Opens the blob store at `url`; a gRPC one waits at most `timeouts`
+/// (which the URL's own parameters override).
+pub async fn open_blob_service_with(
+    url: &str,
+    timeouts: StoreTimeouts,
+) -> Result<Arc<dyn BlobService>, StoreError> {
     let u = parse(url)?;
     Ok(match u.scheme() {
         "memory" => Arc::new(MemoryBlobService::default()),
@@ -51,7 +64,7 @@ pub async fn open_blob_service(url: &str) -> Result<Arc<dyn BlobService>, StoreE
                 })?,
             )
         }
-        "grpc+http" | "grpc+unix" => Arc::new(GrpcBlobService::connect(&u).await?),
+        "grpc+http" | "grpc+unix" => Arc::new(GrpcBlobService::connect_with(&u, timeouts).await?),
         other => {
             return Err(StoreError::url(
                 url,
@@ -65,6 +78,15 @@ pub async fn open_blob_service(url: &str) -> Result<Arc<dyn BlobService>, StoreE
 
 /// Opens the directory store at `url` (see the module docs for the schemes).
 pub async fn open_directory_service(url: &str) -> Result<Arc<dyn DirectoryService>, StoreError> {
+    open_directory_service_with(url, StoreTimeouts::default()).await
+}
+
+/// Opens the directory store at `url`; a gRPC one waits at most
+/// `timeouts` (which the URL's own parameters override).
+pub async fn open_directory_service_with(
+    url: &str,
+    timeouts: StoreTimeouts,
+) -> Result<Arc<dyn DirectoryService>, StoreError> {
     let u = parse(url)?;
     Ok(match u.scheme() {
         "memory" => Arc::new(MemoryDirectoryService::default()),
@@ -76,7 +98,9 @@ pub async fn open_directory_service(url: &str) -> Result<Arc<dyn DirectoryServic
                     .map_err(|e| StoreError::url(url, format!("opening failed: {e}")))??,
             )
         }
-        "grpc+http" | "grpc+unix" => Arc::new(GrpcDirectoryService::connect(&u).await?),
+        "grpc+http" | "grpc+unix" => {
+            Arc::new(GrpcDirectoryService::connect_with(&u, timeouts).await?)
+        }
         other => {
             return Err(StoreError::url(
                 url,

@@ -1,8 +1,10 @@
 //! Command-line arguments.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use tvix_oci_castore::grpc::{StoreTimeouts, parse_seconds};
 
 /// Run hermetic builds of content-addressed inputs in OCI containers, and
 /// manage the castore they read from and write to.
@@ -19,6 +21,21 @@ pub struct Cli {
     #[arg(long, env = "DIRECTORY_SERVICE_ADDR", global = true)]
     pub directory_service_addr: Option<String>,
 
+    /// Seconds to wait for a gRPC store to accept a connection. A store
+    /// URL's ?connect_timeout= overrides it.
+    #[arg(long, value_name = "SECONDS", global = true, default_value = "10", value_parser = parse_seconds)]
+    pub store_connect_timeout: Duration,
+
+    /// Seconds to wait for a gRPC store's first answer to a call (a reply,
+    /// the start of a stream). A store URL's ?timeout= overrides it.
+    #[arg(long, value_name = "SECONDS", global = true, default_value = "30", value_parser = parse_seconds)]
+    pub store_timeout: Duration,
+
+    /// Seconds a stream from or to a gRPC store may stay silent (no next
+    /// chunk, no room to send one). A store URL's ?idle_timeout= overrides it.
+    #[arg(long, value_name = "SECONDS", global = true, default_value = "30", value_parser = parse_seconds)]
+    pub store_idle_timeout: Duration,
+
     /// More log output (-v: info, -vv: debug). RUST_LOG overrides it.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
@@ -28,6 +45,15 @@ pub struct Cli {
 }
 
 impl Cli {
+    /// The bounds on waiting for a gRPC store, from the flags.
+    pub fn store_timeouts(&self) -> StoreTimeouts {
+        StoreTimeouts {
+            connect: self.store_connect_timeout,
+            first_byte: self.store_timeout,
+            idle: self.store_idle_timeout,
+        }
+    }
+
     /// The default log filter. fuser logs a reply to a request the kernel
     /// already dropped (the reader was killed: ENOENT) as an error; that is
     /// normal at the end of a build, so its reply log is off unless
@@ -103,6 +129,10 @@ pub enum Command {
         /// unix:/path/to.sock. The address is printed once listening.
         #[arg(long, default_value = "127.0.0.1:8000")]
         listen: String,
+        /// Seconds an upload (BlobService.Put, DirectoryService.Put) may
+        /// send nothing before it is dropped, with what it had sent.
+        #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = parse_seconds)]
+        upload_idle_timeout: Duration,
         #[command(flatten)]
         exec: ExecArgs,
     },

@@ -11,7 +11,7 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tvix_oci_castore::blobservice::BlobService;
 use tvix_oci_castore::directoryservice::DirectoryService;
-use tvix_oci_castore::grpc::castore_routes;
+use tvix_oci_castore::grpc::{ServeOptions, castore_routes_with};
 use tvix_oci_executor::Executor;
 use tvix_oci_executor::grpc::GrpcBuildServer;
 
@@ -20,16 +20,18 @@ use crate::exit::{HOST, INVALID, exit};
 use crate::run::shutdown_signal;
 
 /// Serves until Ctrl-C or SIGTERM. Builds in flight are then stopped and
-/// cleaned up (their clients see the call fail).
+/// cleaned up (their clients see the call fail). An upload silent for
+/// `upload_idle` is dropped.
 pub async fn serve(
     listen: &str,
+    upload_idle: std::time::Duration,
     args: &ExecArgs,
     blobs: Arc<dyn BlobService>,
     dirs: Arc<dyn DirectoryService>,
 ) -> anyhow::Result<()> {
     let exec = Arc::new(Executor::new(args.config(), blobs.clone(), dirs.clone()));
     let builds = GrpcBuildServer::new(exec);
-    let routes = castore_routes(blobs, dirs)
+    let routes = castore_routes_with(blobs, dirs, ServeOptions { upload_idle })
         .add_service(builds.clone().into_service())
         .add_service(builds.into_snix_service());
     // Uploads from clients far away: the receive window grows with the

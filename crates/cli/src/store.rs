@@ -7,7 +7,7 @@ use tvix_oci_castore::blobservice::BlobService;
 use tvix_oci_castore::directoryservice::DirectoryService;
 use tvix_oci_castore::export::export_node;
 use tvix_oci_castore::import::{ImportOptions, import_path};
-use tvix_oci_castore::{Node, open_blob_service, open_directory_service};
+use tvix_oci_castore::{Node, open_blob_service_with, open_directory_service_with};
 
 use crate::args::{Cli, Command};
 
@@ -38,8 +38,8 @@ pub async fn open_stores(
         .directory_service_addr
         .clone()
         .unwrap_or_else(|| format!("redb://{}/directories.redb", dir.display()));
-    let blobs = open_blob_service(&b).await?;
-    let dirs = open_directory_service(&d).await?;
+    let blobs = open_blob_service_with(&b, cli.store_timeouts()).await?;
+    let dirs = open_directory_service_with(&d, cli.store_timeouts()).await?;
     Ok((blobs, dirs))
 }
 
@@ -68,7 +68,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}\t{}", p.display(), describe(&node));
             }
         }
-        Command::Serve { listen, exec } => crate::serve::serve(listen, exec, blobs, dirs).await?,
+        Command::Serve {
+            listen,
+            upload_idle_timeout,
+            exec,
+        } => crate::serve::serve(listen, *upload_idle_timeout, exec, blobs, dirs).await?,
         Command::Export { digest, dest } => {
             let node = crate::browse::resolve(digest, &*blobs, &*dirs).await?;
             export_node(blobs, &*dirs, &node, dest).await?;

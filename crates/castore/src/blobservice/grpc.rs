@@ -3,6 +3,7 @@
 //!
 //! The protocol has no range reads: a read at an offset streams the blob
 //! from its start and skips. Every read is verified against the digest.
+//! Every wait on the store is bounded ([`StoreTimeouts`]).
 
 use std::io;
 
@@ -16,7 +17,7 @@ use tonic::transport::Channel;
 use url::Url;
 
 use super::{BlobReader, BlobService, BlobWriter, VerifyingReader};
-use crate::grpc::{Package, client, connect};
+use crate::grpc::{Package, StoreTimeouts, Waits, client, connect};
 use crate::proto;
 use crate::{B3Digest, StoreError};
 
@@ -29,6 +30,7 @@ pub struct GrpcBlobService {
     channel: Channel,
     package: Package,
     url: String,
+    waits: Waits,
 }
 
 fn status_io(url: &str, digest: Option<&B3Digest>, s: &tonic::Status) -> io::Error {
@@ -47,18 +49,35 @@ fn status_io(url: &str, digest: Option<&B3Digest>, s: &tonic::Status) -> io::Err
 }
 
 impl GrpcBlobService {
-    /// Connects to the store at `url`.
+    /// Connects to the store at `url`, with the default timeouts (the
+    /// URL's parameters override them).
     pub async fn connect(url: &Url) -> Result<Self, StoreError> {
-        let (channel, package) = connect(url).await?;
-        Ok(Self::from_channel(channel, package, url.as_str()))
+        Self::connect_with(url, StoreTimeouts::default()).await
     }
 
-    /// Uses an existing channel.
+    /// Connects to the store at `url`, with `timeouts` unless the URL's
+    /// parameters say otherwise.
+    pub async fn connect_with(url: &Url, timeouts: StoreTimeouts) -> Result<Self, StoreError> {
+        let (channel, package, waits) = connect(url, "blob", timeouts).await?;
+        Ok(Self {
+            channel,
+            package,
+            url: url.as_str().to_owned(),
+            waits,
+        })
+    }
+
+    /// Uses an existing channel, with the default timeouts.
     pub fn from_channel(channel: Channel, package: Package, url: &str) -> Self {
         Self {
             channel,
             package,
             url: url.to_owned(),
+            waits: Waits {
+                kind: "blob",
+                url: url.to_owned(),
+                t: StoreTimeouts::default(),
+            },
         }
     }
 
@@ -82,15 +101,23 @@ impl BlobService for GrpcBlobService {
             ..Default::default()
         };
         let path = self.package.path("BlobService", "Stat");
-        let res: Result<tonic::Response<proto::StatBlobResponse>, _> = self
-            .ready()
-            .await?
-            .unary(
-                tonic::Request::new(req),
-                path,
-                tonic_prost::ProstCodec::default(),
-            )
-            .await;
+        let call = async {
+            let res: Result<tonic::Response<proto::StatBlobResponse>, _> = self
+                .ready()
+                .await?
+                .unary(
+                    tonic::Request::new(req),
+                    path,
+                    tonic_prost::ProstCodec::default(),
+                )
+                .await;
+            io::Result::Ok(res)
+        };
+        let res = self
+            .waits
+            .first(|| format!("answer Stat of blob {digest}"), call)
+            .await
+            .map_err(|t| t.into_io())??;
         match res {
             Ok(_) => Ok(true),
             Err(s) if s.code() == tonic::Code::NotFound => Ok(false),
@@ -103,15 +130,23 @@ impl BlobService for GrpcBlobService {
             digest: (*digest).into(),
         };
         let path = self.package.path("BlobService", "Read");
-        let res: Result<tonic::Response<tonic::Streaming<proto::BlobChunk>>, _> = self
-            .ready()
-            .await?
-            .server_streaming(
-                tonic::Request::new(req),
-                path,
-                tonic_prost::ProstCodec::default(),
-            )
-            .await;
+        let call = async {
+            let res: Result<tonic::Response<tonic::Streaming<proto::BlobChunk>>, _> = self
+                .ready()
+                .await?
+                .server_streaming(
+                    tonic::Request::new(req),
+                    path,
+                    tonic_prost::ProstCodec::default(),
+                )
+                .await;
+            io::Result::Ok(res)
+        };
+        let res = self
+            .waits
+            .first(|| format!("answer Read of blob {digest}"), call)
+            .await
+            .map_err(|t| t.into_io())??;
         let stream = match res {
             Ok(r) => r.into_inner(),
             Err(s) if s.code() == tonic::Code::NotFound => return Ok(None),
@@ -119,9 +154,13 @@ impl BlobService for GrpcBlobService {
         };
         let url = self.url.clone();
         let d = *digest;
+        let stream = self
+            .waits
+            .idle_stream(stream, format!("send the next chunk of blob {digest}"));
         let bytes = stream.map(move |r| match r {
-            Ok(chunk) => Ok(chunk.data),
-            Err(s) => Err(status_io(&url, Some(&d), &s)),
+            Ok(Ok(chunk)) => Ok(chunk.data),
+            Ok(Err(s)) => Err(status_io(&url, Some(&d), &s)),
+            Err(t) => Err(t.into_io()),
         });
         let mut reader = VerifyingReader::new(StreamReader::new(bytes), *digest);
         if offset > 0 {
@@ -133,7 +172,11 @@ impl BlobService for GrpcBlobService {
 
     async fn open_write(&self) -> io::Result<Box<dyn BlobWriter>> {
         let (tx, rx) = mpsc::channel::<proto::BlobChunk>(4);
-        let mut client = self.ready().await?;
+        let mut client = self
+            .waits
+            .first(|| "get ready for a blob upload".to_owned(), self.ready())
+            .await
+            .map_err(|t| t.into_io())??;
         let path = self.package.path("BlobService", "Put");
         let task = tokio::spawn(async move {
             let res: Result<tonic::Response<proto::PutBlobResponse>, tonic::Status> = client
@@ -150,6 +193,7 @@ impl BlobService for GrpcBlobService {
             task: Some(task),
             hasher: blake3::Hasher::new(),
             url: self.url.clone(),
+            waits: self.waits.clone(),
         }))
     }
 }
@@ -163,16 +207,27 @@ struct GrpcWriter {
     task: Option<PutTask>,
     hasher: blake3::Hasher,
     url: String,
+    waits: Waits,
 }
 
 impl GrpcWriter {
-    async fn finish(&mut self) -> io::Result<proto::PutBlobResponse> {
+    /// The upload's reply; `what` names it for a timeout.
+    async fn finish(
+        &mut self,
+        what: impl FnOnce() -> String,
+    ) -> io::Result<proto::PutBlobResponse> {
         self.tx = None;
         let task = self
             .task
-            .take()
+            .as_mut()
             .ok_or_else(|| io::Error::other("blob writer already closed"))?;
-        match task.await {
+        let res = self
+            .waits
+            .first(what, task)
+            .await
+            .map_err(|t| t.into_io())?;
+        self.task = None;
+        match res {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(s)) => Err(status_io(&self.url, None, &s)),
             Err(e) => Err(io::Error::other(format!(
@@ -190,12 +245,21 @@ impl BlobWriter for GrpcWriter {
         while !data.is_empty() {
             let chunk = data.split_to(data.len().min(CHUNK));
             let sent = match &self.tx {
-                Some(tx) => tx.send(proto::BlobChunk { data: chunk }).await.is_ok(),
+                Some(tx) => self
+                    .waits
+                    .idle(
+                        || "take the next chunk of a blob upload".to_owned(),
+                        tx.send(proto::BlobChunk { data: chunk }),
+                    )
+                    .await
+                    .map_err(|t| t.into_io())?
+                    .is_ok(),
                 None => false,
             };
             if !sent {
                 // The upload ended early: its result says why.
-                self.finish().await?;
+                self.finish(|| "answer a blob upload it ended early".to_owned())
+                    .await?;
                 return Err(io::Error::other(format!(
                     "store {}: upload ended early",
                     self.url
@@ -207,7 +271,9 @@ impl BlobWriter for GrpcWriter {
 
     async fn close(mut self: Box<Self>) -> io::Result<B3Digest> {
         let local = B3Digest::from(self.hasher.finalize());
-        let resp = self.finish().await?;
+        let resp = self
+            .finish(|| format!("answer Put of blob {local}"))
+            .await?;
         let remote = B3Digest::try_from(&resp.digest).map_err(|e| {
             io::Error::new(
                 io::ErrorKind::InvalidData,

@@ -1,7 +1,9 @@
 //! The embedded persistent blob store (`objects:///path`): one plain file per
 //! blob at `<root>/<first 2 hex digits>/<64 hex digits>`, read-only, written
 //! atomically (temp file in `<root>/tmp`, fsync, rename), so a blob that is
-//! there is complete and a crash leaves no partial one under its name.
+//! there is complete and a crash leaves no partial one under its name. Temp
+//! files are named after the process writing them, and those of processes
+//! that died are removed at the next open ([`crate::tempfiles`]).
 
 use std::io::{self, SeekFrom};
 use std::os::unix::fs::PermissionsExt;
@@ -23,7 +25,8 @@ pub struct ObjectsBlobService {
 
 impl ObjectsBlobService {
     /// Opens (creating it if needed) the store at `root`, removing temp
-    /// files of writes a dead process left unfinished.
+    /// files of writes a dead process left unfinished (live processes'
+    /// writes are untouched).
     pub fn open(root: impl Into<PathBuf>) -> io::Result<Self> {
         let root = root.into();
         std::fs::create_dir_all(root.join("tmp")).map_err(|e| {
@@ -32,7 +35,14 @@ impl ObjectsBlobService {
                 format!("creating blob store {}: {e}", root.display()),
             )
         })?;
-        crate::tempfiles::remove_stale(&root.join("tmp"), crate::tempfiles::STALE_AFTER);
+        let removed = crate::tempfiles::sweep(&root.join("tmp"));
+        if removed > 0 {
+            tracing::info!(
+                removed,
+                "removed temp files of dead writers in {}",
+                root.display()
+            );
+        }
         Ok(Self { root })
     }
 
@@ -73,7 +83,7 @@ impl BlobService for ObjectsBlobService {
         let tmp_dir = self.root.join("tmp");
         let (file, path) = tokio::task::spawn_blocking(move || {
             tempfile::Builder::new()
-                .prefix("blob-")
+                .prefix(&crate::tempfiles::owned_prefix("blob"))
                 .tempfile_in(&tmp_dir)
                 .map(|t| t.into_parts())
         })

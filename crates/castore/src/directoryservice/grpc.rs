@@ -1,7 +1,8 @@
 //! The remote directory store client (`grpc+http://host:port`,
 //! `grpc+unix:///path`), speaking `tvix.castore.v1` or `snix.castore.v1`.
 //! Everything received is validated: each Directory, its digest, and the
-//! order of a recursive Get.
+//! order of a recursive Get. Every wait on the store is bounded
+//! ([`StoreTimeouts`]).
 
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -12,9 +13,14 @@ use tonic::transport::Channel;
 use url::Url;
 
 use super::{DirectoryPutter, DirectoryService, LeavesFirst, RootFirst};
-use crate::grpc::{Package, client, connect};
+use crate::grpc::{Package, StoreTimeouts, Waits, client, connect};
 use crate::proto;
 use crate::{B3Digest, Directory, StoreError};
+
+/// One message of a Get stream, or the store's silence.
+type Message = Result<Result<proto::Directory, tonic::Status>, crate::grpc::Timeout>;
+/// A Get stream with its idle timeout.
+type Received = BoxStream<'static, Message>;
 
 /// A directory store reached over gRPC.
 #[derive(Clone, Debug)]
@@ -22,59 +28,86 @@ pub struct GrpcDirectoryService {
     channel: Channel,
     package: Package,
     url: String,
+    waits: Waits,
 }
 
 impl GrpcDirectoryService {
-    /// Connects to the store at `url`.
+    /// Connects to the store at `url`, with the default timeouts (the
+    /// URL's parameters override them).
     pub async fn connect(url: &Url) -> Result<Self, StoreError> {
-        let (channel, package) = connect(url).await?;
-        Ok(Self::from_channel(channel, package, url.as_str()))
+        Self::connect_with(url, StoreTimeouts::default()).await
     }
 
-    /// Uses an existing channel.
+    /// Connects to the store at `url`, with `timeouts` unless the URL's
+    /// parameters say otherwise.
+    pub async fn connect_with(url: &Url, timeouts: StoreTimeouts) -> Result<Self, StoreError> {
+        let (channel, package, waits) = connect(url, "directory", timeouts).await?;
+        Ok(Self {
+            channel,
+            package,
+            url: url.as_str().to_owned(),
+            waits,
+        })
+    }
+
+    /// Uses an existing channel, with the default timeouts.
     pub fn from_channel(channel: Channel, package: Package, url: &str) -> Self {
         Self {
             channel,
             package,
             url: url.to_owned(),
+            waits: Waits {
+                kind: "directory",
+                url: url.to_owned(),
+                t: StoreTimeouts::default(),
+            },
         }
     }
 
+    /// The stream of a Get, each message given the idle timeout.
     async fn get_stream(
         &self,
         digest: &B3Digest,
         recursive: bool,
-    ) -> Result<Option<tonic::Streaming<proto::Directory>>, StoreError> {
+    ) -> Result<Option<Received>, StoreError> {
         let req = proto::GetDirectoryRequest {
             by_what: Some(proto::get_directory_request::ByWhat::Digest(
                 (*digest).into(),
             )),
             recursive,
         };
-        let mut c = client(self.channel.clone());
-        c.ready()
-            .await
-            .map_err(|e| StoreError::url(&self.url, format!("not ready: {e}")))?;
-        let path = self.package.path("DirectoryService", "Get");
-        match c
-            .server_streaming(
-                tonic::Request::new(req),
-                path,
-                tonic_prost::ProstCodec::default(),
+        let call = async {
+            let mut c = client(self.channel.clone());
+            c.ready()
+                .await
+                .map_err(|e| StoreError::url(&self.url, format!("not ready: {e}")))?;
+            let path = self.package.path("DirectoryService", "Get");
+            Ok::<_, StoreError>(
+                c.server_streaming(
+                    tonic::Request::new(req),
+                    path,
+                    tonic_prost::ProstCodec::default(),
+                )
+                .await,
             )
-            .await
-        {
-            Ok(r) => Ok(Some(r.into_inner())),
+        };
+        let res = self
+            .waits
+            .first(|| format!("answer Get of directory {digest}"), call)
+            .await??;
+        let what = match recursive {
+            true => format!("send the next directory of the closure of {digest}"),
+            false => format!("send directory {digest}"),
+        };
+        match res {
+            Ok(r) => Ok(Some(self.waits.idle_stream(r.into_inner(), what))),
             Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
             Err(s) => Err(StoreError::grpc(&self.url, &s)),
         }
     }
 
-    fn check(
-        &self,
-        received: Result<proto::Directory, tonic::Status>,
-    ) -> Result<Directory, StoreError> {
-        let p = received.map_err(|s| StoreError::grpc(&self.url, &s))?;
+    fn check(&self, received: Message) -> Result<Directory, StoreError> {
+        let p = received?.map_err(|s| StoreError::grpc(&self.url, &s))?;
         let digest = B3Digest::of(&prost::Message::encode_to_vec(&p));
         Directory::try_from(p).map_err(|err| StoreError::InvalidDirectory { digest, err })
     }
@@ -170,8 +203,10 @@ impl GrpcPutter<'_> {
         }
         let (tx, rx) = mpsc::channel(16);
         let mut c = client(self.svc.channel.clone());
-        c.ready()
-            .await
+        self.svc
+            .waits
+            .first(|| "get ready for a directory upload".to_owned(), c.ready())
+            .await?
             .map_err(|e| StoreError::url(&self.svc.url, format!("not ready: {e}")))?;
         let path = self.svc.package.path("DirectoryService", "Put");
         self.task = Some(tokio::spawn(async move {
@@ -187,10 +222,16 @@ impl GrpcPutter<'_> {
         Ok(tx)
     }
 
-    async fn finish(&mut self) -> Result<proto::PutDirectoryResponse, StoreError> {
+    /// The upload's reply; `what` names it for a timeout.
+    async fn finish(
+        &mut self,
+        what: impl FnOnce() -> String,
+    ) -> Result<proto::PutDirectoryResponse, StoreError> {
         self.tx = None;
-        let task = self.task.take().ok_or(crate::ClosureError::Empty)?;
-        match task.await {
+        let task = self.task.as_mut().ok_or(crate::ClosureError::Empty)?;
+        let res = self.svc.waits.first(what, task).await?;
+        self.task = None;
+        match res {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(s)) => Err(StoreError::grpc(&self.svc.url, &s)),
             Err(e) => Err(StoreError::url(
@@ -206,9 +247,18 @@ impl DirectoryPutter for GrpcPutter<'_> {
     async fn put(&mut self, dir: Directory) -> Result<(), StoreError> {
         self.check.add(&dir)?;
         let tx = self.start().await?;
-        if tx.send(proto::Directory::from(&dir)).await.is_err() {
+        let sent = self
+            .svc
+            .waits
+            .idle(
+                || "take the next directory of an upload".to_owned(),
+                tx.send(proto::Directory::from(&dir)),
+            )
+            .await?;
+        if sent.is_err() {
             // The stream ended early: its result says why.
-            self.finish().await?;
+            self.finish(|| "answer a directory upload it ended early".to_owned())
+                .await?;
             return Err(StoreError::url(
                 &self.svc.url,
                 "directory upload ended early",
@@ -219,7 +269,9 @@ impl DirectoryPutter for GrpcPutter<'_> {
 
     async fn close(&mut self) -> Result<B3Digest, StoreError> {
         let root = std::mem::take(&mut self.check).finish()?;
-        let resp = self.finish().await?;
+        let resp = self
+            .finish(|| format!("answer Put of the closure of directory {root}"))
+            .await?;
         let remote = B3Digest::try_from(&resp.root_digest).map_err(|e| {
             StoreError::url(&self.svc.url, format!("bad root digest in reply: {e}"))
         })?;

@@ -15,11 +15,13 @@ use crate::{B3Digest, Directory, StoreError};
 
 mod closure;
 mod grpc;
+mod holder;
 mod memory;
 mod redb;
 
 pub use closure::{LeavesFirst, RootFirst};
 pub use grpc::GrpcDirectoryService;
+pub use holder::{Holder, find_holder};
 pub use memory::MemoryDirectoryService;
 pub use redb::RedbDirectoryService;
 

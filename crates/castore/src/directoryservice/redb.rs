@@ -22,14 +22,21 @@ pub struct RedbDirectoryService {
 
 impl RedbDirectoryService {
     /// Opens (creating it and its parent directory if needed) the database
-    /// at `path`.
+    /// at `path`. One process at a time: when another has it open, the
+    /// error is [`StoreError::InUse`], naming that process if it is seen.
     pub fn open(path: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let path = path.into();
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent)
                 .map_err(|e| StoreError::io(format!("creating {}", parent.display()), e))?;
         }
-        let db = Database::create(&path).map_err(|e| db_err(&path, e))?;
+        let db = Database::create(&path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse {
+                holder: super::find_holder(&path),
+                path: path.clone(),
+            },
+            e => db_err(&path, e),
+        })?;
         let txn = db.begin_write().map_err(|e| db_err(&path, e))?;
         txn.open_table(DIRECTORIES).map_err(|e| db_err(&path, e))?;
         txn.commit().map_err(|e| db_err(&path, e))?;

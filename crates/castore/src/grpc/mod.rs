@@ -1,6 +1,7 @@
 //! gRPC plumbing shared by the remote store clients and the server: the
-//! connection from a `grpc+http://` / `grpc+unix://` URL, and the package
-//! name (`tvix.castore.v1` or `snix.castore.v1`) that makes the gRPC paths.
+//! connection from a `grpc+http://` / `grpc+unix://` URL, the package
+//! name (`tvix.castore.v1` or `snix.castore.v1`) that makes the gRPC paths,
+//! and the clients' timeouts ([`StoreTimeouts`]).
 
 use std::str::FromStr;
 
@@ -12,8 +13,13 @@ use url::Url;
 use crate::StoreError;
 
 mod server;
+mod timeouts;
 
-pub use server::{GrpcBlobServer, GrpcDirectoryServer, castore_routes};
+pub use server::{
+    GrpcBlobServer, GrpcDirectoryServer, ServeOptions, castore_routes, castore_routes_with,
+};
+pub(crate) use timeouts::Waits;
+pub use timeouts::{StoreTimeouts, Timeout, parse_seconds};
 
 /// The largest message accepted or sent (a Directory with many entries is
 /// larger than tonic's 4 MiB default).
@@ -43,9 +49,15 @@ impl Package {
     }
 }
 
-/// Reads the `?package=tvix|snix` query of a store URL.
-pub(crate) fn package_of(url: &Url) -> Result<Package, StoreError> {
+/// Reads the query of a store URL: `package=tvix|snix` and the timeouts
+/// (`connect_timeout`, `timeout`, `idle_timeout`, in seconds), which
+/// override `base`.
+pub(crate) fn params_of(
+    url: &Url,
+    base: StoreTimeouts,
+) -> Result<(Package, StoreTimeouts), StoreError> {
     let mut package = Package::default();
+    let mut t = base;
     for (k, v) in url.query_pairs() {
         match (&*k, &*v) {
             ("package", "tvix") => package = Package::Tvix,
@@ -56,15 +68,19 @@ pub(crate) fn package_of(url: &Url) -> Result<Package, StoreError> {
                     format!("package must be \"tvix\" or \"snix\", not {other:?}"),
                 ));
             }
-            (other, _) => {
-                return Err(StoreError::url(
-                    url.as_str(),
-                    format!("unknown parameter {other:?}"),
-                ));
+            (key, value) => {
+                if !timeouts::apply_param(&mut t, url, key, value)? {
+                    return Err(StoreError::url(
+                        url.as_str(),
+                        format!(
+                            "unknown parameter {key:?} (package, connect_timeout, timeout, idle_timeout)"
+                        ),
+                    ));
+                }
             }
         }
     }
-    Ok(package)
+    Ok((package, t))
 }
 
 /// How much of one response (a blob) the server may send ahead of what we
@@ -79,11 +95,22 @@ const STREAM_WINDOW: u32 = 16 << 20;
 /// is buffered per store connection.
 const CONNECTION_WINDOW: u32 = 32 << 20;
 
-/// Connects to the store at a `grpc+http://host:port` or
-/// `grpc+unix:///path/to.sock` URL, with receive windows for stores far
-/// away ([`STREAM_WINDOW`]).
-pub(crate) async fn connect(url: &Url) -> Result<(Channel, Package), StoreError> {
-    let package = package_of(url)?;
+/// Connects to the `kind` (blob or directory) store at a
+/// `grpc+http://host:port` or `grpc+unix:///path/to.sock` URL, with
+/// receive windows for stores far away ([`STREAM_WINDOW`]), given
+/// `connect` to connect (the URL's parameters override `base`).
+pub(crate) async fn connect(
+    url: &Url,
+    kind: &'static str,
+    base: StoreTimeouts,
+) -> Result<(Channel, Package, Waits), StoreError> {
+    let (package, t) = params_of(url, base)?;
+    let waits = Waits {
+        kind,
+        url: url.as_str().to_owned(),
+        t,
+    };
+    let within = |what: &str| waits.timeout(format!("accept a connection ({what})"), t.connect);
     let fail = |e: tonic::transport::Error| {
         let mut msg = e.to_string();
         if let Some(src) = std::error::Error::source(&e) {
@@ -99,12 +126,16 @@ pub(crate) async fn connect(url: &Url) -> Result<(Channel, Package), StoreError>
             let port = url
                 .port()
                 .ok_or_else(|| StoreError::url(url.as_str(), "no port"))?;
-            Endpoint::from_shared(format!("http://{host}:{port}"))
+            let endpoint = Endpoint::from_shared(format!("http://{host}:{port}"))
                 .map_err(fail)?
+                .connect_timeout(t.connect)
                 .initial_stream_window_size(STREAM_WINDOW)
-                .initial_connection_window_size(CONNECTION_WINDOW)
-                .connect()
+                .initial_connection_window_size(CONNECTION_WINDOW);
+            // connect_timeout bounds the TCP connect; the outer timeout
+            // the HTTP/2 handshake after it too.
+            tokio::time::timeout(t.connect, endpoint.connect())
                 .await
+                .map_err(|_| within("TCP and HTTP/2"))?
                 .map_err(fail)?
         }
         "grpc+unix" => {
@@ -115,17 +146,20 @@ pub(crate) async fn connect(url: &Url) -> Result<(Channel, Package), StoreError>
                 ));
             }
             let path = std::path::PathBuf::from(url.path());
-            Endpoint::from_static("http://[::]:0")
+            let endpoint = Endpoint::from_static("http://[::]:0")
+                .connect_timeout(t.connect)
                 .initial_stream_window_size(STREAM_WINDOW)
-                .initial_connection_window_size(CONNECTION_WINDOW)
-                .connect_with_connector(tower::service_fn(move |_| {
-                    let path = path.clone();
-                    async move {
-                        let stream = tokio::net::UnixStream::connect(path).await?;
-                        Ok::<_, std::io::Error>(TokioIo::new(stream))
-                    }
-                }))
+                .initial_connection_window_size(CONNECTION_WINDOW);
+            let connecting = endpoint.connect_with_connector(tower::service_fn(move |_| {
+                let path = path.clone();
+                async move {
+                    let stream = tokio::net::UnixStream::connect(path).await?;
+                    Ok::<_, std::io::Error>(TokioIo::new(stream))
+                }
+            }));
+            tokio::time::timeout(t.connect, connecting)
                 .await
+                .map_err(|_| within("unix socket and HTTP/2"))?
                 .map_err(fail)?
         }
         other => {
@@ -135,7 +169,7 @@ pub(crate) async fn connect(url: &Url) -> Result<(Channel, Package), StoreError>
             ));
         }
     };
-    Ok((channel, package))
+    Ok((channel, package, waits))
 }
 
 /// A tonic client on `channel` with our message size limits.

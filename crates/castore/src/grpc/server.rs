@@ -1,9 +1,12 @@
 //! The gRPC server side: any [`BlobService`] and [`DirectoryService`] served
 //! under both `tvix.castore.v1` and `snix.castore.v1`, so tvix and snix
 //! clients alike can use our stores. Everything a client sends is validated
-//! (directories, closure order, digests) before it is stored.
+//! (directories, closure order, digests) before it is stored. An upload
+//! that goes silent is dropped after [`ServeOptions::upload_idle`], and
+//! what it had sent is discarded (no temp file is left).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -18,16 +21,56 @@ use crate::{B3Digest, Directory, StoreError};
 /// Bytes per `BlobChunk` sent by Read.
 const READ_CHUNK: usize = 256 * 1024;
 
+/// How the castore services are served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServeOptions {
+    /// How long an upload (`BlobService.Put`, `DirectoryService.Put`) may
+    /// send nothing before it is dropped, with what it had sent.
+    pub upload_idle: Duration,
+}
+
+impl ServeOptions {
+    /// The default [`Self::upload_idle`]: 60 s.
+    pub const DEFAULT_UPLOAD_IDLE: Duration = Duration::from_secs(60);
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            upload_idle: Self::DEFAULT_UPLOAD_IDLE,
+        }
+    }
+}
+
 /// Serves a [`BlobService`] over gRPC.
 #[derive(Clone, Debug)]
 pub struct GrpcBlobServer {
     blobs: Arc<dyn BlobService>,
+    upload_idle: Duration,
 }
 
 /// Serves a [`DirectoryService`] over gRPC.
 #[derive(Clone, Debug)]
 pub struct GrpcDirectoryServer {
     dirs: Arc<dyn DirectoryService>,
+    upload_idle: Duration,
+}
+
+/// The next message of an upload, or `DEADLINE_EXCEEDED` when the client
+/// sent nothing for `idle`.
+async fn next_upload<T>(
+    stream: &mut Streaming<T>,
+    idle: Duration,
+    what: &str,
+) -> Result<Option<T>, Status> {
+    match tokio::time::timeout(idle, stream.next()).await {
+        Ok(Some(m)) => m.map(Some),
+        Ok(None) => Ok(None),
+        Err(_) => Err(Status::deadline_exceeded(format!(
+            "{what} sent nothing for {}: dropped, nothing of it was stored",
+            super::timeouts::secs(idle)
+        ))),
+    }
 }
 
 fn digest_arg(b: &[u8]) -> Result<B3Digest, Status> {
@@ -57,7 +100,18 @@ type DirStream = BoxStream<'static, Result<proto::Directory, Status>>;
 impl GrpcBlobServer {
     /// Serves `blobs`.
     pub fn new(blobs: Arc<dyn BlobService>) -> Self {
-        Self { blobs }
+        Self {
+            blobs,
+            upload_idle: ServeOptions::DEFAULT_UPLOAD_IDLE,
+        }
+    }
+
+    /// Drops an upload silent for `idle` (default 60 s).
+    pub fn with_upload_idle(self, idle: Duration) -> Self {
+        Self {
+            upload_idle: idle,
+            ..self
+        }
     }
 
     async fn stat(&self, req: proto::StatBlobRequest) -> Result<proto::StatBlobResponse, Status> {
@@ -85,9 +139,13 @@ impl GrpcBlobServer {
         &self,
         mut stream: Streaming<proto::BlobChunk>,
     ) -> Result<proto::PutBlobResponse, Status> {
+        // Dropping `w` on an early return (an error, the client gone, or
+        // the idle limit) discards the temp file.
         let mut w = self.blobs.open_write().await.map_err(io_status)?;
-        while let Some(chunk) = stream.next().await {
-            w.write(chunk?.data).await.map_err(io_status)?;
+        while let Some(chunk) =
+            next_upload(&mut stream, self.upload_idle, "the blob upload").await?
+        {
+            w.write(chunk.data).await.map_err(io_status)?;
         }
         let digest = w.close().await.map_err(io_status)?;
         Ok(proto::PutBlobResponse {
@@ -99,7 +157,18 @@ impl GrpcBlobServer {
 impl GrpcDirectoryServer {
     /// Serves `dirs`.
     pub fn new(dirs: Arc<dyn DirectoryService>) -> Self {
-        Self { dirs }
+        Self {
+            dirs,
+            upload_idle: ServeOptions::DEFAULT_UPLOAD_IDLE,
+        }
+    }
+
+    /// Drops an upload silent for `idle` (default 60 s).
+    pub fn with_upload_idle(self, idle: Duration) -> Self {
+        Self {
+            upload_idle: idle,
+            ..self
+        }
     }
 
     async fn get(&self, req: proto::GetDirectoryRequest) -> Result<DirStream, Status> {
@@ -138,8 +207,9 @@ impl GrpcDirectoryServer {
         mut stream: Streaming<proto::Directory>,
     ) -> Result<proto::PutDirectoryResponse, Status> {
         let mut putter = self.dirs.put_multiple_start();
-        while let Some(p) = stream.next().await {
-            let p = p?;
+        while let Some(p) =
+            next_upload(&mut stream, self.upload_idle, "the directory upload").await?
+        {
             let digest = B3Digest::of(&prost::Message::encode_to_vec(&p));
             let dir = Directory::try_from(p).map_err(|err| {
                 Status::invalid_argument(format!("directory {digest} is invalid: {err}"))
@@ -240,9 +310,18 @@ pub fn castore_routes(
     blobs: Arc<dyn BlobService>,
     dirs: Arc<dyn DirectoryService>,
 ) -> tonic::service::Routes {
+    castore_routes_with(blobs, dirs, ServeOptions::default())
+}
+
+/// [`castore_routes`] with `opts`.
+pub fn castore_routes_with(
+    blobs: Arc<dyn BlobService>,
+    dirs: Arc<dyn DirectoryService>,
+    opts: ServeOptions,
+) -> tonic::service::Routes {
     use super::MAX_MESSAGE_SIZE as M;
-    let b = GrpcBlobServer::new(blobs);
-    let d = GrpcDirectoryServer::new(dirs);
+    let b = GrpcBlobServer::new(blobs).with_upload_idle(opts.upload_idle);
+    let d = GrpcDirectoryServer::new(dirs).with_upload_idle(opts.upload_idle);
     tonic::service::Routes::new(
         proto::blob_service_server::BlobServiceServer::new(b.clone())
             .max_decoding_message_size(M)
