@@ -7,6 +7,7 @@ use clap::Parser;
 
 mod args;
 mod browse;
+mod build;
 mod exit;
 mod progress;
 mod run;

@@ -52,6 +52,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         .map_err(|e| crate::exit::exit(crate::exit::HOST, e))?;
     match &cli.command {
         Command::Run(args) => crate::run::run(args, blobs, dirs).await?,
+        Command::Build(args) => crate::build::build(args, blobs, dirs).await?,
         Command::Spec { .. } => {}
         Command::Ls { node } => crate::browse::ls(node, &*blobs, &*dirs).await?,
         Command::Cat { node } => crate::browse::cat(node, &*blobs, &*dirs).await?,

@@ -28,7 +28,7 @@ pub struct BuiltOutput {
     pub nar_sha256: [u8; 32],
     pub nar_size: u64,
     /// Indices into the request's refscan needles.
-    pub needles: Vec<u32>,
+    pub needles: Vec<u64>,
 }
 
 /// Why a result does not fit its request.
@@ -39,7 +39,7 @@ pub enum ResultError {
     #[error("output {output} names needle {index}, but the request has {len} needles")]
     NeedleIndex {
         output: String,
-        index: u32,
+        index: u64,
         len: usize,
     },
 }
@@ -66,7 +66,7 @@ pub fn nix_outputs(
         for &i in &b.needles {
             let p = req
                 .needle_paths
-                .get(i as usize)
+                .get(usize::try_from(i).unwrap_or(usize::MAX))
                 .ok_or_else(|| ResultError::NeedleIndex {
                     output: name.clone(),
                     index: i,

@@ -2,6 +2,7 @@
 //! `nix-instantiate fixtures.nix -A NAME` with Nix 2.8), escapes,
 //! multiple outputs, fixed outputs, and malformed input at every position
 //! (an error naming a position, never a panic).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
 

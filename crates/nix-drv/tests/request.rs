@@ -1,6 +1,7 @@
 //! The derivation → BuildRequest mapping: against the requests the snix
 //! and tvix CLIs sent for the same derivations (../shared/peer-requests/,
 //! whose .drv files Nix wrote into fixtures/), and Nix's env precedence.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,257 @@
+//! `tvix-oci-build build DRV…`: builds Nix derivations directly. Reads the
+//! `.drv`, takes its input closure from the local Nix store (`nix-store
+//! --query --requisites`), imports it into the castore, runs the request
+//! Nix's sandbox would run (see `tvix_oci_nix::request`) and prints each
+//! output in Nix's terms: store path, NAR hash, NAR size, references.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use serde_json::json;
+use tvix_oci_castore::Node;
+use tvix_oci_castore::blobservice::BlobService;
+use tvix_oci_castore::directoryservice::DirectoryService;
+use tvix_oci_castore::import::{ImportOptions, import_path};
+use tvix_oci_executor::{BuildResult, Executor};
+use tvix_oci_nix::request::{NixRequest, RequestOptions, build_request};
+use tvix_oci_nix::result::{BuiltOutput, nix_outputs};
+use tvix_oci_nix::{Derivation, StorePath};
+
+use crate::args::ExecArgs;
+use crate::exit::{BUILD_FAILED, HOST, INVALID, exit};
+use crate::progress::Progress;
+
+/// Largest `.drv` read (Nix's own are kilobytes).
+const MAX_DRV_BYTES: u64 = 64 << 20;
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Derivation files (`/nix/store/…​.drv`, as `nix-instantiate` prints).
+    #[arg(required = true)]
+    pub drvs: Vec<PathBuf>,
+    /// NIX_BUILD_CORES of the build (Nix's `cores`). Default: the number
+    /// of CPUs, as Nix.
+    #[arg(long)]
+    pub cores: Option<u32>,
+    /// Print the request as JSON instead of running it.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub exec: ExecArgs,
+}
+
+/// Reads and parses a `.drv`; a bad one is the caller's fault (exit 2).
+pub fn read_drv(path: &Path) -> anyhow::Result<Derivation> {
+    let bad = |m: String| exit(INVALID, format!("derivation {}: {m}", path.display()));
+    let meta = std::fs::metadata(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
+    if meta.len() > MAX_DRV_BYTES {
+        return Err(bad(format!(
+            "{} bytes, more than a .drv can be",
+            meta.len()
+        )));
+    }
+    let b = std::fs::read(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
+    tvix_oci_nix::parse(&b).map_err(|e| bad(e.to_string()))
+}
+
+/// The store paths the build reads directly: its input sources and the
+/// used outputs of its input derivations (whose `.drv` files are read
+/// from the store). Paths absent from /nix/store are listed in `missing`.
+fn input_roots(
+    drv: &Derivation,
+    missing: &mut BTreeSet<String>,
+) -> anyhow::Result<BTreeSet<StorePath>> {
+    let mut roots: BTreeSet<StorePath> = drv.input_sources.clone();
+    for (p, outs) in &drv.input_derivations {
+        let file = PathBuf::from(p.absolute());
+        if std::fs::symlink_metadata(&file).is_err() {
+            missing.insert(p.absolute());
+            continue;
+        }
+        let input = read_drv(&file)?;
+        for o in outs {
+            let path = input
+                .outputs
+                .get(o)
+                .and_then(|x| x.path.clone())
+                .ok_or_else(|| {
+                    exit(
+                        INVALID,
+                        format!("input derivation {p} has no output {o:?} with a store path"),
+                    )
+                })?;
+            roots.insert(path);
+        }
+    }
+    for r in &roots {
+        if std::fs::symlink_metadata(r.absolute()).is_err() {
+            missing.insert(r.absolute());
+        }
+    }
+    Ok(roots)
+}
+
+/// The closure of `roots` in the local Nix store.
+fn closure(roots: &BTreeSet<StorePath>) -> anyhow::Result<BTreeSet<StorePath>> {
+    if roots.is_empty() {
+        return Ok(BTreeSet::new());
+    }
+    let out = std::process::Command::new("nix-store")
+        .args(["--query", "--requisites"])
+        .args(roots.iter().map(|p| p.absolute()))
+        .output()
+        .map_err(|e| {
+            exit(
+                HOST,
+                format!("cannot run nix-store to find the input closure: {e}"),
+            )
+        })?;
+    if !out.status.success() {
+        return Err(exit(
+            HOST,
+            format!(
+                "nix-store --query --requisites failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        ));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut set = roots.clone();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        let p = StorePath::from_absolute(line)
+            .map_err(|e| exit(HOST, format!("nix-store printed {line:?}: {e}")))?;
+        set.insert(p);
+    }
+    Ok(set)
+}
+
+/// Imports each path of `paths` from /nix/store.
+async fn import_all(
+    paths: &BTreeSet<StorePath>,
+    progress: &Progress,
+    blobs: &Arc<dyn BlobService>,
+    dirs: &Arc<dyn DirectoryService>,
+) -> anyhow::Result<BTreeMap<StorePath, Node>> {
+    let mut m = BTreeMap::new();
+    for p in paths {
+        let local = PathBuf::from(p.absolute());
+        let opts = ImportOptions {
+            observer: progress.import(&local),
+            ..ImportOptions::default()
+        };
+        let node = import_path(blobs.clone(), &**dirs, &local, &opts)
+            .await
+            .with_context(|| format!("importing input {p}"))?;
+        m.insert(p.clone(), node);
+    }
+    Ok(m)
+}
+
+/// The request for one `.drv`, its inputs imported.
+async fn prepare(
+    path: &Path,
+    cores: Option<u32>,
+    progress: &Progress,
+    blobs: &Arc<dyn BlobService>,
+    dirs: &Arc<dyn DirectoryService>,
+) -> anyhow::Result<NixRequest> {
+    let drv = read_drv(path)?;
+    let mut missing = BTreeSet::new();
+    let roots = input_roots(&drv, &mut missing)?;
+    if !missing.is_empty() {
+        return Err(exit(
+            INVALID,
+            format!(
+                "derivation {}: inputs missing from the local Nix store (build them with Nix first): {}",
+                path.display(),
+                missing.into_iter().collect::<Vec<_>>().join(", ")
+            ),
+        ));
+    }
+    let inputs = import_all(&closure(&roots)?, progress, blobs, dirs).await?;
+    let mut opts = RequestOptions::default();
+    if let Some(c) = cores {
+        opts.build_cores = c;
+    }
+    build_request(&drv, &inputs, &opts)
+        .map_err(|e| exit(INVALID, format!("derivation {}: {e}", path.display())))
+}
+
+/// One build's result in Nix's terms.
+fn nix_json(drv: &Path, req: &NixRequest, r: &BuildResult) -> anyhow::Result<serde_json::Value> {
+    let built: Vec<BuiltOutput> = r
+        .outputs
+        .iter()
+        .zip(&r.build.outputs_needles)
+        .map(|(o, n)| BuiltOutput {
+            nar_sha256: o.nar_sha256,
+            nar_size: o.nar_size,
+            needles: n.clone(),
+        })
+        .collect();
+    let outputs = nix_outputs(req, &built).map_err(|e| exit(HOST, e))?;
+    Ok(json!({ "drvPath": drv.display().to_string(), "outputs": outputs }))
+}
+
+pub async fn build(
+    args: &BuildArgs,
+    blobs: Arc<dyn BlobService>,
+    dirs: Arc<dyn DirectoryService>,
+) -> anyhow::Result<()> {
+    let progress = Progress::new();
+    let mut reqs = Vec::new();
+    for d in &args.drvs {
+        reqs.push(prepare(d, args.cores, &progress, &blobs, &dirs).await?);
+    }
+    if args.dry_run {
+        for r in &reqs {
+            println!("{}", r.request.to_json());
+        }
+        return Ok(());
+    }
+    let config = args.exec.config();
+    if config.sandbox_shell.is_none() {
+        return Err(exit(
+            HOST,
+            "derivations run with /bin/sh, but no sandbox shell was found: install busybox-static or pass --sandbox-shell",
+        ));
+    }
+    let exec = Executor::new(config, blobs, dirs);
+    let mut out = Vec::new();
+    let mut worst = 0u8;
+    for (d, r) in args.drvs.iter().zip(&reqs) {
+        let sink = progress.build(d.display().to_string());
+        let res = tokio::select! {
+            r = exec.build(&r.request, &sink) => r,
+            _ = crate::run::shutdown_signal() => return Err(exit(HOST, "interrupted; the build was stopped and cleaned up")),
+        };
+        drop(sink);
+        match res {
+            Ok(res) => out.push(nix_json(d, r, &res)?),
+            Err(e) => {
+                let code = if e.is_build_failure() {
+                    BUILD_FAILED
+                } else {
+                    HOST
+                };
+                eprintln!("error: building {}: {e}", d.display());
+                worst = worst.max(code);
+                out.push(json!({ "drvPath": d.display().to_string(), "error": e.to_string() }));
+            }
+        }
+    }
+    let doc = if out.len() == 1 {
+        out.remove(0)
+    } else {
+        serde_json::Value::Array(out)
+    };
+    println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+    match worst {
+        0 => Ok(()),
+        code => Err(exit(code, "")),
+    }
+}
