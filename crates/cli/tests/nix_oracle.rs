@@ -23,10 +23,11 @@ const STRICT_REFERENCES: bool = false;
 
 /// The applets the derivations use, as symlinks beside busybox.
 const APPLETS: &[&str] = &[
-    "cat", "chmod", "echo", "head", "ln", "mkdir", "printf", "sh", "touch", "yes",
+    "cat", "chmod", "cp", "echo", "env", "grep", "head", "ln", "mkdir", "printf", "sh", "sort",
+    "touch", "yes",
 ];
 
-/// The derivations: (attribute, what it exercises).
+/// The attributes of [`EXPR`] built.
 const CASES: &[&str] = &[
     "plain",
     "exec-file",
@@ -42,6 +43,9 @@ const CASES: &[&str] = &[
     "fod-flat",
     "name-ref",
     "big",
+    "env-dump",
+    "placeholder",
+    "structured",
 ];
 
 const EXPR: &str = r#"
@@ -76,6 +80,14 @@ in rec {
     outputHash = "98ea6e4f216f2fb4b69fff9b3a44842c38686ca685f3f55dc48c5d3fb1107be4"; });
   name-ref = mk "name-ref" "mkdir $out; touch $out/${baseNameOf "${bb}"}.marker";
   big = mk "big" "yes 0123456789abcdef | head -c 3000000 > $out; echo $out >> $out";
+  env-dump = mk "env-dump" "env | sort > $out";
+  placeholder = derivation (env // { name = "placeholder"; ph = builtins.placeholder "out";
+    args = [ "-c" "echo ${builtins.placeholder "out"} > $out; echo $ph >> $out" ]; });
+  # (Nix 2.8 sets NIX_ATTRS_*_FILE to its host-side build directory.)
+  structured = derivation (env // { name = "structured"; __structuredAttrs = true;
+    list = [ "a" "b'c" 1 true null ]; amap = { k = "v"; n = 2; }; nested = { deep = [ [ 1 ] ]; };
+    float = 1.5; uni = "ü\t\"\n"; outputs = [ "out" "doc" ];
+    args = [ "-c" "PATH=${bb}/bin; o=${builtins.placeholder "out"}; mkdir $o ${builtins.placeholder "doc"}; cp /build/.attrs.json $o/json; cp /build/.attrs.sh $o/sh; env | grep -v ^NIX_ATTRS_ | sort > $o/env" ]; });
 }
 "#;
 

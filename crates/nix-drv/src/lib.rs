@@ -10,6 +10,7 @@ pub mod derivation;
 pub mod request;
 pub mod result;
 pub mod store_path;
+pub mod structured;
 
 pub use aterm::{ParseError, parse};
 pub use derivation::{Derivation, FixedOutput, HashMode, Output};

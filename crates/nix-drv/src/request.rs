@@ -47,8 +47,8 @@ pub enum RequestError {
         "builder {0:?} is not a store path or absolute path (Nix's builtin builders are not supported)"
     )]
     Builtin(String),
-    #[error("the derivation uses __structuredAttrs, which is not supported yet")]
-    StructuredAttrs,
+    #[error("the derivation's structured attributes: {0}")]
+    StructuredAttrs(#[from] crate::structured::StructuredError),
     #[error("input {0} has a base name that is not a valid castore name: {1}")]
     InputName(StorePath, String),
     #[error("the request is invalid: {0}")]
@@ -73,6 +73,45 @@ pub fn pass_as_file_name(name: &str) -> String {
     format!(".attr-{}", base32::encode(&Sha256::digest(name.as_bytes())))
 }
 
+/// `builtins.placeholder name`: `/` and the nix-base32 sha256 of
+/// `nix-output:<name>`. Nix rewrites it to the output's path in the
+/// arguments, the environment and the files it writes for the builder.
+pub fn placeholder(output: &str) -> String {
+    format!(
+        "/{}",
+        base32::encode(&Sha256::digest(format!("nix-output:{output}").as_bytes()))
+    )
+}
+
+/// `s` with each output's placeholder replaced by its path.
+pub fn rewrite_placeholders(drv: &Derivation, s: &[u8]) -> Vec<u8> {
+    let mut out = s.to_vec();
+    for (name, o) in &drv.outputs {
+        let Some(p) = &o.path else { continue };
+        let from = placeholder(name);
+        out = replace(&out, from.as_bytes(), p.absolute().as_bytes());
+    }
+    out
+}
+
+fn replace(s: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    if from.is_empty() || s.len() < from.len() {
+        return s.to_vec();
+    }
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        if s[i..].starts_with(from) {
+            out.extend_from_slice(to);
+            i += from.len();
+        } else {
+            out.push(s[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
 /// The environment Nix gives the builder, by key.
 pub fn environment(drv: &Derivation, opts: &RequestOptions) -> BTreeMap<String, Vec<u8>> {
     let mut env: BTreeMap<String, Vec<u8>> = BTreeMap::new();
@@ -84,14 +123,21 @@ pub fn environment(drv: &Derivation, opts: &RequestOptions) -> BTreeMap<String, 
     set("NIX_STORE", crate::store_path::STORE_DIR);
     set("NIX_BUILD_CORES", &opts.build_cores.to_string());
     let pass = pass_as_file(drv);
-    for (k, v) in &drv.env {
+    // With structured attributes the derivation's variables are not set:
+    // they are in .attrs.json and .attrs.sh.
+    let own = if drv.structured_attrs().is_some() {
+        BTreeMap::new()
+    } else {
+        drv.env.clone()
+    };
+    for (k, v) in &own {
         if pass.contains(&k.as_str()) {
             env.insert(
                 format!("{k}Path"),
                 format!("{BUILD_DIR}/{}", pass_as_file_name(k)).into_bytes(),
             );
         } else {
-            env.insert(k.clone(), v.clone());
+            env.insert(k.clone(), rewrite_placeholders(drv, v));
         }
     }
     for k in ["NIX_BUILD_TOP", "TMPDIR", "TEMPDIR", "TMP", "TEMP", "PWD"] {
@@ -99,6 +145,17 @@ pub fn environment(drv: &Derivation, opts: &RequestOptions) -> BTreeMap<String, 
     }
     if drv.fixed_output().is_some() {
         env.insert("NIX_OUTPUT_CHECKED".into(), b"1".to_vec());
+    }
+    if drv.structured_attrs().is_some() {
+        // Where the builder finds the files. Nix 2.8 gives the host's
+        // build directory here (a path the sandbox does not show); later
+        // Nix, and we, the one inside the sandbox.
+        for (k, f) in [
+            ("NIX_ATTRS_JSON_FILE", ".attrs.json"),
+            ("NIX_ATTRS_SH_FILE", ".attrs.sh"),
+        ] {
+            env.insert(k.into(), format!("{BUILD_DIR}/{f}").into_bytes());
+        }
     }
     env.insert("NIX_LOG_FD".into(), b"2".to_vec());
     env.insert("TERM".into(), b"xterm-256color".to_vec());
@@ -127,9 +184,7 @@ pub fn build_request(
     inputs: &BTreeMap<StorePath, Node>,
     opts: &RequestOptions,
 ) -> Result<NixRequest, RequestError> {
-    if drv.structured_attrs().is_some() {
-        return Err(RequestError::StructuredAttrs);
-    }
+    let structured = crate::structured::files(drv).transpose()?;
     if !drv.builder.starts_with('/') {
         return Err(RequestError::Builtin(drv.builder.clone()));
     }
@@ -152,14 +207,19 @@ pub fn build_request(
             .map_err(|e| RequestError::InputName(p.clone(), e.to_string()))?;
         proto_inputs.push(node.to_proto(&pc));
     }
-    let additional_files = pass_as_file(drv)
+    let pass = if structured.is_some() {
+        vec![]
+    } else {
+        pass_as_file(drv)
+    };
+    let mut additional_files: Vec<br::AdditionalFile> = pass
         .into_iter()
         .filter_map(|k| {
             drv.env.get(k).map(|v| {
                 let path = format!("{}/{}", &BUILD_DIR[1..], pass_as_file_name(k));
                 let f = br::AdditionalFile {
                     path: path.clone(),
-                    contents: v.clone().into(),
+                    contents: rewrite_placeholders(drv, v).into(),
                 };
                 (path, f)
             })
@@ -167,8 +227,21 @@ pub fn build_request(
         .collect::<BTreeMap<_, _>>()
         .into_values()
         .collect();
+    if let Some((json, sh)) = structured {
+        for (name, contents) in [(".attrs.json", json), (".attrs.sh", sh)] {
+            additional_files.push(br::AdditionalFile {
+                path: format!("{}/{name}", &BUILD_DIR[1..]),
+                contents: contents.into(),
+            });
+        }
+        additional_files.sort_by(|a, b| a.path.cmp(&b.path));
+    }
     let mut command_args = vec![drv.builder.clone()];
-    command_args.extend(drv.args.iter().cloned());
+    for a in &drv.args {
+        // Replacing ASCII with ASCII keeps UTF-8 valid.
+        let r = rewrite_placeholders(drv, a.as_bytes());
+        command_args.push(String::from_utf8(r).unwrap_or_else(|_| a.clone()));
+    }
     let p = proto::BuildRequest {
         inputs: proto_inputs,
         command_args,

@@ -198,9 +198,13 @@ fn network_and_output_check_only_for_fixed_outputs() {
 #[test]
 fn unsupported_derivations_are_refused_by_name() {
     let mut d = fixture("hello");
-    d.env.insert("__json".into(), b"{}".to_vec());
+    d.env.insert("__json".into(), b"[]".to_vec());
     let e = build_request(&d, &BTreeMap::new(), &RequestOptions::default()).unwrap_err();
-    assert!(e.to_string().contains("__structuredAttrs"), "{e}");
+    assert!(e.to_string().contains("__json is not a JSON object"), "{e}");
+    d.env
+        .insert("__json".into(), br#"{"exportReferencesGraph":{}}"#.to_vec());
+    let e = build_request(&d, &BTreeMap::new(), &RequestOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("exportReferencesGraph"), "{e}");
     let mut d = fixture("hello");
     d.builder = "builtin:fetchurl".into();
     let e = build_request(&d, &BTreeMap::new(), &RequestOptions::default()).unwrap_err();
@@ -209,4 +213,57 @@ fn unsupported_derivations_are_refused_by_name() {
     d.outputs.get_mut("out").unwrap().path = None;
     let e = build_request(&d, &BTreeMap::new(), &RequestOptions::default()).unwrap_err();
     assert!(e.to_string().contains("\"out\""), "{e}");
+}
+
+#[test]
+fn structured_attrs_are_files_not_environment() {
+    let mut d = fixture("two-crossed");
+    d.env.insert(
+        "__json".into(),
+        br#"{"name":"two-c","list":["a","b'c"],"n":2,"builder":"/x"}"#.to_vec(),
+    );
+    let r = build_request(&d, &BTreeMap::new(), &RequestOptions::default())
+        .unwrap()
+        .request;
+    let files: BTreeMap<String, String> = r
+        .additional_files()
+        .iter()
+        .map(|(p, c)| (p.to_string(), String::from_utf8(c.to_vec()).unwrap()))
+        .collect();
+    assert_eq!(
+        files["build/.attrs.json"],
+        format!(
+            r#"{{"builder":"/x","list":["a","b'c"],"n":2,"name":"two-c","outputs":{{"dev":"{}","out":"{}"}}}}"#,
+            d.outputs["dev"].path.as_ref().unwrap(),
+            d.outputs["out"].path.as_ref().unwrap()
+        )
+    );
+    assert!(files["build/.attrs.sh"].contains("declare -a list=('a' 'b'\\''c' )\n"));
+    assert!(files["build/.attrs.sh"].contains("declare n=2\n"));
+    let env = env_of(&r);
+    for k in ["BARS_NONCE", "name", "out", "__json", "builder"] {
+        assert!(!env.contains_key(k), "{k} is set");
+    }
+    assert_eq!(env["PATH"], b"/path-not-set");
+    assert_eq!(env["NIX_ATTRS_JSON_FILE"], b"/build/.attrs.json");
+    assert_eq!(env["NIX_ATTRS_SH_FILE"], b"/build/.attrs.sh");
+}
+
+#[test]
+fn placeholders_become_output_paths() {
+    // builtins.placeholder "out", as Nix documents it.
+    assert_eq!(
+        tvix_oci_nix::request::placeholder("out"),
+        "/1rz4g4znpzjwh1xymhjpm42vipw92pr73vdgl6xs1hycac8kf2n9"
+    );
+    let mut d = fixture("two-crossed");
+    let ph = tvix_oci_nix::request::placeholder("dev");
+    d.args.push(format!("x{ph}y"));
+    d.env.insert("p".into(), ph.clone().into_bytes());
+    let r = build_request(&d, &BTreeMap::new(), &RequestOptions::default())
+        .unwrap()
+        .request;
+    let dev = d.outputs["dev"].path.as_ref().unwrap().absolute();
+    assert_eq!(r.command_args().last().unwrap(), &format!("x{dev}y"));
+    assert_eq!(env_of(&r)["p"], dev.into_bytes());
 }
