@@ -227,8 +227,8 @@ pub fn build_request(
         .collect::<BTreeMap<_, _>>()
         .into_values()
         .collect();
-    if let Some((json, sh)) = structured {
-        for (name, contents) in [(".attrs.json", json), (".attrs.sh", sh)] {
+    if let Some(f) = structured {
+        for (name, contents) in [(".attrs.json", f.json), (".attrs.sh", f.sh)] {
             additional_files.push(br::AdditionalFile {
                 path: format!("{}/{name}", &BUILD_DIR[1..]),
                 contents: contents.into(),

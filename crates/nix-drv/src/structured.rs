@@ -19,17 +19,32 @@ pub enum StructuredError {
     ExportReferencesGraph,
 }
 
-/// The contents of `.attrs.json` and `.attrs.sh`, for a derivation with
-/// structured attributes.
-pub fn files(drv: &Derivation) -> Option<Result<(Vec<u8>, Vec<u8>), StructuredError>> {
+/// The contents of `.attrs.json` and `.attrs.sh`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttrsFiles {
+    pub json: Vec<u8>,
+    pub sh: Vec<u8>,
+}
+
+/// The files, for a derivation with structured attributes.
+pub fn files(drv: &Derivation) -> Option<Result<AttrsFiles, StructuredError>> {
     let raw = drv.structured_attrs()?;
     Some(write(drv, raw))
 }
 
-fn write(drv: &Derivation, raw: &[u8]) -> Result<(Vec<u8>, Vec<u8>), StructuredError> {
+fn write(drv: &Derivation, raw: &[u8]) -> Result<AttrsFiles, StructuredError> {
     let mut obj: Map<String, Value> = match serde_json::from_slice(raw) {
         Ok(Value::Object(o)) => o,
-        Ok(other) => return Err(StructuredError::NotAnObject(format!("it is {other}"))),
+        Ok(other) => {
+            let kind = match other {
+                Value::Array(_) => "an array",
+                Value::String(_) => "a string",
+                Value::Number(_) => "a number",
+                Value::Bool(_) => "a boolean",
+                _ => "null",
+            };
+            return Err(StructuredError::NotAnObject(format!("it is {kind}")));
+        }
         Err(e) => return Err(StructuredError::NotAnObject(e.to_string())),
     };
     if obj.contains_key("exportReferencesGraph") {
@@ -48,10 +63,10 @@ fn write(drv: &Derivation, raw: &[u8]) -> Result<(Vec<u8>, Vec<u8>), StructuredE
     // out sorted bytewise, as nlohmann's std::map dumps them.
     let json = Value::Object(obj);
     let sh = shell(&json);
-    Ok((
-        crate::request::rewrite_placeholders(drv, json.to_string().as_bytes()),
-        crate::request::rewrite_placeholders(drv, sh.as_bytes()),
-    ))
+    Ok(AttrsFiles {
+        json: crate::request::rewrite_placeholders(drv, json.to_string().as_bytes()),
+        sh: crate::request::rewrite_placeholders(drv, sh.as_bytes()),
+    })
 }
 
 /// `'…'` with each `'` as `'\''`.
