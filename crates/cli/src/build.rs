@@ -16,6 +16,7 @@ use tvix_oci_castore::blobservice::BlobService;
 use tvix_oci_castore::directoryservice::DirectoryService;
 use tvix_oci_castore::import::{ImportOptions, import_path};
 use tvix_oci_executor::{BuildResult, Executor};
+use tvix_oci_nix::fixed::{Found, check, needs_flat};
 use tvix_oci_nix::request::{NixRequest, RequestOptions, build_request};
 use tvix_oci_nix::result::{BuiltOutput, nix_outputs};
 use tvix_oci_nix::{Derivation, StorePath};
@@ -158,7 +159,7 @@ async fn prepare(
     progress: &Progress,
     blobs: &Arc<dyn BlobService>,
     dirs: &Arc<dyn DirectoryService>,
-) -> anyhow::Result<NixRequest> {
+) -> anyhow::Result<(Derivation, NixRequest)> {
     let drv = read_drv(path)?;
     let mut missing = BTreeSet::new();
     let roots = input_roots(&drv, &mut missing)?;
@@ -177,8 +178,70 @@ async fn prepare(
     if let Some(c) = cores {
         opts.build_cores = c;
     }
-    build_request(&drv, &inputs, &opts)
-        .map_err(|e| exit(INVALID, format!("derivation {}: {e}", path.display())))
+    let req = build_request(&drv, &inputs, &opts)
+        .map_err(|e| exit(INVALID, format!("derivation {}: {e}", path.display())))?;
+    // A fixed output's declaration must be checkable before it runs.
+    if let (Some(fo), Some((_, out))) = (drv.fixed_output(), req.outputs.first()) {
+        needs_flat(&fo, out).map_err(|e| exit(INVALID, e))?;
+    }
+    Ok((drv, req))
+}
+
+/// A fixed output's hash against its declaration (Nix's check): the
+/// build's fault when it differs.
+async fn check_fixed(
+    drv: &Derivation,
+    req: &NixRequest,
+    r: &BuildResult,
+    blobs: &dyn BlobService,
+) -> anyhow::Result<()> {
+    let (Some(fo), Some((_, path)), Some(info), Some((_, node))) = (
+        drv.fixed_output(),
+        req.outputs.first(),
+        r.outputs.first(),
+        r.build.outputs.first(),
+    ) else {
+        return Ok(());
+    };
+    let found = if needs_flat(&fo, path).map_err(|e| exit(INVALID, e))? {
+        match node {
+            Node::File {
+                digest,
+                executable: false,
+                ..
+            } => Found::Flat(Some(blob_sha256(blobs, digest).await?)),
+            _ => Found::Flat(None),
+        }
+    } else {
+        Found::Nar(info.nar_sha256)
+    };
+    check(&fo, path, found).map_err(|e| exit(BUILD_FAILED, e))
+}
+
+/// The sha256 of a stored blob, streamed.
+async fn blob_sha256(
+    blobs: &dyn BlobService,
+    digest: &tvix_oci_castore::B3Digest,
+) -> anyhow::Result<[u8; 32]> {
+    use sha2::Digest;
+    use tokio::io::AsyncReadExt;
+    let mut rd = blobs
+        .open_read(digest)
+        .await
+        .with_context(|| format!("reading output blob {digest}"))?
+        .ok_or_else(|| exit(HOST, format!("output blob {digest} is not in the store")))?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = rd
+            .read(&mut buf)
+            .await
+            .with_context(|| format!("reading output blob {digest}"))?;
+        if n == 0 {
+            return Ok(h.finalize().into());
+        }
+        h.update(&buf[..n]);
+    }
 }
 
 /// One build's result in Nix's terms.
@@ -208,7 +271,7 @@ pub async fn build(
         reqs.push(prepare(d, args.cores, &progress, &blobs, &dirs).await?);
     }
     if args.dry_run {
-        for r in &reqs {
+        for (_, r) in &reqs {
             println!("{}", r.request.to_json());
         }
         return Ok(());
@@ -220,27 +283,31 @@ pub async fn build(
             "derivations run with /bin/sh, but no sandbox shell was found: install busybox-static or pass --sandbox-shell",
         ));
     }
-    let exec = Executor::new(config, blobs, dirs);
+    let exec = Executor::new(config, blobs.clone(), dirs);
     let mut out = Vec::new();
     let mut worst = 0u8;
-    for (d, r) in args.drvs.iter().zip(&reqs) {
+    for (d, (drv, r)) in args.drvs.iter().zip(&reqs) {
         let sink = progress.build(d.display().to_string());
         let res = tokio::select! {
             r = exec.build(&r.request, &sink) => r,
             _ = crate::run::shutdown_signal() => return Err(exit(HOST, "interrupted; the build was stopped and cleaned up")),
         };
         drop(sink);
-        match res {
+        let checked = match res {
+            Ok(res) => check_fixed(drv, r, &res, &*blobs).await.map(|()| res),
+            Err(e) => Err(e.into()),
+        };
+        match checked {
             Ok(res) => out.push(nix_json(d, r, &res)?),
             Err(e) => {
-                let code = if e.is_build_failure() {
-                    BUILD_FAILED
-                } else {
-                    HOST
+                let code = match e.downcast_ref::<tvix_oci_executor::BuildError>() {
+                    Some(b) if b.is_build_failure() => BUILD_FAILED,
+                    Some(_) => HOST,
+                    None => crate::exit::code_of(&e),
                 };
-                eprintln!("error: building {}: {e}", d.display());
+                eprintln!("error: building {}: {e:#}", d.display());
                 worst = worst.max(code);
-                out.push(json!({ "drvPath": d.display().to_string(), "error": e.to_string() }));
+                out.push(json!({ "drvPath": d.display().to_string(), "error": format!("{e:#}") }));
             }
         }
     }

@@ -7,6 +7,7 @@
 pub mod aterm;
 pub mod base32;
 pub mod derivation;
+pub mod fixed;
 pub mod request;
 pub mod result;
 pub mod store_path;
