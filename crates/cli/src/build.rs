@@ -23,6 +23,7 @@ use tvix_oci_nix::{Derivation, StorePath};
 
 use crate::args::ExecArgs;
 use crate::exit::{BUILD_FAILED, HOST, INVALID, exit};
+use crate::nix_paths::NixPaths;
 use crate::progress::Progress;
 
 /// Largest `.drv` read (Nix's own are kilobytes).
@@ -130,15 +131,31 @@ fn closure(roots: &BTreeSet<StorePath>) -> anyhow::Result<BTreeSet<StorePath>> {
     Ok(set)
 }
 
-/// Imports each path of `paths` from /nix/store.
+/// Imports each path of `paths` from /nix/store, but those `map` knows;
+/// returns the nodes and how many were imported.
 async fn import_all(
     paths: &BTreeSet<StorePath>,
+    map: &NixPaths,
     progress: &Progress,
     blobs: &Arc<dyn BlobService>,
     dirs: &Arc<dyn DirectoryService>,
-) -> anyhow::Result<BTreeMap<StorePath, Node>> {
+) -> anyhow::Result<(BTreeMap<StorePath, Node>, usize)> {
+    let list: Vec<StorePath> = paths.iter().cloned().collect();
+    // Without Nix's NAR hashes the map cannot be trusted: import all.
+    let hashes = crate::nix_paths::nar_hashes(&list).unwrap_or_else(|e| {
+        tracing::warn!("not reusing imported inputs: {e}");
+        vec![]
+    });
     let mut m = BTreeMap::new();
-    for p in paths {
+    let mut imported = 0;
+    for (i, p) in list.iter().enumerate() {
+        let hash = hashes.get(i);
+        if let Some(h) = hash
+            && let Some(node) = map.get(p, h, &**blobs, &**dirs).await
+        {
+            m.insert(p.clone(), node);
+            continue;
+        }
         let local = PathBuf::from(p.absolute());
         let opts = ImportOptions {
             observer: progress.import(&local),
@@ -147,19 +164,24 @@ async fn import_all(
         let node = import_path(blobs.clone(), &**dirs, &local, &opts)
             .await
             .with_context(|| format!("importing input {p}"))?;
+        if let Some(h) = hash {
+            map.put(p, h, &node);
+        }
+        imported += 1;
         m.insert(p.clone(), node);
     }
-    Ok(m)
+    Ok((m, imported))
 }
 
 /// The request for one `.drv`, its inputs imported.
 async fn prepare(
     path: &Path,
     cores: Option<u32>,
+    map: &NixPaths,
     progress: &Progress,
     blobs: &Arc<dyn BlobService>,
     dirs: &Arc<dyn DirectoryService>,
-) -> anyhow::Result<(Derivation, NixRequest)> {
+) -> anyhow::Result<Prepared> {
     let drv = read_drv(path)?;
     let mut missing = BTreeSet::new();
     let roots = input_roots(&drv, &mut missing)?;
@@ -173,7 +195,7 @@ async fn prepare(
             ),
         ));
     }
-    let inputs = import_all(&closure(&roots)?, progress, blobs, dirs).await?;
+    let (inputs, imported) = import_all(&closure(&roots)?, map, progress, blobs, dirs).await?;
     let mut opts = RequestOptions::default();
     if let Some(c) = cores {
         opts.build_cores = c;
@@ -184,7 +206,15 @@ async fn prepare(
     if let (Some(fo), Some((_, out))) = (drv.fixed_output(), req.outputs.first()) {
         needs_flat(&fo, out).map_err(|e| exit(INVALID, e))?;
     }
-    Ok((drv, req))
+    Ok(Prepared { drv, req, imported })
+}
+
+/// A derivation ready to run.
+struct Prepared {
+    drv: Derivation,
+    req: NixRequest,
+    /// Input paths imported (the others were in the map).
+    imported: usize,
 }
 
 /// A fixed output's hash against its declaration (Nix's check): the
@@ -262,17 +292,18 @@ fn nix_json(drv: &Path, req: &NixRequest, r: &BuildResult) -> anyhow::Result<ser
 
 pub async fn build(
     args: &BuildArgs,
+    map: &NixPaths,
     blobs: Arc<dyn BlobService>,
     dirs: Arc<dyn DirectoryService>,
 ) -> anyhow::Result<()> {
     let progress = Progress::new();
     let mut reqs = Vec::new();
     for d in &args.drvs {
-        reqs.push(prepare(d, args.cores, &progress, &blobs, &dirs).await?);
+        reqs.push(prepare(d, args.cores, map, &progress, &blobs, &dirs).await?);
     }
     if args.dry_run {
-        for (_, r) in &reqs {
-            println!("{}", r.request.to_json());
+        for p in &reqs {
+            println!("{}", p.req.request.to_json());
         }
         return Ok(());
     }
@@ -286,7 +317,8 @@ pub async fn build(
     let exec = Executor::new(config, blobs.clone(), dirs);
     let mut out = Vec::new();
     let mut worst = 0u8;
-    for (d, (drv, r)) in args.drvs.iter().zip(&reqs) {
+    for (d, p) in args.drvs.iter().zip(&reqs) {
+        let (drv, r) = (&p.drv, &p.req);
         let sink = progress.build(d.display().to_string());
         let res = tokio::select! {
             r = exec.build(&r.request, &sink) => r,
@@ -298,7 +330,12 @@ pub async fn build(
             Err(e) => Err(e.into()),
         };
         match checked {
-            Ok(res) => out.push(nix_json(d, r, &res)?),
+            Ok(res) => {
+                let mut j = nix_json(d, r, &res)?;
+                j["inputsImported"] = p.imported.into();
+                j["inputsReused"] = r.request.inputs().len().saturating_sub(p.imported).into();
+                out.push(j);
+            }
             Err(e) => {
                 let code = match e.downcast_ref::<tvix_oci_executor::BuildError>() {
                     Some(b) if b.is_build_failure() => BUILD_FAILED,

@@ -302,6 +302,48 @@ fn a_fixed_output_with_the_wrong_hash_fails_as_in_nix() {
     assert_nothing_left(&bundles);
 }
 
+/// A second build of the same inputs imports nothing: the store path →
+/// node map in the data dir answers, and the result is the same.
+#[test]
+fn a_second_build_imports_nothing() {
+    if let Some(why) = can_build().or_else(nix_missing) {
+        println!("SKIPPED: {why}");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let conf = nix_conf(tmp.path());
+    let file = expression(tmp.path());
+    let drv = nix(
+        &conf,
+        &["nix-instantiate", file.to_str().unwrap(), "-A", "dep-b"],
+    );
+    nix(&conf, &["nix-build", "--no-out-link", drv.trim()]);
+    let bundles = tmp.path().join("bundles");
+    let run = || {
+        let out = bin(&tmp.path().join("data"))
+            .arg("build")
+            .arg("--bundle-root")
+            .arg(&bundles)
+            .arg(drv.trim())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let first = run();
+    let second = run();
+    // busybox and dep-a's output.
+    assert_eq!(first["inputsImported"], 2, "{first}");
+    assert_eq!(second["inputsImported"], 0, "{second}");
+    assert_eq!(second["inputsReused"], 2, "{second}");
+    assert_eq!(first["outputs"], second["outputs"]);
+    assert_nothing_left(&bundles);
+}
+
 /// Inputs absent from the local store: one error naming each, exit 2,
 /// before anything is built or imported.
 #[test]
