@@ -86,3 +86,78 @@ pub fn nix_outputs(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::request::{RequestOptions, build_request};
+    use crate::{StorePath, parse};
+
+    fn two_crossed() -> NixRequest {
+        let drv = parse(include_bytes!("../tests/fixtures/two-crossed.drv")).unwrap();
+        let bb = StorePath::from_base_name("i72sh5s677q84k6rwyjdpx0p2j0x962f-busybox").unwrap();
+        let node = tvix_oci_castore::Node::Symlink {
+            target: "x".try_into().unwrap(),
+        };
+        build_request(
+            &drv,
+            &BTreeMap::from([(bb, node)]),
+            &RequestOptions::default(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn needles_become_sorted_store_paths_by_output_name() {
+        let req = two_crossed();
+        // Request order: out (j32i…) then dev (x2l9…); needles: dev, out, bb.
+        let built = [
+            BuiltOutput {
+                nar_sha256: [0; 32],
+                nar_size: 1,
+                needles: vec![2, 0],
+            },
+            BuiltOutput {
+                nar_sha256: [0xff; 32],
+                nar_size: 2,
+                needles: vec![],
+            },
+        ];
+        let out = nix_outputs(&req, &built).unwrap();
+        assert_eq!(
+            out["out"].path,
+            "/nix/store/j32iaf6v4qsxf5ygzpr0mbx30p1g056h-two-c"
+        );
+        assert_eq!(
+            out["out"].references,
+            [
+                "/nix/store/i72sh5s677q84k6rwyjdpx0p2j0x962f-busybox",
+                "/nix/store/x2l9dcgwrxy83x61qg07n9ii897cr735-two-c-dev"
+            ]
+        );
+        assert_eq!(out["dev"].nar_size, 2);
+        assert_eq!(out["out"].nar_hash, format!("sha256:{}", "0".repeat(52)));
+        let j = serde_json::to_value(&out["dev"]).unwrap();
+        // 256 bits in 52 digits: the first holds the one bit left over.
+        assert_eq!(j["narHash"], format!("sha256:1{}", "z".repeat(51)));
+        assert_eq!(j["narSize"], 2);
+    }
+
+    #[test]
+    fn a_result_that_does_not_fit_is_an_error() {
+        let req = two_crossed();
+        let one = BuiltOutput {
+            nar_sha256: [0; 32],
+            nar_size: 1,
+            needles: vec![3],
+        };
+        assert_eq!(
+            nix_outputs(&req, std::slice::from_ref(&one)),
+            Err(ResultError::OutputCount { got: 1, want: 2 })
+        );
+        let e = nix_outputs(&req, &[one.clone(), one]).unwrap_err();
+        assert!(e.to_string().contains("needle 3"), "{e}");
+    }
+}
