@@ -9,6 +9,7 @@ mod args;
 mod browse;
 mod build;
 mod exit;
+mod nix_inputs;
 mod nix_paths;
 mod progress;
 mod run;
