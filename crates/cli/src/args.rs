@@ -77,6 +77,12 @@ pub enum Command {
     ///   tvix-oci-build run --input busybox=/bin/busybox --output build/out \
     ///       -- /nix/store/busybox sh -c 'echo hi > /build/out'
     Run(Box<RunArgs>),
+    /// Build Nix derivations (.drv files) as Nix's sandbox would, the
+    /// inputs taken from the local Nix store; prints each output's store
+    /// path, NAR hash, NAR size and references as JSON.
+    ///
+    /// Example: tvix-oci-build build $(nix-instantiate hello.nix)
+    Build(Box<crate::build::BuildArgs>),
     /// Print the OCI runtime config.json a request would run with, without
     /// running it.
     ///

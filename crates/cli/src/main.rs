@@ -7,7 +7,10 @@ use clap::Parser;
 
 mod args;
 mod browse;
+mod build;
 mod exit;
+mod nix_inputs;
+mod nix_paths;
 mod progress;
 mod run;
 mod serve;

@@ -26,9 +26,8 @@ fn data_dir() -> PathBuf {
     }
 }
 
-pub async fn open_stores(
-    cli: &Cli,
-) -> anyhow::Result<(Arc<dyn BlobService>, Arc<dyn DirectoryService>)> {
+/// The blob and directory store URLs the flags name.
+pub fn store_urls(cli: &Cli) -> (String, String) {
     let dir = data_dir();
     let b = cli
         .blob_service_addr
@@ -38,6 +37,13 @@ pub async fn open_stores(
         .directory_service_addr
         .clone()
         .unwrap_or_else(|| format!("redb://{}/directories.redb", dir.display()));
+    (b, d)
+}
+
+pub async fn open_stores(
+    cli: &Cli,
+) -> anyhow::Result<(Arc<dyn BlobService>, Arc<dyn DirectoryService>)> {
+    let (b, d) = store_urls(cli);
     let blobs = open_blob_service_with(&b, cli.store_timeouts()).await?;
     let dirs = open_directory_service_with(&d, cli.store_timeouts()).await?;
     Ok((blobs, dirs))
@@ -52,6 +58,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         .map_err(|e| crate::exit::exit(crate::exit::HOST, e))?;
     match &cli.command {
         Command::Run(args) => crate::run::run(args, blobs, dirs).await?,
+        Command::Build(args) => {
+            let (b, d) = store_urls(&cli);
+            let map = crate::nix_paths::NixPaths::new(&data_dir(), &b, &d);
+            crate::build::build(args, &map, blobs, dirs).await?
+        }
         Command::Spec { .. } => {}
         Command::Ls { node } => crate::browse::ls(node, &*blobs, &*dirs).await?,
         Command::Cat { node } => crate::browse::cat(node, &*blobs, &*dirs).await?,

@@ -1,0 +1,133 @@
+//! The inputs of a derivation, from the local Nix store: the paths it
+//! reads directly, their closure (`nix-store --query --requisites`), and
+//! their import into the castore (skipping what [`NixPaths`] knows).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tvix_oci_castore::Node;
+use tvix_oci_castore::blobservice::BlobService;
+use tvix_oci_castore::directoryservice::DirectoryService;
+use tvix_oci_castore::import::{ImportOptions, import_path};
+use tvix_oci_nix::{Derivation, StorePath};
+
+use crate::build::read_drv;
+use crate::exit::{HOST, INVALID, exit};
+use crate::nix_paths::NixPaths;
+use crate::progress::Progress;
+
+/// The store paths the build reads directly: its input sources and the
+/// used outputs of its input derivations (whose `.drv` files are read
+/// from the store). Paths absent from /nix/store are listed in `missing`.
+pub fn input_roots(
+    drv: &Derivation,
+    missing: &mut BTreeSet<String>,
+) -> anyhow::Result<BTreeSet<StorePath>> {
+    let mut roots: BTreeSet<StorePath> = drv.input_sources.clone();
+    for (p, outs) in &drv.input_derivations {
+        let file = PathBuf::from(p.absolute());
+        if std::fs::symlink_metadata(&file).is_err() {
+            missing.insert(p.absolute());
+            continue;
+        }
+        let input = read_drv(&file)?;
+        for o in outs {
+            let path = input
+                .outputs
+                .get(o)
+                .and_then(|x| x.path.clone())
+                .ok_or_else(|| {
+                    exit(
+                        INVALID,
+                        format!("input derivation {p} has no output {o:?} with a store path"),
+                    )
+                })?;
+            roots.insert(path);
+        }
+    }
+    for r in &roots {
+        if std::fs::symlink_metadata(r.absolute()).is_err() {
+            missing.insert(r.absolute());
+        }
+    }
+    Ok(roots)
+}
+
+/// The closure of `roots` in the local Nix store.
+pub fn closure(roots: &BTreeSet<StorePath>) -> anyhow::Result<BTreeSet<StorePath>> {
+    if roots.is_empty() {
+        return Ok(BTreeSet::new());
+    }
+    let out = std::process::Command::new("nix-store")
+        .args(["--query", "--requisites"])
+        .args(roots.iter().map(|p| p.absolute()))
+        .output()
+        .map_err(|e| {
+            exit(
+                HOST,
+                format!("cannot run nix-store to find the input closure: {e}"),
+            )
+        })?;
+    if !out.status.success() {
+        return Err(exit(
+            HOST,
+            format!(
+                "nix-store --query --requisites failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        ));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut set = roots.clone();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        let p = StorePath::from_absolute(line)
+            .map_err(|e| exit(HOST, format!("nix-store printed {line:?}: {e}")))?;
+        set.insert(p);
+    }
+    Ok(set)
+}
+
+/// Imports each path of `paths` from /nix/store, but those `map` knows;
+/// returns the nodes and how many were imported.
+pub async fn import_all(
+    paths: &BTreeSet<StorePath>,
+    map: &NixPaths,
+    progress: &Progress,
+    blobs: &Arc<dyn BlobService>,
+    dirs: &Arc<dyn DirectoryService>,
+) -> anyhow::Result<(BTreeMap<StorePath, Node>, usize)> {
+    let list: Vec<StorePath> = paths.iter().cloned().collect();
+    // Without Nix's NAR hashes the map cannot be trusted: import all.
+    let hashes = crate::nix_paths::nar_hashes(&list).unwrap_or_else(|e| {
+        tracing::warn!("not reusing imported inputs: {e}");
+        vec![]
+    });
+    let mut m = BTreeMap::new();
+    let mut imported = 0;
+    for (i, p) in list.iter().enumerate() {
+        let hash = hashes.get(i);
+        if let Some(h) = hash
+            && let Some(node) = map.get(p, h, &**blobs, &**dirs).await
+        {
+            m.insert(p.clone(), node);
+            continue;
+        }
+        let local = PathBuf::from(p.absolute());
+        let opts = ImportOptions {
+            observer: progress.import(&local),
+            ..ImportOptions::default()
+        };
+        let node = import_path(blobs.clone(), &**dirs, &local, &opts)
+            .await
+            .with_context(|| format!("importing input {p}"))?;
+        if let Some(h) = hash {
+            map.put(p, h, &node);
+        }
+        imported += 1;
+        m.insert(p.clone(), node);
+    }
+    Ok((m, imported))
+}
