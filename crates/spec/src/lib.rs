@@ -1,14 +1,18 @@
 //! The spec crate: a build request in, an OCI runtime bundle out.
 //!
 //! - [`BuildRequest`]: a tvix.build.v1 request, validated once at the wire
-//!   ([`proto`]) or JSON ([`json`]) boundary, every problem reported.
+//!   ([`proto`]) or JSON ([`json`]) boundary within [`RequestLimits`],
+//!   every problem reported.
 //! - [`make_spec`]: the runtime `config.json` for a request (pure, no IO).
 //! - [`BundleLayout`]: every path of a bundle, where each output will be
 //!   found on the host, and the one function that writes a bundle skeleton.
 
 mod bundle;
 pub mod json;
+mod limits;
 pub mod path;
+mod pathset;
+mod problems;
 pub mod proto;
 mod request;
 mod seccomp;
@@ -22,4 +26,5 @@ pub use spec::{
     BUILD_GID, BUILD_UID, IdMapping, OCI_VERSION, ResourceLimits, SpecError, SpecOptions,
     make_spec, to_config_json,
 };
-pub use validate::{Problem, Problems};
+pub use limits::RequestLimits;
+pub use problems::{Problem, Problems};
