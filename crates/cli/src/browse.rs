@@ -169,8 +169,8 @@ pub async fn mount(
     Ok(())
 }
 
-pub fn spec(request: &Path) -> anyhow::Result<()> {
-    let req = crate::run::read_request(request)?;
+pub fn spec(request: &Path, limits: &tvix_oci_spec::RequestLimits) -> anyhow::Result<()> {
+    let req = crate::run::read_request(request, limits)?;
     let opts = tvix_oci_spec::SpecOptions {
         sandbox_shell: tvix_oci_executor::ExecutorConfig::default().sandbox_shell,
         ..Default::default()
