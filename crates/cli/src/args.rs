@@ -254,7 +254,9 @@ impl LimitArgs {
             command_args: self.max_args.unwrap_or(d.command_args),
             scratch_paths: self.max_scratch_paths.unwrap_or(d.scratch_paths),
             additional_files: self.max_additional_files.unwrap_or(d.additional_files),
-            additional_files_bytes: self.max_additional_bytes.unwrap_or(d.additional_files_bytes),
+            additional_files_bytes: self
+                .max_additional_bytes
+                .unwrap_or(d.additional_files_bytes),
             request_bytes: self.max_request_bytes.unwrap_or(d.request_bytes),
         }
     }

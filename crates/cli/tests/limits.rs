@@ -108,7 +108,10 @@ async fn serve_answers_stat_while_validating_two_huge_requests() {
             "Stat under load: {stat:?} after {latency:?}"
         );
         if latency > Duration::from_millis(100) {
-            println!("a Stat took {latency:?}, {:?} after the DoBuild calls", t - start);
+            println!(
+                "a Stat took {latency:?}, {:?} after the DoBuild calls",
+                t - start
+            );
         }
         worst = worst.max(latency);
         stats += 1;
@@ -125,9 +128,8 @@ async fn serve_answers_stat_while_validating_two_huge_requests() {
         let err = c.await.unwrap().unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
         assert!(
-            err.message().contains(
-                "outputs[150001] \"o/150000/x\" is inside output \"o/150000\""
-            ),
+            err.message()
+                .contains("outputs[150001] \"o/150000/x\" is inside output \"o/150000\""),
             "{}",
             err.message()
         );

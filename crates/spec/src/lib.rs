@@ -21,10 +21,10 @@ mod validate;
 
 pub use bundle::BundleError;
 pub use bundle::{BundleLayout, scratch_name};
+pub use limits::RequestLimits;
+pub use problems::{Problem, Problems};
 pub use request::{Build, BuildConstraints, BuildError, BuildRequest};
 pub use spec::{
     BUILD_GID, BUILD_UID, IdMapping, OCI_VERSION, ResourceLimits, SpecError, SpecOptions,
     make_spec, to_config_json,
 };
-pub use limits::RequestLimits;
-pub use problems::{Problem, Problems};

@@ -34,7 +34,7 @@ impl<'a> PathSet<'a> {
         for (i, p) in paths {
             let mut node = 0usize;
             for c in p.components() {
-                let next = s.here.len() ;
+                let next = s.here.len();
                 node = *s.children.entry((node, c)).or_insert_with(|| next);
                 if node == next {
                     s.here.push(None);

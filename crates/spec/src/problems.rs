@@ -123,7 +123,11 @@ mod tests {
     fn many(n: usize, value: &str) -> Problems {
         let mut v = Problems::default();
         for i in 0..n {
-            v.push(format!("outputs[{i}]"), value, "is not below a scratch path");
+            v.push(
+                format!("outputs[{i}]"),
+                value,
+                "is not below a scratch path",
+            );
         }
         v
     }
@@ -131,7 +135,10 @@ mod tests {
     #[test]
     fn a_summary_lists_the_first_problems_and_counts_the_rest() {
         let s = many(1000, "build/x").summary(20);
-        assert!(s.starts_with("invalid build request, 1000 problems:"), "{s}");
+        assert!(
+            s.starts_with("invalid build request, 1000 problems:"),
+            "{s}"
+        );
         assert!(s.contains("outputs[19] \"build/x\" is not below"), "{s}");
         assert!(!s.contains("outputs[20]"), "{s}");
         assert!(s.ends_with("… and 980 more problems"), "{s}");
@@ -155,6 +162,9 @@ mod tests {
         assert!(!s.contains("more problems"), "{s}");
         assert_eq!(s.matches("\n  - ").count(), 2);
         let one = many(1, "a").summary(20);
-        assert!(one.starts_with("invalid build request:\n  - outputs[0]"), "{one}");
+        assert!(
+            one.starts_with("invalid build request:\n  - outputs[0]"),
+            "{one}"
+        );
     }
 }

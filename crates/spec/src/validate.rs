@@ -21,12 +21,14 @@ const RESERVED: [&str; 3] = ["proc", "sys", "dev"];
 pub(crate) const SKELETON_FILES: [&str; 3] = ["etc/passwd", "etc/group", "etc/hosts"];
 
 impl Problems {
-    fn clean(&mut self, field: String, s: &str) -> Option<CleanPath> {
+    /// `s` as a clean path, or a problem on the field `field()` names
+    /// (built only then, not for every valid entry).
+    fn clean(&mut self, field: impl FnOnce() -> String, s: &str) -> Option<CleanPath> {
         match CleanPath::parse(s) {
             Ok(p) => {
                 if RESERVED.contains(&p.first()) {
                     self.push(
-                        field,
+                        field(),
                         s,
                         format!(
                             "is in /{}, which belongs to the container runtime",
@@ -38,7 +40,7 @@ impl Problems {
                 Some(p)
             }
             Err(why) => {
-                self.push(field, s, why);
+                self.push(field(), s, why);
                 None
             }
         }
@@ -48,7 +50,7 @@ impl Problems {
         self.sorted_unique(field, list.iter().map(String::as_str));
         list.iter()
             .enumerate()
-            .filter_map(|(i, s)| self.clean(format!("{field}[{i}]"), s))
+            .filter_map(|(i, s)| self.clean(|| format!("{field}[{i}]"), s))
             .collect()
     }
 
@@ -127,8 +129,8 @@ pub(crate) fn validate(
         );
     }
 
-    let working_dir = v.clean("working_dir".into(), &p.working_dir);
-    let inputs_dir = v.clean("inputs_dir".into(), &p.inputs_dir);
+    let working_dir = v.clean(|| "working_dir".into(), &p.working_dir);
+    let inputs_dir = v.clean(|| "inputs_dir".into(), &p.inputs_dir);
     let scratch_paths = v.cleans("scratch_paths", &p.scratch_paths);
     let outputs = v.cleans("outputs", &p.outputs);
 
@@ -196,7 +198,7 @@ pub(crate) fn validate(
     );
     for (i, f) in p.additional_files.into_iter().enumerate() {
         let field = format!("additional_files[{i}].path");
-        let Some(path) = v.clean(field.clone(), &f.path) else {
+        let Some(path) = v.clean(|| field.clone(), &f.path) else {
             continue;
         };
         if inputs_dir.as_ref().is_some_and(|d| path.starts_with(d)) {
@@ -211,7 +213,10 @@ pub(crate) fn validate(
             v.push(
                 field,
                 &f.path,
-                format!("is or contains scratch path {:?}", scratch_paths[s].as_str()),
+                format!(
+                    "is or contains scratch path {:?}",
+                    scratch_paths[s].as_str()
+                ),
             );
         } else {
             additional_files.push((path, f.contents));
@@ -254,11 +259,11 @@ pub(crate) fn validate(
         .collect();
     let outs = PathSet::new(outputs.iter().enumerate());
     for (i, o) in outputs.iter().enumerate() {
-        let field = format!("outputs[{i}]");
+        let field = || format!("outputs[{i}]");
         let in_inputs = inputs_dir.as_ref().is_some_and(|d| o.is_below(d));
         if !in_inputs && scratch.above(o).is_empty() {
             v.push(
-                field.clone(),
+                field(),
                 o.as_str(),
                 "is not below a scratch path or inputs_dir",
             );
@@ -269,7 +274,7 @@ pub(crate) fn validate(
             let first = rest.split('/').next().unwrap_or(rest);
             if by_name.contains_key(first) {
                 v.push(
-                    field.clone(),
+                    field(),
                     o.as_str(),
                     format!("is or is inside input {first:?}"),
                 );
@@ -277,7 +282,7 @@ pub(crate) fn validate(
         }
         for other in outs.above(o) {
             v.push(
-                field.clone(),
+                field(),
                 o.as_str(),
                 format!("is inside output {:?}", outputs[other].as_str()),
             );

@@ -116,7 +116,8 @@ fn every_limit_is_named_with_the_size_and_the_flag() {
     p.environment_vars.truncate(3);
     p.command_args.push("z".into());
     p.scratch_paths.push("z".into());
-    p.constraints.as_mut().unwrap().available_ro_paths = vec!["/a".into(), "/b".into(), "/c".into()];
+    p.constraints.as_mut().unwrap().available_ro_paths =
+        vec!["/a".into(), "/b".into(), "/c".into()];
     p.additional_files = (0..3)
         .map(|i| br::AdditionalFile {
             path: format!("etc/{i}"),
@@ -197,7 +198,10 @@ fn symlink_input(name: &str) -> cp::Node {
 fn working_dir_in_an_input_that_is_a_file_or_symlink_is_refused() {
     let f = "1ix2mk3svkrrc1kkwxbflfg6ydfcpxxq-builder.sh";
     for (wd, why) in [
-        (format!("nix/store/{f}"), format!("is input \"{f}\", a file, not a directory")),
+        (
+            format!("nix/store/{f}"),
+            format!("is input \"{f}\", a file, not a directory"),
+        ),
         (
             format!("nix/store/{f}/sub"),
             format!("is inside input \"{f}\", a file, not a directory"),
@@ -218,7 +222,10 @@ fn working_dir_in_an_input_that_is_a_file_or_symlink_is_refused() {
         vec!["working_dir \"nix/store/2link\" is input \"2link\", a symlink, not a directory"]
     );
     // A directory input is fine, and so is a file input's sibling.
-    for wd in ["nix/store/0k9yxm9zqc2dgw2xxbyh3mnbs5ijjc7v-busybox/bin", "nix/store/other"] {
+    for wd in [
+        "nix/store/0k9yxm9zqc2dgw2xxbyh3mnbs5ijjc7v-busybox/bin",
+        "nix/store/other",
+    ] {
         let mut p = nix_like();
         p.working_dir = wd.into();
         assert_eq!(problems(p, &RequestLimits::default()), vec![], "{wd}");
