@@ -90,6 +90,8 @@ pub enum Command {
     Spec {
         /// A JSON or binary protobuf request, or - for stdin.
         request: PathBuf,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
     /// List a stored directory: DIGEST or DIGEST/PATH.
     ///
@@ -241,6 +243,8 @@ pub struct ExecArgs {
     /// requests are refused.
     #[arg(long = "allow-ro-path", value_name = "PATH", value_parser = parse_abs_path)]
     pub allow_ro_path: Vec<PathBuf>,
+    #[command(flatten)]
+    pub limits: LimitArgs,
 }
 
 /// `--pids-limit`: `None` is unlimited.
@@ -263,6 +267,63 @@ fn parse_abs_path(s: &str) -> Result<PathBuf, String> {
         Ok(p)
     } else {
         Err(format!("{s:?} is not an absolute path"))
+    }
+}
+
+/// The largest request accepted (`serve`, `run` and `spec` alike, so a
+/// request `spec` accepts is one `serve` with the same flags accepts). The
+/// defaults, generous for Nix, are those of `RequestLimits`.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Request limits")]
+pub struct LimitArgs {
+    /// Inputs of a request [default: 262144]; refscan needles may be as
+    /// many as inputs and outputs together.
+    #[arg(long, value_name = "N")]
+    pub max_inputs: Option<usize>,
+    /// Outputs of a request [default: 4096].
+    #[arg(long, value_name = "N")]
+    pub max_outputs: Option<usize>,
+    /// Environment variables of a request [default: 16384].
+    #[arg(long, value_name = "N")]
+    pub max_env_vars: Option<usize>,
+    /// Command arguments of a request [default: 65536].
+    #[arg(long, value_name = "N")]
+    pub max_args: Option<usize>,
+    /// Scratch paths, and available read-only paths, of a request
+    /// [default: 1024].
+    #[arg(long, value_name = "N")]
+    pub max_scratch_paths: Option<usize>,
+    /// Additional files of a request [default: 4096].
+    #[arg(long, value_name = "N")]
+    pub max_additional_files: Option<usize>,
+    /// Bytes of all additional files of a request together [default: 32M].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_additional_bytes: Option<u64>,
+    /// Bytes of a request (encoded protobuf) [default: 64M]; `serve`
+    /// decodes no larger message.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_request_bytes: Option<u64>,
+}
+
+impl LimitArgs {
+    /// The limits: the defaults, each flag given replacing one.
+    pub fn limits(&self) -> tvix_oci_spec::RequestLimits {
+        let d = tvix_oci_spec::RequestLimits::default();
+        let inputs = self.max_inputs.unwrap_or(d.inputs);
+        let outputs = self.max_outputs.unwrap_or(d.outputs);
+        tvix_oci_spec::RequestLimits {
+            inputs,
+            outputs,
+            refscan_needles: inputs.saturating_add(outputs),
+            environment_vars: self.max_env_vars.unwrap_or(d.environment_vars),
+            command_args: self.max_args.unwrap_or(d.command_args),
+            scratch_paths: self.max_scratch_paths.unwrap_or(d.scratch_paths),
+            additional_files: self.max_additional_files.unwrap_or(d.additional_files),
+            additional_files_bytes: self
+                .max_additional_bytes
+                .unwrap_or(d.additional_files_bytes),
+            request_bytes: self.max_request_bytes.unwrap_or(d.request_bytes),
+        }
     }
 }
 

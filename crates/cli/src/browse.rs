@@ -169,8 +169,8 @@ pub async fn mount(
     Ok(())
 }
 
-pub fn spec(request: &Path) -> anyhow::Result<()> {
-    let req = crate::run::read_request(request)?;
+pub fn spec(request: &Path, limits: &tvix_oci_spec::RequestLimits) -> anyhow::Result<()> {
+    let req = crate::run::read_request(request, limits)?;
     // The read-only paths as a root executor binds them (not checked
     // against an allow-list here: nothing runs).
     let ro_mounts = req

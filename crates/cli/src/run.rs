@@ -15,7 +15,7 @@ use tvix_oci_castore::import::{ImportOptions, import_path};
 use tvix_oci_executor::{BuildResult, Executor, ExecutorConfig};
 use tvix_oci_spec::json::{JsonBuild, JsonError};
 use tvix_oci_spec::proto::{self, build_request as br};
-use tvix_oci_spec::{BuildRequest, Problems};
+use tvix_oci_spec::{BuildRequest, Problems, RequestLimits};
 
 use crate::args::{ExecArgs, RunArgs};
 use crate::exit::{BUILD_FAILED, HOST, INVALID, exit};
@@ -25,8 +25,9 @@ fn invalid(p: Problems) -> anyhow::Error {
     exit(INVALID, p)
 }
 
-/// Reads one request file: JSON, or binary protobuf.
-pub fn read_request(path: &Path) -> anyhow::Result<BuildRequest> {
+/// Reads one request file: JSON, or binary protobuf, validated within
+/// `limits`.
+pub fn read_request(path: &Path, limits: &RequestLimits) -> anyhow::Result<BuildRequest> {
     let bytes = if path == Path::new("-") {
         let mut b = Vec::new();
         std::io::stdin()
@@ -49,7 +50,7 @@ pub fn read_request(path: &Path) -> anyhow::Result<BuildRequest> {
                 format!("{}: JSON that is not UTF-8", path.display()),
             )
         })?;
-        return BuildRequest::from_json(&text).map_err(|e| match e {
+        return BuildRequest::from_json_within(&text, limits).map_err(|e| match e {
             JsonError::Invalid(p) => invalid(p),
             other => exit(INVALID, format!("{}: {other}", path.display())),
         });
@@ -63,7 +64,7 @@ pub fn read_request(path: &Path) -> anyhow::Result<BuildRequest> {
             ),
         )
     })?;
-    BuildRequest::try_from(p).map_err(invalid)
+    BuildRequest::validate(p, limits).map_err(invalid)
 }
 
 fn split_kv<'a>(s: &'a str, what: &str) -> anyhow::Result<(&'a str, &'a str)> {
@@ -153,7 +154,7 @@ async fn request_from_flags(
         additional_files: vec![],
         refscan_needles: needles,
     };
-    BuildRequest::try_from(p).map_err(invalid)
+    BuildRequest::validate(p, &args.exec.limits.limits()).map_err(invalid)
 }
 
 fn hex(b: &[u8]) -> String {
@@ -211,7 +212,7 @@ pub async fn run(
         }
         args.requests
             .iter()
-            .map(|p| read_request(p))
+            .map(|p| read_request(p, &args.exec.limits.limits()))
             .collect::<anyhow::Result<Vec<_>>>()?
     };
     if args.dry_run {

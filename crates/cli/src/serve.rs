@@ -30,7 +30,7 @@ pub async fn serve(
     dirs: Arc<dyn DirectoryService>,
 ) -> anyhow::Result<()> {
     let exec = Arc::new(Executor::new(args.config(), blobs.clone(), dirs.clone()));
-    let builds = GrpcBuildServer::new(exec);
+    let builds = GrpcBuildServer::new(exec).with_limits(args.limits.limits());
     let routes = castore_routes_with(blobs, dirs, ServeOptions { upload_idle })
         .add_service(builds.clone().into_service())
         .add_service(builds.into_snix_service());

@@ -50,8 +50,8 @@ pub async fn open_stores(
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    if let Command::Spec { request } = &cli.command {
-        return crate::browse::spec(request);
+    if let Command::Spec { request, limits } = &cli.command {
+        return crate::browse::spec(request, &limits.limits());
     }
     let (blobs, dirs) = open_stores(&cli)
         .await

@@ -12,7 +12,8 @@
 //! request's order with anonymous entries (snix refuses a named one).
 //!
 //! Status codes: `INVALID_ARGUMENT` for a request that fails validation
-//! (every problem listed), `ABORTED` for a build that ran and failed (exit
+//! or is over the server's [`RequestLimits`] (the first problems listed,
+//! all of them in the server log), `ABORTED` for a build that ran and failed (exit
 //! code, signal, timeout, a missing or forbidden output: retrying gives the
 //! same answer), `FAILED_PRECONDITION` for a request this host cannot run
 //! (another system, too little memory), `UNAVAILABLE` for an infrastructure
@@ -23,8 +24,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tonic::{Request, Response, Status};
-use tvix_oci_spec::BuildRequest;
 use tvix_oci_spec::proto::{self, build_service_server};
+use tvix_oci_spec::{BuildRequest, RequestLimits};
 
 use crate::runc::{LogSink, LogStream};
 use crate::{BuildError, Executor};
@@ -33,33 +34,57 @@ use crate::{BuildError, Executor};
 #[derive(Clone, Debug)]
 pub struct GrpcBuildServer {
     exec: Arc<Executor>,
+    limits: RequestLimits,
 }
 
 impl GrpcBuildServer {
+    /// A server refusing requests over the default [`RequestLimits`].
     pub fn new(exec: Arc<Executor>) -> Self {
-        Self { exec }
+        Self {
+            exec,
+            limits: RequestLimits::default(),
+        }
     }
 
-    /// The service, ready to add to a tonic router, with message size
-    /// limits fitting requests of many thousand inputs.
+    /// Refuses requests over `limits` instead; the largest message decoded
+    /// follows `limits.request_bytes`.
+    pub fn with_limits(mut self, limits: RequestLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The largest message decoded: a request of `request_bytes` (a little
+    /// more, so that one just over is refused by validation, naming the
+    /// limit, rather than by the decoder).
+    fn max_decoding(&self) -> usize {
+        usize::try_from(self.limits.request_bytes)
+            .unwrap_or(usize::MAX)
+            .saturating_add(1 << 10)
+    }
+
+    /// The service, ready to add to a tonic router, decoding messages up to
+    /// the request limit.
     pub fn into_service(self) -> build_service_server::BuildServiceServer<Self> {
+        let max = self.max_decoding();
         build_service_server::BuildServiceServer::new(self)
-            .max_decoding_message_size(MAX_MESSAGE)
+            .max_decoding_message_size(max)
             .max_encoding_message_size(MAX_MESSAGE)
     }
 
     /// The service under snix's name, `snix.build.v1.BuildService`.
     pub fn into_snix_service(self) -> proto::snix::build_service_server::BuildServiceServer<Self> {
+        let max = self.max_decoding();
         proto::snix::build_service_server::BuildServiceServer::new(self)
-            .max_decoding_message_size(MAX_MESSAGE)
+            .max_decoding_message_size(max)
             .max_encoding_message_size(MAX_MESSAGE)
     }
 
-    /// Runs a wire request and answers with the wire result.
+    /// Runs a wire request and answers with the wire result. The request is
+    /// validated on a blocking thread (linear in its size, but a request of
+    /// many MiB takes a while), so the runtime keeps serving other calls.
     pub async fn do_build(&self, req: proto::BuildRequest) -> Result<proto::Build, Status> {
-        let req = BuildRequest::try_from(req)
-            .map_err(|p| Status::invalid_argument(format!("invalid BuildRequest: {p}")))?;
         let n = REQUESTS.fetch_add(1, Ordering::Relaxed) + 1;
+        let req = validate(n, req, self.limits).await?;
         let logs = TracingLogs::new(n);
         tracing::info!(request = n, "build requested");
         let result = self.exec.build(&req, &logs).await.map_err(status_of)?;
@@ -68,7 +93,36 @@ impl GrpcBuildServer {
     }
 }
 
-/// Largest message accepted or sent: requests of many thousand inputs.
+/// Problems listed in an INVALID_ARGUMENT status: its message travels in a
+/// header (a client refuses more than ~16 KiB as RESOURCE_EXHAUSTED); the
+/// server log has them all.
+const PROBLEMS_SHOWN: usize = 20;
+
+/// Validates request number `n` off the async threads. Its problems, all
+/// of them logged, answer INVALID_ARGUMENT with the first few; a
+/// validation that could not run (its thread panicked or was cancelled)
+/// answers UNAVAILABLE.
+async fn validate(
+    n: u64,
+    req: proto::BuildRequest,
+    limits: RequestLimits,
+) -> Result<BuildRequest, Status> {
+    match tokio::task::spawn_blocking(move || BuildRequest::validate(req, &limits)).await {
+        Ok(Ok(req)) => Ok(req),
+        Ok(Err(problems)) => {
+            tracing::warn!(request = n, "refused: {problems}");
+            Err(Status::invalid_argument(format!(
+                "invalid BuildRequest: {}",
+                problems.summary(PROBLEMS_SHOWN)
+            )))
+        }
+        Err(e) => Err(Status::unavailable(format!(
+            "validating request {n} failed: {e}"
+        ))),
+    }
+}
+
+/// Largest message sent: the answer to a request of many thousand inputs.
 const MAX_MESSAGE: usize = 64 << 20;
 
 static REQUESTS: AtomicU64 = AtomicU64::new(0);

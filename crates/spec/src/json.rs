@@ -317,14 +317,19 @@ impl JsonBuildRequest {
 }
 
 impl BuildRequest {
-    /// Reads and validates a JSON request.
+    /// Reads and validates a JSON request within the default limits.
     pub fn from_json(s: &str) -> Result<Self, JsonError> {
+        Self::from_json_within(s, &crate::RequestLimits::default())
+    }
+
+    /// Reads and validates a JSON request within `limits`.
+    pub fn from_json_within(s: &str, limits: &crate::RequestLimits) -> Result<Self, JsonError> {
         let j: JsonBuildRequest = serde_json::from_str(s).map_err(|e| JsonError::Syntax {
             line: e.line(),
             column: e.column(),
             msg: e.to_string(),
         })?;
-        Ok(BuildRequest::try_from(j.to_proto()?)?)
+        Ok(BuildRequest::validate(j.to_proto()?, limits)?)
     }
 
     /// The request as pretty JSON.

@@ -1,14 +1,18 @@
 //! The spec crate: a build request in, an OCI runtime bundle out.
 //!
 //! - [`BuildRequest`]: a tvix.build.v1 request, validated once at the wire
-//!   ([`proto`]) or JSON ([`json`]) boundary, every problem reported.
+//!   ([`proto`]) or JSON ([`json`]) boundary within [`RequestLimits`],
+//!   every problem reported.
 //! - [`make_spec`]: the runtime `config.json` for a request (pure, no IO).
 //! - [`BundleLayout`]: every path of a bundle, where each output will be
 //!   found on the host, and the one function that writes a bundle skeleton.
 
 mod bundle;
 pub mod json;
+mod limits;
 pub mod path;
+mod pathset;
+mod problems;
 pub mod proto;
 mod request;
 mod seccomp;
@@ -17,9 +21,10 @@ mod validate;
 
 pub use bundle::BundleError;
 pub use bundle::{BundleLayout, scratch_name};
+pub use limits::RequestLimits;
+pub use problems::{Problem, Problems};
 pub use request::{Build, BuildConstraints, BuildError, BuildRequest};
 pub use spec::{
     BUILD_GID, BUILD_UID, DEFAULT_PIDS_LIMIT, IdMapping, OCI_VERSION, ResourceLimits, RoMount,
     SpecError, SpecOptions, make_spec, to_config_json,
 };
-pub use validate::{Problem, Problems};

@@ -6,9 +6,10 @@
 use bytes::Bytes;
 use tvix_oci_castore::{Node, PathComponent};
 
+use crate::limits::RequestLimits;
 use crate::path::{AbsPath, CleanPath};
 use crate::proto;
-use crate::validate::{Problems, validate};
+use crate::validate::Problems;
 
 /// A validated build request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,6 +41,14 @@ pub struct BuildConstraints {
 }
 
 impl BuildRequest {
+    /// Validates a wire request within `limits`: a request over a limit is
+    /// refused on its sizes alone (each problem naming the field, its size
+    /// and the limit); otherwise the error lists every problem found. Takes
+    /// time linear in the request's size.
+    pub fn validate(p: proto::BuildRequest, limits: &RequestLimits) -> Result<Self, Problems> {
+        crate::validate::validate(p, limits)
+    }
+
     /// The inputs (name, root node), sorted by name.
     pub fn inputs(&self) -> &[(PathComponent, Node)] {
         &self.inputs
@@ -88,9 +97,9 @@ impl BuildRequest {
 impl TryFrom<proto::BuildRequest> for BuildRequest {
     type Error = Problems;
 
-    /// Validates a wire request; the error lists every problem found.
+    /// [`BuildRequest::validate`] within the default [`RequestLimits`].
     fn try_from(p: proto::BuildRequest) -> Result<Self, Problems> {
-        validate(p)
+        Self::validate(p, &RequestLimits::default())
     }
 }
 

@@ -3,11 +3,14 @@
 //! one round. Destinations under `proc`, `sys` and `dev` are refused: runc
 //! escapes (CVE-2024-21626, CVE-2025-31133/52565/52881) live there.
 
-use std::fmt;
+use std::collections::HashMap;
 
 use tvix_oci_castore::{Node, PathComponent};
 
+use crate::limits::RequestLimits;
 use crate::path::{AbsPath, CleanPath};
+use crate::pathset::PathSet;
+pub(crate) use crate::problems::{Problem, Problems};
 use crate::proto;
 use crate::request::{BuildConstraints, BuildRequest};
 
@@ -17,62 +20,15 @@ const RESERVED: [&str; 3] = ["proc", "sys", "dev"];
 /// Files the bundle writes into the root skeleton.
 pub(crate) const SKELETON_FILES: [&str; 3] = ["etc/passwd", "etc/group", "etc/hosts"];
 
-/// One problem: which field, which value, what is wrong.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Problem {
-    /// e.g. `scratch_paths[1]`
-    pub field: String,
-    /// The offending value, as given.
-    pub value: String,
-    /// What is wrong with it.
-    pub problem: String,
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {:?} {}", self.field, self.value, self.problem)
-    }
-}
-
-/// Every problem found in a request (never empty).
-#[derive(Clone, Debug, PartialEq, Eq, Default, thiserror::Error)]
-pub struct Problems(pub Vec<Problem>);
-
-impl fmt::Display for Problems {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0.as_slice() {
-            [one] => write!(f, "invalid build request: {one}"),
-            all => {
-                write!(f, "invalid build request, {} problems:", all.len())?;
-                for p in all {
-                    write!(f, "\n  - {p}")?;
-                }
-                Ok(())
-            }
-        }
-    }
-}
-
 impl Problems {
-    fn push(
-        &mut self,
-        field: impl Into<String>,
-        value: impl Into<String>,
-        problem: impl Into<String>,
-    ) {
-        self.0.push(Problem {
-            field: field.into(),
-            value: value.into(),
-            problem: problem.into(),
-        });
-    }
-
-    fn clean(&mut self, field: String, s: &str) -> Option<CleanPath> {
+    /// `s` as a clean path, or a problem on the field `field()` names
+    /// (built only then, not for every valid entry).
+    fn clean(&mut self, field: impl FnOnce() -> String, s: &str) -> Option<CleanPath> {
         match CleanPath::parse(s) {
             Ok(p) => {
                 if RESERVED.contains(&p.first()) {
                     self.push(
-                        field,
+                        field(),
                         s,
                         format!(
                             "is in /{}, which belongs to the container runtime",
@@ -84,7 +40,7 @@ impl Problems {
                 Some(p)
             }
             Err(why) => {
-                self.push(field, s, why);
+                self.push(field(), s, why);
                 None
             }
         }
@@ -94,7 +50,7 @@ impl Problems {
         self.sorted_unique(field, list.iter().map(String::as_str));
         list.iter()
             .enumerate()
-            .filter_map(|(i, s)| self.clean(format!("{field}[{i}]"), s))
+            .filter_map(|(i, s)| self.clean(|| format!("{field}[{i}]"), s))
             .collect()
     }
 
@@ -122,8 +78,15 @@ fn lossy(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-/// Checks a wire request; see [`BuildRequest`] for the rules.
-pub(crate) fn validate(p: proto::BuildRequest) -> Result<BuildRequest, Problems> {
+/// Checks a wire request: first its sizes against `limits` (refused then
+/// without looking at any entry), then every rule of [`BuildRequest`]. Time
+/// and memory are linear in the request's size: lists are checked for order
+/// in one pass, paths against each other through a [`PathSet`].
+pub(crate) fn validate(
+    p: proto::BuildRequest,
+    limits: &RequestLimits,
+) -> Result<BuildRequest, Problems> {
+    limits.check(&p)?;
     let mut v = Problems::default();
 
     let mut inputs: Vec<(PathComponent, Node)> = Vec::new();
@@ -166,8 +129,8 @@ pub(crate) fn validate(p: proto::BuildRequest) -> Result<BuildRequest, Problems>
         );
     }
 
-    let working_dir = v.clean("working_dir".into(), &p.working_dir);
-    let inputs_dir = v.clean("inputs_dir".into(), &p.inputs_dir);
+    let working_dir = v.clean(|| "working_dir".into(), &p.working_dir);
+    let inputs_dir = v.clean(|| "inputs_dir".into(), &p.inputs_dir);
     let scratch_paths = v.cleans("scratch_paths", &p.scratch_paths);
     let outputs = v.cleans("outputs", &p.outputs);
 
@@ -227,6 +190,7 @@ pub(crate) fn validate(p: proto::BuildRequest) -> Result<BuildRequest, Problems>
         }
     }
 
+    let scratch = PathSet::new(scratch_paths.iter().enumerate());
     let mut additional_files = Vec::new();
     v.sorted_unique(
         "additional_files",
@@ -234,7 +198,7 @@ pub(crate) fn validate(p: proto::BuildRequest) -> Result<BuildRequest, Problems>
     );
     for (i, f) in p.additional_files.into_iter().enumerate() {
         let field = format!("additional_files[{i}].path");
-        let Some(path) = v.clean(field.clone(), &f.path) else {
+        let Some(path) = v.clean(|| field.clone(), &f.path) else {
             continue;
         };
         if inputs_dir.as_ref().is_some_and(|d| path.starts_with(d)) {
@@ -245,11 +209,14 @@ pub(crate) fn validate(p: proto::BuildRequest) -> Result<BuildRequest, Problems>
             );
         } else if SKELETON_FILES.contains(&path.as_str()) {
             v.push(field, &f.path, "would replace a file of the root skeleton");
-        } else if let Some(s) = scratch_paths.iter().find(|s| s.starts_with(&path)) {
+        } else if let Some(s) = scratch.at_or_below(&path) {
             v.push(
                 field,
                 &f.path,
-                format!("is or contains scratch path {:?}", s.as_str()),
+                format!(
+                    "is or contains scratch path {:?}",
+                    scratch_paths[s].as_str()
+                ),
             );
         } else {
             additional_files.push((path, f.contents));
@@ -268,14 +235,12 @@ pub(crate) fn validate(p: proto::BuildRequest) -> Result<BuildRequest, Problems>
 
     // Destinations must not overlap.
     for (i, a) in scratch_paths.iter().enumerate() {
-        for b in &scratch_paths {
-            if a.is_below(b) {
-                v.push(
-                    format!("scratch_paths[{i}]"),
-                    a.as_str(),
-                    format!("is inside scratch path {:?}", b.as_str()),
-                );
-            }
+        for b in scratch.above(a) {
+            v.push(
+                format!("scratch_paths[{i}]"),
+                a.as_str(),
+                format!("is inside scratch path {:?}", scratch_paths[b].as_str()),
+            );
         }
         if let Some(d) = &inputs_dir
             && a.is_below(d)
@@ -287,12 +252,18 @@ pub(crate) fn validate(p: proto::BuildRequest) -> Result<BuildRequest, Problems>
             );
         }
     }
+    let by_name: HashMap<&str, &Node> = names
+        .iter()
+        .map(String::as_str)
+        .zip(inputs.iter().map(|(_, n)| n))
+        .collect();
+    let outs = PathSet::new(outputs.iter().enumerate());
     for (i, o) in outputs.iter().enumerate() {
-        let field = format!("outputs[{i}]");
+        let field = || format!("outputs[{i}]");
         let in_inputs = inputs_dir.as_ref().is_some_and(|d| o.is_below(d));
-        if !in_inputs && !scratch_paths.iter().any(|s| o.is_below(s)) {
+        if !in_inputs && scratch.above(o).is_empty() {
             v.push(
-                field.clone(),
+                field(),
                 o.as_str(),
                 "is not below a scratch path or inputs_dir",
             );
@@ -301,32 +272,42 @@ pub(crate) fn validate(p: proto::BuildRequest) -> Result<BuildRequest, Problems>
             && let Some(rest) = o.strip_prefix(d)
         {
             let first = rest.split('/').next().unwrap_or(rest);
-            if names.iter().any(|n| n == first) {
+            if by_name.contains_key(first) {
                 v.push(
-                    field.clone(),
+                    field(),
                     o.as_str(),
                     format!("is or is inside input {first:?}"),
                 );
             }
         }
-        for other in &outputs {
-            if o.is_below(other) {
-                v.push(
-                    field.clone(),
-                    o.as_str(),
-                    format!("is inside output {:?}", other.as_str()),
-                );
-            }
+        for other in outs.above(o) {
+            v.push(
+                field(),
+                o.as_str(),
+                format!("is inside output {:?}", outputs[other].as_str()),
+            );
         }
     }
     if let Some(w) = &working_dir {
-        let in_scratch = scratch_paths.iter().any(|s| w.starts_with(s));
+        let in_scratch = scratch.contains_or_above(w);
         let in_inputs = inputs_dir.as_ref().is_some_and(|d| w.starts_with(d));
         if !in_scratch && !in_inputs {
             v.push(
                 "working_dir",
                 w.as_str(),
                 "is neither a scratch path, below one, nor inside inputs_dir",
+            );
+        }
+        if let Some(rest) = inputs_dir.as_ref().and_then(|d| w.strip_prefix(d))
+            && let Some((name, rest)) = rest.split_once('/').or(Some((rest, "")))
+            && let Some(node) = by_name.get(name)
+            && !matches!(node, Node::Directory { .. })
+        {
+            let is = if rest.is_empty() { "is" } else { "is inside" };
+            v.push(
+                "working_dir",
+                w.as_str(),
+                format!("{is} input {name:?}, a {}, not a directory", node.kind()),
             );
         }
     }

@@ -1,0 +1,202 @@
+//! Large requests against the real binary: `serve` keeps answering castore
+//! calls while it validates two requests of 300,000 outputs, a request of
+//! a thousand problems is answered INVALID_ARGUMENT (not a status too large
+//! for its header), and `spec` of 100,000 outputs is quick when the limit
+//! is raised and refused naming the flag when it is not.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::bin;
+use prost::Message;
+use tvix_oci_castore::{B3Digest, open_blob_service};
+use tvix_oci_spec::proto::{self, build_request as br, build_service_client::BuildServiceClient};
+
+/// A `serve` process on a free port with extra `args`, killed when dropped.
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start(tmp: &Path, args: &[&str]) -> Server {
+        let mut child = bin(&tmp.join("data"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--bundle-root"])
+            .arg(tmp.join("bundles"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        Server { child, url }
+    }
+
+    async fn builds(&self) -> BuildServiceClient<tonic::transport::Channel> {
+        let http = self.url.replace("grpc+http://", "http://");
+        BuildServiceClient::connect(http).await.unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A request of `outputs` outputs `o/000000`.. (plus any `extra`),
+/// valid but for what `extra` adds.
+fn request(outputs: usize, extra: &[&str]) -> proto::BuildRequest {
+    let mut out: Vec<String> = (0..outputs).map(|i| format!("o/{i:06}")).collect();
+    out.extend(extra.iter().map(|s| s.to_string()));
+    out.sort();
+    proto::BuildRequest {
+        command_args: vec!["/bin/true".into()],
+        working_dir: "o".into(),
+        scratch_paths: vec!["nix/store".into(), "o".into()],
+        inputs_dir: "nix/store".into(),
+        outputs: out,
+        constraints: Some(br::BuildConstraints {
+            system: "x86_64-linux".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_answers_stat_while_validating_two_huge_requests() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(tmp.path(), &["--max-outputs", "300001"]);
+    let blobs = open_blob_service(&server.url).await.unwrap();
+    let digest = B3Digest::of(b"not stored");
+    assert!(!blobs.has(&digest).await.unwrap());
+
+    // One overlap hidden in the middle: found only by validating it all.
+    let req = request(300_000, &["o/150000/x"]);
+    println!("request of {} bytes", req.encoded_len());
+    let mut calls = Vec::new();
+    for _ in 0..2 {
+        let mut client = server.builds().await;
+        let req = req.clone();
+        calls.push(tokio::spawn(async move { client.do_build(req).await }));
+    }
+    // Castore calls, one after the other, until both builds are answered:
+    // each must be answered promptly, the requests being decoded or
+    // validated meanwhile.
+    let start = Instant::now();
+    let (mut worst, mut stats) = (Duration::ZERO, 0);
+    while calls.iter().any(|c| !c.is_finished()) {
+        let t = Instant::now();
+        let stat = tokio::time::timeout(Duration::from_secs(10), blobs.has(&digest)).await;
+        let latency = t.elapsed();
+        assert!(
+            matches!(stat, Ok(Ok(false))),
+            "Stat under load: {stat:?} after {latency:?}"
+        );
+        if latency > Duration::from_millis(100) {
+            println!(
+                "a Stat took {latency:?}, {:?} after the DoBuild calls",
+                t - start
+            );
+        }
+        worst = worst.max(latency);
+        stats += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "{stats} Stat calls in the {:?} the two DoBuild calls took, the slowest answered in {worst:?}",
+        start.elapsed()
+    );
+    assert!(stats > 0, "no Stat while the DoBuild calls were in flight");
+    assert!(worst < Duration::from_secs(2), "a Stat took {worst:?}");
+
+    for c in calls {
+        let err = c.await.unwrap().unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+        assert!(
+            err.message()
+                .contains("outputs[150001] \"o/150000/x\" is inside output \"o/150000\""),
+            "{}",
+            err.message()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_thousand_problems_answer_invalid_argument_with_the_count() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(tmp.path(), &[]);
+    let mut req = request(0, &[]);
+    req.outputs = (0..1000).map(|i| format!("etc/o{i:04}")).collect();
+    let err = server.builds().await.do_build(req).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    let msg = err.message();
+    println!("{} bytes: {msg}", msg.len());
+    assert!(msg.contains("1000 problems"), "{msg}");
+    assert!(
+        msg.contains("outputs[0] \"etc/o0000\" is not below a scratch path"),
+        "{msg}"
+    );
+    assert!(msg.contains("… and 980 more problems"), "{msg}");
+    assert!(msg.len() < 8 << 10, "{} bytes", msg.len());
+
+    // Over a limit: refused on the count, naming the flag.
+    let req = request(5000, &[]);
+    let err = server.builds().await.do_build(req).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains(
+            "outputs \"5000 entries\" is more than the limit of 4096 (raise it with --max-outputs)"
+        ),
+        "{}",
+        err.message()
+    );
+}
+
+#[test]
+fn spec_of_a_hundred_thousand_outputs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("req.pb");
+    std::fs::write(&file, request(100_000, &[]).encode_to_vec()).unwrap();
+
+    let t = Instant::now();
+    let out = bin(&tmp.path().join("data"))
+        .args(["spec", "--max-outputs", "100000"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    println!("spec of 100,000 outputs: {:?}", t.elapsed());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(config["mounts"].is_array(), "{config}");
+
+    let out = bin(&tmp.path().join("data"))
+        .arg("spec")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("outputs \"100000 entries\" is more than the limit of 4096 (raise it with --max-outputs)"),
+        "{err}"
+    );
+}
