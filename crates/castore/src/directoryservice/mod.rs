@@ -18,7 +18,7 @@ mod grpc;
 mod memory;
 mod redb;
 
-pub use closure::{LeavesFirst, RootFirst};
+pub use closure::{LeavesFirst, RootFirst, check_size, entry_of};
 pub use grpc::GrpcDirectoryService;
 pub use memory::MemoryDirectoryService;
 pub use redb::RedbDirectoryService;
