@@ -192,7 +192,8 @@ impl InputsFs {
             use tvix_oci_castore::{ClosureError, StoreError};
             let dirs = self.dirs.clone();
             let d = *digest;
-            let dir = self.block_on("fetching directory", ino, pid, async move {
+            let what = format!("fetching directory {d}");
+            let dir = self.block_on(&what, ino, pid, async move {
                 let dir = dirs
                     .get(&d)
                     .await?
@@ -283,7 +284,8 @@ impl InputsFs {
             *digest,
             self.fetch_idle,
         );
-        let (f, fetched) = self.block_on("fetching blob", ino, pid, async move {
+        let what = format!("fetching blob {digest}");
+        let (f, fetched) = self.block_on(&what, ino, pid, async move {
             cache.get_or_fetch(&*blobs, &d, size, idle).await
         })?;
         // Counted once per blob fetched, not per open of a cached one.
@@ -378,7 +380,8 @@ impl InputsFs {
                 let (blobs, d, declared) = (self.blobs.clone(), *digest, *declared);
                 // What stat promised: up to the declared size, no further.
                 let len = declared.saturating_sub(offset).min(buf.len() as u64) as usize;
-                let data = self.block_on("reading blob", ino.0, pid, async move {
+                let what = format!("reading blob {d}");
+                let data = self.block_on(&what, ino.0, pid, async move {
                     let mut r = blobs.open_read_at(&d, offset).await?.ok_or_else(|| {
                         std::io::Error::new(
                             std::io::ErrorKind::NotFound,
