@@ -165,12 +165,13 @@ impl InputsFs {
                 tokio::select! {
                     r = tokio::time::timeout(timeout, f) => Ok(r),
                     // Unmounting: give up on the store at once.
-                    _ = closing.cancelled() => Err("abandoned, the mount is going away"),
-                    _ = crate::reader::given_up(pid) => Err("abandoned, the reader was killed"),
+                    _ = closing.cancelled() => Err(Some("abandoned, the mount is going away")),
+                    _ = crate::reader::given_up(pid) => Err(None),
                 }
             })
         });
         let path = || self.inodes.path(ino).display().to_string();
+        let started = std::time::Instant::now();
         let call = self.stats.store_call(|| format!("{what} for {}", path()));
         let res = std::panic::catch_unwind(run);
         drop(call);
@@ -178,7 +179,16 @@ impl InputsFs {
             Ok(Ok(Ok(Ok(v)))) => return Ok(v),
             Ok(Ok(Ok(Err(e)))) => e.to_string(),
             Ok(Ok(Err(_))) => format!("timed out after {timeout:?}"),
-            Ok(Err(why)) => why.to_owned(),
+            Ok(Err(Some(why))) => why.to_owned(),
+            Ok(Err(None)) => {
+                // Not the store's failure (yet): a call it was slow to
+                // answer, which the reader stopped waiting for.
+                let waited = started.elapsed();
+                debug!(path = %path(), "{what}: abandoned after {waited:?}, the reader was killed");
+                self.stats
+                    .store_abandoned(waited, || format!("{what} for {}", path()));
+                return Err(Errno::EIO);
+            }
             Err(_) => "the store panicked".to_owned(),
         };
         error!(path = %path(), "{what}: {failure}");
