@@ -111,6 +111,14 @@ pub enum ClosureError {
         specified: u64,
         recorded: u64,
     },
+    #[error("directory {digest} has size {computed}, but {by} declares {declared}")]
+    DeclaredSize {
+        digest: B3Digest,
+        computed: u64,
+        declared: u64,
+        /// Who declared it: a parent's entry, or the root node.
+        by: String,
+    },
     #[error("directory {0} was sent but is not referred to by any directory before it")]
     Unexpected(B3Digest),
     #[error("the first directory sent is {actual}, not the requested root {expected}")]

@@ -99,6 +99,8 @@ pub enum ImportError {
         #[source]
         source: io::Error,
     },
+    #[error("{}: changed while imported: {stat} bytes when opened, {read} read", path.display())]
+    Changed { path: PathBuf, stat: u64, read: u64 },
     #[error("storing the directories: {0}")]
     Store(#[from] StoreError),
 }
@@ -373,7 +375,7 @@ async fn upload(
     rel: &Path,
     observer: &dyn ImportObserver,
 ) -> Result<Node, ImportError> {
-    let mut file = tokio::fs::OpenOptions::new()
+    let file = tokio::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(abs)
@@ -396,12 +398,23 @@ async fn upload(
             source,
         })?;
     let cap = usize::try_from(meta.len()).unwrap_or(CHUNK).clamp(1, CHUNK);
+    // The size stat gave is the file's: a file growing while it is read
+    // is read one byte past it only, and fails, as does one that shrinks.
+    let stat = meta.len();
+    let mut file = file.take(stat.saturating_add(1));
     let mut size = 0u64;
     loop {
         let mut buf = BytesMut::with_capacity(cap);
         let n = file.read_buf(&mut buf).await.map_err(io_err(abs))?;
         if n == 0 {
             break;
+        }
+        if size + n as u64 > stat {
+            return Err(ImportError::Changed {
+                path: abs.to_owned(),
+                stat,
+                read: size + n as u64,
+            });
         }
         size += n as u64;
         if let Some(o) = seen.as_mut() {
@@ -414,6 +427,13 @@ async fn upload(
                 path: abs.to_owned(),
                 source,
             })?;
+    }
+    if size != stat {
+        return Err(ImportError::Changed {
+            path: abs.to_owned(),
+            stat,
+            read: size,
+        });
     }
     if let Some(o) = seen {
         o.finish();

@@ -18,6 +18,8 @@ mod error;
 pub mod export;
 pub mod grpc;
 pub mod import;
+#[cfg(feature = "test-util")]
+pub mod lying;
 mod node;
 mod open;
 mod path;

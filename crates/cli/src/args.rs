@@ -102,6 +102,11 @@ pub enum Command {
     },
     /// Print a stored file: DIGEST/PATH (or the digest of a blob).
     ///
+    /// A file of up to 64 MiB is read whole and checked against its digest
+    /// and declared size before a byte is printed. A larger one streams:
+    /// bytes may be printed before a mismatch is found; `cat` then exits
+    /// with 3 and says how many bytes printed are not verified.
+    ///
     /// Example: tvix-oci-build cat 8b5b5d64…810e/etc/hosts
     Cat {
         /// Digest of a directory followed by /PATH, or of a blob.
@@ -145,6 +150,11 @@ pub enum Command {
         exec: ExecArgs,
     },
     /// Write a stored directory or blob out to a new path.
+    ///
+    /// Everything is written under a temporary name beside DEST and renamed
+    /// to DEST only once every blob (its digest and declared size) and
+    /// directory was verified: on failure (exit 3, naming the digest)
+    /// nothing is left at DEST.
     ///
     /// Example: tvix-oci-build export 8b5b5d64…810e /tmp/out
     Export {

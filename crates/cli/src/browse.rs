@@ -1,16 +1,29 @@
 //! Browsing the store without mounting: `ls`, `cat`, and the foreground
 //! `mount`; plus `spec`, which shows the config.json a request would run.
+//!
+//! The store may lie: `cat` reads through a size-and-digest-checking reader
+//! (never past the declared size), and prints a blob of up to
+//! [`CAT_VERIFIED`] bytes only once all of it was verified.
 
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
-use tvix_oci_castore::blobservice::BlobService;
-use tvix_oci_castore::directoryservice::DirectoryService;
+use tvix_oci_castore::blobservice::{BlobService, CheckedReader, read_checked};
+use tvix_oci_castore::directoryservice::{DirectoryService, check_size, entry_of};
 use tvix_oci_castore::{B3Digest, Node, PathComponent};
 
 use crate::exit::{HOST, INVALID, exit};
+
+/// Blobs up to this size are read whole and verified before `cat` prints a
+/// byte; larger ones stream (bytes may be printed before a mismatch shows).
+pub const CAT_VERIFIED: u64 = 64 << 20;
+
+/// The most a bare blob (named by its digest alone, so with no declared
+/// size) may have: a store streaming without end is cut off there. The
+/// largest output a build may produce (`IngestLimits`).
+const BARE_BLOB_MAX: u64 = 64 << 30;
 
 /// The node named by `DIGEST[/PATH]`: a directory or blob digest, then a
 /// path below the directory.
@@ -25,12 +38,19 @@ pub async fn resolve(
         .map_err(|e| exit(INVALID, format!("{spec}: {e}")))?;
     let mut node = if let Some(d) = dirs.get(&digest).await? {
         d.as_node()
-    } else if let Some(mut r) = blobs.open_read(&digest).await? {
+    } else if let Some(r) = blobs.open_read(&digest).await? {
         // A bare blob: its size is not in any directory, so count it
-        // (streamed, not buffered); it is not executable.
+        // (streamed, not buffered, bounded); it is not executable.
+        let mut r = tokio::io::AsyncReadExt::take(r, BARE_BLOB_MAX + 1);
         let size = tokio::io::copy(&mut r, &mut tokio::io::sink())
             .await
             .with_context(|| format!("reading blob {digest}"))?;
+        if size > BARE_BLOB_MAX {
+            return Err(exit(
+                HOST,
+                format!("blob {digest}: the store sent more than {BARE_BLOB_MAX} bytes"),
+            ));
+        }
         Node::File {
             digest,
             size,
@@ -42,8 +62,9 @@ pub async fn resolve(
             format!("{digest} is neither a directory nor a blob in the store"),
         ));
     };
+    let mut parent: Option<(B3Digest, String)> = None;
     for part in path.split('/').filter(|p| !p.is_empty()) {
-        let Node::Directory { digest, .. } = &node else {
+        let Node::Directory { digest, size } = &node else {
             return Err(exit(
                 INVALID,
                 format!("{spec}: {part:?} is below something that is not a directory"),
@@ -53,6 +74,12 @@ pub async fn resolve(
             .get(digest)
             .await?
             .with_context(|| format!("directory {digest} is missing"))?;
+        // The size its parent's entry declares, or the store lies.
+        if let Some((p, name)) = &parent {
+            check_size(&dir, *size, || entry_of(p, name))
+                .map_err(|e| exit(HOST, format!("{spec}: {e}")))?;
+        }
+        parent = Some((*digest, part.to_owned()));
         let name =
             PathComponent::try_from(part).map_err(|e| exit(INVALID, format!("{spec}: {e}")))?;
         node = dir
@@ -111,17 +138,32 @@ pub async fn cat(
     blobs: &dyn BlobService,
     dirs: &dyn DirectoryService,
 ) -> anyhow::Result<()> {
-    let Node::File { digest, .. } = resolve(spec, blobs, dirs).await? else {
+    let Node::File { digest, size, .. } = resolve(spec, blobs, dirs).await? else {
         return Err(exit(INVALID, format!("{spec} is not a file")));
     };
-    let mut r = blobs
-        .open_read(&digest)
-        .await?
-        .with_context(|| format!("blob {digest} is missing"))?;
     let mut out = tokio::io::stdout();
-    tokio::io::copy(&mut r, &mut out)
-        .await
-        .with_context(|| format!("reading blob {digest}"))?;
+    if size <= CAT_VERIFIED {
+        let data = read_checked(blobs, &digest, size)
+            .await
+            .map_err(|e| exit(HOST, format!("{spec}: {e}; nothing was printed")))?
+            .with_context(|| format!("blob {digest} is missing"))?;
+        tokio::io::AsyncWriteExt::write_all(&mut out, &data).await?;
+    } else {
+        let r = blobs
+            .open_read(&digest)
+            .await?
+            .with_context(|| format!("blob {digest} is missing"))?;
+        let mut r = CheckedReader::new(r, digest, size);
+        tokio::io::copy(&mut r, &mut out).await.map_err(|e| {
+            exit(
+                HOST,
+                format!(
+                    "{spec}: {e}; the {} bytes printed before are not verified",
+                    r.received()
+                ),
+            )
+        })?;
+    }
     tokio::io::AsyncWriteExt::flush(&mut out).await?;
     Ok(())
 }

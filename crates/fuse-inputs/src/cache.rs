@@ -12,11 +12,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use tokio::io::AsyncReadExt;
 use tvix_oci_castore::B3Digest;
-use tvix_oci_castore::blobservice::BlobService;
+use tvix_oci_castore::blobservice::{BlobService, CheckedReader};
 
 /// A bounded, shareable cache of blob files.
 #[derive(Debug)]
@@ -72,14 +72,18 @@ impl BlobCache {
     }
 
     /// The cached file of `digest`, fetching it from `blobs` first if
-    /// needed. The bytes are checked against the digest (and `size`) before
-    /// the file is put in place; a mismatch is an `InvalidData` error naming
-    /// the digest, and nothing is cached.
+    /// needed. The store is held to the declared `size` and the digest
+    /// ([`CheckedReader`]): never more than `size` bytes are written, and a
+    /// store sending more, fewer or other bytes, or nothing for `idle`,
+    /// fails the fetch with an error naming the digest and both sizes.
+    /// Nothing is cached then: the temp file goes with the failed (or
+    /// dropped) fetch.
     pub async fn get_or_fetch(
         &self,
         blobs: &dyn BlobService,
         digest: &B3Digest,
         size: u64,
+        idle: Duration,
     ) -> io::Result<(std::fs::File, bool)> {
         if let Some(f) = self.get(digest) {
             return Ok((f, false));
@@ -92,7 +96,10 @@ impl BlobCache {
         let guard = lock.lock().await;
         let res = match self.get(digest) {
             Some(f) => Ok((f, false)),
-            None => self.fetch(blobs, digest, size).await.map(|f| (f, true)),
+            None => self
+                .fetch(blobs, digest, size, idle)
+                .await
+                .map(|f| (f, true)),
         };
         drop(guard);
         self.inflight
@@ -107,39 +114,37 @@ impl BlobCache {
         blobs: &dyn BlobService,
         digest: &B3Digest,
         size: u64,
+        idle: Duration,
     ) -> io::Result<std::fs::File> {
-        let mut reader = blobs.open_read(digest).await?.ok_or_else(|| {
+        let opened = tokio::time::timeout(idle, blobs.open_read(digest))
+            .await
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("blob {digest}: the store did not answer for {idle:?}"),
+                )
+            })??;
+        let reader = opened.ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::NotFound,
                 format!("blob {digest} is not in the store"),
             )
         })?;
+        let mut reader = CheckedReader::new(reader, *digest, size).idle_limit(idle);
         let tmp_dir = self.dir.join("tmp");
         let mut tmp = tempfile::Builder::new()
             .prefix("fetch-")
             .tempfile_in(&tmp_dir)
             .map_err(|e| with_path(&tmp_dir, e))?;
-        let mut hasher = blake3::Hasher::new();
         let mut buf = vec![0u8; 256 * 1024];
-        let mut got = 0u64;
         loop {
             let n = reader.read(&mut buf).await?;
             if n == 0 {
                 break;
             }
-            hasher.update(&buf[..n]);
             tmp.write_all(&buf[..n])?;
-            got += n as u64;
         }
-        let actual = B3Digest::from(hasher.finalize());
-        if actual != *digest || got != size {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "blob {digest}: the store sent {got} bytes hashing to {actual}, expected {size} bytes"
-                ),
-            ));
-        }
+        let got = reader.received();
         tmp.as_file()
             .set_permissions(std::fs::Permissions::from_mode(0o444))?;
         let dest = self.path(digest);
@@ -192,6 +197,8 @@ mod tests {
     use bytes::Bytes;
     use tvix_oci_castore::blobservice::MemoryBlobService;
 
+    const IDLE: Duration = Duration::from_secs(30);
+
     #[tokio::test]
     async fn fetches_once_and_evicts_oldest() {
         let tmp = tempfile::tempdir().unwrap();
@@ -203,11 +210,11 @@ mod tests {
             digests.push(blobs.put(data).await.unwrap());
         }
         for d in &digests {
-            let (f, fetched) = cache.get_or_fetch(&blobs, d, 1000).await.unwrap();
+            let (f, fetched) = cache.get_or_fetch(&blobs, d, 1000, IDLE).await.unwrap();
             assert!(fetched);
             assert_eq!(f.metadata().unwrap().len(), 1000);
             // Again: a hit, not a second fetch.
-            assert!(!cache.get_or_fetch(&blobs, d, 1000).await.unwrap().1);
+            assert!(!cache.get_or_fetch(&blobs, d, 1000, IDLE).await.unwrap().1);
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         // The third fill went past 2500 bytes: the oldest went.
@@ -222,9 +229,15 @@ mod tests {
         let blobs = MemoryBlobService::default();
         let d = blobs.put(Bytes::from_static(b"abc")).await.unwrap();
         let cache = BlobCache::open(tmp.path(), 1 << 20).unwrap();
-        let err = cache.get_or_fetch(&blobs, &d, 4).await.unwrap_err();
+        let err = cache.get_or_fetch(&blobs, &d, 4, IDLE).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         assert!(err.to_string().contains(&d.to_hex()));
+        assert!(err.to_string().contains("3 bytes, 4 declared"), "{err}");
         assert!(cache.get(&d).is_none());
+        // No temp file either.
+        assert_eq!(
+            std::fs::read_dir(tmp.path().join("tmp")).unwrap().count(),
+            0
+        );
     }
 }

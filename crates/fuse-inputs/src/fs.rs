@@ -46,8 +46,9 @@ pub(crate) enum Handle {
     Passthrough(Arc<BackingId>),
     /// Reads come here and are served from a local file.
     File(std::fs::File),
-    /// Reads come here and are served from the store at an offset.
-    Ranges(B3Digest),
+    /// Reads come here and are served from the store at an offset, never
+    /// past the declared size.
+    Ranges(B3Digest, u64),
 }
 
 /// The filesystem state shared by the FUSE worker threads.
@@ -62,6 +63,8 @@ pub(crate) struct InputsFs {
     pub(crate) gid: u32,
     pub(crate) want_passthrough: bool,
     pub(crate) fetch_timeout: Duration,
+    /// A fetch receiving no byte for this long fails.
+    pub(crate) fetch_idle: Duration,
     pub(crate) stats: Arc<Stats>,
     /// Cancelled when the mount is torn down: store calls in flight end.
     pub(crate) closing: tokio_util::sync::CancellationToken,
@@ -82,7 +85,7 @@ impl InputsFs {
         rt: tokio::runtime::Handle,
         (uid, gid): (u32, u32),
         want_passthrough: bool,
-        fetch_timeout: Duration,
+        (fetch_timeout, fetch_idle): (Duration, Duration),
         stats: Arc<Stats>,
         closing: tokio_util::sync::CancellationToken,
     ) -> Self {
@@ -96,6 +99,7 @@ impl InputsFs {
             gid,
             want_passthrough,
             fetch_timeout,
+            fetch_idle,
             stats,
             closing,
             passthrough: AtomicBool::new(false),
@@ -141,13 +145,17 @@ impl InputsFs {
         }
     }
 
-    /// Runs a store call with the fetch timeout, from a FUSE thread. A
-    /// failure, a timeout or a panic in the store is EIO for the reader
-    /// (logged with the path), never a dead worker thread.
+    /// Runs a store call for the requester `pid` with the fetch timeout,
+    /// from a FUSE thread. A failure, a timeout or a panic in the store is
+    /// EIO for the reader (logged with the path), never a dead worker
+    /// thread. The call is dropped, and EIO answered, as soon as the
+    /// requester is SIGKILLed or gone ([`crate::reader`]) or the mount goes
+    /// away: a process blocked on a hung store can always be killed.
     fn block_on<T, E: std::fmt::Display>(
         &self,
         what: &str,
         ino: u64,
+        pid: u32,
         f: impl Future<Output = Result<T, E>>,
     ) -> Result<T, Errno> {
         let timeout = self.fetch_timeout;
@@ -155,21 +163,32 @@ impl InputsFs {
         let run = std::panic::AssertUnwindSafe(|| {
             self.rt.block_on(async move {
                 tokio::select! {
-                    r = tokio::time::timeout(timeout, f) => Some(r),
+                    r = tokio::time::timeout(timeout, f) => Ok(r),
                     // Unmounting: give up on the store at once.
-                    _ = closing.cancelled() => None,
+                    _ = closing.cancelled() => Err(Some("abandoned, the mount is going away")),
+                    _ = crate::reader::given_up(pid) => Err(None),
                 }
             })
         });
         let path = || self.inodes.path(ino).display().to_string();
+        let started = std::time::Instant::now();
         let call = self.stats.store_call(|| format!("{what} for {}", path()));
         let res = std::panic::catch_unwind(run);
         drop(call);
         let failure = match res {
-            Ok(Some(Ok(Ok(v)))) => return Ok(v),
-            Ok(Some(Ok(Err(e)))) => e.to_string(),
-            Ok(Some(Err(_))) => format!("timed out after {timeout:?}"),
-            Ok(None) => "abandoned, the mount is going away".to_owned(),
+            Ok(Ok(Ok(Ok(v)))) => return Ok(v),
+            Ok(Ok(Ok(Err(e)))) => e.to_string(),
+            Ok(Ok(Err(_))) => format!("timed out after {timeout:?}"),
+            Ok(Err(Some(why))) => why.to_owned(),
+            Ok(Err(None)) => {
+                // Not the store's failure (yet): a call it was slow to
+                // answer, which the reader stopped waiting for.
+                let waited = started.elapsed();
+                debug!(path = %path(), "{what}: abandoned after {waited:?}, the reader was killed");
+                self.stats
+                    .store_abandoned(waited, || format!("{what} for {}", path()));
+                return Err(Errno::EIO);
+            }
             Err(_) => "the store panicked".to_owned(),
         };
         error!(path = %path(), "{what}: {failure}");
@@ -178,16 +197,20 @@ impl InputsFs {
         Err(Errno::EIO)
     }
 
-    fn children(&self, ino: u64) -> Result<Arc<Children>, Errno> {
-        let res = self.inodes.children(ino, |digest| {
+    fn children(&self, ino: u64, pid: u32) -> Result<Arc<Children>, Errno> {
+        let res = self.inodes.children(ino, |digest, size, by| {
+            use tvix_oci_castore::{ClosureError, StoreError};
             let dirs = self.dirs.clone();
             let d = *digest;
-            let dir = self.block_on("fetching directory", ino, async move {
-                dirs.get(&d).await?.ok_or_else(|| {
-                    tvix_oci_castore::StoreError::Closure(tvix_oci_castore::ClosureError::Missing(
-                        d,
-                    ))
-                })
+            let what = format!("fetching directory {d}");
+            let dir = self.block_on(&what, ino, pid, async move {
+                let dir = dirs
+                    .get(&d)
+                    .await?
+                    .ok_or(StoreError::Closure(ClosureError::Missing(d)))?;
+                // The size its node declares, or the store lies.
+                tvix_oci_castore::directoryservice::check_size(&dir, size, || by)?;
+                Ok::<_, StoreError>(dir)
             })?;
             self.stats.dirs_fetched.fetch_add(1, Ordering::Relaxed);
             Ok::<_, Errno>(dir)
@@ -195,8 +218,13 @@ impl InputsFs {
         res.ok_or(Errno::ENOTDIR)
     }
 
-    pub(crate) fn do_lookup(&self, parent: INodeNo, name: &OsStr) -> Result<FileAttr, Errno> {
-        let children = self.children(parent.0)?;
+    pub(crate) fn do_lookup(
+        &self,
+        parent: INodeNo,
+        name: &OsStr,
+        pid: u32,
+    ) -> Result<FileAttr, Errno> {
+        let children = self.children(parent.0, pid)?;
         let ino = children.get(name.as_bytes()).ok_or(Errno::ENOENT)?;
         let inode = self.inode(INodeNo(ino))?;
         Ok(self.attr(ino, &inode))
@@ -209,9 +237,10 @@ impl InputsFs {
         &self,
         ino: INodeNo,
         offset: u64,
+        pid: u32,
     ) -> Result<impl Iterator<Item = (u64, u64, FileAttr, Vec<u8>)> + '_, Errno> {
         let inode = self.inode(ino)?;
-        let children = self.children(ino.0)?;
+        let children = self.children(ino.0, pid)?;
         let parent = self.inode(INodeNo(inode.parent))?;
         let total = children.entries().len() as u64 + 2;
         Ok((offset.min(total)..total).filter_map(move |i| {
@@ -233,16 +262,41 @@ impl InputsFs {
     }
 
     /// A local file holding the blob: the store's own (trusted) file, or the
-    /// cache's, fetching and checking it first.
-    fn local_file(&self, ino: u64, digest: &B3Digest, size: u64) -> Result<std::fs::File, Errno> {
+    /// cache's, fetching and checking it first. Either has the size the
+    /// node declares (what `stat` says), or the open fails.
+    fn local_file(
+        &self,
+        ino: u64,
+        pid: u32,
+        digest: &B3Digest,
+        size: u64,
+    ) -> Result<std::fs::File, Errno> {
         if let Some(p) = self.blobs.local_path(digest)
             && let Ok(f) = std::fs::File::open(&p)
         {
+            let len = f.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
+            if len != size {
+                let failure = format!(
+                    "blob {digest}: the store's file {} has {len} bytes, {size} declared",
+                    p.display()
+                );
+                let path = self.inodes.path(ino).display().to_string();
+                error!(path = %path, "opening: {failure}");
+                self.stats
+                    .store_failed(|| format!("opening {path}: {failure}"));
+                return Err(Errno::EIO);
+            }
             return Ok(f);
         }
-        let (cache, blobs, d) = (self.cache.clone(), self.blobs.clone(), *digest);
-        let (f, fetched) = self.block_on("fetching blob", ino, async move {
-            cache.get_or_fetch(&*blobs, &d, size).await
+        let (cache, blobs, d, idle) = (
+            self.cache.clone(),
+            self.blobs.clone(),
+            *digest,
+            self.fetch_idle,
+        );
+        let what = format!("fetching blob {digest}");
+        let (f, fetched) = self.block_on(&what, ino, pid, async move {
+            cache.get_or_fetch(&*blobs, &d, size, idle).await
         })?;
         // Counted once per blob fetched, not per open of a cached one.
         if fetched {
@@ -258,6 +312,7 @@ impl InputsFs {
         &self,
         ino: INodeNo,
         flags: OpenFlags,
+        pid: u32,
         open_backing: &dyn Fn(&std::fs::File) -> std::io::Result<BackingId>,
     ) -> Result<(u64, Arc<Handle>), Errno> {
         if flags.acc_mode() != OpenAccMode::O_RDONLY {
@@ -270,9 +325,9 @@ impl InputsFs {
         // Trusted stores with cheap range reads are read in place; anything
         // else is made a local file first (and then passed through).
         let handle = if self.blobs.range_reads() && self.blobs.local_path(digest).is_none() {
-            Handle::Ranges(*digest)
+            Handle::Ranges(*digest, *size)
         } else {
-            let file = self.local_file(ino.0, digest, *size)?;
+            let file = self.local_file(ino.0, pid, digest, *size)?;
             if self.passthrough.load(Ordering::Relaxed) {
                 let mut backing = self.backing.lock().unwrap_or_else(|p| p.into_inner());
                 match backing.get(&ino.0).and_then(std::sync::Weak::upgrade) {
@@ -316,6 +371,7 @@ impl InputsFs {
         fh: FileHandle,
         offset: u64,
         size: u32,
+        pid: u32,
     ) -> Result<Vec<u8>, Errno> {
         let handle = self
             .handles
@@ -330,10 +386,12 @@ impl InputsFs {
                 error!(path = %self.inodes.path(ino.0).display(), "reading: {e}");
                 Errno::EIO
             })?,
-            Handle::Ranges(digest) => {
-                let (blobs, d) = (self.blobs.clone(), *digest);
-                let len = buf.len();
-                let data = self.block_on("reading blob", ino.0, async move {
+            Handle::Ranges(digest, declared) => {
+                let (blobs, d, declared) = (self.blobs.clone(), *digest, *declared);
+                // What stat promised: up to the declared size, no further.
+                let len = declared.saturating_sub(offset).min(buf.len() as u64) as usize;
+                let what = format!("reading blob {d}");
+                let data = self.block_on(&what, ino.0, pid, async move {
                     let mut r = blobs.open_read_at(&d, offset).await?.ok_or_else(|| {
                         std::io::Error::new(
                             std::io::ErrorKind::NotFound,
@@ -342,6 +400,15 @@ impl InputsFs {
                     })?;
                     let mut out = Vec::with_capacity(len);
                     (&mut r).take(len as u64).read_to_end(&mut out).await?;
+                    if out.len() < len {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            format!(
+                                "blob {d}: the store has {} bytes, {declared} declared",
+                                offset + out.len() as u64
+                            ),
+                        ));
+                    }
                     Ok::<_, std::io::Error>(out)
                 })?;
                 let n = data.len();
@@ -403,8 +470,8 @@ impl Filesystem for InputsFs {
         Ok(())
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.do_lookup(parent, name) {
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.do_lookup(parent, name, req.pid()) {
             Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
             Err(e) => reply.error(e),
         }
@@ -443,13 +510,13 @@ impl Filesystem for InputsFs {
 
     fn readdir(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        match self.listing(ino, offset) {
+        match self.listing(ino, offset, req.pid()) {
             Ok(entries) => {
                 for (next, child, attr, name) in entries {
                     if reply.add(INodeNo(child), next, attr.kind, OsStr::from_bytes(&name)) {
@@ -464,13 +531,13 @@ impl Filesystem for InputsFs {
 
     fn readdirplus(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        match self.listing(ino, offset) {
+        match self.listing(ino, offset, req.pid()) {
             Ok(entries) => {
                 for (next, child, attr, name) in entries {
                     if reply.add(
@@ -490,8 +557,8 @@ impl Filesystem for InputsFs {
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.do_open(ino, flags, &|f| reply.open_backing(f)) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        match self.do_open(ino, flags, req.pid(), &|f| reply.open_backing(f)) {
             Ok((fh, handle)) => match &*handle {
                 // The kernel refuses KEEP_CACHE with passthrough: the page
                 // cache is the backing file's own.
@@ -506,7 +573,7 @@ impl Filesystem for InputsFs {
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -515,7 +582,7 @@ impl Filesystem for InputsFs {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
-        match self.do_read(ino, fh, offset, size) {
+        match self.do_read(ino, fh, offset, size, req.pid()) {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(e),
         }

@@ -64,7 +64,7 @@ impl Handlers {
             rt,
             (0, 0),
             false,
-            Duration::from_secs(60),
+            (Duration::from_secs(60), Duration::from_secs(30)),
             Arc::new(Stats::default()),
             tokio_util::sync::CancellationToken::new(),
         );
@@ -78,7 +78,7 @@ impl Handlers {
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr, i32> {
         let a = self
             .fs
-            .do_lookup(INodeNo(parent), name)
+            .do_lookup(INodeNo(parent), name, 0)
             .map_err(|e| e.code())?;
         Ok(Attr {
             ino: a.ino.0,
@@ -103,9 +103,11 @@ impl Handlers {
         let no_kernel = |_: &std::fs::File| Err(std::io::Error::other("no kernel"));
         let (fh, _) = self
             .fs
-            .do_open(INodeNo(ino), OpenFlags(libc::O_RDONLY), &no_kernel)
+            .do_open(INodeNo(ino), OpenFlags(libc::O_RDONLY), 0, &no_kernel)
             .map_err(|e| e.code())?;
-        let data = self.fs.do_read(INodeNo(ino), FileHandle(fh), offset, size);
+        let data = self
+            .fs
+            .do_read(INodeNo(ino), FileHandle(fh), offset, size, 0);
         self.fs.do_release(FileHandle(fh));
         data.map_err(|e| e.code())
     }

@@ -39,9 +39,11 @@ impl Children {
 pub enum InodeKind {
     /// The root: the inputs, known from the start.
     Root(Arc<Children>),
-    /// A castore directory; its children once fetched.
+    /// A castore directory of the size its node declares; its children
+    /// once fetched.
     Directory {
         digest: B3Digest,
+        size: u64,
         children: Mutex<Option<Arc<Children>>>,
     },
     File {
@@ -75,8 +77,9 @@ pub(crate) struct InodeTable {
 
 fn kind_of(node: &Node) -> InodeKind {
     match node {
-        Node::Directory { digest, .. } => InodeKind::Directory {
+        Node::Directory { digest, size } => InodeKind::Directory {
             digest: *digest,
+            size: *size,
             children: Mutex::new(None),
         },
         Node::File {
@@ -139,25 +142,42 @@ impl InodeTable {
 
     /// The children of directory inode `ino`, fetching its `Directory` with
     /// `fetch` the first time (once, even when asked from several threads).
+    /// `fetch` gets the digest, the size the node declares, and who
+    /// declares it (the root node, or the parent's entry), to check it.
     /// `Ok(None)` when `ino` is not a directory.
     pub fn children<E>(
         &self,
         ino: u64,
-        fetch: impl FnOnce(&B3Digest) -> Result<Directory, E>,
+        fetch: impl FnOnce(&B3Digest, u64, String) -> Result<Directory, E>,
     ) -> Result<Option<Arc<Children>>, E> {
         let Some(inode) = self.get(ino) else {
             return Ok(None);
         };
-        let (digest, slot) = match &inode.kind {
+        let (digest, size, slot) = match &inode.kind {
             InodeKind::Root(c) => return Ok(Some(c.clone())),
-            InodeKind::Directory { digest, children } => (digest, children),
+            InodeKind::Directory {
+                digest,
+                size,
+                children,
+            } => (digest, *size, children),
             _ => return Ok(None),
         };
         let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = slot.as_ref() {
             return Ok(Some(c.clone()));
         }
-        let dir = fetch(digest)?;
+        let name = inode
+            .name
+            .as_ref()
+            .map(|n| n.to_string())
+            .unwrap_or_default();
+        let by = match self.get(inode.parent).as_deref().map(|p| &p.kind) {
+            Some(InodeKind::Directory { digest: parent, .. }) => {
+                tvix_oci_castore::directoryservice::entry_of(parent, &name)
+            }
+            _ => format!("the root node {name:?}"),
+        };
+        let dir = fetch(digest, size, by)?;
         let mut inodes = self.inodes.write().unwrap_or_else(|p| p.into_inner());
         let first = inodes.len() as u64 + 1;
         let mut entries = Vec::with_capacity(dir.len());
@@ -215,7 +235,7 @@ mod tests {
         sub.add(pc("a"), file()).unwrap();
         let t = InodeTable::new(vec![(pc("zz"), file()), (pc("dir"), sub.as_node())]).unwrap();
         let root = t
-            .children::<()>(ROOT_INO, |_| unreachable!())
+            .children::<()>(ROOT_INO, |_, _, _| unreachable!())
             .unwrap()
             .unwrap();
         assert_eq!(root.get(b"dir"), Some(2));
@@ -223,20 +243,26 @@ mod tests {
         assert_eq!(t.len(), 3);
 
         let fetches = AtomicUsize::new(0);
-        let fetch = |d: &B3Digest| {
+        let fetch = |d: &B3Digest, size: u64, by: String| {
             fetches.fetch_add(1, Ordering::SeqCst);
             assert_eq!(*d, sub.digest());
+            assert_eq!(size, sub.size());
+            assert_eq!(by, "the root node \"dir\"");
             Ok::<_, ()>(sub.clone())
         };
         let c = t.children(2, fetch).unwrap().unwrap();
         assert_eq!(c.get(b"a"), Some(4));
         assert_eq!(c.get(b"b"), Some(5));
         // The second time it is not fetched again and the numbers stay.
-        let c2 = t.children(2, |_| Err(())).unwrap().unwrap();
+        let c2 = t.children(2, |_, _, _| Err(())).unwrap().unwrap();
         assert_eq!(c2.get(b"b"), Some(5));
         assert_eq!(fetches.load(Ordering::SeqCst), 1);
         assert_eq!(t.path(5), PathBuf::from("dir/b"));
-        assert!(t.children::<()>(3, |_| unreachable!()).unwrap().is_none());
+        assert!(
+            t.children::<()>(3, |_, _, _| unreachable!())
+                .unwrap()
+                .is_none()
+        );
         assert!(t.get(99).is_none());
         assert!(t.get(0).is_none());
     }
@@ -251,11 +277,11 @@ mod tests {
     fn failed_fetch_can_be_retried() {
         let t = InodeTable::new(vec![(pc("d"), Directory::new().as_node())]).unwrap();
         assert!(
-            t.children(2, |_| Err::<Directory, _>("store down"))
+            t.children(2, |_, _, _| Err::<Directory, _>("store down"))
                 .is_err()
         );
         let c = t
-            .children(2, |_| Ok::<_, ()>(Directory::new()))
+            .children(2, |_, _, _| Ok::<_, ()>(Directory::new()))
             .unwrap()
             .unwrap();
         assert!(c.entries().is_empty());

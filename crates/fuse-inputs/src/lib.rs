@@ -24,9 +24,13 @@ mod inodes;
 mod mount;
 pub mod mountinfo;
 mod prefetch;
+mod reader;
 mod stats;
 
 pub use cache::BlobCache;
 pub use inodes::InodeError;
-pub use mount::{FSNAME, InputsMount, MountError, MountOptions, abort_connection, detach, mount};
+pub use mount::{
+    FSNAME, InputsMount, MountError, MountOptions, abort_connection, detach, mount,
+    private_cache_root,
+};
 pub use stats::StatsSnapshot;

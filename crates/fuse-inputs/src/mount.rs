@@ -39,8 +39,9 @@ pub struct MountOptions {
     /// Owner of every file.
     pub uid: u32,
     pub gid: u32,
-    /// Blob cache for remote blobs; `None`: a private one in a temp dir,
-    /// removed at unmount.
+    /// Blob cache for remote blobs; `None`: a private one, removed at
+    /// unmount, in [`private_cache_root`] (a killed process's is removed by
+    /// the next mount of any process of the same user).
     pub cache: Option<Arc<BlobCache>>,
     /// FUSE worker threads.
     pub threads: usize,
@@ -50,6 +51,9 @@ pub struct MountOptions {
     pub allow_other: bool,
     /// A store call taking longer fails the read with EIO.
     pub fetch_timeout: Duration,
+    /// A blob fetch receiving no byte from the store for this long fails
+    /// the read with EIO (well before `fetch_timeout` on a hung store).
+    pub fetch_idle: Duration,
     /// Paths below the mount root to fetch into the cache in the
     /// background, everything below each (e.g. `abc-gcc/lib`).
     pub prefetch: Vec<PathBuf>,
@@ -65,6 +69,7 @@ impl Default for MountOptions {
             passthrough: true,
             allow_other: true,
             fetch_timeout: Duration::from_secs(300),
+            fetch_idle: Duration::from_secs(30),
             prefetch: Vec::new(),
         }
     }
@@ -232,14 +237,55 @@ pub fn abort_connection(path: &Path) -> bool {
     std::fs::write(format!("{FUSECTL}/{}/abort", m.minor), "1").is_ok()
 }
 
-/// The name of a mount's own blob cache in the temp dir starts with this,
-/// then the owning process's pid.
+/// The name of a mount's own blob cache starts with this, then the owning
+/// process's pid.
 const PRIVATE_CACHE: &str = "tvix-oci-blob-cache-";
 
-/// Removes the private blob caches of processes that died without
-/// removing them (SIGKILL): those whose pid is no longer alive.
-fn sweep_private_caches() {
-    let Ok(rd) = std::fs::read_dir(std::env::temp_dir()) else {
+/// Where mounts put their private blob caches: one place per user,
+/// `/var/tmp/tvix-oci-build-UID/mount-cache`, whatever the environment
+/// (`TMPDIR`, `XDG_RUNTIME_DIR` differ between a shell, a service and
+/// sudo), so the next mount finds a killed one's cache and removes it. On
+/// disk, not a RAM tmpfs like `/run`: a cache holds whole blobs. `/var/tmp`
+/// is shared by all users, so the per-user directory must be ours, a real
+/// directory of mode 0700; if another user took the name, the temp dir is
+/// used instead (swept only by mounts with the same `TMPDIR`).
+pub fn private_cache_root() -> PathBuf {
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    let base = PathBuf::from(format!("/var/tmp/tvix-oci-build-{uid}"));
+    let dir = base.join("mount-cache");
+    match own_dir(&base, uid).and_then(|()| own_dir(&dir, uid)) {
+        Ok(()) => dir,
+        Err(e) => {
+            warn!(path = %dir.display(), "cannot keep blob caches there, using the temp dir: {e}");
+            std::env::temp_dir()
+        }
+    }
+}
+
+/// Makes `dir` (mode 0700) unless it exists; then checks it is a directory
+/// (not a symlink) owned by `uid` and closed to others.
+fn own_dir(dir: &Path, uid: u32) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let m = std::fs::symlink_metadata(dir)?;
+    if !m.is_dir() || m.uid() != uid || m.mode() & 0o077 != 0 {
+        return Err(io::Error::other(format!(
+            "{} is not a directory of uid {uid} closed to others",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Removes the private blob caches in `root` of processes that died
+/// without removing them (SIGKILL): those whose pid is no longer alive.
+fn sweep_private_caches(root: &Path) {
+    let Ok(rd) = std::fs::read_dir(root) else {
         return;
     };
     for e in rd.flatten() {
@@ -302,10 +348,13 @@ pub fn mount(
     let (cache, private) = match &opts.cache {
         Some(c) => (c.clone(), None),
         None => {
-            sweep_private_caches();
+            let root = private_cache_root();
+            sweep_private_caches(&root);
+            // Where they were kept before, and where they go as a fallback.
+            sweep_private_caches(&std::env::temp_dir());
             let tmp = tempfile::Builder::new()
                 .prefix(&format!("{PRIVATE_CACHE}{}-", std::process::id()))
-                .tempdir()
+                .tempdir_in(&root)
                 .map_err(at(&path))?;
             let cache = BlobCache::open(tmp.path(), u64::MAX).map_err(at(&path))?;
             (Arc::new(cache), Some(tmp))
@@ -325,7 +374,7 @@ pub fn mount(
         // Passthrough needs CAP_SYS_ADMIN: not root, the kernel refuses it.
         // SAFETY: geteuid has no preconditions.
         opts.passthrough && unsafe { libc::geteuid() } == 0,
-        opts.fetch_timeout,
+        (opts.fetch_timeout, opts.fetch_idle),
         stats.clone(),
         closing.clone(),
     );
@@ -356,6 +405,7 @@ pub fn mount(
             cache,
             roots,
             opts.prefetch.clone(),
+            opts.fetch_idle,
             stats.clone(),
         ))
     });
@@ -454,16 +504,31 @@ mod tests {
 
     #[test]
     fn caches_of_dead_processes_are_swept_and_live_ones_kept() {
-        let tmp = std::env::temp_dir();
+        let root = tempfile::tempdir().unwrap();
         // pid 2^22+1 is above the kernel's pid_max: never alive.
-        let dead = tmp.join(format!("{PRIVATE_CACHE}4194305-test"));
-        let mine = tmp.join(format!("{PRIVATE_CACHE}{}-test", std::process::id()));
+        let dead = root.path().join(format!("{PRIVATE_CACHE}4194305-test"));
+        let mine = root
+            .path()
+            .join(format!("{PRIVATE_CACHE}{}-test", std::process::id()));
         for d in [&dead, &mine] {
             std::fs::create_dir_all(d.join("tmp")).unwrap();
         }
-        sweep_private_caches();
+        sweep_private_caches(root.path());
         assert!(!dead.exists(), "a dead process's cache is swept");
         assert!(mine.exists(), "a live process's cache is kept");
-        std::fs::remove_dir_all(&mine).unwrap();
+    }
+
+    #[test]
+    fn the_private_cache_root_is_the_same_whatever_tmpdir() {
+        // SAFETY: geteuid has no preconditions.
+        let uid = unsafe { libc::geteuid() };
+        let root = private_cache_root();
+        assert_eq!(
+            root,
+            PathBuf::from(format!("/var/tmp/tvix-oci-build-{uid}/mount-cache"))
+        );
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::symlink_metadata(&root).unwrap();
+        assert_eq!((m.uid(), m.mode() & 0o777), (uid, 0o700));
     }
 }

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use futures::{StreamExt, TryStreamExt};
 use tracing::{debug, warn};
 use tvix_oci_castore::blobservice::BlobService;
-use tvix_oci_castore::directoryservice::DirectoryService;
+use tvix_oci_castore::directoryservice::{DirectoryService, RootFirst};
 use tvix_oci_castore::{B3Digest, Node, PathComponent};
 
 use crate::cache::BlobCache;
@@ -50,14 +50,24 @@ pub(crate) async fn prefetch(
     cache: Arc<BlobCache>,
     roots: Vec<(PathComponent, Node)>,
     paths: Vec<PathBuf>,
+    idle: std::time::Duration,
     stats: Arc<Stats>,
 ) {
     let mut files: Vec<(B3Digest, u64)> = Vec::new();
     for p in &paths {
         match resolve(&*dirs, &roots, p).await {
             Some(Node::File { digest, size, .. }) => files.push((digest, size)),
-            Some(Node::Directory { digest, .. }) => {
+            Some(Node::Directory { digest, size }) => {
                 let closure: Result<Vec<_>, _> = dirs.get_recursive(&digest).try_collect().await;
+                // The store is held to the sizes declared, the root's too.
+                let closure = closure.and_then(|all| {
+                    let mut check = RootFirst::with_size(digest, size);
+                    for d in &all {
+                        check.add(d)?;
+                    }
+                    check.finish()?;
+                    Ok(all)
+                });
                 match closure {
                     Ok(all) => {
                         for d in all {
@@ -84,7 +94,7 @@ pub(crate) async fn prefetch(
                 if cache.get(&digest).is_some() {
                     return;
                 }
-                match cache.get_or_fetch(&*blobs, &digest, size).await {
+                match cache.get_or_fetch(&*blobs, &digest, size, idle).await {
                     Ok((_, true)) => {
                         stats.blobs_fetched.fetch_add(1, Ordering::Relaxed);
                         stats.bytes_fetched.fetch_add(size, Ordering::Relaxed);

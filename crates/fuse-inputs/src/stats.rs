@@ -29,6 +29,9 @@ pub struct Stats {
     first_failure: Mutex<Option<String>>,
     /// Store calls in flight: id → (started, description).
     in_flight: Mutex<HashMap<u64, (Instant, String)>>,
+    /// The longest store call a reader stopped waiting for (it was
+    /// killed): how long it had waited, and what it was.
+    abandoned: Mutex<Option<(Duration, String)>>,
     next_call: AtomicU64,
 }
 
@@ -77,16 +80,40 @@ impl Stats {
         }
     }
 
+    /// Records a store call given up after `waited` because its reader was
+    /// killed (kept if it is the longest so far).
+    pub(crate) fn store_abandoned(&self, waited: Duration, what: impl FnOnce() -> String) {
+        if let Ok(mut a) = self.abandoned.lock()
+            && a.as_ref().is_none_or(|(w, _)| *w < waited)
+        {
+            *a = Some((waited, what()));
+        }
+    }
+
     /// What went wrong with the store so far, if anything: the first failed
-    /// call, or else the oldest call in flight for at least `stalled`.
+    /// call, or else the oldest call in flight for at least `stalled`, or
+    /// else the longest one its reader was killed waiting for, if it had
+    /// waited at least `stalled`.
     pub fn store_trouble(&self, stalled: Duration) -> Option<String> {
         if let Some(f) = self.first_failure.lock().ok().and_then(|f| f.clone()) {
             return Some(f);
         }
-        let calls = self.in_flight.lock().ok()?;
-        let (started, what) = calls.values().min_by_key(|(t, _)| *t)?;
-        let waited = started.elapsed();
-        (waited >= stalled).then(|| format!("{what}: no answer after {waited:.1?}"))
+        let oldest = self.in_flight.lock().ok().and_then(|calls| {
+            calls
+                .values()
+                .min_by_key(|(t, _)| *t)
+                .map(|(t, what)| (t.elapsed(), what.clone()))
+        });
+        if let Some((waited, what)) = oldest
+            && waited >= stalled
+        {
+            return Some(format!("{what}: no answer after {waited:.1?}"));
+        }
+        let abandoned = self.abandoned.lock().ok()?.clone();
+        let (waited, what) = abandoned.filter(|(w, _)| *w >= stalled)?;
+        Some(format!(
+            "{what}: no answer after {waited:.1?} (then its reader was killed)"
+        ))
     }
 
     /// The counters now.

@@ -22,7 +22,7 @@ mod verify;
 pub use grpc::GrpcBlobService;
 pub use memory::MemoryBlobService;
 pub use objects::ObjectsBlobService;
-pub use verify::VerifyingReader;
+pub use verify::{BlobLie, CheckedReader, VerifyingReader, open_checked, read_checked};
 
 /// A reader of one blob's bytes.
 pub type BlobReader = Box<dyn AsyncRead + Send + Unpin>;

@@ -70,22 +70,59 @@ impl LeavesFirst {
     }
 }
 
-/// Checks a closure received root first (a recursive Get).
+/// Checks that `dir`, fetched for a node declaring `declared` (described
+/// by `by`, e.g. "the root node" or a parent's entry), has that size: a
+/// store serving a directory under a node of another size lies.
+pub fn check_size(
+    dir: &Directory,
+    declared: u64,
+    by: impl FnOnce() -> String,
+) -> Result<(), ClosureError> {
+    if dir.size() == declared {
+        return Ok(());
+    }
+    Err(ClosureError::DeclaredSize {
+        digest: dir.digest(),
+        computed: dir.size(),
+        declared,
+        by: by(),
+    })
+}
+
+/// Who refers to a directory, for [`ClosureError::DeclaredSize`].
+pub fn entry_of(parent: &B3Digest, name: &impl std::fmt::Display) -> String {
+    format!("directory {parent}'s entry {:?}", name.to_string())
+}
+
+/// Checks a closure received root first (a recursive Get): the order, and
+/// that every directory has the size each node referring to it declares
+/// (the root node's too, given to [`RootFirst::with_size`]).
 #[derive(Debug)]
 pub struct RootFirst {
     root: B3Digest,
-    /// Referred to but not yet received, with the size the referrer claims.
-    expected: HashMap<B3Digest, u64>,
-    received: HashSet<B3Digest>,
+    root_size: Option<u64>,
+    /// Referred to but not yet received: the size declared, and by whom.
+    expected: HashMap<B3Digest, (u64, String)>,
+    /// Received, with their computed sizes.
+    received: HashMap<B3Digest, u64>,
 }
 
 impl RootFirst {
-    /// Expects the closure of `root`.
+    /// Expects the closure of `root`, whatever the root's size.
     pub fn new(root: B3Digest) -> Self {
         Self {
             root,
+            root_size: None,
             expected: HashMap::new(),
-            received: HashSet::new(),
+            received: HashMap::new(),
+        }
+    }
+
+    /// Expects the closure of the root node `root` of size `size`.
+    pub fn with_size(root: B3Digest, size: u64) -> Self {
+        Self {
+            root_size: Some(size),
+            ..Self::new(root)
         }
     }
 
@@ -100,24 +137,36 @@ impl RootFirst {
                     actual: digest,
                 });
             }
+            if let Some(size) = self.root_size {
+                check_size(dir, size, || "the root node".to_owned())?;
+            }
         } else {
             match self.expected.remove(&digest) {
                 None => return Err(ClosureError::Unexpected(digest)),
-                Some(size) if size != dir.size() => {
-                    return Err(ClosureError::WrongSize {
-                        parent: digest,
-                        name: String::new(),
-                        specified: size,
-                        recorded: dir.size(),
+                Some((size, by)) => check_size(dir, size, || by)?,
+            }
+        }
+        self.received.insert(digest, dir.size());
+        for (name, child, size) in dir.directories() {
+            let by = || entry_of(&digest, name);
+            // Met before: the size declared here must be the same.
+            let known = match self.received.get(child) {
+                Some(&computed) => Some((computed, "received".to_owned())),
+                None => self.expected.get(child).cloned(),
+            };
+            match known {
+                Some((other, _)) if other != size => {
+                    return Err(ClosureError::DeclaredSize {
+                        digest: *child,
+                        computed: other,
+                        declared: size,
+                        by: by(),
                     });
                 }
                 Some(_) => {}
-            }
-        }
-        self.received.insert(digest);
-        for (_, child, size) in dir.directories() {
-            if !self.received.contains(child) {
-                self.expected.insert(*child, size);
+                None => {
+                    self.expected.insert(*child, (size, by()));
+                }
             }
         }
         Ok(digest)
@@ -212,5 +261,43 @@ mod tests {
         let mut v = RootFirst::new(root.digest());
         v.add(&root).unwrap();
         assert!(matches!(v.finish(), Err(ClosureError::Missing(_))));
+    }
+
+    #[test]
+    fn root_size_and_sizes_met_twice_are_checked() {
+        let leaf = dir_with(&[("a", &Directory::new())]);
+        let root = dir_with(&[("m", &leaf)]);
+        let mut v = RootFirst::with_size(root.digest(), root.size() + 1);
+        let err = v.add(&root).unwrap_err();
+        assert!(
+            matches!(&err, ClosureError::DeclaredSize { declared, computed, .. }
+                if *declared == root.size() + 1 && *computed == root.size()),
+            "{err}"
+        );
+        assert!(err.to_string().contains("the root node"), "{err}");
+        assert!(err.to_string().contains(&root.digest().to_hex()), "{err}");
+
+        // A second parent declaring another size for a directory received.
+        let mut lying = Directory::new();
+        lying
+            .add(
+                PathComponent::try_from("again").unwrap(),
+                Node::Directory {
+                    digest: leaf.digest(),
+                    size: 7,
+                },
+            )
+            .unwrap();
+        let top = dir_with(&[("l", &leaf), ("x", &lying)]);
+        let mut v = RootFirst::with_size(top.digest(), top.size());
+        v.add(&top).unwrap();
+        v.add(&leaf).unwrap();
+        let err = v.add(&lying).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&leaf.digest().to_hex()) && msg.contains(&lying.digest().to_hex()),
+            "{msg}"
+        );
+        assert!(msg.contains("declares 7"), "{msg}");
     }
 }

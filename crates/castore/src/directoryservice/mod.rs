@@ -19,7 +19,7 @@ mod holder;
 mod memory;
 mod redb;
 
-pub use closure::{LeavesFirst, RootFirst};
+pub use closure::{LeavesFirst, RootFirst, check_size, entry_of};
 pub use grpc::GrpcDirectoryService;
 pub use holder::{Holder, find_holder};
 pub use memory::MemoryDirectoryService;

@@ -13,7 +13,7 @@ use futures::stream::BoxStream;
 use tokio_util::io::ReaderStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::blobservice::BlobService;
+use crate::blobservice::{BlobService, VerifyingReader};
 use crate::directoryservice::DirectoryService;
 use crate::proto::{self, snix};
 use crate::{B3Digest, Directory, StoreError};
@@ -130,8 +130,19 @@ impl GrpcBlobServer {
             .await
             .map_err(io_status)?
             .ok_or_else(|| Status::not_found(format!("blob {digest} not found")))?;
-        let stream = ReaderStream::with_capacity(reader, READ_CHUNK)
-            .map(|r| r.map(|data| proto::BlobChunk { data }).map_err(io_status));
+        // The backing store is not trusted either (a remote one, a disk that
+        // rots): the bytes are hashed as they go out, and a mismatch ends
+        // the stream with DATA_LOSS instead of a clean end.
+        let reader = VerifyingReader::new(reader, digest);
+        let stream = ReaderStream::with_capacity(reader, READ_CHUNK).map(|r| {
+            r.map(|data| proto::BlobChunk { data }).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::InvalidData {
+                    Status::data_loss(e.to_string())
+                } else {
+                    io_status(e)
+                }
+            })
+        });
         Ok(stream.boxed())
     }
 
