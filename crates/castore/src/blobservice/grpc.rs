@@ -39,6 +39,9 @@ fn status_io(url: &str, digest: Option<&B3Digest>, s: &tonic::Status) -> io::Err
         tonic::Code::InvalidArgument => io::ErrorKind::InvalidInput,
         tonic::Code::Unavailable => io::ErrorKind::ConnectionRefused,
         tonic::Code::DeadlineExceeded => io::ErrorKind::TimedOut,
+        // Our server says so when its own backing store served bytes that
+        // do not match their digest.
+        tonic::Code::DataLoss => io::ErrorKind::InvalidData,
         _ => io::ErrorKind::Other,
     };
     let about = digest.map(|d| format!("blob {d}: ")).unwrap_or_default();
