@@ -21,6 +21,7 @@ use tvix_oci_spec::{Build, BuildRequest, BundleLayout, SpecOptions};
 
 use crate::BuildError;
 use crate::cgroup::BuildCgroup;
+use crate::idpool::{IdPool, IdPoolConfig};
 use crate::ingest::{IngestLimits, ingest_output};
 use crate::overlay::Overlay;
 use crate::refscan::Needles;
@@ -53,6 +54,9 @@ pub struct ExecutorConfig {
     /// Run builds rootless (see [`crate::rootless`]); by default when the
     /// process is not root.
     pub rootless: bool,
+    /// As root, the host ids each build's user namespace maps to (see
+    /// [`crate::idpool`]).
+    pub id_pool: IdPoolConfig,
 }
 
 impl Default for ExecutorConfig {
@@ -75,6 +79,7 @@ impl Default for ExecutorConfig {
             spec: SpecOptions::default(),
             // SAFETY: geteuid has no preconditions.
             rootless: unsafe { libc::geteuid() } != 0,
+            id_pool: IdPoolConfig::default(),
         }
     }
 }
@@ -133,6 +138,9 @@ pub struct Executor {
     /// What rootless builds need, checked once it is all there (until then
     /// each build checks again, so a fixed host needs no restart).
     rootless: std::sync::OnceLock<crate::rootless::Rootless>,
+    /// As root, the build id pool, once its range was found clear of the
+    /// host's accounts (until then each build checks again).
+    id_pool: std::sync::OnceLock<IdPool>,
 }
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
@@ -168,6 +176,7 @@ impl Executor {
             permits,
             runtime_verdict: std::sync::OnceLock::new(),
             rootless: rootless.map(std::sync::OnceLock::from).unwrap_or_default(),
+            id_pool: std::sync::OnceLock::new(),
         }
     }
 
@@ -219,6 +228,12 @@ impl Executor {
             .is_none()
             .then(|| BuildCgroup::create(id))
             .flatten();
+        // As root, a slot of host ids for the build's user namespace, held
+        // until the build's processes are gone (dropped last).
+        let id_slot = match rootless {
+            Some(_) => None,
+            None => Some(self.id_pool()?.take().map_err(|e| BuildError::Host(e.to_string()))?),
+        };
 
         // Declared in this order so they drop in reverse: container, then
         // overlay, then FUSE, then the bundle directory.
@@ -234,8 +249,10 @@ impl Executor {
                     ));
                 }
                 spec_opts.rootless = true;
-                spec_opts.uid_mappings = r.uid_mappings.clone();
-                spec_opts.gid_mappings = r.gid_mappings.clone();
+                spec_opts.user_namespace = Some(tvix_oci_spec::IdMappings {
+                    uid: r.uid_mappings.clone(),
+                    gid: r.gid_mappings.clone(),
+                });
                 spec_opts.overlay_in_container = Some(bundle.path().to_owned());
                 spec_opts.cgroups_path = None;
             }
@@ -243,6 +260,10 @@ impl Executor {
             // of one the executor makes, to read the usage after runc
             // removed its own.
             None => {
+                if let Some(slot) = &id_slot {
+                    spec_opts.user_namespace = Some(slot.mappings());
+                    spec_opts.rootfs = Some(slot.rootfs());
+                }
                 spec_opts.cgroups_path = Some(match &cgroup {
                     Some(cg) => cg.runc_path(),
                     None => PathBuf::from(format!("/{}/{id}", crate::cgroup::PARENT)),
@@ -414,6 +435,19 @@ impl Executor {
             outputs: infos,
             accounting,
         })
+    }
+}
+
+impl Executor {
+    /// The build id pool, opened (its range checked against the host's
+    /// accounts) at the first build that needs it.
+    fn id_pool(&self) -> Result<&IdPool, BuildError> {
+        if let Some(p) = self.id_pool.get() {
+            return Ok(p);
+        }
+        let p = IdPool::open(self.config.id_pool.clone())
+            .map_err(|e| BuildError::Host(e.to_string()))?;
+        Ok(self.id_pool.get_or_init(|| p))
     }
 }
 

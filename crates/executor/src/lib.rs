@@ -20,6 +20,7 @@ mod error;
 mod executor;
 pub mod grpc;
 pub mod host;
+pub mod idpool;
 pub mod ingest;
 pub mod nar;
 mod overlay;
