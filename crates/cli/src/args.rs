@@ -199,6 +199,15 @@ pub struct ExecArgs {
     /// CPUs' worth of time a build may use, e.g. 1.5.
     #[arg(long, value_name = "CPUS")]
     pub cpus: Option<f64>,
+    /// As root, the host ids builds' user namespaces map to: START:COUNT,
+    /// 65536 per build at once (default: Nix's auto-allocate-uids range,
+    /// 872415232:8388608). No account of the host may have an id in it.
+    #[arg(long, value_name = "START:COUNT", value_parser = parse_id_pool)]
+    pub id_pool: Option<(u32, u32)>,
+}
+
+fn parse_id_pool(s: &str) -> Result<(u32, u32), String> {
+    tvix_oci_executor::idpool::parse_range(s).map_err(|e| e.to_string())
 }
 
 /// A size in bytes, with an optional K, M or G (powers of 1024).

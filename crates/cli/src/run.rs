@@ -291,6 +291,10 @@ impl ExecArgs {
         limits.memory_bytes = self.memory_limit.map(|m| m.min(i64::MAX as u64) as i64);
         limits.pids = self.pids_limit.map(i64::from);
         limits.cpus = self.cpus;
+        if let Some((start, count)) = self.id_pool {
+            config.id_pool.start = start;
+            config.id_pool.count = count;
+        }
         config
     }
 }
