@@ -232,7 +232,11 @@ impl Executor {
         // until the build's processes are gone (dropped last).
         let id_slot = match rootless {
             Some(_) => None,
-            None => Some(self.id_pool()?.take().map_err(|e| BuildError::Host(e.to_string()))?),
+            None => Some(
+                self.id_pool()?
+                    .take()
+                    .map_err(|e| BuildError::Host(e.to_string()))?,
+            ),
         };
 
         // Declared in this order so they drop in reverse: container, then

@@ -231,7 +231,10 @@ pub fn ids_in_use(proc: &Path) -> Vec<u32> {
         };
         for l in status.lines() {
             if let Some(rest) = l.strip_prefix("Uid:").or_else(|| l.strip_prefix("Gid:")) {
-                ids.extend(rest.split_whitespace().filter_map(|n| n.parse::<u32>().ok()));
+                ids.extend(
+                    rest.split_whitespace()
+                        .filter_map(|n| n.parse::<u32>().ok()),
+                );
             }
         }
     }

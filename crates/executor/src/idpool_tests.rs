@@ -53,7 +53,10 @@ fn as_root() -> bool {
 fn a_clash_names_the_file_the_account_and_the_id() {
     let f = Fake::new();
     // Ordinary accounts, no sub-id files: the pool opens.
-    f.etc("passwd", "root:x:0:0::/root:/bin/sh\nalice:x:1000:100::/home/alice:/bin/sh\n");
+    f.etc(
+        "passwd",
+        "root:x:0:0::/root:/bin/sh\nalice:x:1000:100::/home/alice:/bin/sh\n",
+    );
     f.etc("group", "root:x:0:\nusers:x:100:\n");
     IdPool::open(f.config(128)).unwrap();
 
@@ -68,7 +71,11 @@ fn a_clash_names_the_file_the_account_and_the_id() {
             "bar:x:1001:880803839::/:/bin/sh\n",
             "gid 880803839 of user bar",
         ),
-        ("group", "users:x:100:\nbig:x:872415232:\n", "gid 872415232 of group big"),
+        (
+            "group",
+            "users:x:100:\nbig:x:872415232:\n",
+            "gid 872415232 of group big",
+        ),
         (
             "subuid",
             "alice:100000:65536\nbob:872000000:500000\n",
@@ -100,8 +107,19 @@ fn a_clash_names_the_file_the_account_and_the_id() {
 
 #[test]
 fn ranges_are_checked() {
-    assert_eq!(parse_range("872415232:8388608").unwrap(), (872415232, 8388608));
-    for bad in ["", "1", "1:0", "1:65535", "x:65536", "4294901760:65536", "1:-65536"] {
+    assert_eq!(
+        parse_range("872415232:8388608").unwrap(),
+        (872415232, 8388608)
+    );
+    for bad in [
+        "",
+        "1",
+        "1:0",
+        "1:65535",
+        "x:65536",
+        "4294901760:65536",
+        "1:-65536",
+    ] {
         let e = parse_range(bad).unwrap_err().to_string();
         assert!(e.contains(&format!("pool {bad} is not START:COUNT")), "{e}");
     }
@@ -175,7 +193,10 @@ fn a_skeleton_left_by_a_killed_executor_is_removed_when_the_slot_is_taken() {
     assert!(!left.exists());
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(s.rootfs().parent().unwrap()).unwrap();
-    assert_eq!((meta.uid(), meta.gid(), meta.mode() & 0o777), (0, DEFAULT_START, 0o710));
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.mode() & 0o777),
+        (0, DEFAULT_START, 0o710)
+    );
 }
 
 #[test]

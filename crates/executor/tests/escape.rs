@@ -282,7 +282,10 @@ async fn a_host_user_with_the_build_users_uid_cannot_reach_into_a_running_build(
             if let Some(&pid) = pids_sleeping(&marker).first() {
                 break pid;
             }
-            assert!(std::time::Instant::now() < deadline, "the build never slept");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the build never slept"
+            );
             std::thread::sleep(std::time::Duration::from_millis(20));
         };
         // Host uid 1000 can neither write into the output nor open the
@@ -291,7 +294,12 @@ async fn a_host_user_with_the_build_users_uid_cannot_reach_into_a_running_build(
             let out = format!("/proc/{pid}/root/build/out/f");
             let write = as_host_user_1000(&["sh", "-c", &format!("echo tampered > {out}")]);
             let list = as_host_user_1000(&["ls", &format!("/proc/{pid}/root/")]);
-            (write, list, status_ids(pid, "Uid:"), status_ids(pid, "Gid:"))
+            (
+                write,
+                list,
+                status_ids(pid, "Uid:"),
+                status_ids(pid, "Gid:"),
+            )
         });
         // Ends the sleep whatever happened, so the build ends.
         let _ = std::process::Command::new("/bin/busybox")
@@ -313,7 +321,10 @@ async fn a_host_user_with_the_build_users_uid_cannot_reach_into_a_running_build(
     }
     use tvix_oci_executor::idpool::{DEFAULT_SLOTS, DEFAULT_START, SLOT_IDS};
     let pool = DEFAULT_START..DEFAULT_START + DEFAULT_SLOTS * SLOT_IDS;
-    assert!(pool.contains(&uids[0]), "the build ran as host uid {uids:?}");
+    assert!(
+        pool.contains(&uids[0]),
+        "the build ran as host uid {uids:?}"
+    );
     let base = uids[0] - 1000;
     assert_eq!(uids, [base + 1000; 4], "uids");
     assert_eq!(gids, [base + 100; 4], "gids");

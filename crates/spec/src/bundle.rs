@@ -232,9 +232,7 @@ impl BundleLayout {
             write_file(&host, contents)?;
         }
         if opts.user_namespace.is_some() && !opts.rootless {
-            let container_root = opts
-                .root_on_host()
-                .ok_or(SpecError::RootlessMappings)?;
+            let container_root = opts.root_on_host().ok_or(SpecError::RootlessMappings)?;
             chown_tree(&root, container_root)?;
         }
         write_file(&self.config(), to_config_json(&spec)?.as_bytes())?;

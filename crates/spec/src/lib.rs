@@ -19,7 +19,7 @@ pub use bundle::BundleError;
 pub use bundle::{BundleLayout, scratch_name};
 pub use request::{Build, BuildConstraints, BuildError, BuildRequest};
 pub use spec::{
-    BUILD_GID, BUILD_UID, IdMapping, IdMappings, OCI_VERSION, ResourceLimits, SpecError, SpecOptions,
-    make_spec, to_config_json,
+    BUILD_GID, BUILD_UID, IdMapping, IdMappings, OCI_VERSION, ResourceLimits, SpecError,
+    SpecOptions, make_spec, to_config_json,
 };
 pub use validate::{Problem, Problems};

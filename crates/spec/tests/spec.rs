@@ -252,10 +252,16 @@ fn a_user_namespace_as_root_maps_the_slot_and_keeps_the_root_mounts() {
     let want = serde_json::json!([{"containerID": 0, "hostID": 872_415_232u32, "size": 65_536}]);
     assert_eq!(v["linux"]["uidMappings"], want);
     assert_eq!(v["linux"]["gidMappings"], want);
-    assert_eq!(v["root"]["path"], "/run/tvix-oci-build/id-pool/872415232/root");
+    assert_eq!(
+        v["root"]["path"],
+        "/run/tvix-oci-build/id-pool/872415232/root"
+    );
     // Not rootless: /sys is sysfs, runc (root) mounts the overlay on the host.
     let m = mounts(&v);
-    assert!(m.iter().any(|(d, s, _)| d == "/sys" && s == "sysfs"), "{m:?}");
+    assert!(
+        m.iter().any(|(d, s, _)| d == "/sys" && s == "sysfs"),
+        "{m:?}"
+    );
     let (_, src, _) = m.iter().find(|(d, ..)| d == "/nix/store").cloned().unwrap();
     assert_eq!(src, "store");
     // Mappings that leave the build user out are refused.
