@@ -390,6 +390,16 @@ pub fn make_spec(req: &BuildRequest, opts: &SpecOptions) -> Result<Spec, SpecErr
     } else {
         get_default_mounts()
     };
+    // A user namespace may mount sysfs only for a network namespace it
+    // owns: with the host's network, /sys is bound read-only, as rootless.
+    if opts.user_namespace.is_some() && req.constraints().network_access {
+        let is_sys = |m: &Mount| m.destination() == std::path::Path::new("/sys");
+        if let Some(bound) = get_rootless_mounts().into_iter().find(is_sys) {
+            for m in mounts.iter_mut().filter(|m| is_sys(m)) {
+                *m = bound.clone();
+            }
+        }
+    }
     mounts.extend(build_mounts(req, opts)?);
 
     Ok(SpecBuilder::default()

@@ -264,6 +264,18 @@ fn a_user_namespace_as_root_maps_the_slot_and_keeps_the_root_mounts() {
     );
     let (_, src, _) = m.iter().find(|(d, ..)| d == "/nix/store").cloned().unwrap();
     assert_eq!(src, "store");
+    // With the host's network, sysfs cannot be mounted in a user
+    // namespace: /sys is bound read-only instead.
+    let mut net = nix_like();
+    net.constraints.as_mut().unwrap().network_access = true;
+    let m = mounts(&config(net, &opts));
+    let (_, src, o) = m.iter().find(|(d, ..)| d == "/sys").cloned().unwrap();
+    assert_eq!(src, "/sys");
+    assert!(
+        o.contains(&"rbind".to_owned()) && o.contains(&"ro".to_owned()),
+        "{o:?}"
+    );
+    assert_eq!(m.iter().filter(|(d, ..)| d == "/sys").count(), 1);
     // Mappings that leave the build user out are refused.
     let bad = SpecOptions {
         user_namespace: Some(IdMappings {
