@@ -333,3 +333,24 @@ async fn a_host_user_with_the_build_users_uid_cannot_reach_into_a_running_build(
     assert!(id.starts_with("uid=1000(nixbld) gid=100(nixbld)"), "{id}");
     e.assert_clean();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_build_id_pool_holding_a_host_account_refuses_to_build() {
+    need_runtime!();
+    let e = env().await;
+    let etc = e.tmp.path().join("etc");
+    std::fs::create_dir(&etc).unwrap();
+    std::fs::write(etc.join("passwd"), "foo:x:872415300:100::/:/bin/sh\n").unwrap();
+    let exec = e.executor(|c| c.id_pool.etc = etc.clone());
+    let req = e.request("true", &[], |_| {});
+    let err = exec.build(&req, &NoLogs).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "this host cannot run the build: uid 872415300 of user foo in {} is inside the build id pool 872415232..880803840; choose another with --id-pool",
+            etc.join("passwd").display()
+        )
+    );
+    assert!(!err.is_build_failure());
+    e.assert_clean();
+}
