@@ -253,6 +253,11 @@ pub struct ExecArgs {
     /// requests are refused.
     #[arg(long = "allow-ro-path", value_name = "PATH", value_parser = parse_abs_path)]
     pub allow_ro_path: Vec<PathBuf>,
+    /// As root, the host ids builds' user namespaces map to: START:COUNT,
+    /// 65536 per build at once (default: Nix's auto-allocate-uids range,
+    /// 872415232:8388608). No account of the host may have an id in it.
+    #[arg(long, value_name = "START:COUNT", value_parser = parse_id_pool)]
+    pub id_pool: Option<(u32, u32)>,
     #[command(flatten)]
     pub limits: LimitArgs,
 }
@@ -335,6 +340,10 @@ impl LimitArgs {
             request_bytes: self.max_request_bytes.unwrap_or(d.request_bytes),
         }
     }
+}
+
+fn parse_id_pool(s: &str) -> Result<(u32, u32), String> {
+    tvix_oci_executor::idpool::parse_range(s).map_err(|e| e.to_string())
 }
 
 /// A size in bytes, with an optional K, M or G (powers of 1024).

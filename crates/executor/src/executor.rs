@@ -21,6 +21,7 @@ use tvix_oci_spec::{Build, BuildRequest, BundleLayout, SpecOptions};
 
 use crate::BuildError;
 use crate::cgroup::BuildCgroup;
+use crate::idpool::{IdPool, IdPoolConfig};
 use crate::ingest::{Deadline, IngestLimits, OutputAt, ingest_outputs};
 use crate::overlay::Overlay;
 use crate::refscan::Needles;
@@ -59,6 +60,9 @@ pub struct ExecutorConfig {
     /// canonicalized when the executor is made); none by default. See
     /// [`crate::ro_paths`].
     pub allowed_ro_paths: Vec<PathBuf>,
+    /// As root, the host ids each build's user namespace maps to (see
+    /// [`crate::idpool`]).
+    pub id_pool: IdPoolConfig,
 }
 
 impl Default for ExecutorConfig {
@@ -82,6 +86,7 @@ impl Default for ExecutorConfig {
             // SAFETY: geteuid has no preconditions.
             rootless: unsafe { libc::geteuid() } != 0,
             allowed_ro_paths: Vec::new(),
+            id_pool: IdPoolConfig::default(),
         }
     }
 }
@@ -142,6 +147,9 @@ pub struct Executor {
     rootless: std::sync::OnceLock<crate::rootless::Rootless>,
     /// `config.allowed_ro_paths`, canonical.
     allowed_ro_paths: Vec<PathBuf>,
+    /// As root, the build id pool, once its range was found clear of the
+    /// host's accounts (until then each build checks again).
+    id_pool: std::sync::OnceLock<IdPool>,
 }
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
@@ -179,6 +187,7 @@ impl Executor {
             permits,
             runtime_verdict: std::sync::OnceLock::new(),
             rootless: rootless.map(std::sync::OnceLock::from).unwrap_or_default(),
+            id_pool: std::sync::OnceLock::new(),
         }
     }
 
@@ -232,6 +241,16 @@ impl Executor {
             .is_none()
             .then(|| BuildCgroup::create(id))
             .flatten();
+        // As root, a slot of host ids for the build's user namespace, held
+        // until the build's processes are gone (dropped last).
+        let id_slot = match rootless {
+            Some(_) => None,
+            None => Some(
+                self.id_pool()?
+                    .take()
+                    .map_err(|e| BuildError::Host(e.to_string()))?,
+            ),
+        };
 
         // Declared in this order so they drop in reverse: container, then
         // overlay, then FUSE, then the bundle directory.
@@ -248,8 +267,10 @@ impl Executor {
                     ));
                 }
                 spec_opts.rootless = true;
-                spec_opts.uid_mappings = r.uid_mappings.clone();
-                spec_opts.gid_mappings = r.gid_mappings.clone();
+                spec_opts.user_namespace = Some(tvix_oci_spec::IdMappings {
+                    uid: r.uid_mappings.clone(),
+                    gid: r.gid_mappings.clone(),
+                });
                 spec_opts.overlay_in_container = Some(bundle.path().to_owned());
                 spec_opts.cgroups_path = None;
             }
@@ -257,6 +278,10 @@ impl Executor {
             // of one the executor makes, to read the usage after runc
             // removed its own.
             None => {
+                if let Some(slot) = &id_slot {
+                    spec_opts.user_namespace = Some(slot.mappings());
+                    spec_opts.rootfs = Some(slot.rootfs());
+                }
                 spec_opts.cgroups_path = Some(match &cgroup {
                     Some(cg) => cg.runc_path(),
                     None => PathBuf::from(format!("/{}/{id}", crate::cgroup::PARENT)),
@@ -449,6 +474,19 @@ impl Executor {
             outputs: infos,
             accounting,
         })
+    }
+}
+
+impl Executor {
+    /// The build id pool, opened (its range checked against the host's
+    /// accounts) at the first build that needs it.
+    fn id_pool(&self) -> Result<&IdPool, BuildError> {
+        if let Some(p) = self.id_pool.get() {
+            return Ok(p);
+        }
+        let p = IdPool::open(self.config.id_pool.clone())
+            .map_err(|e| BuildError::Host(e.to_string()))?;
+        Ok(self.id_pool.get_or_init(|| p))
     }
 }
 

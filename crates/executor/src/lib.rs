@@ -21,6 +21,7 @@ mod error;
 mod executor;
 pub mod grpc;
 pub mod host;
+pub mod idpool;
 pub mod ingest;
 mod ingest_error;
 pub mod nar;

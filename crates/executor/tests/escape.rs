@@ -464,6 +464,115 @@ async fn the_pids_limit_holds_and_is_on_by_default() {
     e.assert_clean();
 }
 
+/// The pids of the host's processes running `busybox sleep SECONDS`.
+fn pids_sleeping(seconds: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            let args: Vec<&[u8]> = cmd.split(|&b| b == 0).collect();
+            (args.get(1) == Some(&&b"sleep"[..]) && args.get(2) == Some(&seconds.as_bytes()))
+                .then_some(pid)
+        })
+        .collect()
+}
+
+/// The real, effective, saved and filesystem ids on `key` (`Uid:`, `Gid:`)
+/// of `/proc/PID/status`.
+fn status_ids(pid: u32, key: &str) -> Vec<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with(key)).unwrap();
+    line[key.len()..]
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect()
+}
+
+/// Runs busybox `args` on the host as uid 1000:100 (no supplementary
+/// groups): the host account a build used to run as.
+fn as_host_user_1000(args: &[&str]) -> std::process::Output {
+    use std::os::unix::process::CommandExt;
+    std::process::Command::new("/bin/busybox")
+        .args(args)
+        .uid(1000)
+        .gid(100)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_user_with_the_build_users_uid_cannot_reach_into_a_running_build() {
+    need_runtime!();
+    let e = env().await;
+    // The build writes its output, records its ids, then sleeps (under a
+    // marker the host finds it by) until the test ends the sleep.
+    let marker = format!("100.{}", std::process::id());
+    let script = format!(
+        "mkdir /build/out; echo built > /build/out/f; id > /build/out/id; \
+         /nix/store/{BB}/bin/busybox sleep {marker}; exit 0"
+    );
+    let req = e.request(&script, &["build/out"], |_| {});
+    let exec = e.executor(|_| {});
+    let attack = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let pid = loop {
+            if let Some(&pid) = pids_sleeping(&marker).first() {
+                break pid;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the build never slept"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        // Host uid 1000 can neither write into the output nor open the
+        // root; the build's processes run as a host uid of the pool.
+        let checked = std::panic::catch_unwind(|| {
+            let out = format!("/proc/{pid}/root/build/out/f");
+            let write = as_host_user_1000(&["sh", "-c", &format!("echo tampered > {out}")]);
+            let list = as_host_user_1000(&["ls", &format!("/proc/{pid}/root/")]);
+            (
+                write,
+                list,
+                status_ids(pid, "Uid:"),
+                status_ids(pid, "Gid:"),
+            )
+        });
+        // Ends the sleep whatever happened, so the build ends.
+        let _ = std::process::Command::new("/bin/busybox")
+            .args(["kill", &pid.to_string()])
+            .status();
+        checked.unwrap_or_else(|p| std::panic::resume_unwind(p))
+    });
+    let (res, attack) = tokio::join!(exec.build(&req, &NoLogs), attack);
+    let (write, list, uids, gids) = attack.unwrap();
+    let res = res.unwrap();
+    for (what, o) in [("writing the output", &write), ("opening the root", &list)] {
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success()
+                && (err.contains("Permission denied") || err.contains("not permitted")),
+            "{what} through /proc/PID/root as uid 1000: {:?} {err}",
+            o.status
+        );
+    }
+    use tvix_oci_executor::idpool::{DEFAULT_SLOTS, DEFAULT_START, SLOT_IDS};
+    let pool = DEFAULT_START..DEFAULT_START + DEFAULT_SLOTS * SLOT_IDS;
+    assert!(
+        pool.contains(&uids[0]),
+        "the build ran as host uid {uids:?}"
+    );
+    let base = uids[0] - 1000;
+    assert_eq!(uids, [base + 1000; 4], "uids");
+    assert_eq!(gids, [base + 100; 4], "gids");
+    assert_eq!(file_of(&e, &res.build.outputs[0].1, "f").await, b"built\n");
+    let id = String::from_utf8(file_of(&e, &res.build.outputs[0].1, "id").await).unwrap();
+    assert!(id.starts_with("uid=1000(nixbld) gid=100(nixbld)"), "{id}");
+    e.assert_clean();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn tmp_is_on_disk_in_the_bundle_not_in_ram() {
     need_runtime!();
@@ -501,5 +610,26 @@ async fn tmp_is_on_disk_in_the_bundle_not_in_ram() {
         Some("1000"),
         "/tmp is the build user's:\n{text}"
     );
+    e.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_build_id_pool_holding_a_host_account_refuses_to_build() {
+    need_runtime!();
+    let e = env().await;
+    let etc = e.tmp.path().join("etc");
+    std::fs::create_dir(&etc).unwrap();
+    std::fs::write(etc.join("passwd"), "foo:x:872415300:100::/:/bin/sh\n").unwrap();
+    let exec = e.executor(|c| c.id_pool.etc = etc.clone());
+    let req = e.request("true", &[], |_| {});
+    let err = exec.build(&req, &NoLogs).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "this host cannot run the build: uid 872415300 of user foo in {} is inside the build id pool 872415232..880803840; choose another with --id-pool",
+            etc.join("passwd").display()
+        )
+    );
+    assert!(!err.is_build_failure());
     e.assert_clean();
 }

@@ -142,7 +142,11 @@ impl BundleLayout {
     /// (`etc/passwd`, `etc/group`, `etc/hosts`, mount points), the mount
     /// points of the inputs and the overlay, the scratch dirs and the
     /// overlay upper dir (owned by the build user), and the additional
-    /// files. Mounting is the executor's job.
+    /// files. The root skeleton goes to `opts.rootfs` when set. As root
+    /// with a user namespace, the root skeleton belongs to the container's
+    /// root (its host id), so runc, running as it, can make its mount
+    /// points; inside, it is root's as without one. Mounting is the
+    /// executor's job.
     pub fn write_skeleton(
         &self,
         req: &BuildRequest,
@@ -168,8 +172,9 @@ impl BundleLayout {
             .recursive(true)
             .create(&self.dir)
             .map_err(at(&self.dir))?;
+        let root = opts.rootfs.clone().unwrap_or_else(|| self.rootfs());
         for d in [
-            self.rootfs(),
+            root.clone(),
             self.inputs(),
             self.store(),
             self.work(),
@@ -185,7 +190,6 @@ impl BundleLayout {
             }
         }
 
-        let root = self.rootfs();
         mkdir(&root.join("etc"))?;
         let home = format!("/{}", req.working_dir());
         write_file(
@@ -253,6 +257,10 @@ impl BundleLayout {
             }
             write_file(&host, contents)?;
         }
+        if opts.user_namespace.is_some() && !opts.rootless {
+            let container_root = opts.root_on_host().ok_or(SpecError::RootlessMappings)?;
+            chown_tree(&root, container_root)?;
+        }
         write_file(&self.config(), to_config_json(&spec)?.as_bytes())?;
         Ok(())
     }
@@ -274,6 +282,18 @@ fn mkdir_owned(p: &Path, (uid, gid): (u32, u32)) -> Result<(), BundleError> {
     let meta = std::fs::metadata(p).map_err(at(p))?;
     if (meta.uid(), meta.gid()) != (uid, gid) {
         std::os::unix::fs::chown(p, Some(uid), Some(gid)).map_err(at(p))?;
+    }
+    Ok(())
+}
+
+/// Gives the tree at `p` (written by us, no symlinks followed) to
+/// `(uid, gid)`.
+fn chown_tree(p: &Path, (uid, gid): (u32, u32)) -> Result<(), BundleError> {
+    std::os::unix::fs::lchown(p, Some(uid), Some(gid)).map_err(at(p))?;
+    if std::fs::symlink_metadata(p).map_err(at(p))?.is_dir() {
+        for e in std::fs::read_dir(p).map_err(at(p))? {
+            chown_tree(&e.map_err(at(p))?.path(), (uid, gid))?;
+        }
     }
     Ok(())
 }

@@ -70,6 +70,22 @@ impl IdMapping {
     }
 }
 
+/// The id mappings of a user namespace: container ids to host ids.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IdMappings {
+    pub uid: Vec<IdMapping>,
+    pub gid: Vec<IdMapping>,
+}
+
+impl IdMappings {
+    /// The host uid and gid of container ids `uid` and `gid`, if mapped.
+    pub fn host_of(&self, uid: u32, gid: u32) -> Option<(u32, u32)> {
+        let u = self.uid.iter().find_map(|m| m.host_of(uid))?;
+        let g = self.gid.iter().find_map(|m| m.host_of(gid))?;
+        Some((u, g))
+    }
+}
+
 /// The processes a build may have at once unless the operator says
 /// otherwise: enough for a parallel compile, not for a fork bomb.
 pub const DEFAULT_PIDS_LIMIT: i64 = 4096;
@@ -111,10 +127,17 @@ pub struct RoMount {
 /// How the host runs builds: what is not in the request.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct SpecOptions {
-    /// Run rootless: adds a user namespace with these mappings.
+    /// Run rootless: runc is not root (its mounts are the rootless ones:
+    /// `/sys` bound, not mounted). Needs `user_namespace`.
     pub rootless: bool,
-    pub uid_mappings: Vec<IdMapping>,
-    pub gid_mappings: Vec<IdMapping>,
+    /// Run the build in a user namespace of its own with these mappings
+    /// (rootless, and as root with ids from the build id pool); `None`:
+    /// in the host's, the build user being host uid 1000:100.
+    pub user_namespace: Option<IdMappings>,
+    /// The root filesystem, absolute, when not the bundle's `root/`: as
+    /// root with a user namespace, the container's root (an unprivileged
+    /// host uid) must reach it, and the bundle's path may not let it.
+    pub rootfs: Option<PathBuf>,
     /// Host path of the shell bound at `/bin/sh` when the request asks for
     /// `provide_bin_sh` (a static busybox, say).
     pub sandbox_shell: Option<PathBuf>,
@@ -135,18 +158,19 @@ impl SpecOptions {
     /// The host uid and gid that the build user is, for owning the dirs it
     /// must write.
     pub fn build_owner_on_host(&self) -> Option<(u32, u32)> {
-        if !self.rootless {
-            return Some((BUILD_UID, BUILD_GID));
+        match &self.user_namespace {
+            None => Some((BUILD_UID, BUILD_GID)),
+            Some(maps) => maps.host_of(BUILD_UID, BUILD_GID),
         }
-        let uid = self
-            .uid_mappings
-            .iter()
-            .find_map(|m| m.host_of(BUILD_UID))?;
-        let gid = self
-            .gid_mappings
-            .iter()
-            .find_map(|m| m.host_of(BUILD_GID))?;
-        Some((uid, gid))
+    }
+
+    /// The host uid and gid that the container's root is: who owns the
+    /// root filesystem.
+    pub fn root_on_host(&self) -> Option<(u32, u32)> {
+        match &self.user_namespace {
+            None => Some((0, 0)),
+            Some(maps) => maps.host_of(0, 0),
+        }
     }
 }
 
@@ -162,7 +186,7 @@ pub enum SpecError {
     )]
     NonUtf8Env { key: String },
     #[error(
-        "rootless mode needs uid and gid mappings that map the build user {BUILD_UID}:{BUILD_GID}"
+        "the build's user namespace needs uid and gid mappings that map the build user {BUILD_UID}:{BUILD_GID}"
     )]
     RootlessMappings,
     #[error(
@@ -327,7 +351,7 @@ fn rlimits(opts: &SpecOptions) -> Result<Vec<oci_spec::runtime::PosixRlimit>, Oc
 
 /// The runtime spec for `req`. See the module docs for the layout.
 pub fn make_spec(req: &BuildRequest, opts: &SpecOptions) -> Result<Spec, SpecError> {
-    if opts.rootless && opts.build_owner_on_host().is_none() {
+    if (opts.rootless && opts.user_namespace.is_none()) || opts.build_owner_on_host().is_none() {
         return Err(SpecError::RootlessMappings);
     }
     let env = req
@@ -375,7 +399,7 @@ pub fn make_spec(req: &BuildRequest, opts: &SpecOptions) -> Result<Spec, SpecErr
     if !req.constraints().network_access {
         namespaces.push(LinuxNamespaceType::Network);
     }
-    if opts.rootless {
+    if opts.user_namespace.is_some() {
         namespaces.push(LinuxNamespaceType::User);
     }
     let namespaces = namespaces
@@ -388,10 +412,10 @@ pub fn make_spec(req: &BuildRequest, opts: &SpecOptions) -> Result<Spec, SpecErr
         .masked_paths(MASKED_PATHS.map(String::from).to_vec())
         .readonly_paths(READONLY_PATHS.map(String::from).to_vec())
         .seccomp(seccomp::filter()?);
-    if opts.rootless {
+    if let Some(maps) = &opts.user_namespace {
         linux = linux
-            .uid_mappings(ids(&opts.uid_mappings)?)
-            .gid_mappings(ids(&opts.gid_mappings)?);
+            .uid_mappings(ids(&maps.uid)?)
+            .gid_mappings(ids(&maps.gid)?);
     }
     if let Some(p) = &opts.cgroups_path {
         linux = linux.cgroups_path(p.clone());
@@ -424,6 +448,16 @@ pub fn make_spec(req: &BuildRequest, opts: &SpecOptions) -> Result<Spec, SpecErr
     } else {
         get_default_mounts()
     };
+    // A user namespace may mount sysfs only for a network namespace it
+    // owns: with the host's network, /sys is bound read-only, as rootless.
+    if opts.user_namespace.is_some() && req.constraints().network_access {
+        let is_sys = |m: &Mount| m.destination() == std::path::Path::new("/sys");
+        if let Some(bound) = get_rootless_mounts().into_iter().find(is_sys) {
+            for m in mounts.iter_mut().filter(|m| is_sys(m)) {
+                *m = bound.clone();
+            }
+        }
+    }
     mounts.extend(build_mounts(req, opts)?);
 
     Ok(SpecBuilder::default()
@@ -431,7 +465,11 @@ pub fn make_spec(req: &BuildRequest, opts: &SpecOptions) -> Result<Spec, SpecErr
         .process(process)
         .root(
             RootBuilder::default()
-                .path(BundleLayout::ROOTFS)
+                .path(
+                    opts.rootfs
+                        .clone()
+                        .unwrap_or_else(|| PathBuf::from(BundleLayout::ROOTFS)),
+                )
                 .readonly(true)
                 .build()?,
         )

@@ -7,7 +7,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
 use common::nix_like;
 use tvix_oci_spec::path::CleanPath;
-use tvix_oci_spec::{BuildRequest, BundleLayout, SpecOptions};
+use tvix_oci_spec::{BuildRequest, BundleLayout, IdMapping, IdMappings, SpecOptions};
 
 #[test]
 fn skeleton() {
@@ -110,4 +110,46 @@ fn provide_bin_sh_gets_a_mount_point() {
     };
     layout.write_skeleton(&req, &opts).unwrap();
     assert!(layout.rootfs().join("bin/sh").is_file());
+}
+
+/// As root with a user namespace: the root skeleton goes where asked and is
+/// the container root's; what the build writes is the mapped build user's.
+#[test]
+fn skeleton_with_a_user_namespace_as_root() {
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("SKIPPED: chown needs root");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = BundleLayout::new(tmp.path().join("b1"));
+    let rootfs = tmp.path().join("slot/root");
+    let m = IdMapping {
+        container_id: 0,
+        host_id: 872_415_232,
+        size: 65_536,
+    };
+    let opts = SpecOptions {
+        user_namespace: Some(IdMappings {
+            uid: vec![m],
+            gid: vec![m],
+        }),
+        rootfs: Some(rootfs.clone()),
+        ..SpecOptions::default()
+    };
+    let req = BuildRequest::try_from(nix_like()).unwrap();
+    layout.write_skeleton(&req, &opts).unwrap();
+    assert!(!layout.rootfs().exists(), "the skeleton went to the bundle");
+    let owner = |p: &std::path::Path| {
+        let m = std::fs::symlink_metadata(p).unwrap();
+        (m.uid(), m.gid())
+    };
+    for p in ["", "etc", "etc/passwd", "tmp", "nix/store"] {
+        assert_eq!(owner(&rootfs.join(p)), (872_415_232, 872_415_232), "{p}");
+    }
+    let build = (872_415_232 + 1000, 872_415_232 + 100);
+    assert_eq!(owner(&layout.upper()), build);
+    let s = CleanPath::parse("build").unwrap();
+    assert_eq!(owner(&layout.scratch(&s)), build);
+    assert_eq!(owner(&layout.config()), (0, 0));
 }

@@ -11,7 +11,8 @@ use common::nix_like;
 use serde_json::Value;
 use tvix_oci_spec::proto;
 use tvix_oci_spec::{
-    BuildRequest, IdMapping, ResourceLimits, RoMount, SpecError, SpecOptions, make_spec,
+    BuildRequest, IdMapping, IdMappings, ResourceLimits, RoMount, SpecError, SpecOptions,
+    make_spec,
 };
 
 fn config(p: proto::BuildRequest, opts: &SpecOptions) -> Value {
@@ -27,19 +28,32 @@ fn shell() -> SpecOptions {
     }
 }
 
+fn mappings(host_id: u32) -> IdMappings {
+    let m = IdMapping {
+        container_id: 0,
+        host_id,
+        size: 65_536,
+    };
+    IdMappings {
+        uid: vec![m],
+        gid: vec![m],
+    }
+}
+
 fn rootless() -> SpecOptions {
     SpecOptions {
         rootless: true,
-        uid_mappings: vec![IdMapping {
-            container_id: 0,
-            host_id: 100_000,
-            size: 65_536,
-        }],
-        gid_mappings: vec![IdMapping {
-            container_id: 0,
-            host_id: 100_000,
-            size: 65_536,
-        }],
+        user_namespace: Some(mappings(100_000)),
+        ..Default::default()
+    }
+}
+
+/// As root, with a slot of the build id pool and the root filesystem
+/// beside the slot's lock.
+fn pool_slot() -> SpecOptions {
+    SpecOptions {
+        user_namespace: Some(mappings(872_415_232)),
+        rootfs: Some("/run/tvix-oci-build/id-pool/872415232/root".into()),
         ..Default::default()
     }
 }
@@ -67,6 +81,7 @@ fn variants() -> Vec<(&'static str, Value)> {
         ("nix_like", config(nix_like(), &SpecOptions::default())),
         ("network", config(net, &SpecOptions::default())),
         ("rootless", config(nix_like(), &rootless())),
+        ("user_namespace", config(nix_like(), &pool_slot())),
         ("provide_bin_sh", config(sh, &shell())),
     ]
 }
@@ -223,6 +238,72 @@ fn mount_layout() {
     let (_, src, opts) = m.iter().find(|(d, ..)| d == "/nix/store").cloned().unwrap();
     assert_eq!(src, "inputs");
     assert!(opts.contains(&"ro".to_owned()));
+}
+
+#[test]
+fn a_user_namespace_as_root_maps_the_slot_and_keeps_the_root_mounts() {
+    let opts = pool_slot();
+    assert_eq!(
+        opts.build_owner_on_host(),
+        Some((872_415_232 + 1000, 872_415_232 + 100))
+    );
+    assert_eq!(opts.root_on_host(), Some((872_415_232, 872_415_232)));
+    assert_eq!(
+        SpecOptions::default().build_owner_on_host(),
+        Some((1000, 100))
+    );
+    let v = config(nix_like(), &opts);
+    let ns: Vec<&str> = v["linux"]["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["type"].as_str().unwrap())
+        .collect();
+    assert!(ns.contains(&"user"), "{ns:?}");
+    let want = serde_json::json!([{"containerID": 0, "hostID": 872_415_232u32, "size": 65_536}]);
+    assert_eq!(v["linux"]["uidMappings"], want);
+    assert_eq!(v["linux"]["gidMappings"], want);
+    assert_eq!(
+        v["root"]["path"],
+        "/run/tvix-oci-build/id-pool/872415232/root"
+    );
+    // Not rootless: /sys is sysfs, runc (root) mounts the overlay on the host.
+    let m = mounts(&v);
+    assert!(
+        m.iter().any(|(d, s, _)| d == "/sys" && s == "sysfs"),
+        "{m:?}"
+    );
+    let (_, src, _) = m.iter().find(|(d, ..)| d == "/nix/store").cloned().unwrap();
+    assert_eq!(src, "store");
+    // With the host's network, sysfs cannot be mounted in a user
+    // namespace: /sys is bound read-only instead.
+    let mut net = nix_like();
+    net.constraints.as_mut().unwrap().network_access = true;
+    let m = mounts(&config(net, &opts));
+    let (_, src, o) = m.iter().find(|(d, ..)| d == "/sys").cloned().unwrap();
+    assert_eq!(src, "/sys");
+    assert!(
+        o.contains(&"rbind".to_owned()) && o.contains(&"ro".to_owned()),
+        "{o:?}"
+    );
+    assert_eq!(m.iter().filter(|(d, ..)| d == "/sys").count(), 1);
+    // Mappings that leave the build user out are refused.
+    let bad = SpecOptions {
+        user_namespace: Some(IdMappings {
+            uid: vec![IdMapping {
+                container_id: 0,
+                host_id: 872_415_232,
+                size: 1,
+            }],
+            gid: vec![],
+        }),
+        ..Default::default()
+    };
+    let req = BuildRequest::try_from(nix_like()).unwrap();
+    assert!(matches!(
+        make_spec(&req, &bad),
+        Err(SpecError::RootlessMappings)
+    ));
 }
 
 #[test]
