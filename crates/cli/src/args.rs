@@ -91,7 +91,7 @@ pub enum Command {
         /// A JSON or binary protobuf request, or - for stdin.
         request: PathBuf,
         #[command(flatten)]
-        limits: LimitArgs,
+        limits: Box<LimitArgs>,
     },
     /// List a stored directory: DIGEST or DIGEST/PATH.
     ///
@@ -147,7 +147,7 @@ pub enum Command {
         #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = parse_seconds)]
         upload_idle_timeout: Duration,
         #[command(flatten)]
-        exec: ExecArgs,
+        exec: Box<ExecArgs>,
     },
     /// Write a stored directory or blob out to a new path.
     ///

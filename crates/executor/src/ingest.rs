@@ -8,7 +8,7 @@
 //! outside the output is read. Each file's bytes are read once, and that
 //! read feeds the blob store, the NAR hash and the reference scanner.
 //! What is stored is canonical: only the executable bit survives.
-//! Before any byte is read, a census ([`crate::census`]) of all the build's
+//! Before any byte is read, a census (`census.rs`) of all the build's
 //! outputs checks them against the [`IngestLimits`], so an output past a
 //! limit is refused at once, not after the rest was read and stored.
 

@@ -13,7 +13,7 @@
 //! makes every mount of the clone read-only, `nosuid` and (unless the path
 //! is a device node) `nodev`, and private (`mount_setattr(AT_RECURSIVE)`),
 //! and attaches it at `<bundle>/ro/<n>` (`move_mount`), which the spec
-//! binds at the path. [`RoClones`] detaches them when dropped; the stale
+//! binds at the path. `RoClones` detaches them when dropped; the stale
 //! cleanup detaches those a killed executor left.
 //!
 //! Rootless, the executor cannot clone a host mount, and runc's rbind in

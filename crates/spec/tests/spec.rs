@@ -11,8 +11,7 @@ use common::nix_like;
 use serde_json::Value;
 use tvix_oci_spec::proto;
 use tvix_oci_spec::{
-    BuildRequest, IdMapping, IdMappings, ResourceLimits, RoMount, SpecError, SpecOptions,
-    make_spec,
+    BuildRequest, IdMapping, IdMappings, ResourceLimits, RoMount, SpecError, SpecOptions, make_spec,
 };
 
 fn config(p: proto::BuildRequest, opts: &SpecOptions) -> Value {
