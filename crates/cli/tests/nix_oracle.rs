@@ -2,8 +2,8 @@
 //! hand-written derivations (a static busybox imported with
 //! `builtins.path`, no nixpkgs, no network) are built by `nix-build`, in
 //! its sandbox, and by `tvix-oci-build build <the .drv>`; each output's
-//! NAR hash and NAR size must be identical, and its references too (see
-//! [`STRICT_REFERENCES`]). Skips, saying why, where Nix or the sandbox
+//! NAR hash and NAR size must be identical, and its references too
+//! (exactly: an output refers to itself only where Nix says so). Skips, saying why, where Nix or the sandbox
 //! facilities are absent. Nix's store is the host's /nix/store.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -13,13 +13,6 @@ use common::{assert_nothing_left, bin, can_build};
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
-
-/// FIXME(refscan self-reference fix, the other helper's branch): our
-/// scanner reads each output's own name, so every output lists itself.
-/// Once that fix is merged, set this to `true`: references must then equal
-/// Nix's exactly. Until then an output's own path is left out of both
-/// sides before comparing.
-const STRICT_REFERENCES: bool = false;
 
 /// The applets the derivations use, as symlinks beside busybox.
 const APPLETS: &[&str] = &[
@@ -164,10 +157,9 @@ fn expression(tmp: &Path) -> std::path::PathBuf {
     f
 }
 
-fn refs(list: &str, own: &str) -> BTreeSet<String> {
+fn refs(list: &str) -> BTreeSet<String> {
     list.lines()
         .filter(|l| !l.is_empty())
-        .filter(|l| STRICT_REFERENCES || *l != own)
         .map(str::to_owned)
         .collect()
 }
@@ -231,16 +223,12 @@ fn nix_and_we_build_the_same_outputs() {
                 .trim()
                 .parse()
                 .unwrap();
-            let nix_refs = refs(
-                &nix(&conf, &["nix-store", "--query", "--references", path]),
-                path,
-            );
+            let nix_refs = refs(&nix(&conf, &["nix-store", "--query", "--references", path]));
             let our_refs: BTreeSet<String> = o["references"]
                 .as_array()
                 .unwrap()
                 .iter()
                 .map(|x| x.as_str().unwrap().to_owned())
-                .filter(|x| STRICT_REFERENCES || x != path)
                 .collect();
             let row = (
                 o["narHash"] == hash.as_str(),
