@@ -328,6 +328,17 @@ async fn an_allowed_path_is_read_only_all_the_way_down_and_a_device_stays_usable
     let _tmpfs = Tmpfs::mount(&sub);
     std::fs::write(sub.join("host-file"), b"host\n").unwrap();
     let ds = d.to_str().unwrap();
+    // A device node of the test's own (the zero device, as /dev/kvm would
+    // be): runc binds /dev/zero itself over ours in a user namespace.
+    let dev = e.tmp.path().canonicalize().unwrap().join("kvm-standin");
+    let made = std::process::Command::new("mknod")
+        .arg(&dev)
+        .args(["c", "1", "5"])
+        .status()
+        .unwrap();
+    assert!(made.success(), "mknod {}", dev.display());
+    std::fs::set_permissions(&dev, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    let devs = dev.to_str().unwrap();
     let script = format!(
         r#"
 B=/nix/store/{BB}/bin/busybox
@@ -336,14 +347,12 @@ try() {{ name=$1; shift; if out=$("$@" 2>&1); then echo "$name: ESCAPED $out"; e
 try write-top $B sh -c 'echo x > {ds}/x' >> $R
 try write-sub $B sh -c 'echo x > {ds}/sub/x' >> $R
 echo "read-sub: $($B cat {ds}/sub/host-file)" >> $R
-echo "zero-bytes: $($B head -c 4 /dev/zero | $B wc -c)" >> $R
-$B awk '$5=="{ds}" || $5=="{ds}/sub" || $5=="/dev/zero" {{print "opts " $5 ": " $6}}' /proc/self/mountinfo >> $R
+echo "zero-bytes: $($B head -c 4 {devs} | $B wc -c)" >> $R
+$B awk '$5=="{ds}" || $5=="{ds}/sub" || $5=="{devs}" {{print "opts " $5 ": " $6}}' /proc/self/mountinfo >> $R
 "#
     );
-    let req = e.request(&script, &["build/report"], |p| {
-        ro_paths(p, &[ds, "/dev/zero"])
-    });
-    let exec = e.executor(|c| c.allowed_ro_paths = vec![d.clone(), "/dev/zero".into()]);
+    let req = e.request(&script, &["build/report"], |p| ro_paths(p, &[ds, devs]));
+    let exec = e.executor(|c| c.allowed_ro_paths = vec![d.clone(), dev.clone()]);
     let res = exec.build(&req, &NoLogs).await.unwrap();
     let text = String::from_utf8(file_of(&e, &res.build.outputs[0].1, "").await).unwrap();
     println!("{text}");
@@ -371,11 +380,8 @@ $B awk '$5=="{ds}" || $5=="{ds}/sub" || $5=="/dev/zero" {{print "opts " $5 ": " 
             "{dir}: {o:?}"
         );
     }
-    let o = opts("/dev/zero");
-    assert!(
-        o.contains(&"ro") && !o.contains(&"nodev"),
-        "/dev/zero: {o:?}"
-    );
+    let o = opts(devs);
+    assert!(o.contains(&"ro") && !o.contains(&"nodev"), "{devs}: {o:?}");
     // The clones are gone, the host's own mount is untouched.
     e.assert_clean();
     assert!(
