@@ -42,6 +42,7 @@ const CASES: &[&str] = &[
     "fod-recursive",
     "fod-sha512-sri",
     "fod-base64",
+    "fod-sha1",
     "fod-rec-sri",
     "allowed-ok",
     "chain3",
@@ -120,6 +121,9 @@ in rec {
   fod-sha512-sri = derivation (env // { name = "fod-sha512"; args = [ "-c" "echo hi > $out" ];
     outputHashMode = "flat"; outputHashAlgo = "sha512";
     outputHash = "sha512-14q7BUJzaGX5RwRSFgnCMNrAOi82nQQ6whLWkzuRQQ4GOZ43+cXMiENqMXNzMMHI7MssL583TWL3FkMqMtUPrA=="; });
+  fod-sha1 = derivation (env // { name = "fod-sha1"; args = [ "-c" "echo hi > $out" ];
+    outputHashMode = "flat"; outputHashAlgo = "sha1";
+    outputHash = "55ca6286e3e4f4fba5d0448333fa99fc5a404a73"; });
   fod-base64 = derivation (env // { name = "fod-base64"; args = [ "-c" "echo hi > $out" ];
     outputHashMode = "flat"; outputHashAlgo = "sha256";
     outputHash = "mOpuTyFvL7S2n/+bOkSELDhobKaF8/VdxIxdP7EQe+Q="; });

@@ -12,6 +12,7 @@ use crate::store_path::StorePath;
 /// A hash algorithm a fixed output may declare.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Algo {
+    Sha1,
     Sha256,
     Sha512,
 }
@@ -19,6 +20,7 @@ pub enum Algo {
 impl Algo {
     fn parse(s: &str) -> Option<Algo> {
         match s {
+            "sha1" => Some(Algo::Sha1),
             "sha256" => Some(Algo::Sha256),
             "sha512" => Some(Algo::Sha512),
             _ => None,
@@ -28,6 +30,7 @@ impl Algo {
     /// Digest length in bytes.
     pub fn digest_len(self) -> usize {
         match self {
+            Algo::Sha1 => 20,
             Algo::Sha256 => 32,
             Algo::Sha512 => 64,
         }
@@ -35,6 +38,7 @@ impl Algo {
 
     fn name(self) -> &'static str {
         match self {
+            Algo::Sha1 => "sha1",
             Algo::Sha256 => "sha256",
             Algo::Sha512 => "sha512",
         }
@@ -43,6 +47,7 @@ impl Algo {
     /// The digest of `data` (for a flat file's contents).
     pub fn hasher(self) -> Hasher {
         match self {
+            Algo::Sha1 => Hasher::Sha1(sha1::Sha1::new()),
             Algo::Sha256 => Hasher::Sha256(sha2::Sha256::new()),
             Algo::Sha512 => Hasher::Sha512(sha2::Sha512::new()),
         }
@@ -52,6 +57,7 @@ impl Algo {
 /// A running digest of one of the [`Algo`]s.
 #[derive(Debug)]
 pub enum Hasher {
+    Sha1(sha1::Sha1),
     Sha256(sha2::Sha256),
     Sha512(sha2::Sha512),
 }
@@ -59,6 +65,7 @@ pub enum Hasher {
 impl Hasher {
     pub fn update(&mut self, data: &[u8]) {
         match self {
+            Hasher::Sha1(h) => h.update(data),
             Hasher::Sha256(h) => h.update(data),
             Hasher::Sha512(h) => h.update(data),
         }
@@ -66,6 +73,7 @@ impl Hasher {
 
     pub fn finish(self) -> Vec<u8> {
         match self {
+            Hasher::Sha1(h) => h.finalize().to_vec(),
             Hasher::Sha256(h) => h.finalize().to_vec(),
             Hasher::Sha512(h) => h.finalize().to_vec(),
         }
@@ -95,7 +103,7 @@ pub enum FixedError {
     #[error("fixed output {0} should be a non-executable regular file, since its hash is flat")]
     NotAFlatFile(String),
     #[error(
-        "fixed output {path}: hash {algo} in mode {mode:?} is not supported (sha256 flat or recursive, sha512 flat)"
+        "fixed output {path}: hash {algo} in mode {mode:?} is not supported (sha1, sha256 or sha512 flat; sha256 recursive)"
     )]
     Unsupported {
         path: String,
@@ -286,6 +294,14 @@ mod tests {
         assert_eq!(check(&f, &p, Found::Flat(Some(h.finish()))), Ok(()));
         let e = check(&f, &p, Found::Flat(Some(vec![0; 64]))).unwrap_err();
         assert!(e.to_string().contains("specified sha512:"), "{e}");
+        let s1 = fo(
+            HashMode::Flat,
+            "sha1",
+            "55ca6286e3e4f4fba5d0448333fa99fc5a404a73",
+        );
+        let mut h = needs_flat(&s1, &p).unwrap().1.hasher();
+        h.update(b"hi\n");
+        assert_eq!(check(&s1, &p, Found::Flat(Some(h.finish()))), Ok(()));
     }
 
     #[test]
