@@ -4,7 +4,7 @@
 //! Nix's sandbox would run (see `tvix_oci_nix::request`) and prints each
 //! output in Nix's terms: store path, NAR hash, NAR size, references.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -16,9 +16,10 @@ use tvix_oci_castore::blobservice::BlobService;
 use tvix_oci_castore::directoryservice::DirectoryService;
 use tvix_oci_executor::{BuildResult, Executor};
 use tvix_oci_nix::Derivation;
-use tvix_oci_nix::fixed::{Found, check, needs_flat};
+use tvix_oci_nix::checks;
+use tvix_oci_nix::fixed::{Algo, Found, check, check_no_references, needs_flat};
 use tvix_oci_nix::request::{NixRequest, RequestOptions, build_request};
-use tvix_oci_nix::result::{BuiltOutput, nix_outputs};
+use tvix_oci_nix::result::{BuiltOutput, NixOutput, nix_outputs};
 
 use crate::args::ExecArgs;
 use crate::exit::{BUILD_FAILED, HOST, INVALID, exit};
@@ -93,6 +94,8 @@ async fn prepare(
     if let (Some(fo), Some((_, out))) = (drv.fixed_output(), req.outputs.first()) {
         needs_flat(&fo, out).map_err(|e| exit(INVALID, e))?;
     }
+    checks::validate(&drv)
+        .map_err(|e| exit(INVALID, format!("derivation {}: {e}", path.display())))?;
     Ok(Prepared { drv, req, imported })
 }
 
@@ -104,12 +107,13 @@ struct Prepared {
     imported: usize,
 }
 
-/// A fixed output's hash against its declaration (Nix's check): the
-/// build's fault when it differs.
+/// A fixed output's hash against its declaration, and no references
+/// (Nix's checks): the build's fault when either fails.
 async fn check_fixed(
     drv: &Derivation,
     req: &NixRequest,
     r: &BuildResult,
+    outputs: &BTreeMap<String, NixOutput>,
     blobs: &dyn BlobService,
 ) -> anyhow::Result<()> {
     let (Some(fo), Some((_, path)), Some(info), Some((_, node))) = (
@@ -120,34 +124,66 @@ async fn check_fixed(
     ) else {
         return Ok(());
     };
-    let found = if needs_flat(&fo, path).map_err(|e| exit(INVALID, e))? {
+    let (flat, algo) = needs_flat(&fo, path).map_err(|e| exit(INVALID, e))?;
+    let found = if flat {
         match node {
             Node::File {
                 digest,
                 executable: false,
                 ..
-            } => Found::Flat(Some(blob_sha256(blobs, digest).await?)),
+            } => Found::Flat(Some(blob_digest(blobs, digest, algo).await?)),
             _ => Found::Flat(None),
         }
     } else {
         Found::Nar(info.nar_sha256)
     };
-    check(&fo, path, found).map_err(|e| exit(BUILD_FAILED, e))
+    check(&fo, path, found).map_err(|e| exit(BUILD_FAILED, e))?;
+    let refs = outputs
+        .get("out")
+        .map(|o| o.references.as_slice())
+        .unwrap_or_default();
+    check_no_references(path, refs).map_err(|e| exit(BUILD_FAILED, e))
 }
 
-/// The sha256 of a stored blob, streamed.
-async fn blob_sha256(
+/// Nix's checks after a build: no cycle between the outputs, the fixed
+/// output's hash, the reference constraints. Requisites of the inputs the
+/// outputs refer to come from the local Nix store, and only where a
+/// `…Requisites` constraint needs them.
+async fn check_outputs(
+    drv_path: &Path,
+    p: &Prepared,
+    r: &BuildResult,
+    outputs: &BTreeMap<String, NixOutput>,
+    blobs: &dyn BlobService,
+) -> anyhow::Result<()> {
+    let at = |e: checks::CheckError| exit(BUILD_FAILED, e);
+    checks::check_cycles(&drv_path.display().to_string(), outputs).map_err(at)?;
+    check_fixed(&p.drv, &p.req, r, outputs, blobs).await?;
+    let mut requisites = BTreeMap::new();
+    if checks::needs_requisites(&p.drv) {
+        for f in checks::foreign_references(outputs) {
+            let sp = tvix_oci_nix::StorePath::from_absolute(&f)
+                .map_err(|e| exit(HOST, format!("reference {f}: {e}")))?;
+            let cl = crate::nix_inputs::closure(&BTreeSet::from([sp]))?;
+            requisites.insert(f, cl.iter().map(|p| p.absolute()).collect());
+        }
+    }
+    checks::check_references(&p.drv, outputs, &requisites).map_err(at)
+}
+
+/// The digest of a stored blob in `algo`, streamed.
+async fn blob_digest(
     blobs: &dyn BlobService,
     digest: &tvix_oci_castore::B3Digest,
-) -> anyhow::Result<[u8; 32]> {
-    use sha2::Digest;
+    algo: Algo,
+) -> anyhow::Result<Vec<u8>> {
     use tokio::io::AsyncReadExt;
     let mut rd = blobs
         .open_read(digest)
         .await
         .with_context(|| format!("reading output blob {digest}"))?
         .ok_or_else(|| exit(HOST, format!("output blob {digest} is not in the store")))?;
-    let mut h = sha2::Sha256::new();
+    let mut h = algo.hasher();
     let mut buf = vec![0u8; 64 << 10];
     loop {
         let n = rd
@@ -155,14 +191,14 @@ async fn blob_sha256(
             .await
             .with_context(|| format!("reading output blob {digest}"))?;
         if n == 0 {
-            return Ok(h.finalize().into());
+            return Ok(h.finish());
         }
         h.update(&buf[..n]);
     }
 }
 
-/// One build's result in Nix's terms.
-fn nix_json(drv: &Path, req: &NixRequest, r: &BuildResult) -> anyhow::Result<serde_json::Value> {
+/// One build's outputs in Nix's terms.
+fn nix_result(req: &NixRequest, r: &BuildResult) -> anyhow::Result<BTreeMap<String, NixOutput>> {
     let built: Vec<BuiltOutput> = r
         .outputs
         .iter()
@@ -173,8 +209,7 @@ fn nix_json(drv: &Path, req: &NixRequest, r: &BuildResult) -> anyhow::Result<ser
             needles: n.clone(),
         })
         .collect();
-    let outputs = nix_outputs(req, &built).map_err(|e| exit(HOST, e))?;
-    Ok(json!({ "drvPath": drv.display().to_string(), "outputs": outputs }))
+    nix_outputs(req, &built).map_err(|e| exit(HOST, e))
 }
 
 pub async fn build(
@@ -205,7 +240,7 @@ pub async fn build(
     let mut out = Vec::new();
     let mut worst = 0u8;
     for (d, p) in args.drvs.iter().zip(&reqs) {
-        let (drv, r) = (&p.drv, &p.req);
+        let r = &p.req;
         let sink = progress.build(d.display().to_string());
         let res = tokio::select! {
             r = exec.build(&r.request, &sink) => r,
@@ -213,12 +248,17 @@ pub async fn build(
         };
         drop(sink);
         let checked = match res {
-            Ok(res) => check_fixed(drv, r, &res, &*blobs).await.map(|()| res),
+            Ok(res) => match nix_result(r, &res) {
+                Ok(outputs) => check_outputs(d, p, &res, &outputs, &*blobs)
+                    .await
+                    .map(|()| outputs),
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e.into()),
         };
         match checked {
-            Ok(res) => {
-                let mut j = nix_json(d, r, &res)?;
+            Ok(outputs) => {
+                let mut j = json!({ "drvPath": d.display().to_string(), "outputs": outputs });
                 j["inputsImported"] = p.imported.into();
                 j["inputsReused"] = r.request.inputs().len().saturating_sub(p.imported).into();
                 out.push(j);

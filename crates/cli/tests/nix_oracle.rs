@@ -40,6 +40,45 @@ const CASES: &[&str] = &[
     "placeholder",
     "structured",
     "fod-recursive",
+    "fod-sha512-sri",
+    "fod-base64",
+    "fod-sha1",
+    "fod-rec-sri",
+    "allowed-ok",
+    "chain3",
+    "boundaries",
+    "non-utf8",
+];
+
+/// Attributes both Nix and we must refuse, each with the key phrase of
+/// Nix's message and the name suffix of the offending store path (which
+/// both must print in full; `None` where the message names outputs).
+const REFUSED: &[(&str, &str, Option<&str>)] = &[
+    (
+        "allowed-bad",
+        "is not allowed to refer to the following paths",
+        Some("-busybox"),
+    ),
+    (
+        "disallowed-bad",
+        "is not allowed to refer to the following paths",
+        Some("-busybox"),
+    ),
+    (
+        "requisites-bad",
+        "is not allowed to refer to the following paths",
+        Some("-dep-a"),
+    ),
+    (
+        "checks-bad",
+        "is not allowed to refer to the following paths",
+        Some("-busybox"),
+    ),
+    (
+        "cycle",
+        "in the references of output 'dev' from output 'out'",
+        None,
+    ),
 ];
 
 const EXPR: &str = r#"
@@ -79,6 +118,44 @@ in rec {
   fod-wrong = derivation (env // { name = "fod-wrong"; args = [ "-c" "echo hi > $out" ];
     outputHashMode = "flat"; outputHashAlgo = "sha256";
     outputHash = "0000000000000000000000000000000000000000000000000000000000000000"; });
+  fod-sha512-sri = derivation (env // { name = "fod-sha512"; args = [ "-c" "echo hi > $out" ];
+    outputHashMode = "flat"; outputHashAlgo = "sha512";
+    outputHash = "sha512-14q7BUJzaGX5RwRSFgnCMNrAOi82nQQ6whLWkzuRQQ4GOZ43+cXMiENqMXNzMMHI7MssL583TWL3FkMqMtUPrA=="; });
+  fod-sha1 = derivation (env // { name = "fod-sha1"; args = [ "-c" "echo hi > $out" ];
+    outputHashMode = "flat"; outputHashAlgo = "sha1";
+    outputHash = "55ca6286e3e4f4fba5d0448333fa99fc5a404a73"; });
+  fod-base64 = derivation (env // { name = "fod-base64"; args = [ "-c" "echo hi > $out" ];
+    outputHashMode = "flat"; outputHashAlgo = "sha256";
+    outputHash = "mOpuTyFvL7S2n/+bOkSELDhobKaF8/VdxIxdP7EQe+Q="; });
+  fod-rec-sri = derivation (env // { name = "fod-rec-sri"; args = [ "-c" "echo hi > $out" ];
+    outputHashMode = "recursive"; outputHash = "sha256-EFUdrtf6Rn0LWIJufrmg8q99aT3jGfLvd1//zaJEufY="; });
+  allowed-ok = derivation (env // { name = "allowed-ok"; allowedReferences = [ bb "out" ];
+    disallowedRequisites = [ dep-a ]; args = [ "-c" "echo ${bb} $out > $out" ]; });
+  chain3 = derivation (env // { name = "chain3"; outputs = [ "out" "dev" "lib" ];
+    args = [ "-c" "mkdir $out $dev $lib; echo $dev > $out/p; echo $lib > $dev/p; echo lib > $lib/w" ]; });
+  # References across a 64 KiB and a 1 MiB boundary, and as a file's last bytes.
+  boundaries = mk "boundaries" ''
+    mkdir $out
+    { yes a | head -c 65520; printf %s ${dep-a}; yes b | head -c 1000; } > $out/k64
+    { yes c | head -c 1048560; printf %s $out; echo; } > $out/m1
+    { yes d | head -c 70000; printf %s ${dep-a}; } > $out/end
+  '';
+  non-utf8 = mk "non-utf8" ''
+    mkdir $out; cd $out
+    printf x > "$(printf '\377\376')"; printf y > "$(printf 'caf\351')"
+    mkdir "$(printf '\200dir')"; printf z > "$(printf '\200dir/\301')"
+  '';
+  allowed-bad = derivation (env // { name = "allowed-bad"; allowedReferences = [ ];
+    args = [ "-c" "echo ${bb} > $out" ]; });
+  disallowed-bad = derivation (env // { name = "disallowed-bad"; disallowedReferences = [ bb ];
+    args = [ "-c" "mkdir $out; echo ${bb} > $out/f" ]; });
+  requisites-bad = derivation (env // { name = "requisites-bad"; allowedRequisites = [ "out" dep-b ];
+    args = [ "-c" "echo ${dep-b} $out > $out" ]; });
+  checks-bad = derivation (env // { name = "checks-bad"; __structuredAttrs = true;
+    outputChecks.out.disallowedReferences = [ bb ];
+    args = [ "-c" "PATH=${bb}/bin; echo ${bb} > ${builtins.placeholder "out"}" ]; });
+  cycle = derivation (env // { name = "cycle"; outputs = [ "out" "dev" ];
+    args = [ "-c" "mkdir $out $dev; echo $dev > $out/p; echo $out > $dev/p" ]; });
   name-ref = mk "name-ref" "mkdir $out; touch $out/${baseNameOf "${bb}"}.marker";
   big = mk "big" "yes 0123456789abcdef | head -c 3000000 > $out; echo $out >> $out";
   env-dump = mk "env-dump" "env | sort > $out";
@@ -293,6 +370,72 @@ fn a_fixed_output_with_the_wrong_hash_fails_as_in_nix() {
         err.contains("hash mismatch") && err.contains("-fod-wrong"),
         "{err}"
     );
+    assert_nothing_left(&bundles);
+}
+
+/// Output checks Nix makes after a build (reference constraints, cycles
+/// between outputs): where Nix refuses, we refuse too, with exit 1, Nix's
+/// key phrase, the output and the offending path Nix names.
+#[test]
+fn what_nix_refuses_after_a_build_we_refuse() {
+    if let Some(why) = can_build().or_else(nix_missing) {
+        println!("SKIPPED: {why}");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let conf = nix_conf(tmp.path());
+    let file = expression(tmp.path());
+    let mut attrs = vec!["nix-instantiate", file.to_str().unwrap()];
+    for (c, _, _) in REFUSED {
+        attrs.extend(["-A", c]);
+    }
+    let drvs: Vec<String> = nix(&conf, &attrs).lines().map(str::to_owned).collect();
+    assert_eq!(drvs.len(), REFUSED.len());
+    let mut nix_errs = Vec::new();
+    for ((case, phrase, _), drv) in REFUSED.iter().zip(&drvs) {
+        let o = Command::new("nix-build")
+            .args(["--no-out-link", drv])
+            .env("NIX_CONF_DIR", &conf)
+            .env_remove("NIX_REMOTE")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(!o.status.success(), "{case}: Nix accepted it");
+        assert!(err.contains(phrase), "{case}: Nix said {err}");
+        nix_errs.push(err);
+    }
+    let bundles = tmp.path().join("bundles");
+    let out = bin(&tmp.path().join("data"))
+        .arg("build")
+        .arg("--bundle-root")
+        .arg(&bundles)
+        .args(&drvs)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let mut table = Vec::new();
+    for (((case, phrase, suffix), drv), nix_err) in REFUSED.iter().zip(&drvs).zip(&nix_errs) {
+        let ours = err
+            .lines()
+            .find(|l| l.starts_with(&format!("error: building {drv}:")))
+            .unwrap_or_else(|| panic!("{case}: no error for {drv} in {err}"));
+        assert!(ours.contains(phrase), "{case}: {ours}");
+        // Every store path Nix's message names (output, offender) is in ours.
+        let paths: Vec<&str> = nix_err
+            .split(|c: char| c.is_whitespace() || c == '\'')
+            .filter(|w| w.starts_with("/nix/store/") && !w.ends_with(".drv"))
+            .collect();
+        assert!(!paths.is_empty() || suffix.is_none(), "{case}: {nix_err}");
+        for p in &paths {
+            assert!(ours.contains(p), "{case}: ours lacks {p}: {ours}");
+        }
+        if let Some(s) = suffix {
+            assert!(paths.iter().any(|p| p.ends_with(s)), "{case}: {nix_err}");
+        }
+        table.push(format!("{case}: both refuse ({phrase})"));
+    }
+    println!("{}", table.join("\n"));
     assert_nothing_left(&bundles);
 }
 

@@ -6,6 +6,7 @@
 
 pub mod aterm;
 pub mod base32;
+pub mod checks;
 pub mod derivation;
 pub mod fixed;
 pub mod request;
