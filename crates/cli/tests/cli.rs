@@ -268,8 +268,8 @@ fn mount_in_the_foreground_and_unmount_on_interrupt() {
     std::fs::create_dir_all(&tree).unwrap();
     std::fs::write(tree.join("f"), b"through fuse\n").unwrap();
     let digest = import_digest(&data, &tree);
-    let mnt = tmp.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
+    let mount_point = common::MountPoint::new(tmp.path().join("mnt"));
+    let mnt = mount_point.0.clone();
     let mut child = bin(&data)
         .args(["mount", &format!("t={digest}")])
         .arg(&mnt)

@@ -256,8 +256,8 @@ fn mount_of_a_hung_store_lets_a_sigkilled_reader_die_and_a_killed_mounts_cache_i
     }
     let tmp = tempfile::tempdir().unwrap();
     let (server, root, _) = lying_store();
-    let mnt = tmp.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
+    let mount_point = common::MountPoint::new(tmp.path().join("mnt"));
+    let mnt = mount_point.0.clone();
     let (t1, t2) = (tmp.path().join("t1"), tmp.path().join("t2"));
     std::fs::create_dir(&t1).unwrap();
     std::fs::create_dir(&t2).unwrap();

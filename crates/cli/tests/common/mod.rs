@@ -81,3 +81,27 @@ pub fn import_digest(data: &Path, path: &Path) -> String {
         .unwrap()
         .to_owned()
 }
+
+/// A mount point a test mounts on through the CLI: whatever is still
+/// mounted there when the test ends (a `mount` it SIGKILLed, a failed
+/// assertion before the unmount) is detached, so a failing test leaves no
+/// FUSE mount behind. The test's own checks of the unmount come first.
+#[derive(Debug)]
+pub struct MountPoint(pub std::path::PathBuf);
+
+impl MountPoint {
+    /// Makes the empty directory `path` to mount on.
+    pub fn new(path: std::path::PathBuf) -> Self {
+        std::fs::create_dir(&path).unwrap();
+        Self(path)
+    }
+}
+
+impl Drop for MountPoint {
+    fn drop(&mut self) {
+        if let Ok(c) = std::ffi::CString::new(self.0.as_os_str().as_encoded_bytes()) {
+            // SAFETY: a valid path; EINVAL when nothing is mounted there.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+}
