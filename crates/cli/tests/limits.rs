@@ -7,9 +7,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use common::bin;
@@ -25,22 +24,7 @@ struct Server {
 
 impl Server {
     fn start(tmp: &Path, args: &[&str]) -> Server {
-        let mut child = bin(&tmp.join("data"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--bundle-root"])
-            .arg(tmp.join("bundles"))
-            .args(args)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_owned();
+        let (child, url) = common::spawn_serve(&tmp.join("data"), &tmp.join("bundles"), args);
         Server { child, url }
     }
 

@@ -9,11 +9,10 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Child;
 
-use common::{assert_nothing_left, bin, can_build};
+use common::{assert_nothing_left, can_build};
 use futures::StreamExt;
 use prost::Message;
 use serde_json::{Value, json};
@@ -64,21 +63,7 @@ struct Server {
 
 impl Server {
     fn start(tmp: &Path, bundles: &Path) -> Server {
-        let mut child = bin(&tmp.join("data"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--bundle-root"])
-            .arg(bundles)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_owned();
+        let (child, url) = common::spawn_serve(&tmp.join("data"), bundles, &[]);
         Server { child, url }
     }
 

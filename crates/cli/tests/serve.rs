@@ -6,12 +6,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::sync::Arc;
 
-use common::{assert_nothing_left, bin, busybox_tree, can_build};
+use common::{assert_nothing_left, busybox_tree, can_build};
 use tvix_oci_castore::blobservice::BlobService;
 use tvix_oci_castore::directoryservice::DirectoryService;
 use tvix_oci_castore::import::{ImportOptions, import_path};
@@ -27,21 +26,7 @@ struct Server {
 
 impl Server {
     fn start(tmp: &Path, bundles: &Path) -> Server {
-        let mut child = bin(&tmp.join("data"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--bundle-root"])
-            .arg(bundles)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_owned();
+        let (child, url) = common::spawn_serve(&tmp.join("data"), bundles, &[]);
         Server { child, url }
     }
 

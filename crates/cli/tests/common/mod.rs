@@ -105,3 +105,27 @@ impl Drop for MountPoint {
         }
     }
 }
+
+/// Starts `serve` on a free loopback port with the store under `data`,
+/// bundles under `bundles` and `extra` flags; the child and the URL it
+/// says it listens on.
+pub fn spawn_serve(data: &Path, bundles: &Path, extra: &[&str]) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = bin(data)
+        .args(["serve", "--listen", "127.0.0.1:0", "--bundle-root"])
+        .arg(bundles)
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+    (child, url)
+}
