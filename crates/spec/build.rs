@@ -13,6 +13,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile(protos, ["protos", castore])?;
     tonic_prost_build::configure()
         .bytes(".")
+        // Large requests decode off the runtime's turn (src/codec.rs).
+        .codec_path("crate::codec::BuildCodec")
         .extern_path(".tvix.castore.v1", "::tvix_oci_castore::proto")
         .compile_fds(fds)?;
     Ok(())

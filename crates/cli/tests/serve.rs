@@ -256,3 +256,28 @@ async fn sigterm_with_a_build_in_flight_leaves_nothing_behind() {
     assert!(res.is_err(), "the call of a stopped server fails");
     assert_nothing_left(&bundles);
 }
+
+/// A build id pool holding a host account (here root's uid 0) refuses to
+/// start the server, naming the account, rather than fail every build.
+#[test]
+fn a_build_id_pool_holding_a_host_account_refuses_to_start() {
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("SKIPPED: the build id pool is used as root only");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let out = common::bin(&tmp.path().join("data"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--id-pool", "0:65536"])
+        .arg("--bundle-root")
+        .arg(tmp.path().join("bundles"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("uid 0 of user root in /etc/passwd is inside the build id pool 0..65536"),
+        "{stderr}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).is_empty(), "it listened");
+}

@@ -478,6 +478,17 @@ impl Executor {
 }
 
 impl Executor {
+    /// Checks now what the first build would otherwise check: as root, that
+    /// the build id pool holds no account of the host (see
+    /// [`crate::idpool`]). A server calls it at start, to refuse to start
+    /// rather than fail every build. Rootless, there is nothing to check.
+    pub fn check_host(&self) -> Result<(), BuildError> {
+        if !self.config.rootless {
+            self.id_pool()?;
+        }
+        Ok(())
+    }
+
     /// The build id pool, opened (its range checked against the host's
     /// accounts) at the first build that needs it.
     fn id_pool(&self) -> Result<&IdPool, BuildError> {

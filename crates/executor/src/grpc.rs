@@ -21,7 +21,7 @@
 //! shutting down, cancels the build; the executor cleans up after it.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use tonic::{Request, Response, Status};
 use tvix_oci_spec::proto::{self, build_service_server};
@@ -84,7 +84,13 @@ impl GrpcBuildServer {
     /// many MiB takes a while), so the runtime keeps serving other calls.
     pub async fn do_build(&self, req: proto::BuildRequest) -> Result<proto::Build, Status> {
         let n = REQUESTS.fetch_add(1, Ordering::Relaxed) + 1;
-        let req = validate(n, req, self.limits).await?;
+        let limits = self.limits;
+        let req = validate(n, move || BuildRequest::validate(req, &limits)).await?;
+        self.build(n, req).await
+    }
+
+    /// Builds validated request number `n`.
+    async fn build(&self, n: u64, req: BuildRequest) -> Result<proto::Build, Status> {
         let logs = TracingLogs::new(n);
         tracing::info!(request = n, "build requested");
         let result = self.exec.build(&req, &logs).await.map_err(status_of)?;
@@ -98,16 +104,15 @@ impl GrpcBuildServer {
 /// server log has them all.
 const PROBLEMS_SHOWN: usize = 20;
 
-/// Validates request number `n` off the async threads. Its problems, all
-/// of them logged, answer INVALID_ARGUMENT with the first few; a
-/// validation that could not run (its thread panicked or was cancelled)
-/// answers UNAVAILABLE.
-async fn validate(
+/// Runs `check`, the validation of request number `n`, off the async
+/// threads. Its problems, all of them logged, answer INVALID_ARGUMENT with
+/// the first few; a validation that could not run (its thread panicked or
+/// was cancelled) answers UNAVAILABLE.
+async fn validate<T: Send + 'static>(
     n: u64,
-    req: proto::BuildRequest,
-    limits: RequestLimits,
-) -> Result<BuildRequest, Status> {
-    match tokio::task::spawn_blocking(move || BuildRequest::validate(req, &limits)).await {
+    check: impl FnOnce() -> Result<T, tvix_oci_spec::Problems> + Send + 'static,
+) -> Result<T, Status> {
+    match tokio::task::spawn_blocking(check).await {
         Ok(Ok(req)) => Ok(req),
         Ok(Err(problems)) => {
             tracing::warn!(request = n, "refused: {problems}");
@@ -143,11 +148,23 @@ impl proto::snix::build_service_server::BuildService for GrpcBuildServer {
         &self,
         request: Request<proto::BuildRequest>,
     ) -> Result<Response<proto::snix::BuildResponse>, Status> {
-        let (req, order) = sorted_outputs(request.into_inner());
-        let build = self
-            .do_build(req)
-            .await
-            .map_err(|s| note_sorted(s, &order))?;
+        let n = REQUESTS.fetch_add(1, Ordering::Relaxed) + 1;
+        let (req, limits) = (request.into_inner(), self.limits);
+        // Sorted on the blocking thread too, and only when within the
+        // limit (one over it is refused by its count, unsorted).
+        let moved = Arc::new(AtomicBool::new(false));
+        let moved_in = moved.clone();
+        let (req, order) = validate(n, move || {
+            let (req, order) = match req.outputs.len() <= limits.outputs {
+                true => sorted_outputs(req),
+                false => (req, Vec::new()),
+            };
+            moved_in.store(reordered(&order), Ordering::Relaxed);
+            BuildRequest::validate(req, &limits).map(|req| (req, order))
+        })
+        .await
+        .map_err(|s| note_sorted(s, moved.load(Ordering::Relaxed)))?;
+        let build = self.build(n, req).await?;
         Ok(Response::new(proto::snix::BuildResponse::from_build(
             build, &order,
         )))
@@ -164,7 +181,7 @@ fn sorted_outputs(mut req: proto::BuildRequest) -> (proto::BuildRequest, Vec<usi
     let mut order: Vec<usize> = (0..req.outputs.len()).collect();
     // Stable: duplicates stay next to each other, for validation to refuse.
     order.sort_by(|&a, &b| req.outputs[a].cmp(&req.outputs[b]));
-    if order.iter().enumerate().any(|(j, &i)| i != j) {
+    if reordered(&order) {
         let mut given: Vec<Option<String>> = req.outputs.drain(..).map(Some).collect();
         req.outputs = order
             .iter()
@@ -174,10 +191,14 @@ fn sorted_outputs(mut req: proto::BuildRequest) -> (proto::BuildRequest, Vec<usi
     (req, order)
 }
 
-/// Says, on a refused request whose outputs were reordered, that the
-/// indices of outputs it names count in sorted order.
-fn note_sorted(s: Status, order: &[usize]) -> Status {
-    let moved = order.iter().enumerate().any(|(j, &i)| i != j);
+/// Whether `order` (from [`sorted_outputs`]) moved any output.
+fn reordered(order: &[usize]) -> bool {
+    order.iter().enumerate().any(|(j, &i)| i != j)
+}
+
+/// Says, on a refused request whose outputs were reordered (`moved`), that
+/// the indices of outputs it names count in sorted order.
+fn note_sorted(s: Status, moved: bool) -> Status {
     if s.code() != tonic::Code::InvalidArgument || !moved {
         return s;
     }
@@ -295,16 +316,19 @@ mod tests {
                 .any(|p| p.field == "outputs[2]" && p.problem == "is a duplicate"),
             "{problems}"
         );
-        let s = note_sorted(Status::invalid_argument(problems.to_string()), &order);
+        let s = note_sorted(
+            Status::invalid_argument(problems.to_string()),
+            reordered(&order),
+        );
         assert!(
             s.message().contains("counts in sorted order"),
             "{}",
             s.message()
         );
         // Nothing to say when nothing moved, or for another failure.
-        let s = note_sorted(Status::invalid_argument("x"), &[0, 1]);
+        let s = note_sorted(Status::invalid_argument("x"), reordered(&[0, 1]));
         assert_eq!(s.message(), "x");
-        let s = note_sorted(Status::aborted("x"), &order);
+        let s = note_sorted(Status::aborted("x"), reordered(&order));
         assert_eq!(s.message(), "x");
     }
 }

@@ -627,8 +627,11 @@ async fn a_build_id_pool_holding_a_host_account_refuses_to_build() {
     std::fs::create_dir(&etc).unwrap();
     std::fs::write(etc.join("passwd"), "foo:x:872415300:100::/:/bin/sh\n").unwrap();
     let exec = e.executor(|c| c.id_pool.etc = etc.clone());
+    // What a server checks at start, before any build.
+    let early = exec.check_host().unwrap_err();
     let req = e.request("true", &[], |_| {});
     let err = exec.build(&req, &NoLogs).await.unwrap_err();
+    assert_eq!(early.to_string(), err.to_string());
     assert_eq!(
         err.to_string(),
         format!(

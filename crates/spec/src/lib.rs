@@ -8,6 +8,7 @@
 //!   found on the host, and the one function that writes a bundle skeleton.
 
 mod bundle;
+pub mod codec;
 pub mod json;
 mod limits;
 pub mod path;
