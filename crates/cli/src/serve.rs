@@ -31,8 +31,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let exec = Arc::new(Executor::new(args.config(), blobs.clone(), dirs.clone()));
     // A clash of the build id pool with a host account refuses to start.
-    exec.check_host()
-        .map_err(|e| exit(HOST, e))?;
+    exec.check_host().map_err(|e| exit(HOST, e))?;
     let builds = GrpcBuildServer::new(exec).with_limits(args.limits.limits());
     let routes = castore_routes_with(blobs, dirs, ServeOptions { upload_idle })
         .add_service(builds.clone().into_service())

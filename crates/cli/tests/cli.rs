@@ -500,6 +500,22 @@ fn a_missing_builder_or_a_symlinked_output_is_the_builds_fault_and_a_missing_imp
         "{}",
         stderr(&out)
     );
+    // 1: a working dir that is a file inside a directory input (validation
+    // cannot see inside the inputs; runc cannot enter it).
+    let out = run_with_busybox(&data, &bb)
+        .args(["--workdir", "nix/store/busybox/bin/busybox/sub", "--"])
+        .arg("/nix/store/busybox/bin/busybox")
+        .arg("true")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(
+            "the working dir /nix/store/busybox/bin/busybox/sub is, or is below, a file in the sandbox"
+        ),
+        "{}",
+        stderr(&out)
+    );
     // 1: a symlink on the way to an output.
     let out = run_with_busybox(&data, &bb)
         .args(["--output", "build/link/out", "--"])

@@ -279,5 +279,8 @@ fn a_build_id_pool_holding_a_host_account_refuses_to_start() {
         stderr.contains("uid 0 of user root in /etc/passwd is inside the build id pool 0..65536"),
         "{stderr}"
     );
-    assert!(String::from_utf8_lossy(&out.stdout).is_empty(), "it listened");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).is_empty(),
+        "it listened"
+    );
 }

@@ -32,6 +32,14 @@ pub enum BuildError {
         /// E.g. "does not exist in the sandbox".
         problem: &'static str,
     },
+    /// The request's working dir could not be entered in the container
+    /// (a file of an input on its way, say): the build's fault, named.
+    #[error("the working dir {dir} {problem}")]
+    WorkingDir {
+        dir: String,
+        /// E.g. "is, or is below, a file in the sandbox".
+        problem: &'static str,
+    },
     #[error(transparent)]
     Output(#[from] IngestError),
     /// The request asks for what this builder's operator does not allow
@@ -65,7 +73,8 @@ impl BuildError {
             | BuildError::Silent { .. }
             | BuildError::LogLimit { .. }
             | BuildError::ModifiedInput(_)
-            | BuildError::Builder { .. } => true,
+            | BuildError::Builder { .. }
+            | BuildError::WorkingDir { .. } => true,
             BuildError::Output(e) => e.is_build_failure(),
             BuildError::NotAllowed(_) | BuildError::Host(_) | BuildError::Infrastructure(_) => {
                 false

@@ -359,13 +359,17 @@ impl Executor {
         };
         let abort_guard = OnDrop(Some(&abort_inputs));
         let run_started = Instant::now();
-        let builder = req.command_args().first().map_or("", String::as_str);
+        let cwd = format!("/{}", req.working_dir());
+        let process = crate::runc::Process {
+            builder: req.command_args().first().map_or("", String::as_str),
+            cwd: &cwd,
+        };
         let ran = crate::runc::run(
             &container,
             layout.dir(),
             logs,
             limits,
-            builder,
+            process,
             &abort_inputs,
         )
         .await;

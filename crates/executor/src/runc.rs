@@ -232,8 +232,51 @@ pub fn exec_failure(said: &str) -> Option<&'static str> {
     }
 }
 
+/// Why runc could not enter the build's working dir `cwd` (absolute, as
+/// in the container), from what it said before the build started (runc
+/// 1.1.5: `error during container init: mkdir /nix/store/x/f: not a
+/// directory` when a component is a file of an input, `... permission
+/// denied` below a read-only input; `chdir to cwd ("/x") set in
+/// config.json failed`), as the rest of the sentence "the working dir X
+/// ...". `None` when runc failed for another reason.
+pub fn cwd_failure(said: &str, cwd: &str) -> Option<&'static str> {
+    let line = said
+        .lines()
+        .find(|l| l.contains("unable to start container process: "))?;
+    let chdir = format!("chdir to cwd (\\\"{cwd}\\\")");
+    let on_the_way = line
+        .split("error during container init: mkdir ")
+        .nth(1)
+        .is_some_and(|rest| {
+            let path = rest.split(": ").next().unwrap_or_default();
+            // The component that failed: the dir itself or one above it.
+            cwd == path || cwd.strip_prefix(path).is_some_and(|r| r.starts_with('/'))
+        });
+    if !on_the_way && !line.contains(&chdir) {
+        return None;
+    }
+    if line.contains("not a directory") {
+        Some("is, or is below, a file in the sandbox")
+    } else if line.contains("permission denied") || line.contains("read-only file system") {
+        Some("does not exist and cannot be made in the sandbox (below a read-only input)")
+    } else if line.contains("no such file or directory") {
+        Some("does not exist in the sandbox")
+    } else {
+        None
+    }
+}
+
+/// What the container runs: its command (named when runc cannot exec it)
+/// and its working dir, absolute as in the container (named when runc
+/// cannot enter it).
+#[derive(Clone, Copy, Debug)]
+pub struct Process<'a> {
+    pub builder: &'a str,
+    pub cwd: &'a str,
+}
+
 /// Runs the bundle at `bundle` as container `container` and waits for it.
-/// `builder` is the command it runs (named when runc cannot exec it).
+/// `process` says what it runs, to name it when runc cannot start it.
 /// When a limit stops the build, `on_stop` runs just before the container
 /// is killed (the executor aborts the FUSE connection there, so a process
 /// blocked on a hung store dies at once).
@@ -242,7 +285,7 @@ pub async fn run(
     bundle: &Path,
     sink: &dyn LogSink,
     limits: RunLimits,
-    builder: &str,
+    process: Process<'_>,
     on_stop: &(dyn Fn() + Sync),
 ) -> Result<RunOutcome, BuildError> {
     let start = Instant::now();
@@ -359,9 +402,16 @@ pub async fn run(
     // its exit code is runc's, not the build's — unless what failed was
     // the exec of the request's own command.
     if !pid_file.exists() && outcome.process_started.is_none() {
-        if let Some(problem) = exec_failure(&tail.lines()) {
+        let said = tail.lines();
+        if let Some(problem) = exec_failure(&said) {
             return Err(BuildError::Builder {
-                command: builder.to_owned(),
+                command: process.builder.to_owned(),
+                problem,
+            });
+        }
+        if let Some(problem) = cwd_failure(&said, process.cwd) {
+            return Err(BuildError::WorkingDir {
+                dir: process.cwd.to_owned(),
                 problem,
             });
         }
@@ -391,7 +441,42 @@ pub async fn run(
 
 #[cfg(test)]
 mod tests {
-    use super::exec_failure;
+    use super::{cwd_failure, exec_failure};
+
+    /// What runc 1.1.5 (Debian 12) prints for a working dir it cannot
+    /// enter, checked by running it (`run --workdir`).
+    #[test]
+    fn working_dirs_that_fail_are_told_from_runc_failing() {
+        let said = |cause: &str| {
+            format!(
+                "time=\"2026-12-03T18:36:18Z\" level=error msg=\"runc run failed: unable to start container process: error during container init: {cause}\""
+            )
+        };
+        let file = said("mkdir /nix/store/bb/bin/busybox: not a directory");
+        assert_eq!(
+            cwd_failure(&file, "/nix/store/bb/bin/busybox"),
+            Some("is, or is below, a file in the sandbox")
+        );
+        assert_eq!(
+            cwd_failure(&file, "/nix/store/bb/bin/busybox/sub"),
+            Some("is, or is below, a file in the sandbox")
+        );
+        // Another path failing is not the working dir's doing.
+        assert_eq!(cwd_failure(&file, "/nix/store/bb/bin/busy"), None);
+        assert_eq!(cwd_failure(&file, "/build"), None);
+        let ro = said("mkdir /nix/store/bb/nothere: permission denied");
+        assert!(cwd_failure(&ro, "/nix/store/bb/nothere").is_some_and(|p| p.contains("read-only")));
+        let chdir =
+            said("chdir to cwd (\\\"/x\\\") set in config.json failed: no such file or directory");
+        assert_eq!(
+            cwd_failure(&chdir, "/x"),
+            Some("does not exist in the sandbox")
+        );
+        assert_eq!(
+            cwd_failure(&said("mkdir /x: no space left on device"), "/x"),
+            None
+        );
+    }
 
     /// What runc 1.1.5 (Debian 12) prints, checked by running it.
     #[test]
