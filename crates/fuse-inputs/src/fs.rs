@@ -602,6 +602,43 @@ impl Filesystem for InputsFs {
         reply.ok();
     }
 
+    // Nothing to flush or sync in a read-only tree. ENOSYS, which the
+    // kernel takes as success for the caller's close() or fsync() and as a
+    // sign to send no more of them (one round trip per mount, not one per
+    // close), answered without fuser's default "[Not Implemented]" warning.
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: fuser::LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::ENOSYS);
+    }
+
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let files = self.inodes.len() as u64;
         reply.statfs(0, 0, 0, files, 0, 4096, 255, 4096);

@@ -366,6 +366,30 @@ async fn writes_fail_with_erofs() {
     m.unmount().unwrap();
 }
 
+/// A build that syncs or closes what it read (many tools do) sees success,
+/// every time (the daemon answers ENOSYS once, which the kernel takes as
+/// success and remembers).
+#[tokio::test(flavor = "multi_thread")]
+async fn fsync_and_close_of_inputs_succeed() {
+    need_fuse!();
+    let f = setup(true).await;
+    let m = f.mount_tree();
+    let t = f.mnt.join("tree");
+    for _ in 0..2 {
+        let file = std::fs::File::open(t.join("a/empty")).unwrap();
+        file.sync_all().unwrap();
+        file.sync_data().unwrap();
+        // SAFETY: the fd is ours, closed once (forgotten below).
+        let fd = std::os::fd::IntoRawFd::into_raw_fd(file);
+        assert_eq!(unsafe { libc::close(fd) }, 0, "close of an input file");
+        std::fs::File::open(t.join("a"))
+            .unwrap()
+            .sync_all()
+            .unwrap();
+    }
+    m.unmount().unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn busy_mountpoint_and_bad_inputs_are_refused() {
     need_fuse!();
