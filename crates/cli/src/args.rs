@@ -57,10 +57,11 @@ impl Cli {
     /// The default log filter. fuser logs a reply to a request the kernel
     /// already dropped (the reader was killed: ENOENT) as an error; that is
     /// normal at the end of a build, so its reply log is off unless
-    /// RUST_LOG asks for it.
+    /// RUST_LOG asks for it. `serve` logs each build it is asked for and
+    /// how it ended (its gRPC module) at every level.
     pub fn log_level(&self) -> &'static str {
         match self.verbose {
-            0 => "warn,fuser::reply=off",
+            0 => "warn,fuser::reply=off,tvix_oci_executor::grpc=info",
             1 => "info,fuser::reply=off",
             _ => "debug",
         }

@@ -284,3 +284,52 @@ fn a_build_id_pool_holding_a_host_account_refuses_to_start() {
         "it listened"
     );
 }
+
+/// Each finished build is one line of the server's log at its default
+/// level: the build id, the peer, the wall time, the outcome (the exit
+/// code of a failed build) and the status answered.
+#[tokio::test(flavor = "multi_thread")]
+async fn each_finished_build_logs_one_line_with_its_outcome() {
+    if let Some(why) = can_build() {
+        println!("SKIPPED: {why}");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let bundles = tmp.path().join("bundles");
+    let log_path = tmp.path().join("serve.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let (child, url) =
+        common::spawn_serve_with_log(&tmp.path().join("data"), &bundles, &[], log.into());
+    let server = Server { child, url };
+    let busybox = server.upload_busybox(tmp.path()).await;
+    let mut client = server.builds().await;
+    let ok = request(&busybox, &["build/x"], "echo hi > x");
+    client.do_build(ok).await.unwrap();
+    let fail = request(&busybox, &["build/x"], "exit 7");
+    client.do_build(fail).await.unwrap_err();
+    drop(server);
+
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    let finished: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("build finished"))
+        .collect();
+    assert_eq!(finished.len(), 2, "{text}");
+    for (line, outcome, status) in [
+        (finished[0], "build finished: built its output", "status=Ok"),
+        (
+            finished[1],
+            "build finished: the build failed with exit code 7",
+            "status=Aborted",
+        ),
+    ] {
+        assert!(line.contains(" INFO "), "{line}");
+        assert!(line.contains(outcome), "{line}");
+        assert!(line.contains(status), "{line}");
+        assert!(line.contains("build=tob-"), "{line}");
+        assert!(line.contains("peer=127.0.0.1:"), "{line}");
+        assert!(line.contains("wall="), "{line}");
+    }
+    assert!(!text.contains("Not Implemented"), "{text}");
+    assert_nothing_left(&bundles);
+}

@@ -199,6 +199,7 @@ impl Executor {
     ) -> Result<BuildResult, BuildError> {
         let _permit = self.permits.acquire().await.map_err(BuildError::infra)?;
         let id = build_id();
+        logs.started(&id);
         let span = info_span!("build", id = %id);
         self.run(req, logs, &id).instrument(span).await
     }

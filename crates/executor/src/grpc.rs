@@ -83,19 +83,59 @@ impl GrpcBuildServer {
     /// validated on a blocking thread (linear in its size, but a request of
     /// many MiB takes a while), so the runtime keeps serving other calls.
     pub async fn do_build(&self, req: proto::BuildRequest) -> Result<proto::Build, Status> {
+        self.do_build_for(None, req).await
+    }
+
+    /// [`Self::do_build`] for a client at `peer` (named in the log).
+    async fn do_build_for(
+        &self,
+        peer: Option<std::net::SocketAddr>,
+        req: proto::BuildRequest,
+    ) -> Result<proto::Build, Status> {
         let n = REQUESTS.fetch_add(1, Ordering::Relaxed) + 1;
         let limits = self.limits;
         let req = validate(n, move || BuildRequest::validate(req, &limits)).await?;
-        self.build(n, req).await
+        self.build(n, peer, req).await
     }
 
-    /// Builds validated request number `n`.
-    async fn build(&self, n: u64, req: BuildRequest) -> Result<proto::Build, Status> {
+    /// Builds validated request number `n` from `peer`, and logs one line
+    /// at info when it ends: the build id, the peer, the wall time, the
+    /// outcome (its first line: exit code, signal, timeout, the output
+    /// missing...) and the status answered. A call dropped by its client
+    /// logs nothing here (the executor logs the cancellation).
+    async fn build(
+        &self,
+        n: u64,
+        peer: Option<std::net::SocketAddr>,
+        req: BuildRequest,
+    ) -> Result<proto::Build, Status> {
         let logs = TracingLogs::new(n);
-        tracing::info!(request = n, "build requested");
-        let result = self.exec.build(&req, &logs).await.map_err(status_of)?;
-        tracing::info!(request = n, wall = ?result.accounting.wall, "build done");
-        Ok(proto::Build::from(&result.build))
+        let peer = peer.map_or_else(|| "local".to_owned(), |p| p.to_string());
+        tracing::info!(request = n, %peer, "build requested");
+        let started = std::time::Instant::now();
+        let result = self.exec.build(&req, &logs).await;
+        let (outcome, answer) = match result {
+            Ok(r) => (
+                match r.build.outputs.len() {
+                    1 => "built its output".to_owned(),
+                    n => format!("built its {n} outputs"),
+                },
+                Ok(proto::Build::from(&r.build)),
+            ),
+            Err(e) => (outcome_of(&e), Err(status_of(e))),
+        };
+        let status = answer
+            .as_ref()
+            .map_or_else(|s| s.code(), |_| tonic::Code::Ok);
+        tracing::info!(
+            request = n,
+            build = %logs.build_id().unwrap_or("none"),
+            %peer,
+            wall = ?started.elapsed(),
+            ?status,
+            "build finished: {outcome}"
+        );
+        answer
     }
 }
 
@@ -138,7 +178,10 @@ impl build_service_server::BuildService for GrpcBuildServer {
         &self,
         request: Request<proto::BuildRequest>,
     ) -> Result<Response<proto::Build>, Status> {
-        self.do_build(request.into_inner()).await.map(Response::new)
+        let peer = request.remote_addr();
+        self.do_build_for(peer, request.into_inner())
+            .await
+            .map(Response::new)
     }
 }
 
@@ -149,6 +192,7 @@ impl proto::snix::build_service_server::BuildService for GrpcBuildServer {
         request: Request<proto::BuildRequest>,
     ) -> Result<Response<proto::snix::BuildResponse>, Status> {
         let n = REQUESTS.fetch_add(1, Ordering::Relaxed) + 1;
+        let peer = request.remote_addr();
         let (req, limits) = (request.into_inner(), self.limits);
         // Sorted on the blocking thread too, and only when within the
         // limit (one over it is refused by its count, unsorted).
@@ -164,7 +208,7 @@ impl proto::snix::build_service_server::BuildService for GrpcBuildServer {
         })
         .await
         .map_err(|s| note_sorted(s, moved.load(Ordering::Relaxed)))?;
-        let build = self.build(n, req).await?;
+        let build = self.build(n, peer, req).await?;
         Ok(Response::new(proto::snix::BuildResponse::from_build(
             build, &order,
         )))
@@ -208,6 +252,13 @@ fn note_sorted(s: Status, moved: bool) -> Status {
     ))
 }
 
+/// The first line of why a build failed, without its log tail.
+fn outcome_of(e: &BuildError) -> String {
+    let text = e.to_string();
+    let first = text.lines().next().unwrap_or_default();
+    first.trim_end_matches("; last log lines:").to_owned()
+}
+
 /// The gRPC status a failed build answers with.
 pub fn status_of(e: BuildError) -> Status {
     match &e {
@@ -223,6 +274,7 @@ pub fn status_of(e: BuildError) -> Status {
 #[derive(Debug)]
 pub struct TracingLogs {
     request: u64,
+    build_id: std::sync::OnceLock<String>,
     partial: std::sync::Mutex<[Vec<u8>; 2]>,
 }
 
@@ -230,8 +282,14 @@ impl TracingLogs {
     pub fn new(request: u64) -> Self {
         Self {
             request,
+            build_id: std::sync::OnceLock::new(),
             partial: Default::default(),
         }
+    }
+
+    /// The executor's id of the build, once it started.
+    pub fn build_id(&self) -> Option<&str> {
+        self.build_id.get().map(String::as_str)
     }
 
     fn emit(&self, stream: LogStream, line: &[u8]) {
@@ -241,6 +299,10 @@ impl TracingLogs {
 }
 
 impl LogSink for TracingLogs {
+    fn started(&self, build_id: &str) {
+        let _ = self.build_id.set(build_id.to_owned());
+    }
+
     fn log(&self, stream: LogStream, data: &[u8]) {
         let Ok(mut partial) = self.partial.lock() else {
             return;

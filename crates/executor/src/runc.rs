@@ -40,6 +40,10 @@ pub trait LogSink: Send + Sync {
     fn log(&self, stream: LogStream, data: &[u8]);
     /// The build reached `phase`. Does nothing unless overridden.
     fn phase(&self, _phase: Phase) {}
+    /// The build got its id (once, before any phase; the id names its
+    /// bundle, container and cgroup, and its log span). Does nothing unless
+    /// overridden.
+    fn started(&self, _build_id: &str) {}
 }
 
 /// A sink that drops everything.

@@ -110,12 +110,23 @@ impl Drop for MountPoint {
 /// bundles under `bundles` and `extra` flags; the child and the URL it
 /// says it listens on.
 pub fn spawn_serve(data: &Path, bundles: &Path, extra: &[&str]) -> (std::process::Child, String) {
+    spawn_serve_with_log(data, bundles, extra, std::process::Stdio::inherit())
+}
+
+/// [`spawn_serve`] with the server's log (its stderr) going to `log`.
+pub fn spawn_serve_with_log(
+    data: &Path,
+    bundles: &Path,
+    extra: &[&str],
+    log: std::process::Stdio,
+) -> (std::process::Child, String) {
     use std::io::BufRead;
     let mut child = bin(data)
         .args(["serve", "--listen", "127.0.0.1:0", "--bundle-root"])
         .arg(bundles)
         .args(extra)
         .stdout(std::process::Stdio::piped())
+        .stderr(log)
         .spawn()
         .unwrap();
     let mut line = String::new();
