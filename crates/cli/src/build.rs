@@ -3,7 +3,8 @@
 //! --query --requisites`), imports it into the castore, runs the request
 //! Nix's sandbox would run (see `tvix_oci_nix::request`) and prints each
 //! output in Nix's terms: store path, NAR hash, NAR size, references.
-//! The outputs can then be written out (`--out-link`).
+//! The outputs can then be written out (`--out-link`) and imported into
+//! the Nix store (`--register`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -47,6 +48,11 @@ pub struct BuildArgs {
     /// of them may exist.
     #[arg(long, short = 'o', value_name = "PATH")]
     pub out_link: Option<PathBuf>,
+    /// Import the outputs into the local Nix store (`nix-store --import`)
+    /// with their references and deriver, as Nix records its own builds.
+    /// An output Nix holds as valid already is left as is.
+    #[arg(long, conflicts_with = "dry_run")]
+    pub register: bool,
     #[command(flatten)]
     pub exec: ExecArgs,
 }
@@ -208,6 +214,10 @@ async fn build_one(
         let links =
             crate::out_link::write(base, index, &built.nodes, b.blobs.clone(), &*b.dirs).await?;
         j["outLinks"] = json!(links);
+    }
+    if args.register {
+        let done = crate::register::register(path, &built, b.blobs.clone(), &*b.dirs).await?;
+        j["registered"] = json!(done);
     }
     Ok(j)
 }

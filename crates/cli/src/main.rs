@@ -14,6 +14,7 @@ mod nix_inputs;
 mod nix_paths;
 mod out_link;
 mod progress;
+mod register;
 mod run;
 mod serve;
 mod store;
