@@ -4,7 +4,8 @@
 //! Nix's sandbox would run (see `tvix_oci_nix::request`) and prints each
 //! output in Nix's terms: store path, NAR hash, NAR size, references.
 //! The outputs can then be written out (`--out-link`) and imported into
-//! the Nix store (`--register`).
+//! the Nix store (`--register`); missing inputs built first
+//! (`--build-inputs`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -53,6 +54,11 @@ pub struct BuildArgs {
     /// An output Nix holds as valid already is left as is.
     #[arg(long, conflicts_with = "dry_run")]
     pub register: bool,
+    /// Build first, with this command, the input derivations whose
+    /// outputs are missing from the local Nix store, in dependency order,
+    /// and register them (as --register does), so the inputs are there.
+    #[arg(long, conflicts_with = "dry_run")]
+    pub build_inputs: bool,
     #[command(flatten)]
     pub exec: ExecArgs,
 }
@@ -196,6 +202,11 @@ async fn build_one(
     path: &Path,
     prepared: Option<Prepared>,
 ) -> anyhow::Result<serde_json::Value> {
+    let inputs_built = if args.build_inputs {
+        crate::build_inputs::build_missing(b, path).await?
+    } else {
+        vec![]
+    };
     let p = match prepared {
         Some(p) => p,
         None => b.prepare(path).await?,
@@ -210,6 +221,9 @@ async fn build_one(
         .len()
         .saturating_sub(p.imported)
         .into();
+    if args.build_inputs {
+        j["inputsBuilt"] = inputs_built.into();
+    }
     if let Some(base) = &args.out_link {
         let links =
             crate::out_link::write(base, index, &built.nodes, b.blobs.clone(), &*b.dirs).await?;
@@ -241,12 +255,17 @@ pub async fn build(
         dirs: dirs.clone(),
         exec: None,
     };
+    // Up front, so a missing input fails before anything runs; with
+    // --build-inputs, only once the inputs were built.
     let mut reqs = Vec::new();
     for d in &args.drvs {
-        reqs.push(b.prepare(d).await?);
+        reqs.push(match args.build_inputs {
+            false => Some(b.prepare(d).await?),
+            true => None,
+        });
     }
     if args.dry_run {
-        for p in &reqs {
+        for p in reqs.iter().flatten() {
             println!("{}", p.req.request.to_json());
         }
         return Ok(());
@@ -262,7 +281,7 @@ pub async fn build(
     let mut out = Vec::new();
     let mut worst = 0u8;
     for (i, (d, p)) in args.drvs.iter().zip(reqs).enumerate() {
-        match build_one(args, &b, i, d, Some(p)).await {
+        match build_one(args, &b, i, d, p).await {
             Ok(j) => out.push(j),
             Err(e) => {
                 eprintln!("error: building {}: {e:#}", d.display());

@@ -8,6 +8,7 @@ use clap::Parser;
 mod args;
 mod browse;
 mod build;
+mod build_inputs;
 mod exit;
 mod nix_checks;
 mod nix_inputs;

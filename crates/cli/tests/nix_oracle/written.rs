@@ -283,3 +283,82 @@ fn registered_outputs_are_recorded_as_nix_records_its_own() {
     }
     forget.now();
 }
+
+/// `--build-inputs` on a chain whose dependency Nix has not built:
+/// without it, the missing input is named (exit 2); with it, the
+/// dependency is built first and registered, then the derivation; Nix,
+/// building the same derivation over our registered dependency, gets our
+/// output exactly.
+#[test]
+fn build_inputs_builds_a_missing_dependency_first() {
+    if let Some(why) = can_build().or_else(nix_missing) {
+        println!("SKIPPED: {why}");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let conf = nix_conf(tmp.path());
+    let drvs = fresh(&conf, tmp.path(), &["dep", "top"]);
+    let (dep, top) = (&drvs[0], &drvs[1]);
+    let dep_out = outputs_of(&conf, dep).remove(0);
+    let top_out = outputs_of(&conf, top).remove(0);
+    let mut forget = Forget {
+        conf: &conf,
+        paths: vec![top_out.clone(), dep_out.clone(), top.clone(), dep.clone()],
+    };
+    assert!(valid(&conf, &[dep_out.clone(), top_out.clone()]).is_empty());
+    let ours = |extra: &[&str]| {
+        bin(&tmp.path().join("data"))
+            .arg("build")
+            .args(extra)
+            .arg("--bundle-root")
+            .arg(tmp.path().join("bundles"))
+            .arg(top)
+            .env("NIX_CONF_DIR", &conf)
+            .output()
+            .unwrap()
+    };
+    let out = ours(&[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&dep_out) && err.contains("--build-inputs"),
+        "{err}"
+    );
+
+    let out = ours(&["--build-inputs"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("building input derivation {dep} first")),
+        "{err}"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let built = v["inputsBuilt"].as_array().unwrap();
+    assert_eq!(built.len(), 1, "{v}");
+    assert_eq!(built[0]["drvPath"], dep.as_str());
+    assert_eq!(built[0]["registered"]["out"], "imported");
+    assert_eq!(
+        valid(&conf, std::slice::from_ref(&dep_out)),
+        std::slice::from_ref(&dep_out)
+    );
+    assert_eq!(
+        nix(&conf, &["nix-store", "--query", "--hash", &dep_out]).trim(),
+        built[0]["outputs"]["out"]["narHash"]
+    );
+    // Not asked to register the derivation itself.
+    assert!(valid(&conf, std::slice::from_ref(&top_out)).is_empty());
+
+    nix(&conf, &["nix-build", "--no-out-link", top]);
+    let o = &v["outputs"]["out"];
+    assert_eq!(o["path"], top_out.as_str());
+    let [hash, size, refs, _] = record(&conf, &top_out);
+    assert_eq!(hash.trim(), o["narHash"], "{v}");
+    assert_eq!(size.trim(), o["narSize"].to_string());
+    let refs: Vec<&str> = refs.lines().collect();
+    assert_eq!(
+        serde_json::json!(refs),
+        o["references"],
+        "references of {top_out}"
+    );
+    forget.now();
+}
