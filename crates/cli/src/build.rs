@@ -3,12 +3,14 @@
 //! --query --requisites`), imports it into the castore, runs the request
 //! Nix's sandbox would run (see `tvix_oci_nix::request`) and prints each
 //! output in Nix's terms: store path, NAR hash, NAR size, references.
+//! The outputs can then be written out (`--out-link`) and imported into
+//! the Nix store (`--register`); missing inputs built first
+//! (`--build-inputs`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::Context;
 use clap::Args;
 use serde_json::json;
 use tvix_oci_castore::Node;
@@ -17,7 +19,7 @@ use tvix_oci_castore::directoryservice::DirectoryService;
 use tvix_oci_executor::{BuildResult, Executor};
 use tvix_oci_nix::Derivation;
 use tvix_oci_nix::checks;
-use tvix_oci_nix::fixed::{Algo, Found, check, check_no_references, needs_flat};
+use tvix_oci_nix::fixed::needs_flat;
 use tvix_oci_nix::request::{NixRequest, RequestOptions, build_request};
 use tvix_oci_nix::result::{BuiltOutput, NixOutput, nix_outputs};
 
@@ -39,8 +41,24 @@ pub struct BuildArgs {
     #[arg(long)]
     pub cores: Option<u32>,
     /// Print the request as JSON instead of running it.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "out_link")]
     pub dry_run: bool,
+    /// Write each output out as a directory tree, named as nix-build names
+    /// its result links: PATH for output `out`, PATH-NAME for output NAME
+    /// (the second and later derivations: PATH-2, PATH-2-NAME, …). None
+    /// of them may exist.
+    #[arg(long, short = 'o', value_name = "PATH")]
+    pub out_link: Option<PathBuf>,
+    /// Import the outputs into the local Nix store (`nix-store --import`)
+    /// with their references and deriver, as Nix records its own builds.
+    /// An output Nix holds as valid already is left as is.
+    #[arg(long, conflicts_with = "dry_run")]
+    pub register: bool,
+    /// Build first, with this command, the input derivations whose
+    /// outputs are missing from the local Nix store, in dependency order,
+    /// and register them (as --register does), so the inputs are there.
+    #[arg(long, conflicts_with = "dry_run")]
+    pub build_inputs: bool,
     #[command(flatten)]
     pub exec: ExecArgs,
 }
@@ -59,141 +77,104 @@ pub fn read_drv(path: &Path) -> anyhow::Result<Derivation> {
     tvix_oci_nix::parse(&b).map_err(|e| bad(e.to_string()))
 }
 
-/// The request for one `.drv`, its inputs imported.
-async fn prepare(
-    path: &Path,
-    cores: Option<u32>,
-    map: &NixPaths,
-    progress: &Progress,
-    blobs: &Arc<dyn BlobService>,
-    dirs: &Arc<dyn DirectoryService>,
-) -> anyhow::Result<Prepared> {
-    let drv = read_drv(path)?;
-    let mut missing = BTreeSet::new();
-    let roots = crate::nix_inputs::input_roots(&drv, &mut missing)?;
-    if !missing.is_empty() {
-        return Err(exit(
-            INVALID,
-            format!(
-                "derivation {}: inputs missing from the local Nix store (build them with Nix first): {}",
-                path.display(),
-                missing.into_iter().collect::<Vec<_>>().join(", ")
-            ),
-        ));
-    }
-    let closure = crate::nix_inputs::closure(&roots)?;
-    let (inputs, imported) =
-        crate::nix_inputs::import_all(&closure, map, progress, blobs, dirs).await?;
-    let mut opts = RequestOptions::default();
-    if let Some(c) = cores {
-        opts.build_cores = c;
-    }
-    let req = build_request(&drv, &inputs, &opts)
-        .map_err(|e| exit(INVALID, format!("derivation {}: {e}", path.display())))?;
-    // A fixed output's declaration must be checkable before it runs.
-    if let (Some(fo), Some((_, out))) = (drv.fixed_output(), req.outputs.first()) {
-        needs_flat(&fo, out).map_err(|e| exit(INVALID, e))?;
-    }
-    checks::validate(&drv)
-        .map_err(|e| exit(INVALID, format!("derivation {}: {e}", path.display())))?;
-    Ok(Prepared { drv, req, imported })
-}
-
 /// A derivation ready to run.
-struct Prepared {
-    drv: Derivation,
-    req: NixRequest,
+pub struct Prepared {
+    pub drv: Derivation,
+    pub req: NixRequest,
     /// Input paths imported (the others were in the map).
-    imported: usize,
+    pub imported: usize,
 }
 
-/// A fixed output's hash against its declaration, and no references
-/// (Nix's checks): the build's fault when either fails.
-async fn check_fixed(
-    drv: &Derivation,
-    req: &NixRequest,
-    r: &BuildResult,
-    outputs: &BTreeMap<String, NixOutput>,
-    blobs: &dyn BlobService,
-) -> anyhow::Result<()> {
-    let (Some(fo), Some((_, path)), Some(info), Some((_, node))) = (
-        drv.fixed_output(),
-        req.outputs.first(),
-        r.outputs.first(),
-        r.build.outputs.first(),
-    ) else {
-        return Ok(());
-    };
-    let (flat, algo) = needs_flat(&fo, path).map_err(|e| exit(INVALID, e))?;
-    let found = if flat {
-        match node {
-            Node::File {
-                digest,
-                executable: false,
-                ..
-            } => Found::Flat(Some(blob_digest(blobs, digest, algo).await?)),
-            _ => Found::Flat(None),
-        }
-    } else {
-        Found::Nar(info.nar_sha256)
-    };
-    check(&fo, path, found).map_err(|e| exit(BUILD_FAILED, e))?;
-    let refs = outputs
-        .get("out")
-        .map(|o| o.references.as_slice())
-        .unwrap_or_default();
-    check_no_references(path, refs).map_err(|e| exit(BUILD_FAILED, e))
+/// A derivation built and checked: its outputs in Nix's terms and as
+/// castore nodes, by output name.
+pub struct Built {
+    pub outputs: BTreeMap<String, NixOutput>,
+    pub nodes: BTreeMap<String, Node>,
 }
 
-/// Nix's checks after a build: no cycle between the outputs, the fixed
-/// output's hash, the reference constraints. Requisites of the inputs the
-/// outputs refer to come from the local Nix store, and only where a
-/// `…Requisites` constraint needs them.
-async fn check_outputs(
-    drv_path: &Path,
-    p: &Prepared,
-    r: &BuildResult,
-    outputs: &BTreeMap<String, NixOutput>,
-    blobs: &dyn BlobService,
-) -> anyhow::Result<()> {
-    let at = |e: checks::CheckError| exit(BUILD_FAILED, e);
-    checks::check_cycles(&drv_path.display().to_string(), outputs).map_err(at)?;
-    check_fixed(&p.drv, &p.req, r, outputs, blobs).await?;
-    let mut requisites = BTreeMap::new();
-    if checks::needs_requisites(&p.drv) {
-        for f in checks::foreign_references(outputs) {
-            let sp = tvix_oci_nix::StorePath::from_absolute(&f)
-                .map_err(|e| exit(HOST, format!("reference {f}: {e}")))?;
-            let cl = crate::nix_inputs::closure(&BTreeSet::from([sp]))?;
-            requisites.insert(f, cl.iter().map(|p| p.absolute()).collect());
+/// What building needs: the stores, the map of imported Nix paths, the
+/// executor (absent for `--dry-run`).
+pub struct Builder<'a> {
+    pub cores: Option<u32>,
+    pub map: &'a NixPaths,
+    pub progress: Progress,
+    pub blobs: Arc<dyn BlobService>,
+    pub dirs: Arc<dyn DirectoryService>,
+    pub exec: Option<Executor>,
+}
+
+impl Builder<'_> {
+    /// The request for the `.drv` at `path`, its inputs imported. Inputs
+    /// missing from the local Nix store are one error naming them all.
+    pub async fn prepare(&self, path: &Path) -> anyhow::Result<Prepared> {
+        let drv = read_drv(path)?;
+        let mut missing = BTreeSet::new();
+        let roots = crate::nix_inputs::input_roots(&drv, &mut missing)?;
+        if !missing.is_empty() {
+            return Err(exit(
+                INVALID,
+                format!(
+                    "derivation {}: inputs missing from the local Nix store (build them with Nix first, or pass --build-inputs): {}",
+                    path.display(),
+                    missing.into_iter().collect::<Vec<_>>().join(", ")
+                ),
+            ));
         }
+        let closure = crate::nix_inputs::closure(&roots)?;
+        let (inputs, imported) = crate::nix_inputs::import_all(
+            &closure,
+            self.map,
+            &self.progress,
+            &self.blobs,
+            &self.dirs,
+        )
+        .await?;
+        let mut opts = RequestOptions::default();
+        if let Some(c) = self.cores {
+            opts.build_cores = c;
+        }
+        let req = build_request(&drv, &inputs, &opts)
+            .map_err(|e| exit(INVALID, format!("derivation {}: {e}", path.display())))?;
+        // A fixed output's declaration must be checkable before it runs.
+        if let (Some(fo), Some((_, out))) = (drv.fixed_output(), req.outputs.first()) {
+            needs_flat(&fo, out).map_err(|e| exit(INVALID, e))?;
+        }
+        checks::validate(&drv)
+            .map_err(|e| exit(INVALID, format!("derivation {}: {e}", path.display())))?;
+        Ok(Prepared { drv, req, imported })
     }
-    checks::check_references(&p.drv, outputs, &requisites).map_err(at)
-}
 
-/// The digest of a stored blob in `algo`, streamed.
-async fn blob_digest(
-    blobs: &dyn BlobService,
-    digest: &tvix_oci_castore::B3Digest,
-    algo: Algo,
-) -> anyhow::Result<Vec<u8>> {
-    use tokio::io::AsyncReadExt;
-    let mut rd = blobs
-        .open_read(digest)
-        .await
-        .with_context(|| format!("reading output blob {digest}"))?
-        .ok_or_else(|| exit(HOST, format!("output blob {digest} is not in the store")))?;
-    let mut h = algo.hasher();
-    let mut buf = vec![0u8; 64 << 10];
-    loop {
-        let n = rd
-            .read(&mut buf)
-            .await
-            .with_context(|| format!("reading output blob {digest}"))?;
-        if n == 0 {
-            return Ok(h.finish());
-        }
-        h.update(&buf[..n]);
+    /// Runs `p` (the `.drv` at `path`) and makes Nix's checks on its
+    /// outputs. A build failure carries exit code 1.
+    pub async fn run(&self, path: &Path, p: &Prepared) -> anyhow::Result<Built> {
+        let exec = self
+            .exec
+            .as_ref()
+            .ok_or_else(|| exit(HOST, "no executor to run builds with"))?;
+        let sink = self.progress.build(path.display().to_string());
+        let res = tokio::select! {
+            r = exec.build(&p.req.request, &sink) => r,
+            _ = crate::run::shutdown_signal() => return Err(exit(HOST, "interrupted; the build was stopped and cleaned up")),
+        };
+        drop(sink);
+        let res = res.map_err(|e| {
+            let code = if e.is_build_failure() {
+                BUILD_FAILED
+            } else {
+                HOST
+            };
+            exit(code, format!("{:#}", anyhow::Error::new(e)))
+        })?;
+        let outputs = nix_result(&p.req, &res)?;
+        crate::nix_checks::check_outputs(path, p, &res, &outputs, &*self.blobs).await?;
+        let nodes = p
+            .req
+            .outputs
+            .iter()
+            .zip(&res.build.outputs)
+            .map(|((name, _), (_, node))| (name.clone(), node.clone()))
+            .collect();
+        Ok(Built { outputs, nodes })
     }
 }
 
@@ -212,19 +193,79 @@ fn nix_result(req: &NixRequest, r: &BuildResult) -> anyhow::Result<BTreeMap<Stri
     nix_outputs(req, &built).map_err(|e| exit(HOST, e))
 }
 
+/// Builds the `index`-th derivation of the command line and does what
+/// the flags ask with its outputs; its line of the JSON result.
+async fn build_one(
+    args: &BuildArgs,
+    b: &Builder<'_>,
+    index: usize,
+    path: &Path,
+    prepared: Option<Prepared>,
+) -> anyhow::Result<serde_json::Value> {
+    let inputs_built = if args.build_inputs {
+        crate::build_inputs::build_missing(b, path).await?
+    } else {
+        vec![]
+    };
+    let p = match prepared {
+        Some(p) => p,
+        None => b.prepare(path).await?,
+    };
+    let built = b.run(path, &p).await?;
+    let mut j = json!({ "drvPath": path.display().to_string(), "outputs": built.outputs });
+    j["inputsImported"] = p.imported.into();
+    j["inputsReused"] = p
+        .req
+        .request
+        .inputs()
+        .len()
+        .saturating_sub(p.imported)
+        .into();
+    if args.build_inputs {
+        j["inputsBuilt"] = inputs_built.into();
+    }
+    if let Some(base) = &args.out_link {
+        let links =
+            crate::out_link::write(base, index, &built.nodes, b.blobs.clone(), &*b.dirs).await?;
+        j["outLinks"] = json!(links);
+    }
+    if args.register {
+        let done = crate::register::register(path, &built, b.blobs.clone(), &*b.dirs).await?;
+        j["registered"] = json!(done);
+    }
+    Ok(j)
+}
+
 pub async fn build(
     args: &BuildArgs,
     map: &NixPaths,
     blobs: Arc<dyn BlobService>,
     dirs: Arc<dyn DirectoryService>,
 ) -> anyhow::Result<()> {
-    let progress = Progress::new();
+    if let Some(base) = &args.out_link {
+        for (i, d) in args.drvs.iter().enumerate() {
+            crate::out_link::check_free(base, i, read_drv(d)?.outputs.keys())?;
+        }
+    }
+    let mut b = Builder {
+        cores: args.cores,
+        map,
+        progress: Progress::new(),
+        blobs: blobs.clone(),
+        dirs: dirs.clone(),
+        exec: None,
+    };
+    // Up front, so a missing input fails before anything runs; with
+    // --build-inputs, only once the inputs were built.
     let mut reqs = Vec::new();
     for d in &args.drvs {
-        reqs.push(prepare(d, args.cores, map, &progress, &blobs, &dirs).await?);
+        reqs.push(match args.build_inputs {
+            false => Some(b.prepare(d).await?),
+            true => None,
+        });
     }
     if args.dry_run {
-        for p in &reqs {
+        for p in reqs.iter().flatten() {
             println!("{}", p.req.request.to_json());
         }
         return Ok(());
@@ -236,41 +277,15 @@ pub async fn build(
             "derivations run with /bin/sh, but no sandbox shell was found: install busybox-static or pass --sandbox-shell",
         ));
     }
-    let exec = Executor::new(config, blobs.clone(), dirs);
+    b.exec = Some(Executor::new(config, blobs, dirs));
     let mut out = Vec::new();
     let mut worst = 0u8;
-    for (d, p) in args.drvs.iter().zip(&reqs) {
-        let r = &p.req;
-        let sink = progress.build(d.display().to_string());
-        let res = tokio::select! {
-            r = exec.build(&r.request, &sink) => r,
-            _ = crate::run::shutdown_signal() => return Err(exit(HOST, "interrupted; the build was stopped and cleaned up")),
-        };
-        drop(sink);
-        let checked = match res {
-            Ok(res) => match nix_result(r, &res) {
-                Ok(outputs) => check_outputs(d, p, &res, &outputs, &*blobs)
-                    .await
-                    .map(|()| outputs),
-                Err(e) => Err(e),
-            },
-            Err(e) => Err(e.into()),
-        };
-        match checked {
-            Ok(outputs) => {
-                let mut j = json!({ "drvPath": d.display().to_string(), "outputs": outputs });
-                j["inputsImported"] = p.imported.into();
-                j["inputsReused"] = r.request.inputs().len().saturating_sub(p.imported).into();
-                out.push(j);
-            }
+    for (i, (d, p)) in args.drvs.iter().zip(reqs).enumerate() {
+        match build_one(args, &b, i, d, p).await {
+            Ok(j) => out.push(j),
             Err(e) => {
-                let code = match e.downcast_ref::<tvix_oci_executor::BuildError>() {
-                    Some(b) if b.is_build_failure() => BUILD_FAILED,
-                    Some(_) => HOST,
-                    None => crate::exit::code_of(&e),
-                };
                 eprintln!("error: building {}: {e:#}", d.display());
-                worst = worst.max(code);
+                worst = worst.max(crate::exit::code_of(&e));
                 out.push(json!({ "drvPath": d.display().to_string(), "error": format!("{e:#}") }));
             }
         }

@@ -9,6 +9,9 @@
 
 mod common;
 use common::{assert_nothing_left, bin, can_build};
+/// `--out-link`, `--register`, `--build-inputs` against Nix.
+#[path = "nix_oracle/written.rs"]
+mod written;
 
 use std::collections::BTreeSet;
 use std::path::Path;

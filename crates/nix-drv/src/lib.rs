@@ -8,6 +8,7 @@ pub mod aterm;
 pub mod base32;
 pub mod checks;
 pub mod derivation;
+pub mod export;
 pub mod fixed;
 pub mod request;
 pub mod result;
