@@ -17,6 +17,7 @@
 mod bundle;
 mod census;
 pub mod cgroup;
+mod config;
 mod error;
 mod executor;
 pub mod grpc;
@@ -26,14 +27,18 @@ pub mod ingest;
 mod ingest_error;
 pub mod nar;
 mod overlay;
+mod pipeline;
 pub mod refscan;
 mod refscan_mask;
+mod result;
 pub mod ro_paths;
 pub mod rootless;
 pub mod runc;
 pub mod runtime_version;
 mod stale;
 
+pub use config::ExecutorConfig;
 pub use error::BuildError;
-pub use executor::{Accounting, BuildResult, Executor, ExecutorConfig, OutputInfo};
+pub use executor::Executor;
+pub use result::{Accounting, BuildResult, OutputInfo};
 pub use stale::cleanup_stale;

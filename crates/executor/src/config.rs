@@ -1,0 +1,76 @@
+//! [`ExecutorConfig`]: what the user of an executor sets. Its default does
+//! no IO but for finding the sandbox shell; what the host offers is
+//! checked by the executor when it builds (or `Executor::check_host`).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tvix_oci_fuse::BlobCache;
+use tvix_oci_spec::SpecOptions;
+
+use crate::idpool::IdPoolConfig;
+use crate::ingest::IngestLimits;
+
+/// How the executor runs builds.
+#[derive(Clone, Debug)]
+pub struct ExecutorConfig {
+    /// Where bundles are made (one directory per build, removed after).
+    pub bundle_root: PathBuf,
+    /// The OCI runtime (`runc` on PATH by default).
+    pub runtime: PathBuf,
+    /// Shell bound at `/bin/sh` for `provide_bin_sh` (a static busybox).
+    pub sandbox_shell: Option<PathBuf>,
+    /// Builds run at once; more wait.
+    pub concurrency: usize,
+    /// Keep each bundle after the build (for debugging).
+    pub keep_bundle: bool,
+    /// How long the build may take, from its container starting to its
+    /// outputs stored: the run and the ingestion of its outputs together.
+    pub timeout: Option<Duration>,
+    pub max_silent_time: Option<Duration>,
+    /// Bytes of log past which the build is killed.
+    pub log_limit: u64,
+    /// Caps on the outputs of one build, all outputs together.
+    pub ingest_limits: IngestLimits,
+    /// Cache for blobs fetched from a remote store.
+    pub blob_cache: Option<Arc<BlobCache>>,
+    /// Resource limits and the like for the container.
+    pub spec: SpecOptions,
+    /// Run builds rootless (see [`crate::rootless`]); by default when the
+    /// process is not root.
+    pub rootless: bool,
+    /// The host paths a request may name in `available_ro_paths` (exactly;
+    /// canonicalized when the executor is made); none by default. See
+    /// [`crate::ro_paths`].
+    pub allowed_ro_paths: Vec<PathBuf>,
+    /// As root, the host ids each build's user namespace maps to (see
+    /// [`crate::idpool`]).
+    pub id_pool: IdPoolConfig,
+}
+
+impl Default for ExecutorConfig {
+    fn default() -> Self {
+        let shell = ["/bin/busybox", "/usr/bin/busybox"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file());
+        Self {
+            bundle_root: crate::rootless::default_bundle_root(),
+            runtime: PathBuf::from("runc"),
+            sandbox_shell: shell,
+            concurrency: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            keep_bundle: false,
+            timeout: None,
+            max_silent_time: None,
+            log_limit: 100 << 20,
+            ingest_limits: IngestLimits::default(),
+            blob_cache: None,
+            spec: SpecOptions::default(),
+            // SAFETY: geteuid has no preconditions.
+            rootless: unsafe { libc::geteuid() } != 0,
+            allowed_ro_paths: Vec::new(),
+            id_pool: IdPoolConfig::default(),
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! Stage 3, [`Ran`]: the container runs in the sandbox; then it is
+//! deleted, the overlay and the inputs are unmounted (what the build left
+//! is in the bundle), and the run is judged ([`super::decide::judge`]):
+//! a store that failed under the build, or a FUSE daemon gone, is the
+//! host's fault whatever the build made of it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tracing::info;
+use tvix_oci_fuse::StatsSnapshot;
+use tvix_oci_spec::BuildRequest;
+
+use super::decide::{RunFacts, judge};
+use super::{Prepared, Sandbox};
+use crate::BuildError;
+use crate::cgroup::{BuildCgroup, Usage};
+use crate::runc::{Container, LogSink, Phase, Process, RunLimits, RunOutcome};
+
+/// A store call pending this long when the build ends means the store
+/// hung.
+const STORE_STALLED: Duration = Duration::from_secs(1);
+
+/// A run that went to its end and left its outputs in the bundle.
+#[derive(Debug)]
+pub(crate) struct Ran {
+    pub outcome: RunOutcome,
+    /// When `runc run` started (the build's timeout counts from there).
+    pub started: Instant,
+    /// The build's cgroup's figures (none without a cgroup).
+    pub usage: Usage,
+    /// What the inputs' FUSE daemon fetched and served.
+    pub fuse: StatsSnapshot,
+}
+
+impl Sandbox {
+    /// Stage 3: runs build `id` of `req` as `prepared` says, within
+    /// `limits`, its log and phases to `logs`; then tears down its
+    /// container and mounts and judges the run.
+    pub(crate) async fn run(
+        &mut self,
+        prepared: &Prepared,
+        req: &BuildRequest,
+        id: &str,
+        limits: RunLimits,
+        logs: &dyn LogSink,
+    ) -> Result<Ran, BuildError> {
+        let Some(mounts) = self.mounts.take() else {
+            return Err(BuildError::infra("the sandbox was already run"));
+        };
+        let state_root = prepared.rootless.as_ref().map(|r| r.runc_root.as_path());
+        let mut container = Container::new(&prepared.runc, state_root, id);
+        let cwd = format!("/{}", req.working_dir());
+        let process = Process {
+            builder: req.command_args().first().map_or("", String::as_str),
+            cwd: &cwd,
+        };
+        info!("running");
+        logs.phase(Phase::Running);
+        // Aborts the FUSE connection when a limit stops the build, and
+        // before the container is deleted when this future is dropped: a
+        // process blocked reading from a hung store then dies at once.
+        let aborted = AtomicBool::new(false);
+        let abort_inputs = || {
+            aborted.store(true, Ordering::Relaxed);
+            mounts.inputs.abort();
+        };
+        let abort_guard = OnDrop(Some(&abort_inputs));
+        let started = Instant::now();
+        let bundle = self.layout.dir();
+        let ran = crate::runc::run(&container, bundle, logs, limits, process, &abort_inputs).await;
+        abort_guard.disarm();
+        container.delete();
+        let usage = prepared
+            .cgroup
+            .as_ref()
+            .map(BuildCgroup::usage)
+            .unwrap_or_default();
+        let facts = RunFacts {
+            serving: mounts.inputs.is_serving(),
+            aborted: aborted.load(Ordering::Relaxed),
+            store_trouble: mounts.inputs.store_trouble(STORE_STALLED),
+            memory_limit: prepared.spec.resources.memory_bytes,
+            peak_memory: usage.peak_memory,
+        };
+        let fuse = unmount(mounts)?;
+        let outcome = judge(ran, facts)?;
+        Ok(Ran {
+            outcome,
+            started,
+            usage,
+            fuse,
+        })
+    }
+}
+
+/// Unmounts the overlay, then the inputs; what the inputs' daemon did.
+fn unmount(mounts: super::sandbox::Mounts) -> Result<StatsSnapshot, BuildError> {
+    if let Some(o) = mounts.overlay {
+        o.unmount().map_err(BuildError::infra)?;
+    }
+    let stats = mounts.inputs.stats();
+    mounts
+        .inputs
+        .unmount()
+        .map_err(|e| BuildError::infra(format!("unmounting the inputs: {e}")))?;
+    Ok(stats)
+}
+
+/// Runs a function when dropped, unless disarmed.
+struct OnDrop<'a>(Option<&'a (dyn Fn() + Sync)>);
+
+impl OnDrop<'_> {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for OnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
+}

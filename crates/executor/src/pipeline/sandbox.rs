@@ -1,0 +1,123 @@
+//! Stage 2, [`Sandbox`]: what one build's container runs in — its bundle
+//! directory and skeleton, the host paths it may read (cloned read-only),
+//! the inputs mounted lazily through FUSE and the overlay that makes the
+//! inputs dir writable. The fields are declared in teardown order (Rust
+//! drops them first to last): the mounts go before the bundle they are in.
+
+use std::sync::Arc;
+
+use tvix_oci_fuse::{BlobCache, InputsMount, MountOptions};
+use tvix_oci_spec::{BuildRequest, BundleLayout};
+
+use crate::bundle::BundleDir;
+use crate::overlay::Overlay;
+use crate::ro_paths::RoClones;
+use crate::{BuildError, Executor};
+
+use super::Prepared;
+
+/// The mounts of a running build, torn down after its container: the
+/// overlay, then the inputs under it.
+#[derive(Debug)]
+pub(crate) struct Mounts {
+    pub overlay: Option<Overlay>,
+    pub inputs: InputsMount,
+}
+
+/// A build's bundle with everything mounted in it.
+#[derive(Debug)]
+pub(crate) struct Sandbox {
+    /// Taken by [`Sandbox::run`], which unmounts them once the container is
+    /// gone; dropped here only when the build stops before that.
+    pub mounts: Option<Mounts>,
+    /// The host paths bound read-only, detached before the bundle goes.
+    pub _ro_clones: RoClones,
+    pub layout: BundleLayout,
+    /// Removed last, once nothing is mounted below it.
+    pub bundle: BundleDir,
+}
+
+impl Sandbox {
+    /// Stage 2: makes build `id`'s bundle under the executor's bundle root,
+    /// finishing `prepared.spec` with what depends on its path, and mounts
+    /// the inputs and the overlay. On failure, what was made is removed.
+    pub(crate) fn create(
+        exec: &Executor,
+        prepared: &mut Prepared,
+        req: &BuildRequest,
+        id: &str,
+    ) -> Result<Self, BuildError> {
+        let config = exec.config();
+        let mut bundle = BundleDir::create(&config.bundle_root, id, config.keep_bundle)?;
+        let layout = BundleLayout::new(bundle.path());
+        let spec = &mut prepared.spec;
+        let ro_clones = match &prepared.rootless {
+            Some(r) => {
+                bundle.set_rootless(r.clone());
+                spec.overlay_in_container = Some(bundle.path().to_owned());
+                spec.ro_mounts = crate::ro_paths::rootless_mounts(&prepared.ro_paths)?;
+                RoClones::default()
+            }
+            None => {
+                let (clones, mounts) = RoClones::attach(&layout, &prepared.ro_paths)?;
+                spec.ro_mounts = mounts;
+                clones
+            }
+        };
+        layout
+            .write_skeleton(req, spec)
+            .map_err(|e| BuildError::Host(e.to_string()))?;
+        let mut sandbox = Self {
+            mounts: None,
+            _ro_clones: ro_clones,
+            layout,
+            bundle,
+        };
+        sandbox.mounts = Some(sandbox.mount(exec, req, prepared.rootless.is_some())?);
+        Ok(sandbox)
+    }
+
+    /// Mounts the inputs at `inputs/` and, as root when the inputs dir is
+    /// writable, the overlay over them at `store/` (rootless, the
+    /// container mounts it itself).
+    fn mount(
+        &self,
+        exec: &Executor,
+        req: &BuildRequest,
+        rootless: bool,
+    ) -> Result<Mounts, BuildError> {
+        // Without a shared cache, the build's own lives in its bundle, so
+        // it goes with the bundle, even after a crash (the stale cleanup).
+        let cache = match &exec.config().blob_cache {
+            Some(c) => c.clone(),
+            None => {
+                let dir = self.bundle.path().join("blob-cache");
+                Arc::new(BlobCache::open(&dir, u64::MAX).map_err(|e| {
+                    BuildError::Host(format!("making the blob cache {}: {e}", dir.display()))
+                })?)
+            }
+        };
+        let mount_opts = MountOptions {
+            cache: Some(cache),
+            ..MountOptions::default()
+        };
+        let (blobs, dirs) = exec.stores();
+        let inputs = tvix_oci_fuse::mount(
+            blobs,
+            dirs,
+            req.inputs().to_vec(),
+            &self.layout.inputs(),
+            &mount_opts,
+        )
+        .map_err(|e| BuildError::infra(format!("mounting the inputs: {e}")))?;
+        let l = &self.layout;
+        let overlay = match req.inputs_dir_is_scratch() && !rootless {
+            true => Some(
+                Overlay::mount(&l.inputs(), &l.upper(), &l.work(), &l.store())
+                    .map_err(BuildError::infra)?,
+            ),
+            false => None,
+        };
+        Ok(Mounts { overlay, inputs })
+    }
+}
