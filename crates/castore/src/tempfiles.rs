@@ -70,12 +70,9 @@ fn owner_of(name: &str) -> Option<(i32, &str)> {
     Some((pid, host))
 }
 
-/// Whether process `pid` exists (signal 0 checks without sending; EPERM
-/// means it exists but is another user's).
+/// Whether process `pid` exists.
 fn alive(pid: i32) -> bool {
-    // SAFETY: kill with signal 0 sends nothing; no memory is involved.
-    let r = unsafe { libc::kill(pid, 0) };
-    r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+    u32::try_from(pid).is_ok_and(tvix_oci_sys::process::alive)
 }
 
 /// Removes the temp files in `dir` left by processes that are gone (see

@@ -16,8 +16,7 @@ fn data_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
         return PathBuf::from(d).join("tvix-oci-build");
     }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
+    if tvix_oci_sys::process::is_root() {
         return PathBuf::from("/var/lib/tvix-oci-build");
     }
     match std::env::var_os("HOME") {

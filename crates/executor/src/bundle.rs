@@ -32,8 +32,7 @@ impl BundleDir {
             .create(root)
             .map_err(host)?;
         let meta = std::fs::symlink_metadata(root).map_err(host)?;
-        // SAFETY: geteuid has no preconditions.
-        let me = unsafe { libc::geteuid() };
+        let me = nix::unistd::geteuid().as_raw();
         if !meta.is_dir() || meta.uid() != me {
             return Err(BuildError::Host(format!(
                 "the bundle root {} is not a directory of uid {me} (owner {}); choose another",
@@ -69,7 +68,7 @@ impl Drop for BundleDir {
             return;
         }
         // Never recurse into a mount: refuse if anything is still mounted below.
-        if let Ok(ms) = tvix_oci_fuse::mountinfo::mounts_below(&self.path)
+        if let Ok(ms) = tvix_oci_sys::mountinfo::mounts_below(&self.path)
             && !ms.is_empty()
         {
             warn!(path = %self.path.display(), "not removing the bundle: still mounted: {ms:?}");

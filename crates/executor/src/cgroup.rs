@@ -17,22 +17,18 @@ pub const PARENT: &str = "tvix-oci-build";
 
 /// The cgroup filesystems mounted here: (mount point, is v2, controllers).
 fn hierarchies() -> Vec<(PathBuf, bool, Vec<String>)> {
-    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
+    let Ok(mounts) = tvix_oci_sys::mountinfo::mounts() else {
         return Vec::new();
     };
-    text.lines()
-        .filter_map(|l| {
-            let (pre, post) = l.split_once(" - ")?;
-            let mp = pre.split(' ').nth(4)?;
-            let mut post = post.split(' ');
-            let fstype = post.next()?;
-            let opts = post.nth(1).unwrap_or("");
-            let mp = PathBuf::from(mp.replace("\\040", " "));
-            match fstype {
-                "cgroup2" => Some((mp, true, Vec::new())),
-                "cgroup" => Some((mp, false, opts.split(',').map(String::from).collect())),
-                _ => None,
+    mounts
+        .into_iter()
+        .filter_map(|m| match m.fs_type.as_str() {
+            "cgroup2" => Some((m.mount_point, true, Vec::new())),
+            "cgroup" => {
+                let controllers = m.super_options.split(',').map(String::from).collect();
+                Some((m.mount_point, false, controllers))
             }
+            _ => None,
         })
         .collect()
 }

@@ -67,8 +67,7 @@ impl Default for ExecutorConfig {
             ingest_limits: IngestLimits::default(),
             blob_cache: None,
             spec: SpecOptions::default(),
-            // SAFETY: geteuid has no preconditions.
-            rootless: unsafe { libc::geteuid() } != 0,
+            rootless: !tvix_oci_sys::process::is_root(),
             allowed_ro_paths: Vec::new(),
             id_pool: IdPoolConfig::default(),
         }

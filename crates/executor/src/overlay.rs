@@ -1,22 +1,16 @@
 //! The overlay that makes the inputs dir writable: lower = the FUSE inputs,
 //! upper = `outputs/upper`. An [`Overlay`] unmounts on drop.
 
-use std::ffi::CString;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use tracing::warn;
+use tvix_oci_sys::mount::MsFlags;
 
 /// A mounted overlay.
 #[derive(Debug)]
 pub struct Overlay {
     target: Option<PathBuf>,
-}
-
-fn cstr(p: &Path) -> io::Result<CString> {
-    CString::new(p.as_os_str().as_bytes())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
 }
 
 impl Overlay {
@@ -30,27 +24,8 @@ impl Overlay {
             upper.display(),
             work.display()
         );
-        let data =
-            CString::new(opts).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let (src, typ, dst) = (c"overlay", c"overlay", cstr(target)?);
-        let flags = libc::MS_NOSUID | libc::MS_NODEV;
-        // SAFETY: valid NUL-terminated strings.
-        let rc = unsafe {
-            libc::mount(
-                src.as_ptr(),
-                dst.as_ptr(),
-                typ.as_ptr(),
-                flags,
-                data.as_ptr().cast(),
-            )
-        };
-        if rc != 0 {
-            let e = io::Error::last_os_error();
-            return Err(io::Error::new(
-                e.kind(),
-                format!("mounting overlay at {}: {e}", target.display()),
-            ));
-        }
+        let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+        tvix_oci_sys::mount::mount("overlay", target, "overlay", flags, Some(&opts))?;
         Ok(Self {
             target: Some(target.to_owned()),
         })
@@ -65,21 +40,10 @@ impl Overlay {
         let Some(t) = self.target.take() else {
             return Ok(());
         };
-        let c = cstr(&t)?;
-        // SAFETY: a valid path.
-        if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
-            return Ok(());
+        if tvix_oci_sys::mount::unmount_or_detach(&t)? {
+            warn!(path = %t.display(), "overlay busy; detached");
         }
-        let first = io::Error::last_os_error();
-        // SAFETY: a valid path.
-        if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
-            warn!(path = %t.display(), "overlay busy ({first}); detached");
-            return Ok(());
-        }
-        Err(io::Error::new(
-            first.kind(),
-            format!("unmounting overlay at {}: {first}", t.display()),
-        ))
+        Ok(())
     }
 }
 

@@ -134,7 +134,7 @@ pub fn check(
 /// Rootless: the host paths themselves, refused where something is
 /// mounted below one (its flags would hold in the build).
 pub fn rootless_mounts(paths: &[Allowed]) -> Result<Vec<RoMount>, BuildError> {
-    let mounts = tvix_oci_fuse::mountinfo::mounts().map_err(BuildError::infra)?;
+    let mounts = tvix_oci_sys::mountinfo::mounts().map_err(BuildError::infra)?;
     paths
         .iter()
         .map(|a| {
@@ -212,7 +212,7 @@ impl Drop for RoClones {
     fn drop(&mut self) {
         for t in self.attached.iter().rev() {
             // MNT_DETACH takes the clone's whole tree.
-            if let Err(e) = nix::mount::umount2(t, nix::mount::MntFlags::MNT_DETACH) {
+            if let Err(e) = tvix_oci_sys::mount::detach(t) {
                 warn!(path = %t.display(), "detaching a read-only clone: {e}");
             }
         }

@@ -13,9 +13,7 @@ fn owner_pid(name: &str) -> Option<u32> {
     name.strip_prefix("tob-")?.split('-').next()?.parse().ok()
 }
 
-fn alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-}
+use tvix_oci_sys::process::alive;
 
 /// Detaches the read-only clones of host paths in bundle `dir` (see
 /// [`crate::ro_paths`]), each with its whole tree. First, and as a whole:
@@ -24,7 +22,7 @@ fn alive(pid: u32) -> bool {
 fn detach_ro_clones(dir: &Path) {
     let ro = dir.join(tvix_oci_spec::BundleLayout::RO);
     let depth = ro.components().count() + 1;
-    let mut tops: Vec<_> = tvix_oci_fuse::mountinfo::mounts_below(&ro)
+    let mut tops: Vec<_> = tvix_oci_sys::mountinfo::mounts_below(&ro)
         .unwrap_or_default()
         .into_iter()
         .filter(|m| m.mount_point.components().count() == depth)
@@ -32,7 +30,7 @@ fn detach_ro_clones(dir: &Path) {
         .collect();
     tops.dedup();
     for t in tops {
-        if let Err(err) = nix::mount::umount2(&t, nix::mount::MntFlags::MNT_DETACH) {
+        if let Err(err) = tvix_oci_sys::mount::detach(&t) {
             warn!(path = %t.display(), "detaching a stale read-only clone: {err}");
         }
     }
@@ -68,7 +66,7 @@ pub fn cleanup_stale(root: &Path, runc: &Path, rootless: Option<&Rootless>) -> u
             .stderr(std::process::Stdio::null())
             .status();
         detach_ro_clones(&dir);
-        let mut mounts = tvix_oci_fuse::mountinfo::mounts_below(&dir).unwrap_or_default();
+        let mut mounts = tvix_oci_sys::mountinfo::mounts_below(&dir).unwrap_or_default();
         mounts.sort_by_key(|m| std::cmp::Reverse(m.mount_point.components().count()));
         for m in &mounts {
             if m.fs_type.starts_with("fuse") {
@@ -77,14 +75,13 @@ pub fn cleanup_stale(root: &Path, runc: &Path, rootless: Option<&Rootless>) -> u
             let detached = if m.fs_type.starts_with("fuse") {
                 tvix_oci_fuse::detach(&m.mount_point)
             } else {
-                nix::mount::umount2(&m.mount_point, nix::mount::MntFlags::MNT_DETACH)
-                    .map_err(std::io::Error::from)
+                tvix_oci_sys::mount::detach(&m.mount_point).map_err(std::io::Error::from)
             };
             if let Err(err) = detached {
                 warn!(path = %m.mount_point.display(), "detaching a stale mount: {err}");
             }
         }
-        if tvix_oci_fuse::mountinfo::mounts_below(&dir).is_ok_and(|m| m.is_empty()) {
+        if tvix_oci_sys::mountinfo::mounts_below(&dir).is_ok_and(|m| m.is_empty()) {
             let removed = crate::bundle::remove_tree(&dir)
                 .or_else(|e| rootless.map_or(Err(e), |r| r.remove_tree(&dir)));
             match removed {

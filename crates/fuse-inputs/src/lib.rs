@@ -22,7 +22,9 @@ mod fs;
 pub mod handlers;
 mod inodes;
 mod mount;
-pub mod mountinfo;
+/// The mount table (kept here for the crates and tests that read it
+/// through this crate).
+pub use tvix_oci_sys::mountinfo;
 mod prefetch;
 mod reader;
 mod stats;

@@ -159,7 +159,7 @@ fn clean_stale(path: &Path) -> Result<(), MountError> {
 /// refuses; the setuid `fusermount3 -u -z` then does it, as for any FUSE
 /// mount of ours.
 pub fn detach(path: &Path) -> io::Result<()> {
-    match umount(path, libc::MNT_DETACH) {
+    match tvix_oci_sys::mount::detach(path) {
         Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
             let out = std::process::Command::new("fusermount3")
                 .args(["-u", "-z", "--"])
@@ -175,18 +175,7 @@ pub fn detach(path: &Path) -> io::Result<()> {
                 )))
             }
         }
-        other => other,
-    }
-}
-
-fn umount(path: &Path, flags: i32) -> io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
-    // SAFETY: a valid NUL-terminated path.
-    if unsafe { libc::umount2(c.as_ptr(), flags) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
+        other => other.map_err(io::Error::from),
     }
 }
 
@@ -197,22 +186,9 @@ const FUSECTL: &str = "/sys/fs/fuse/connections";
 fn ensure_fusectl() {
     let mounted = mountinfo::mounts().is_ok_and(|ms| ms.iter().any(|m| m.fs_type == "fusectl"));
     if !mounted {
-        let (src, dst, typ) = (c"fusectl", c"/sys/fs/fuse/connections", c"fusectl");
-        // SAFETY: valid NUL-terminated strings, no data argument.
-        let rc = unsafe {
-            libc::mount(
-                src.as_ptr(),
-                dst.as_ptr(),
-                typ.as_ptr(),
-                0,
-                std::ptr::null(),
-            )
-        };
-        if rc != 0 {
-            warn!(
-                "cannot mount fusectl at {FUSECTL}: {}",
-                io::Error::last_os_error()
-            );
+        let (flags, target) = (tvix_oci_sys::mount::MsFlags::empty(), Path::new(FUSECTL));
+        if let Err(e) = tvix_oci_sys::mount::mount("fusectl", target, "fusectl", flags, None) {
+            warn!("cannot mount the FUSE control filesystem: {e}");
         }
     }
 }
@@ -296,7 +272,7 @@ fn sweep_private_caches(root: &Path) {
         let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
             continue;
         };
-        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+        if pid != std::process::id() && !tvix_oci_sys::process::alive(pid) {
             match std::fs::remove_dir_all(e.path()) {
                 Ok(()) => {
                     info!(path = %e.path().display(), "removed the blob cache of a process that died")
@@ -372,8 +348,7 @@ pub fn mount(
         rt.clone(),
         (opts.uid, opts.gid),
         // Passthrough needs CAP_SYS_ADMIN: not root, the kernel refuses it.
-        // SAFETY: geteuid has no preconditions.
-        opts.passthrough && unsafe { libc::geteuid() } == 0,
+        opts.passthrough && tvix_oci_sys::process::is_root(),
         (opts.fetch_timeout, opts.fetch_idle),
         stats.clone(),
         closing.clone(),

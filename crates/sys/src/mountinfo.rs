@@ -1,5 +1,6 @@
 //! Reading `/proc/self/mountinfo`: which mounts exist, to find stale ones
-//! before mounting and to check that nothing is left behind after.
+//! before mounting, to find the cgroup hierarchies, and to check that
+//! nothing is left behind after.
 
 use std::path::{Path, PathBuf};
 
@@ -11,6 +12,8 @@ pub struct MountEntry {
     pub mount_point: PathBuf,
     pub fs_type: String,
     pub source: String,
+    /// The filesystem's own options (for cgroup v1: its controllers).
+    pub super_options: String,
 }
 
 /// Undoes mountinfo's octal escapes (`\040` for a space, …).
@@ -47,11 +50,13 @@ pub fn parse(text: &str) -> Vec<MountEntry> {
             let mut r = right.split(' ');
             let fs_type = r.next()?.to_owned();
             let source = unescape(r.next()?);
+            let super_options = r.next().unwrap_or_default().to_owned();
             Some(MountEntry {
                 minor,
                 mount_point: PathBuf::from(unescape(mount_point)),
                 fs_type,
                 source,
+                super_options,
             })
         })
         .collect()
