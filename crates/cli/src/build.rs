@@ -14,10 +14,12 @@ use serde_json::json;
 use tvix_oci_castore::Node;
 use tvix_oci_castore::blobservice::BlobService;
 use tvix_oci_castore::directoryservice::DirectoryService;
+use tvix_oci_executor::nar::{NarSink, NarWriter};
+use tvix_oci_executor::nar_node::write_node;
 use tvix_oci_executor::{BuildResult, Executor};
 use tvix_oci_nix::Derivation;
 use tvix_oci_nix::checks;
-use tvix_oci_nix::fixed::{Algo, Found, check, check_no_references, needs_flat};
+use tvix_oci_nix::fixed::{Algo, Found, Hasher, check, check_no_references, needs_flat};
 use tvix_oci_nix::request::{NixRequest, RequestOptions, build_request};
 use tvix_oci_nix::result::{BuiltOutput, NixOutput, nix_outputs};
 
@@ -115,6 +117,7 @@ async fn check_fixed(
     r: &BuildResult,
     outputs: &BTreeMap<String, NixOutput>,
     blobs: &dyn BlobService,
+    dirs: &dyn DirectoryService,
 ) -> anyhow::Result<()> {
     let (Some(fo), Some((_, path)), Some(info), Some((_, node))) = (
         drv.fixed_output(),
@@ -134,8 +137,10 @@ async fn check_fixed(
             } => Found::Flat(Some(blob_digest(blobs, digest, algo).await?)),
             _ => Found::Flat(None),
         }
+    } else if algo == Algo::Sha256 {
+        Found::Nar(info.nar_sha256.to_vec())
     } else {
-        Found::Nar(info.nar_sha256)
+        Found::Nar(nar_digest(node, algo, blobs, dirs).await?)
     };
     check(&fo, path, found).map_err(|e| exit(BUILD_FAILED, e))?;
     let refs = outputs
@@ -155,10 +160,11 @@ async fn check_outputs(
     r: &BuildResult,
     outputs: &BTreeMap<String, NixOutput>,
     blobs: &dyn BlobService,
+    dirs: &dyn DirectoryService,
 ) -> anyhow::Result<()> {
     let at = |e: checks::CheckError| exit(BUILD_FAILED, e);
     checks::check_cycles(&drv_path.display().to_string(), outputs).map_err(at)?;
-    check_fixed(&p.drv, &p.req, r, outputs, blobs).await?;
+    check_fixed(&p.drv, &p.req, r, outputs, blobs, dirs).await?;
     let mut requisites = BTreeMap::new();
     if checks::needs_requisites(&p.drv) {
         for f in checks::foreign_references(outputs) {
@@ -195,6 +201,28 @@ async fn blob_digest(
         }
         h.update(&buf[..n]);
     }
+}
+
+/// The digest in `algo` of the NAR of the stored output `node`, streamed
+/// out of the castore (ingestion hashed it in SHA-256 only).
+async fn nar_digest(
+    node: &Node,
+    algo: Algo,
+    blobs: &dyn BlobService,
+    dirs: &dyn DirectoryService,
+) -> anyhow::Result<Vec<u8>> {
+    /// The NAR writer's sink for any of the algorithms Nix declares.
+    struct Sink(Hasher);
+    impl NarSink for Sink {
+        fn update(&mut self, data: &[u8]) {
+            self.0.update(data);
+        }
+    }
+    let mut nar = NarWriter::with_sink(Sink(algo.hasher()));
+    write_node(&mut nar, node, blobs, dirs)
+        .await
+        .map_err(|e| exit(HOST, format!("hashing the NAR of the fixed output: {e}")))?;
+    Ok(nar.into_sink().0.0.finish())
 }
 
 /// One build's outputs in Nix's terms.
@@ -236,7 +264,7 @@ pub async fn build(
             "derivations run with /bin/sh, but no sandbox shell was found: install busybox-static or pass --sandbox-shell",
         ));
     }
-    let exec = Executor::new(config, blobs.clone(), dirs);
+    let exec = Executor::new(config, blobs.clone(), dirs.clone());
     let mut out = Vec::new();
     let mut worst = 0u8;
     for (d, p) in args.drvs.iter().zip(&reqs) {
@@ -249,7 +277,7 @@ pub async fn build(
         drop(sink);
         let checked = match res {
             Ok(res) => match nix_result(r, &res) {
-                Ok(outputs) => check_outputs(d, p, &res, &outputs, &*blobs)
+                Ok(outputs) => check_outputs(d, p, &res, &outputs, &*blobs, &*dirs)
                     .await
                     .map(|()| outputs),
                 Err(e) => Err(e),

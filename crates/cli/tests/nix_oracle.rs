@@ -48,6 +48,8 @@ const CASES: &[&str] = &[
     "chain3",
     "boundaries",
     "non-utf8",
+    "fod-rec-sha1",
+    "fod-rec-sha512",
 ];
 
 /// Attributes both Nix and we must refuse, each with the key phrase of
@@ -79,6 +81,8 @@ const REFUSED: &[(&str, &str, Option<&str>)] = &[
         "in the references of output 'dev' from output 'out'",
         None,
     ),
+    // Nix names the .drv only.
+    ("fod-rec-sha512-wrong", "hash mismatch", None),
 ];
 
 const EXPR: &str = r#"
@@ -166,6 +170,19 @@ in rec {
     list = [ "a" "b'c" 1 true null ]; amap = { k = "v"; n = 2; }; nested = { deep = [ [ 1 ] ]; };
     float = 1.5; uni = "ü\t\"\n"; outputs = [ "out" "doc" ];
     args = [ "-c" "PATH=${bb}/bin; o=${builtins.placeholder "out"}; mkdir $o ${builtins.placeholder "doc"}; cp /build/.attrs.json $o/json; cp /build/.attrs.sh $o/sh; env | grep -v ^NIX_ATTRS_ | sort > $o/env" ]; });
+  # Recursive (NAR) hashes in sha1 and sha512, as Nix 2.8 checks them.
+  fod-rec-sha1 = derivation (env // { name = "fod-rec-sha1"; args = [ "-c" "echo hi > $out" ];
+    outputHashMode = "recursive"; outputHashAlgo = "sha1";
+    outputHash = "fbf5d5c438217148bead15987295c3d3c447859c"; });
+  fod-rec-sha512 = derivation (env // { name = "fod-rec-sha512";
+    args = [ "-c" "mkdir $out $out/d; echo hi > $out/f; echo x > $out/d/g; ln -s f $out/l" ];
+    outputHashMode = "recursive";
+    outputHash = "sha512-by0nh3PPo+zLL3JOrh9nbhMJrCrGZ+FSgtYHwddt0faNZp2Z0RJEnEDSgIbxKGgXsy5g9EbR7LJt2qGzxji7eA=="; });
+  fod-rec-sha512-wrong = derivation (env // { name = "fod-rec-sha512-wrong";
+    args = [ "-c" "mkdir $out; echo hi > $out/f" ];
+    outputHashMode = "recursive"; outputHashAlgo = "sha512";
+    outputHash = "0000000000000000000000000000000000000000000000000000000000000000"
+      + "0000000000000000000000000000000000000000000000000000000000000000"; });
 }
 "#;
 

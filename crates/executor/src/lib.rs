@@ -25,6 +25,7 @@ pub mod idpool;
 pub mod ingest;
 mod ingest_error;
 pub mod nar;
+pub mod nar_node;
 mod overlay;
 pub mod refscan;
 mod refscan_mask;
