@@ -83,9 +83,17 @@ async fn prepare(
             ),
         ));
     }
+    let t = std::time::Instant::now();
     let closure = crate::nix_inputs::closure(&roots)?;
+    let queried = t.elapsed();
     let (inputs, imported) =
         crate::nix_inputs::import_all(&closure, map, progress, blobs, dirs).await?;
+    tracing::debug!(
+        "input closure of {}: {} paths ({imported} imported), nix-store --query --requisites {queried:?}, then NAR hashes, map and imports {:?}",
+        path.display(),
+        closure.len(),
+        t.elapsed() - queried
+    );
     let mut opts = RequestOptions::default();
     if let Some(c) = cores {
         opts.build_cores = c;
