@@ -120,7 +120,9 @@ impl Builder<'_> {
                 ),
             ));
         }
+        let t = std::time::Instant::now();
         let closure = crate::nix_inputs::closure(&roots)?;
+        let queried = t.elapsed();
         let (inputs, imported) = crate::nix_inputs::import_all(
             &closure,
             self.map,
@@ -129,6 +131,12 @@ impl Builder<'_> {
             &self.dirs,
         )
         .await?;
+        tracing::debug!(
+            "input closure of {}: {} paths ({imported} imported), nix-store --query --requisites {queried:?}, then NAR hashes, map and imports {:?}",
+            path.display(),
+            closure.len(),
+            t.elapsed() - queried
+        );
         let mut opts = RequestOptions::default();
         if let Some(c) = self.cores {
             opts.build_cores = c;
@@ -166,7 +174,8 @@ impl Builder<'_> {
             exit(code, format!("{:#}", anyhow::Error::new(e)))
         })?;
         let outputs = nix_result(&p.req, &res)?;
-        crate::nix_checks::check_outputs(path, p, &res, &outputs, &*self.blobs).await?;
+        crate::nix_checks::check_outputs(path, p, &res, &outputs, &*self.blobs, &*self.dirs)
+            .await?;
         let nodes = p
             .req
             .outputs

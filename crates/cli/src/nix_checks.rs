@@ -9,10 +9,13 @@ use std::path::Path;
 use anyhow::Context;
 use tvix_oci_castore::Node;
 use tvix_oci_castore::blobservice::BlobService;
+use tvix_oci_castore::directoryservice::DirectoryService;
 use tvix_oci_executor::BuildResult;
+use tvix_oci_executor::nar::{NarSink, NarWriter};
+use tvix_oci_executor::nar_node::write_node;
 use tvix_oci_nix::Derivation;
 use tvix_oci_nix::checks;
-use tvix_oci_nix::fixed::{Algo, Found, check, check_no_references, needs_flat};
+use tvix_oci_nix::fixed::{Algo, Found, Hasher, check, check_no_references, needs_flat};
 use tvix_oci_nix::request::NixRequest;
 use tvix_oci_nix::result::NixOutput;
 
@@ -27,6 +30,7 @@ async fn check_fixed(
     r: &BuildResult,
     outputs: &BTreeMap<String, NixOutput>,
     blobs: &dyn BlobService,
+    dirs: &dyn DirectoryService,
 ) -> anyhow::Result<()> {
     let (Some(fo), Some((_, path)), Some(info), Some((_, node))) = (
         drv.fixed_output(),
@@ -46,8 +50,10 @@ async fn check_fixed(
             } => Found::Flat(Some(blob_digest(blobs, digest, algo).await?)),
             _ => Found::Flat(None),
         }
+    } else if algo == Algo::Sha256 {
+        Found::Nar(info.nar_sha256.to_vec())
     } else {
-        Found::Nar(info.nar_sha256)
+        Found::Nar(nar_digest(node, algo, blobs, dirs).await?)
     };
     check(&fo, path, found).map_err(|e| exit(BUILD_FAILED, e))?;
     let refs = outputs
@@ -67,10 +73,11 @@ pub async fn check_outputs(
     r: &BuildResult,
     outputs: &BTreeMap<String, NixOutput>,
     blobs: &dyn BlobService,
+    dirs: &dyn DirectoryService,
 ) -> anyhow::Result<()> {
     let at = |e: checks::CheckError| exit(BUILD_FAILED, e);
     checks::check_cycles(&drv_path.display().to_string(), outputs).map_err(at)?;
-    check_fixed(&p.drv, &p.req, r, outputs, blobs).await?;
+    check_fixed(&p.drv, &p.req, r, outputs, blobs, dirs).await?;
     let mut requisites = BTreeMap::new();
     if checks::needs_requisites(&p.drv) {
         for f in checks::foreign_references(outputs) {
@@ -81,6 +88,28 @@ pub async fn check_outputs(
         }
     }
     checks::check_references(&p.drv, outputs, &requisites).map_err(at)
+}
+
+/// The digest in `algo` of the NAR of the stored output `node`, streamed
+/// out of the castore (ingestion hashed it in SHA-256 only).
+async fn nar_digest(
+    node: &Node,
+    algo: Algo,
+    blobs: &dyn BlobService,
+    dirs: &dyn DirectoryService,
+) -> anyhow::Result<Vec<u8>> {
+    /// The NAR writer's sink for any of the algorithms Nix declares.
+    struct Sink(Hasher);
+    impl NarSink for Sink {
+        fn update(&mut self, data: &[u8]) {
+            self.0.update(data);
+        }
+    }
+    let mut nar = NarWriter::with_sink(Sink(algo.hasher()));
+    write_node(&mut nar, node, blobs, dirs)
+        .await
+        .map_err(|e| exit(HOST, format!("hashing the NAR of the fixed output: {e}")))?;
+    Ok(nar.into_sink().0.0.finish())
 }
 
 /// The digest of a stored blob in `algo`, streamed.

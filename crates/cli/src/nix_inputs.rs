@@ -101,10 +101,12 @@ pub async fn import_all(
 ) -> anyhow::Result<(BTreeMap<StorePath, Node>, usize)> {
     let list: Vec<StorePath> = paths.iter().cloned().collect();
     // Without Nix's NAR hashes the map cannot be trusted: import all.
+    let t = std::time::Instant::now();
     let hashes = crate::nix_paths::nar_hashes(&list).unwrap_or_else(|e| {
         tracing::warn!("not reusing imported inputs: {e}");
         vec![]
     });
+    tracing::debug!("nix-store --query --hash: {:?}", t.elapsed());
     let mut m = BTreeMap::new();
     let mut imported = 0;
     for (i, p) in list.iter().enumerate() {

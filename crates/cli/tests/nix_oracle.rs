@@ -3,12 +3,14 @@
 //! `builtins.path`, no nixpkgs, no network) are built by `nix-build`, in
 //! its sandbox, and by `tvix-oci-build build <the .drv>`; each output's
 //! NAR hash and NAR size must be identical, and its references too
-//! (exactly: an output refers to itself only where Nix says so). Skips, saying why, where Nix or the sandbox
-//! facilities are absent. Nix's store is the host's /nix/store.
+//! (exactly: an output refers to itself only where Nix says so). Skips,
+//! saying why, where the sandbox facilities are absent; where Nix is
+//! absent or unusable, outside CI only (CI installs Nix: there it fails).
+//! Nix's store is the host's /nix/store.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-use common::{assert_nothing_left, bin, can_build};
+use common::{assert_nothing_left, bin, can_build, skip_or_fail};
 /// `--out-link`, `--register`, `--build-inputs` against Nix.
 #[path = "nix_oracle/written.rs"]
 mod written;
@@ -51,6 +53,8 @@ const CASES: &[&str] = &[
     "chain3",
     "boundaries",
     "non-utf8",
+    "fod-rec-sha1",
+    "fod-rec-sha512",
 ];
 
 /// Attributes both Nix and we must refuse, each with the key phrase of
@@ -82,6 +86,8 @@ const REFUSED: &[(&str, &str, Option<&str>)] = &[
         "in the references of output 'dev' from output 'out'",
         None,
     ),
+    // Nix names the .drv only.
+    ("fod-rec-sha512-wrong", "hash mismatch", None),
 ];
 
 const EXPR: &str = r#"
@@ -169,6 +175,19 @@ in rec {
     list = [ "a" "b'c" 1 true null ]; amap = { k = "v"; n = 2; }; nested = { deep = [ [ 1 ] ]; };
     float = 1.5; uni = "ü\t\"\n"; outputs = [ "out" "doc" ];
     args = [ "-c" "PATH=${bb}/bin; o=${builtins.placeholder "out"}; mkdir $o ${builtins.placeholder "doc"}; cp /build/.attrs.json $o/json; cp /build/.attrs.sh $o/sh; env | grep -v ^NIX_ATTRS_ | sort > $o/env" ]; });
+  # Recursive (NAR) hashes in sha1 and sha512, as Nix 2.8 checks them.
+  fod-rec-sha1 = derivation (env // { name = "fod-rec-sha1"; args = [ "-c" "echo hi > $out" ];
+    outputHashMode = "recursive"; outputHashAlgo = "sha1";
+    outputHash = "fbf5d5c438217148bead15987295c3d3c447859c"; });
+  fod-rec-sha512 = derivation (env // { name = "fod-rec-sha512";
+    args = [ "-c" "mkdir $out $out/d; echo hi > $out/f; echo x > $out/d/g; ln -s f $out/l" ];
+    outputHashMode = "recursive";
+    outputHash = "sha512-by0nh3PPo+zLL3JOrh9nbhMJrCrGZ+FSgtYHwddt0faNZp2Z0RJEnEDSgIbxKGgXsy5g9EbR7LJt2qGzxji7eA=="; });
+  fod-rec-sha512-wrong = derivation (env // { name = "fod-rec-sha512-wrong";
+    args = [ "-c" "mkdir $out; echo hi > $out/f" ];
+    outputHashMode = "recursive"; outputHashAlgo = "sha512";
+    outputHash = "0000000000000000000000000000000000000000000000000000000000000000"
+      + "0000000000000000000000000000000000000000000000000000000000000000"; });
 }
 "#;
 
@@ -189,6 +208,22 @@ fn nix_missing() -> Option<String> {
             "Nix is not installed ({e}); .ci/install-deps installs nix-bin"
         )),
     }
+}
+
+/// Whether the oracle cannot run here, printing why: skipped where the
+/// build facilities are absent (not root, no FUSE, no busybox); where Nix
+/// is absent or unusable, skipped outside CI only (CI installs Nix:
+/// [`skip_or_fail`]).
+fn oracle_absent() -> bool {
+    if let Some(why) = can_build() {
+        println!("SKIPPED: {why}");
+        return true;
+    }
+    if let Some(why) = nix_missing() {
+        skip_or_fail(&why);
+        return true;
+    }
+    false
 }
 
 fn nix(conf: &Path, args: &[&str]) -> String {
@@ -246,8 +281,7 @@ fn refs(list: &str) -> BTreeSet<String> {
 
 #[test]
 fn nix_and_we_build_the_same_outputs() {
-    if let Some(why) = can_build().or_else(nix_missing) {
-        println!("SKIPPED: {why}");
+    if oracle_absent() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -336,8 +370,7 @@ fn nix_and_we_build_the_same_outputs() {
 /// here (exit 1, the mismatch named); it got the network on that promise.
 #[test]
 fn a_fixed_output_with_the_wrong_hash_fails_as_in_nix() {
-    if let Some(why) = can_build().or_else(nix_missing) {
-        println!("SKIPPED: {why}");
+    if oracle_absent() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -381,8 +414,7 @@ fn a_fixed_output_with_the_wrong_hash_fails_as_in_nix() {
 /// key phrase, the output and the offending path Nix names.
 #[test]
 fn what_nix_refuses_after_a_build_we_refuse() {
-    if let Some(why) = can_build().or_else(nix_missing) {
-        println!("SKIPPED: {why}");
+    if oracle_absent() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -446,8 +478,7 @@ fn what_nix_refuses_after_a_build_we_refuse() {
 /// node map in the data dir answers, and the result is the same.
 #[test]
 fn a_second_build_imports_nothing() {
-    if let Some(why) = can_build().or_else(nix_missing) {
-        println!("SKIPPED: {why}");
+    if oracle_absent() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

@@ -26,6 +26,7 @@ pub mod idpool;
 pub mod ingest;
 mod ingest_error;
 pub mod nar;
+pub mod nar_node;
 mod overlay;
 mod pipeline;
 pub mod refscan;

@@ -1,13 +1,30 @@
 //! The NAR serialisation, hashed as it streams: what a Nix store needs to
 //! register an output (its NAR SHA-256 and size), computed in the same pass
-//! that ingests the output, without writing the NAR anywhere.
+//! that ingests the output, without writing the NAR anywhere. The writer
+//! feeds any [`NarSink`] (another digest, for a fixed output declared in
+//! sha1 or sha512; see [`crate::nar_node`]).
 
 use sha2::{Digest, Sha256};
 
-/// Feeds the NAR of one tree, in order, into SHA-256.
+/// Where the NAR's bytes go, in order.
+pub trait NarSink {
+    /// The next bytes of the NAR.
+    fn update(&mut self, data: &[u8]);
+}
+
+impl NarSink for Sha256 {
+    fn update(&mut self, data: &[u8]) {
+        Digest::update(self, data);
+    }
+}
+
+/// The NAR of one tree fed, in order, into SHA-256.
+pub type NarHasher = NarWriter<Sha256>;
+
+/// Feeds the NAR of one tree, in order, into a [`NarSink`].
 #[derive(Debug, Clone)]
-pub struct NarHasher {
-    sha: Sha256,
+pub struct NarWriter<S> {
+    sink: S,
     size: u64,
     /// Bytes of the current file's contents still to come.
     pending: u64,
@@ -15,10 +32,24 @@ pub struct NarHasher {
     file_len: u64,
 }
 
-impl Default for NarHasher {
+impl<S: NarSink + Default> Default for NarWriter<S> {
     fn default() -> Self {
+        Self::with_sink(S::default())
+    }
+}
+
+impl NarWriter<Sha256> {
+    /// The NAR's SHA-256 and size.
+    pub fn finish(self) -> ([u8; 32], u64) {
+        (self.sink.finalize().into(), self.size)
+    }
+}
+
+impl<S: NarSink> NarWriter<S> {
+    /// A new tree into `sink`, starting with the magic.
+    pub fn with_sink(sink: S) -> Self {
         let mut h = Self {
-            sha: Sha256::new(),
+            sink,
             size: 0,
             pending: 0,
             file_len: 0,
@@ -26,11 +57,14 @@ impl Default for NarHasher {
         h.str(b"nix-archive-1");
         h
     }
-}
 
-impl NarHasher {
+    /// The sink, having taken the whole NAR, and the NAR's size.
+    pub fn into_sink(self) -> (S, u64) {
+        (self.sink, self.size)
+    }
+
     fn raw(&mut self, b: &[u8]) {
-        self.sha.update(b);
+        self.sink.update(b);
         self.size += b.len() as u64;
     }
 
@@ -45,9 +79,12 @@ impl NarHasher {
         self.pad(s.len() as u64);
     }
 
-    /// A new tree: `NarHasher::default()` starts with the magic.
-    pub fn new() -> Self {
-        Self::default()
+    /// A new tree into a fresh sink, starting with the magic.
+    pub fn new() -> Self
+    where
+        S: Default,
+    {
+        Self::with_sink(S::default())
     }
 
     /// Opens a directory node.
@@ -114,11 +151,6 @@ impl NarHasher {
         self.pad(self.file_len);
         self.str(b")");
         ok
-    }
-
-    /// The NAR's SHA-256 and size.
-    pub fn finish(self) -> ([u8; 32], u64) {
-        (self.sha.finalize().into(), self.size)
     }
 }
 

@@ -503,3 +503,48 @@ async fn ingestion_ends_by_the_deadline() {
         "output nix/store/out at f: the store did not answer before the build's timeout of 3s ran out"
     );
 }
+
+/// The NAR streamed back out of the castore node (what a fixed output in
+/// sha1 or sha512 is checked with) is the NAR of the tree, byte for byte;
+/// a blob the store lost is named by its path in the output.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_nar_of_a_stored_node_is_the_nar_of_the_tree() {
+    use tvix_oci_executor::nar::{NarSink, NarWriter};
+    use tvix_oci_executor::nar_node::{NarNodeError, write_node};
+
+    #[derive(Default)]
+    struct Collect(Vec<u8>);
+    impl NarSink for Collect {
+        fn update(&mut self, data: &[u8]) {
+            self.0.extend_from_slice(data);
+        }
+    }
+
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    output_tree(&out);
+    std::fs::write(tmp.path().join("single"), b"hi\n").unwrap();
+    std::os::unix::fs::symlink("../x", tmp.path().join("link")).unwrap();
+    for p in [out, tmp.path().join("single"), tmp.path().join("link")] {
+        let (blobs, dirs) = stores();
+        let node = import_path(blobs.clone(), &*dirs, &p, &ImportOptions::default())
+            .await
+            .unwrap();
+        let mut nar = NarWriter::<Collect>::new();
+        write_node(&mut nar, &node, &*blobs, &*dirs).await.unwrap();
+        let (got, size) = nar.into_sink();
+        let want = naive_nar(&p);
+        assert_eq!(size, want.len() as u64, "{}", p.display());
+        assert!(got.0 == want, "{}: NARs differ", p.display());
+
+        if matches!(node, Node::Directory { .. }) {
+            let (empty, _) = stores();
+            let mut nar = NarWriter::<Collect>::new();
+            let e = write_node(&mut nar, &node, &*empty, &*dirs)
+                .await
+                .unwrap_err();
+            assert!(matches!(e, NarNodeError::MissingBlob { .. }), "{e}");
+            assert!(e.to_string().starts_with("bin/tool: blob "), "{e}");
+        }
+    }
+}

@@ -83,8 +83,9 @@ impl Hasher {
 /// What was found of the output.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Found {
-    /// The sha256 of its NAR (always known).
-    Nar([u8; 32]),
+    /// For a recursive hash: the digest (in the declared algorithm) of its
+    /// NAR.
+    Nar(Vec<u8>),
     /// For a flat hash: the digest (in the declared algorithm) of the
     /// file's contents, or `None` when the output is not a regular,
     /// non-executable file.
@@ -103,7 +104,7 @@ pub enum FixedError {
     #[error("fixed output {0} should be a non-executable regular file, since its hash is flat")]
     NotAFlatFile(String),
     #[error(
-        "fixed output {path}: hash {algo} in mode {mode:?} is not supported (sha1, sha256 or sha512 flat; sha256 recursive)"
+        "fixed output {path}: hash {algo} in mode {mode:?} is not supported (sha1, sha256 or sha512, flat or recursive)"
     )]
     Unsupported {
         path: String,
@@ -122,8 +123,9 @@ pub enum FixedError {
     References { path: String, refs: Vec<String> },
 }
 
-/// What the check needs hashed: `Ok((true, algo))` the flat file's
-/// contents with `algo`, `Ok((false, _))` the NAR (sha256); an error where
+/// What the check needs hashed with `algo`: `Ok((true, algo))` the flat
+/// file's contents, `Ok((false, algo))` the output's NAR (as Nix 2.8 does
+/// for `outputHashMode = "recursive"` in any of the three); an error where
 /// the declaration cannot be checked.
 pub fn needs_flat(fo: &FixedOutput, path: &StorePath) -> Result<(bool, Algo), FixedError> {
     expected(fo, path).map(|(a, _)| (fo.mode == HashMode::Flat, a))
@@ -162,7 +164,7 @@ fn expected(fo: &FixedOutput, path: &StorePath) -> Result<(Algo, Vec<u8>), Fixed
         mode: fo.mode,
     };
     let algo = Algo::parse(&fo.algo).ok_or_else(unsupported)?;
-    if fo.mode == HashMode::Text || (fo.mode == HashMode::Recursive && algo != Algo::Sha256) {
+    if fo.mode == HashMode::Text {
         return Err(unsupported());
     }
     let h = parse_hash(&fo.algo, &fo.hash).ok_or_else(|| FixedError::BadHash {
@@ -177,7 +179,7 @@ fn expected(fo: &FixedOutput, path: &StorePath) -> Result<(Algo, Vec<u8>), Fixed
 pub fn check(fo: &FixedOutput, path: &StorePath, found: Found) -> Result<(), FixedError> {
     let (algo, want) = expected(fo, path)?;
     let got = match (fo.mode, found) {
-        (HashMode::Recursive, Found::Nar(h)) => h.to_vec(),
+        (HashMode::Recursive, Found::Nar(h)) => h,
         (HashMode::Flat, Found::Flat(Some(h))) => h,
         (HashMode::Flat, Found::Flat(None)) => {
             return Err(FixedError::NotAFlatFile(path.absolute()));
@@ -243,9 +245,8 @@ mod tests {
             Err(FixedError::NotAFlatFile(_))
         ));
         let rec = fo(HashMode::Recursive, "sha256", hex);
-        let arr: [u8; 32] = hi.clone().try_into().unwrap();
-        assert_eq!(check(&rec, &p, Found::Nar(arr)), Ok(()));
-        assert!(check(&rec, &p, Found::Nar([1; 32])).is_err());
+        assert_eq!(check(&rec, &p, Found::Nar(hi.clone())), Ok(()));
+        assert!(check(&rec, &p, Found::Nar(vec![1; 32])).is_err());
         assert!(matches!(
             check(
                 &fo(HashMode::Flat, "sha256", "xyz"),
@@ -254,7 +255,16 @@ mod tests {
             ),
             Err(FixedError::BadHash { .. })
         ));
-        for (mode, algo) in [(HashMode::Flat, "md5"), (HashMode::Recursive, "sha512")] {
+        // Recursive in sha1 and sha512 too (Nix 2.8 builds both): the NAR
+        // is hashed in the declared algorithm.
+        for (algo, n) in [(Algo::Sha1, 20), (Algo::Sha512, 64)] {
+            let rec = fo(HashMode::Recursive, algo.name(), &"0".repeat(2 * n));
+            assert_eq!(needs_flat(&rec, &p).unwrap(), (false, algo));
+            assert_eq!(check(&rec, &p, Found::Nar(vec![0; n])), Ok(()));
+            let e = check(&rec, &p, Found::Nar(vec![1; n])).unwrap_err();
+            assert!(e.to_string().contains(&format!("{}:", algo.name())), "{e}");
+        }
+        for (mode, algo) in [(HashMode::Flat, "md5"), (HashMode::Text, "sha256")] {
             assert!(matches!(
                 needs_flat(&fo(mode, algo, hex), &p),
                 Err(FixedError::Unsupported { .. })

@@ -25,6 +25,24 @@ pub fn can_build() -> Option<String> {
     None
 }
 
+/// Whether this runs in CI: the variable `CI` set (CI sets `CI=true`),
+/// and not to `false` or `0`.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+/// A test skipping because a facility CI installs (Nix, the busybox the
+/// fixtures were made with) is absent or unusable: outside CI it prints
+/// why and the caller returns; in CI (see [`in_ci`]) a skip would pass
+/// unseen, so it panics with the reason instead.
+pub fn skip_or_fail(reason: &str) {
+    assert!(
+        !in_ci(),
+        "CI must run this test, but it would be skipped: {reason}"
+    );
+    println!("SKIPPED: {reason}");
+}
+
 /// A dir holding bin/busybox, the build's toolchain.
 pub fn busybox_tree(tmp: &Path) -> std::path::PathBuf {
     let t = tmp.join("bb");
