@@ -121,7 +121,7 @@ impl Builder<'_> {
             ));
         }
         let t = std::time::Instant::now();
-        let closure = crate::nix_inputs::closure(&roots)?;
+        let closure = crate::nix_inputs::closure_with_hashes(&roots)?;
         let queried = t.elapsed();
         let (inputs, imported) = crate::nix_inputs::import_all(
             &closure,
@@ -132,9 +132,9 @@ impl Builder<'_> {
         )
         .await?;
         tracing::debug!(
-            "input closure of {}: {} paths ({imported} imported), nix-store --query --requisites {queried:?}, then NAR hashes, map and imports {:?}",
+            "input closure of {}: {} paths ({imported} imported), found in {queried:?}, then NAR hashes, map and imports {:?}",
             path.display(),
-            closure.len(),
+            closure.paths.len(),
             t.elapsed() - queried
         );
         let mut opts = RequestOptions::default();

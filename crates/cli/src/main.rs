@@ -11,6 +11,7 @@ mod build;
 mod build_inputs;
 mod exit;
 mod nix_checks;
+mod nix_db;
 mod nix_inputs;
 mod nix_paths;
 mod out_link;

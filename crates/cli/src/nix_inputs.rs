@@ -55,6 +55,32 @@ pub fn input_roots(
     Ok(roots)
 }
 
+/// The closure of `roots` in the local Nix store, with each path's NAR
+/// hash where Nix's database could be read (else the hashes are asked of
+/// `nix-store` when they are needed).
+pub struct Closure {
+    pub paths: BTreeSet<StorePath>,
+    pub hashes: Option<BTreeMap<StorePath, String>>,
+}
+
+/// The closure of `roots`: from Nix's database in one query, or else from
+/// `nix-store --query --requisites`.
+pub fn closure_with_hashes(roots: &BTreeSet<StorePath>) -> anyhow::Result<Closure> {
+    match crate::nix_db::closure(roots) {
+        Ok(hashes) => Ok(Closure {
+            paths: hashes.keys().cloned().collect(),
+            hashes: Some(hashes),
+        }),
+        Err(e) => {
+            tracing::debug!("asking nix-store instead: {e:#}");
+            Ok(Closure {
+                paths: closure(roots)?,
+                hashes: None,
+            })
+        }
+    }
+}
+
 /// The closure of `roots` in the local Nix store.
 pub fn closure(roots: &BTreeSet<StorePath>) -> anyhow::Result<BTreeSet<StorePath>> {
     if roots.is_empty() {
@@ -93,20 +119,27 @@ pub fn closure(roots: &BTreeSet<StorePath>) -> anyhow::Result<BTreeSet<StorePath
 /// Imports each path of `paths` from /nix/store, but those `map` knows;
 /// returns the nodes and how many were imported.
 pub async fn import_all(
-    paths: &BTreeSet<StorePath>,
+    closure: &Closure,
     map: &NixPaths,
     progress: &Progress,
     blobs: &Arc<dyn BlobService>,
     dirs: &Arc<dyn DirectoryService>,
 ) -> anyhow::Result<(BTreeMap<StorePath, Node>, usize)> {
-    let list: Vec<StorePath> = paths.iter().cloned().collect();
+    let list: Vec<StorePath> = closure.paths.iter().cloned().collect();
     // Without Nix's NAR hashes the map cannot be trusted: import all.
-    let t = std::time::Instant::now();
-    let hashes = crate::nix_paths::nar_hashes(&list).unwrap_or_else(|e| {
-        tracing::warn!("not reusing imported inputs: {e}");
-        vec![]
-    });
-    tracing::debug!("nix-store --query --hash: {:?}", t.elapsed());
+    let hashes = match &closure.hashes {
+        // Every path of a closure read from the database has its hash.
+        Some(h) => list.iter().filter_map(|p| h.get(p).cloned()).collect(),
+        None => {
+            let t = std::time::Instant::now();
+            let hashes = crate::nix_paths::nar_hashes(&list).unwrap_or_else(|e| {
+                tracing::warn!("not reusing imported inputs: {e}");
+                vec![]
+            });
+            tracing::debug!("nix-store --query --hash: {:?}", t.elapsed());
+            hashes
+        }
+    };
     let mut m = BTreeMap::new();
     let mut imported = 0;
     for (i, p) in list.iter().enumerate() {
