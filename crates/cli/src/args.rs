@@ -83,7 +83,7 @@ pub enum Command {
     /// path, NAR hash, NAR size and references as JSON.
     ///
     /// Example: tvix-oci-build build $(nix-instantiate hello.nix)
-    Build(Box<crate::build::BuildArgs>),
+    Build(Box<crate::commands::BuildArgs>),
     /// Print the OCI runtime config.json a request would run with, without
     /// running it.
     ///

@@ -10,7 +10,7 @@ use anyhow::Context;
 use serde_json::json;
 use tvix_oci_nix::{Derivation, StorePath};
 
-use crate::build::{Builder, read_drv};
+use crate::commands::{Builder, read_drv};
 use crate::register::{invalid_paths, register};
 
 /// The input derivations of `drv` to build before it: those with a used

@@ -7,8 +7,8 @@ use clap::Parser;
 
 mod args;
 mod browse;
-mod build;
 mod build_inputs;
+mod commands;
 mod exit;
 mod nix_checks;
 mod nix_db;
@@ -17,8 +17,6 @@ mod nix_paths;
 mod out_link;
 mod progress;
 mod register;
-mod run;
-mod serve;
 mod store;
 
 fn main() -> ExitCode {
@@ -39,7 +37,7 @@ fn main() -> ExitCode {
             return ExitCode::from(3);
         }
     };
-    match rt.block_on(store::run(cli)) {
+    match rt.block_on(commands::dispatch(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let msg = format!("{e:#}");

@@ -19,7 +19,7 @@ use tvix_oci_nix::fixed::{Algo, Found, Hasher, check, check_no_references, needs
 use tvix_oci_nix::request::NixRequest;
 use tvix_oci_nix::result::NixOutput;
 
-use crate::build::Prepared;
+use crate::commands::Prepared;
 use crate::exit::{BUILD_FAILED, HOST, INVALID, exit};
 
 /// A fixed output's hash against its declaration, and no references

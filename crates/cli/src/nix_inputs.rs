@@ -13,7 +13,7 @@ use tvix_oci_castore::directoryservice::DirectoryService;
 use tvix_oci_castore::import::{ImportOptions, import_path};
 use tvix_oci_nix::{Derivation, StorePath};
 
-use crate::build::read_drv;
+use crate::commands::read_drv;
 use crate::exit::{HOST, INVALID, exit};
 use crate::nix_paths::NixPaths;
 use crate::progress::Progress;

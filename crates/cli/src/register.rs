@@ -21,7 +21,7 @@ use tvix_oci_nix::StorePath;
 use tvix_oci_nix::export::{path_header, path_trailer, stream_end};
 use tvix_oci_nix::result::NixOutput;
 
-use crate::build::Built;
+use crate::commands::Built;
 use crate::exit::{HOST, exit};
 
 /// What became of one output.

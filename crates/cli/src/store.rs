@@ -1,18 +1,18 @@
-//! The store commands: opening the configured stores, import and export.
+//! The stores every command works on: the embedded one under the data dir
+//! by default, or the URLs the flags and `BLOB_SERVICE_ADDR` /
+//! `DIRECTORY_SERVICE_ADDR` name, opened with the store timeouts.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use tvix_oci_castore::blobservice::BlobService;
 use tvix_oci_castore::directoryservice::DirectoryService;
-use tvix_oci_castore::export::export_node;
-use tvix_oci_castore::import::{ImportOptions, import_path};
-use tvix_oci_castore::{Node, open_blob_service_with, open_directory_service_with};
+use tvix_oci_castore::{open_blob_service_with, open_directory_service_with};
 
-use crate::args::{Cli, Command};
+use crate::args::Cli;
 
 /// Where the embedded store lives by default.
-fn data_dir() -> PathBuf {
+pub fn data_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
         return PathBuf::from(d).join("tvix-oci-build");
     }
@@ -46,64 +46,4 @@ pub async fn open_stores(
     let blobs = open_blob_service_with(&b, cli.store_timeouts()).await?;
     let dirs = open_directory_service_with(&d, cli.store_timeouts()).await?;
     Ok((blobs, dirs))
-}
-
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    if let Command::Spec { request, limits } = &cli.command {
-        return crate::browse::spec(request, &limits.limits());
-    }
-    let (blobs, dirs) = open_stores(&cli)
-        .await
-        .map_err(|e| crate::exit::exit(crate::exit::HOST, e))?;
-    match &cli.command {
-        Command::Run(args) => crate::run::run(args, blobs, dirs).await?,
-        Command::Build(args) => {
-            let (b, d) = store_urls(&cli);
-            let map = crate::nix_paths::NixPaths::new(&data_dir(), &b, &d);
-            crate::build::build(args, &map, blobs, dirs).await?
-        }
-        Command::Spec { .. } => {}
-        Command::Ls { node } => crate::browse::ls(node, &*blobs, &*dirs).await?,
-        Command::Cat { node } => crate::browse::cat(node, &*blobs, &*dirs).await?,
-        Command::Mount { args } => crate::browse::mount(args, blobs, dirs).await?,
-        Command::Import { paths } => {
-            let progress = crate::progress::Progress::new();
-            for p in paths {
-                crate::exit::must_exist(p)?;
-                let opts = ImportOptions {
-                    observer: progress.import(p),
-                    ..ImportOptions::default()
-                };
-                let node = import_path(blobs.clone(), &*dirs, p, &opts).await?;
-                println!("{}\t{}", p.display(), describe(&node));
-            }
-        }
-        Command::Serve {
-            listen,
-            upload_idle_timeout,
-            exec,
-        } => crate::serve::serve(listen, *upload_idle_timeout, exec, blobs, dirs).await?,
-        Command::Export { digest, dest } => {
-            let node = crate::browse::resolve(digest, &*blobs, &*dirs).await?;
-            export_node(blobs, &*dirs, &node, dest).await?;
-        }
-    }
-    Ok(())
-}
-
-fn describe(node: &Node) -> String {
-    match node {
-        Node::Directory { digest, size } => format!("directory {digest} size {size}"),
-        Node::File {
-            digest,
-            size,
-            executable,
-        } => {
-            format!(
-                "file {digest} size {size}{}",
-                if *executable { " executable" } else { "" }
-            )
-        }
-        Node::Symlink { target } => format!("symlink -> {target}"),
-    }
 }

@@ -1,12 +1,15 @@
 //! [`BuildResult`]: what a finished build returns next to the wire
 //! `Build` — per output its NAR hash and size and where each needle was
-//! found, and the build's [`Accounting`].
+//! found, and the build's [`Accounting`] — and its JSON shape
+//! ([`BuildResult::to_json`]), as `tvix-oci-build run` prints it.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use serde_json::json;
 use tvix_oci_spec::Build;
+use tvix_oci_spec::json::JsonBuild;
 
 /// What one output was, next to the `Build`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,4 +68,55 @@ impl Accounting {
             input_bytes_served: ran.fuse.bytes_served,
         }
     }
+}
+
+impl BuildResult {
+    /// The result as JSON: the `Build` (as [`JsonBuild`]), per output its
+    /// NAR hash (hex) and size, the needles found (by value) and the first
+    /// path each was found in, and the accounting in milliseconds and
+    /// bytes.
+    pub fn to_json(&self) -> serde_json::Value {
+        let needles = self.build.request.refscan_needles();
+        let outputs: Vec<_> = self
+            .outputs
+            .iter()
+            .zip(&self.build.outputs_needles)
+            .map(|(o, idx)| {
+                let found_in: BTreeMap<_, _> = o
+                    .needle_paths
+                    .iter()
+                    .map(|(i, p)| {
+                        let needle = needles.get(*i).cloned().unwrap_or_default();
+                        (needle, p.display().to_string())
+                    })
+                    .collect();
+                json!({
+                    "nar_sha256": hex(&o.nar_sha256),
+                    "nar_size": o.nar_size,
+                    "needles": idx.iter().filter_map(|&i| needles.get(i as usize)).collect::<Vec<_>>(),
+                    "needles_found_in": found_in,
+                })
+            })
+            .collect();
+        let a = &self.accounting;
+        let ms = |d: Duration| d.as_millis() as u64;
+        json!({
+            "build": JsonBuild::from(&self.build),
+            "outputs": outputs,
+            "accounting": {
+                "wall_ms": ms(a.wall),
+                "to_first_instruction_ms": a.to_first_instruction.map(ms),
+                "run_wall_ms": ms(a.run_wall),
+                "cpu_ms": ms(a.cpu),
+                "max_rss_bytes": a.max_rss,
+                "peak_memory_bytes": a.peak_memory,
+                "input_bytes_fetched": a.input_bytes_fetched,
+                "input_bytes_served": a.input_bytes_served,
+            },
+        })
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }

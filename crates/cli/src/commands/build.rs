@@ -162,7 +162,7 @@ impl Builder<'_> {
         let sink = self.progress.build(path.display().to_string());
         let res = tokio::select! {
             r = exec.build(&p.req.request, &sink) => r,
-            _ = crate::run::shutdown_signal() => return Err(exit(HOST, "interrupted; the build was stopped and cleaned up")),
+            _ = crate::commands::shutdown_signal() => return Err(exit(HOST, "interrupted; the build was stopped and cleaned up")),
         };
         drop(sink);
         let res = res.map_err(|e| {

@@ -16,8 +16,8 @@ use tvix_oci_executor::Executor;
 use tvix_oci_executor::grpc::GrpcBuildServer;
 
 use crate::args::ExecArgs;
+use crate::commands::shutdown_signal;
 use crate::exit::{HOST, INVALID, exit};
-use crate::run::shutdown_signal;
 
 /// Serves until Ctrl-C or SIGTERM. Builds in flight are then stopped and
 /// cleaned up (their clients see the call fail). An upload silent for

@@ -13,7 +13,7 @@ use tvix_oci_castore::blobservice::BlobService;
 use tvix_oci_castore::directoryservice::DirectoryService;
 use tvix_oci_castore::import::{ImportOptions, import_path};
 use tvix_oci_executor::{BuildResult, Executor, ExecutorConfig};
-use tvix_oci_spec::json::{JsonBuild, JsonError};
+use tvix_oci_spec::json::JsonError;
 use tvix_oci_spec::proto::{self, build_request as br};
 use tvix_oci_spec::{BuildRequest, Problems, RequestLimits};
 
@@ -157,44 +157,6 @@ async fn request_from_flags(
     BuildRequest::validate(p, &args.exec.limits.limits()).map_err(invalid)
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// The result as JSON: the Build, needles by index and value, per output
-/// its NAR hash and size, and the accounting.
-fn result_json(r: &BuildResult) -> serde_json::Value {
-    let needles = r.build.request.refscan_needles();
-    let outputs: Vec<_> = r
-        .outputs
-        .iter()
-        .zip(&r.build.outputs_needles)
-        .map(|(o, idx)| {
-            json!({
-                "nar_sha256": hex(&o.nar_sha256),
-                "nar_size": o.nar_size,
-                "needles": idx.iter().filter_map(|&i| needles.get(i as usize)).collect::<Vec<_>>(),
-                "needles_found_in": o.needle_paths.iter().map(|(i, p)| (needles.get(*i).cloned().unwrap_or_default(), p.display().to_string())).collect::<std::collections::BTreeMap<_, _>>(),
-            })
-        })
-        .collect();
-    let a = &r.accounting;
-    json!({
-        "build": JsonBuild::from(&r.build),
-        "outputs": outputs,
-        "accounting": {
-            "wall_ms": a.wall.as_millis() as u64,
-            "to_first_instruction_ms": a.to_first_instruction.map(|d| d.as_millis() as u64),
-            "run_wall_ms": a.run_wall.as_millis() as u64,
-            "cpu_ms": a.cpu.as_millis() as u64,
-            "max_rss_bytes": a.max_rss,
-            "peak_memory_bytes": a.peak_memory,
-            "input_bytes_fetched": a.input_bytes_fetched,
-            "input_bytes_served": a.input_bytes_served,
-        },
-    })
-}
-
 pub async fn run(
     args: &RunArgs,
     blobs: Arc<dyn BlobService>,
@@ -244,7 +206,7 @@ pub async fn run(
     let mut out = Vec::new();
     for (i, r) in results.into_iter().enumerate() {
         match r {
-            Ok(res) => out.push(result_json(&res)),
+            Ok(res) => out.push(BuildResult::to_json(&res)),
             Err(e) => {
                 let code = if e.is_build_failure() {
                     BUILD_FAILED
