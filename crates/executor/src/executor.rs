@@ -226,6 +226,16 @@ impl Executor {
         }
         let mut spec_opts = self.config.spec.clone();
         spec_opts.sandbox_shell = self.config.sandbox_shell.clone();
+        if spec_opts.open_files.is_none() {
+            spec_opts.open_files = Some(host::open_files()?);
+        }
+        // /dev/shm: half of the RAM as in Nix, within the memory limit.
+        if spec_opts.shm_bytes.is_none() {
+            spec_opts.shm_bytes = spec_opts
+                .resources
+                .memory_bytes
+                .and_then(|m| u64::try_from(m).ok());
+        }
         let rootless = if self.config.rootless {
             Some(match self.rootless.get() {
                 Some(r) => r.clone(),
