@@ -187,6 +187,31 @@ fn pump(
     });
 }
 
+/// Makes `cmd` run with address space randomization off, as Nix runs its
+/// builders (`personality(ADDR_NO_RANDOMIZE)`, for reproducibility).
+/// runc 1.1 has no way to set it (its spec's `linux.personality` is
+/// ignored, and later runc only takes the execution domain), but the
+/// personality is inherited across fork and exec, and runc leaves it as
+/// it is: set in runc's process, it is the builder's.
+fn no_aslr(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: between fork and exec only the async-signal-safe
+    // personality(2) runs, on this process's own state.
+    unsafe {
+        cmd.pre_exec(|| {
+            let current = libc::personality(0xffff_ffff);
+            if current == -1
+                || libc::personality(
+                    (current as libc::c_ulong) | libc::ADDR_NO_RANDOMIZE as libc::c_ulong,
+                ) == -1
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Waits for `pid` and returns its status and resource usage.
 fn wait4(pid: u32) -> std::io::Result<(std::process::ExitStatus, libc::rusage)> {
     let mut status = 0;
@@ -290,9 +315,8 @@ pub async fn run(
 ) -> Result<RunOutcome, BuildError> {
     let start = Instant::now();
     let pid_file = bundle.join("runc.pid");
-    let mut child = container
-        .command()
-        .arg("run")
+    let mut cmd = container.command();
+    cmd.arg("run")
         .arg("--bundle")
         .arg(bundle)
         .arg("--pid-file")
@@ -300,7 +324,9 @@ pub async fn run(
         .arg(&container.id)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::piped());
+    no_aslr(&mut cmd);
+    let mut child = cmd
         .spawn()
         .map_err(|e| BuildError::infra(format!("starting {}: {e}", container.runc.display())))?;
     let (tx, mut rx) = mpsc::channel(64);

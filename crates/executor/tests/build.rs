@@ -596,7 +596,7 @@ async fn the_entries_limit_holds_for_all_outputs_before_any_is_stored() {
 /// The rows of Nix's sandbox a build can see, as checked against Debian's
 /// Nix 2.8 (the full comparison: `crates/cli/tests/nix_oracle.rs`): the
 /// executor's open-files limit, no core dumps, `/build` the build user's
-/// 0700, `/dev/shm` a tmpfs that allows exec, no `/sys`.
+/// 0700, `/dev/shm` a tmpfs that allows exec, no `/sys`, ASLR off.
 #[tokio::test(flavor = "multi_thread")]
 async fn limits_and_dirs_are_nixs() {
     need_runtime!();
@@ -606,7 +606,8 @@ async fn limits_and_dirs_are_nixs() {
          stat -c '%a %u %g' /build > build; \
          cp /nix/store/*-busybox/bin/busybox /dev/shm/busybox; /dev/shm/busybox true && echo exec-ok > shm; \
          stat -f -c %T /dev/shm >> shm; \
-         test -e /sys && echo present > sys || echo absent > sys";
+         test -e /sys && echo present > sys || echo absent > sys; \
+         cat /proc/self/personality > aslr; grep stack /proc/self/maps >> aslr; grep stack /proc/self/maps >> aslr";
     let req = e.request(script, &["build/o"], |_| {});
     let res = e.executor(|_| {}).build(&req, &NoLogs).await.unwrap();
     let out = &res.build.outputs[0].1;
@@ -628,5 +629,11 @@ async fn limits_and_dirs_are_nixs() {
     assert_eq!(file_of(&e, out, "build").await, b"700 1000 100\n");
     assert_eq!(file_of(&e, out, "shm").await, b"exec-ok\ntmpfs\n");
     assert_eq!(file_of(&e, out, "sys").await, b"absent\n");
+    // ASLR off (ADDR_NO_RANDOMIZE): two processes, one stack address.
+    let aslr = String::from_utf8(file_of(&e, out, "aslr").await).unwrap();
+    let lines: Vec<&str> = aslr.lines().collect();
+    assert_eq!(lines.len(), 3, "{aslr}");
+    assert_eq!(lines[0], "00040000", "{aslr}");
+    assert_eq!(lines[1], lines[2], "the stack moved: {aslr}");
     e.assert_clean();
 }
