@@ -17,6 +17,7 @@
 mod bundle;
 mod census;
 pub mod cgroup;
+mod console;
 mod error;
 mod executor;
 pub mod grpc;

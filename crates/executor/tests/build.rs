@@ -319,18 +319,34 @@ async fn silence_and_log_limits_kill_the_build() {
 async fn a_build_killed_by_a_signal_says_which() {
     need_runtime!();
     let e = env().await;
-    // (The shell is the namespace's init, which SIGKILL from inside cannot
-    // kill: a child shell dies instead, and its status is passed on.)
+    // The builder's own status, as Nix reports it: a shell passing on its
+    // child's death by SIGKILL exits with code 137, and that is what it
+    // is. (The shell is the namespace's init, which SIGKILL from inside
+    // cannot kill.)
     let req = e.request(
         &format!("/nix/store/{BB}/bin/busybox sh -c 'kill -9 $$'; exit $?"),
         &["build/x"],
         |_| {},
     );
     let err = e.executor(|_| {}).build(&req, &NoLogs).await.unwrap_err();
+    assert!(matches!(err, BuildError::Failed { code: 137, .. }), "{err}");
+    // A builder that closes its stdout and stderr and goes on is killed,
+    // as Nix kills it ("failed due to signal 9 (Killed)"), at once.
+    let req = e.request(
+        &format!("echo closing; exec >&- 2>&-; /nix/store/{BB}/bin/busybox sleep 30"),
+        &["build/x"],
+        |_| {},
+    );
+    let t = std::time::Instant::now();
+    let logs = Collect::default();
+    let err = e.executor(|_| {}).build(&req, &logs).await.unwrap_err();
     assert!(
         matches!(err, BuildError::Signaled { signal: 9, .. }),
         "{err}"
     );
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    let log = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    assert!(log.contains("closing"), "{log}");
     e.assert_clean();
 }
 
@@ -635,5 +651,26 @@ async fn limits_and_dirs_are_nixs() {
     assert_eq!(lines.len(), 3, "{aslr}");
     assert_eq!(lines[0], "00040000", "{aslr}");
     assert_eq!(lines[1], lines[2], "the stack moved: {aslr}");
+    e.assert_clean();
+}
+
+/// As in Nix, the builder's stdout and stderr are one pseudo-terminal in
+/// raw mode (`isatty` true, no `\r` added) and its stdin `/dev/null`:
+/// what it writes to both comes in write order.
+#[tokio::test(flavor = "multi_thread")]
+async fn stdout_and_stderr_are_one_pty_in_write_order() {
+    need_runtime!();
+    let e = env().await;
+    let script = "for i in 1 2 3 4 5; do echo out$i; echo err$i >&2; done; \
+         for fd in 0 1 2; do if [ -t $fd ]; then echo $fd:tty; else echo $fd:notty; fi; done; \
+         cat; echo stdin-eof $?";
+    let req = e.request(script, &[], |_| {});
+    let logs = Collect::default();
+    e.executor(|_| {}).build(&req, &logs).await.unwrap();
+    let log = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    assert_eq!(
+        log,
+        "out1\nerr1\nout2\nerr2\nout3\nerr3\nout4\nerr4\nout5\nerr5\n0:notty\n1:tty\n2:tty\nstdin-eof 0\n"
+    );
     e.assert_clean();
 }
