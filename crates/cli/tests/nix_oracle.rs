@@ -3,10 +3,12 @@
 //! `builtins.path`, no nixpkgs, no network) are built by `nix-build`, in
 //! its sandbox, and by `tvix-oci-build build <the .drv>`; each output's
 //! NAR hash and NAR size must be identical, and its references too
-//! (exactly: an output refers to itself only where Nix says so). Skips,
-//! saying why, where the sandbox facilities are absent; where Nix is
-//! absent or unusable, outside CI only (CI installs Nix: there it fails).
-//! Nix's store is the host's /nix/store.
+//! (exactly: an output refers to itself only where Nix says so), and a
+//! report of what the sandbox looks like from inside must be Nix's but
+//! for the lines of [`SANDBOX_DIFFERENCES`]. Skips, saying why, where the
+//! sandbox facilities are absent; where Nix is absent or unusable, outside
+//! CI only (CI installs Nix: there it fails). Nix's store is the host's
+//! /nix/store.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -21,8 +23,8 @@ use std::process::Command;
 
 /// The applets the derivations use, as symlinks beside busybox.
 const APPLETS: &[&str] = &[
-    "cat", "chmod", "cp", "echo", "env", "grep", "head", "ln", "mkdir", "printf", "sh", "sort",
-    "touch", "yes",
+    "awk", "cat", "chmod", "cp", "echo", "env", "grep", "head", "id", "ln", "mkdir", "mv",
+    "printf", "rm", "sh", "sort", "stat", "touch", "yes",
 ];
 
 /// The attributes of [`EXPR`] built.
@@ -165,6 +167,29 @@ in rec {
     args = [ "-c" "PATH=${bb}/bin; echo ${bb} > ${builtins.placeholder "out"}" ]; });
   cycle = derivation (env // { name = "cycle"; outputs = [ "out" "dev" ];
     args = [ "-c" "mkdir $out $dev; echo $dev > $out/p; echo $out > $dev/p" ]; });
+  # What a build sees, one fact a line (see SANDBOX_DIFFERENCES).
+  sandbox-report = mk "sandbox-report" ''
+    for fd in 0 1 2; do if [ -t $fd ]; then echo "isatty $fd: yes" >> $out; else echo "isatty $fd: no" >> $out; fi; done
+    {
+      env | sort | sed 's/^/env /'
+      echo "id $(id)"
+      ulimit -a | sed 's/^/ulimit /'
+      grep -E '^(Cap|Seccomp|NoNewPrivs)' /proc/self/status | sed 's/^/status /'
+      awk '{ for (i = 7; i <= NF; i++) if ($i == "-") print "mount " $5 " " $(i + 1) }' /proc/self/mountinfo | sort
+      for d in / /dev /tmp /build; do
+        cd $d; for f in .* *; do stat -c "ls $d %A %U %G %N" "$f"; done
+      done
+      cd /build
+      stat -c 'store %a %U %G' /nix/store
+      stat -f -c 'shm %T %b' /dev/shm
+      echo "personality $(cat /proc/self/personality)"
+      rm -f ${bb}/bin/sh 2>&1 | sed 's/^/rm-input /'
+      mv ${bb} /nix/store/renamed 2>&1 | sed 's/^/mv-input /'
+      mkdir /nix/store/new-dir && echo "mkdir-in-store ok"
+      rm -r /nix/store/new-dir
+    } >> $out 2>&1
+    echo "=== sandbox report"; cat $out; echo "=== end"
+  '';
   name-ref = mk "name-ref" "mkdir $out; touch $out/${baseNameOf "${bb}"}.marker";
   big = mk "big" "yes 0123456789abcdef | head -c 3000000 > $out; echo $out >> $out";
   env-dump = mk "env-dump" "env | sort > $out";
@@ -562,4 +587,218 @@ fn a_malformed_drv_is_named_with_its_offset() {
         err.contains("bad.drv") && err.contains("at byte 15"),
         "{err}"
     );
+}
+
+/// Which report holds a line the other lacks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Only {
+    Nix,
+    Ours,
+}
+
+/// One deliberate difference of our sandbox from Nix's.
+enum Diff {
+    /// A line only one report holds.
+    Line(Only, &'static str, &'static str),
+    /// Text of ours that Nix spells `nix`, in every line (the reason last).
+    Rewrite(&'static str, &'static str, &'static str),
+}
+
+const ROOT_OWNER: &str = "files of root: ours belong to the container's root (mapped, to the id pool slot's base id), Nix's to the host's root, which its user namespace leaves unmapped (nobody); neither is the build user";
+const ROOT_DIR: &str = "the root dir: ours is read-only, written by the executor and holds nothing private (0755); Nix's chroot dir is its build group's, 0750";
+const KVM: &str = "host: Nix 2.8 binds /dev/kvm whenever the host has it; we bind it only when the request asks for it and the operator allows it (--allow-ro-path /dev/kvm)";
+const INPUTS: &str = "the store dir: one overlay of the lazily fetched inputs (FUSE) and the outputs, where Nix binds each input on a directory";
+const PROC: &str = "runc's and Docker's hardening of /proc (masked and read-only paths), which Nix leaves as it is";
+const DEV: &str = "runc's /dev: a tmpfs with the same device nodes bound, and the ipc namespace's POSIX message queues at /dev/mqueue";
+
+/// Every deliberate difference of the sandbox report (the
+/// `sandbox-report` derivation) from Nix's, with its reason: the one list
+/// of them (mirrored in SECURITY.md). `$BB` stands for the busybox input's
+/// store path. Reasons starting `host:` hold only where the host has the
+/// thing (`/dev/kvm`).
+const SANDBOX_DIFFERENCES: &[Diff] = &[
+    Diff::Rewrite(" root root ", " nobody nogroup ", ROOT_OWNER),
+    Diff::Rewrite(" root nixbld", " nobody nixbld", ROOT_OWNER),
+    Diff::Line(Only::Nix, "ls / drwxr-x--- nobody nixbld .", ROOT_DIR),
+    Diff::Line(Only::Nix, "ls / drwxr-x--- nobody nixbld ..", ROOT_DIR),
+    Diff::Line(Only::Nix, "ls /build drwxr-x--- nobody nixbld ..", ROOT_DIR),
+    Diff::Line(Only::Nix, "ls /dev drwxr-x--- nobody nixbld ..", ROOT_DIR),
+    Diff::Line(Only::Nix, "ls /tmp drwxr-x--- nobody nixbld ..", ROOT_DIR),
+    Diff::Line(Only::Ours, "ls / drwxr-xr-x nobody nogroup .", ROOT_DIR),
+    Diff::Line(Only::Ours, "ls / drwxr-xr-x nobody nogroup ..", ROOT_DIR),
+    Diff::Line(
+        Only::Ours,
+        "ls /build drwxr-xr-x nobody nogroup ..",
+        ROOT_DIR,
+    ),
+    Diff::Line(Only::Ours, "ls /dev drwxr-xr-x nobody nogroup ..", ROOT_DIR),
+    Diff::Line(Only::Ours, "ls /tmp drwxr-xr-x nobody nogroup ..", ROOT_DIR),
+    Diff::Line(Only::Nix, "ls /dev crw------- nobody nogroup kvm", KVM),
+    Diff::Line(Only::Nix, "mount /dev/kvm devtmpfs", KVM),
+    Diff::Line(Only::Nix, "mount $BB ext4", INPUTS),
+    Diff::Line(Only::Nix, "mount /nix/store ext4", INPUTS),
+    Diff::Line(Only::Ours, "mount /nix/store overlay", INPUTS),
+    Diff::Line(
+        Only::Nix,
+        "status CapBnd:\t000001ffffffffff",
+        "the capability bounding set: ours holds only CAP_AUDIT_WRITE and CAP_KILL, Nix's all; neither build has any capability in effect",
+    ),
+    Diff::Line(
+        Only::Ours,
+        "status CapBnd:\t0000000020000020",
+        "see the line above",
+    ),
+    Diff::Line(
+        Only::Ours,
+        "ls / drwxr-xr-x nobody nogroup bin",
+        "build binds the sandbox shell (a static busybox) at /bin/sh, as Nix's sandbox-paths does where Nix was built with a sandbox shell (Debian's was not)",
+    ),
+    Diff::Line(Only::Ours, "mount /bin/sh ext4", "see the line above"),
+    Diff::Line(Only::Ours, "mount /dev tmpfs", DEV),
+    Diff::Line(Only::Ours, "mount /dev/mqueue mqueue", DEV),
+    Diff::Line(Only::Ours, "ls /dev drwxrwxrwt root nogroup mqueue", DEV),
+    Diff::Line(
+        Only::Nix,
+        "ls /dev lrwxrwxrwx nobody nogroup 'ptmx' -> '/dev/pts/ptmx'",
+        "runc's /dev/ptmx link is relative: the same target",
+    ),
+    Diff::Line(
+        Only::Ours,
+        "ls /dev lrwxrwxrwx nobody nogroup 'ptmx' -> 'pts/ptmx'",
+        "see the line above",
+    ),
+    Diff::Line(
+        Only::Ours,
+        "mount /tmp ext4",
+        "/tmp: ours is a dir of the bundle bound there, Nix's a dir of its chroot, both on disk",
+    ),
+    Diff::Line(Only::Ours, "mount /proc/acpi tmpfs", PROC),
+    Diff::Line(Only::Ours, "mount /proc/bus proc", PROC),
+    Diff::Line(Only::Ours, "mount /proc/fs proc", PROC),
+    Diff::Line(Only::Ours, "mount /proc/interrupts devtmpfs", PROC),
+    Diff::Line(Only::Ours, "mount /proc/irq proc", PROC),
+    Diff::Line(Only::Ours, "mount /proc/keys devtmpfs", PROC),
+    Diff::Line(Only::Ours, "mount /proc/sys proc", PROC),
+    Diff::Line(Only::Ours, "mount /proc/timer_list devtmpfs", PROC),
+];
+
+/// The report between the markers of `text`, the busybox path as `$BB`.
+fn report_of(text: &str, bb: &str) -> Vec<String> {
+    text.lines()
+        .skip_while(|l| *l != "=== sandbox report")
+        .skip(1)
+        .take_while(|l| *l != "=== end")
+        .map(|l| l.replace(bb, "$BB"))
+        .collect()
+}
+
+/// What a build sees, line by line (environment, ids, limits,
+/// capabilities, seccomp, mounts, the root's, `/dev`'s, `/tmp`'s and
+/// `/build`'s listings, the store dir's mode, `/dev/shm`, `isatty` of
+/// fds 0-2, the personality, what deleting or renaming an input does), is
+/// Nix's but for [`SANDBOX_DIFFERENCES`], exactly.
+#[test]
+fn the_sandbox_report_is_nixs_but_for_the_listed_lines() {
+    if oracle_absent() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let conf = nix_conf(tmp.path());
+    let file = expression(tmp.path());
+    let file = file.to_str().unwrap();
+    let drv = nix(&conf, &["nix-instantiate", file, "-A", "sandbox-report"]);
+    let drv = drv.trim();
+    let out = nix(&conf, &["nix-build", "--no-out-link", drv]);
+    let nix_text = std::fs::read_to_string(out.trim()).unwrap();
+    let bb = nix(
+        &conf,
+        &[
+            "nix-instantiate",
+            "--eval",
+            "-E",
+            &format!(
+                "\"${{builtins.path {{ path = {}/bb; name = \"busybox\"; }}}}\"",
+                tmp.path().display()
+            ),
+        ],
+    );
+    let bb = bb.trim().trim_matches('"');
+    let theirs = report_of(&format!("=== sandbox report\n{nix_text}=== end\n"), bb);
+
+    let bundles = tmp.path().join("bundles");
+    let o = bin(&tmp.path().join("data"))
+        .arg("build")
+        .arg("--bundle-root")
+        .arg(&bundles)
+        .arg(drv)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let mut ours = report_of(&err, bb);
+    assert!(!ours.is_empty(), "no report in our log:\n{err}");
+    for d in SANDBOX_DIFFERENCES {
+        if let Diff::Rewrite(from, to, _) = d {
+            for l in &mut ours {
+                *l = l.replace(from, to);
+            }
+        }
+    }
+
+    let count = |v: &[String]| {
+        let mut m = std::collections::BTreeMap::<String, i64>::new();
+        for l in v {
+            *m.entry(l.clone()).or_default() += 1;
+        }
+        m
+    };
+    let (n, w) = (count(&theirs), count(&ours));
+    let mut differ = BTreeSet::new();
+    for (l, c) in &n {
+        if w.get(l).copied().unwrap_or(0) < *c {
+            differ.insert((Only::Nix, l.clone()));
+        }
+    }
+    for (l, c) in &w {
+        if n.get(l).copied().unwrap_or(0) < *c {
+            differ.insert((Only::Ours, l.clone()));
+        }
+    }
+    let host_has_kvm = Path::new("/dev/kvm").exists();
+    let listed: BTreeSet<(Only, String)> = SANDBOX_DIFFERENCES
+        .iter()
+        .filter_map(|d| match d {
+            Diff::Line(o, l, why) if host_has_kvm || !why.starts_with("host:") => {
+                Some((*o, (*l).to_owned()))
+            }
+            _ => None,
+        })
+        .collect();
+    let unlisted: Vec<_> = differ.difference(&listed).collect();
+    let gone: Vec<_> = listed.difference(&differ).collect();
+    for d in SANDBOX_DIFFERENCES {
+        match d {
+            Diff::Rewrite(from, to, why) => println!("ours {from:?}, Nix's {to:?}: {why}"),
+            Diff::Line(o, l, why) => println!("only {o:?}: {l:?}: {why}"),
+        }
+    }
+    println!(
+        "{} report lines, {} deliberately different",
+        theirs.len(),
+        differ.len()
+    );
+    assert!(
+        unlisted.is_empty() && gone.is_empty(),
+        "differences not listed in SANDBOX_DIFFERENCES:\n{}\nlisted but not (or no longer) different:\n{}",
+        unlisted
+            .iter()
+            .map(|(o, l)| format!("    (Only::{o:?}, {l:?}, \"\"),"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        gone.iter()
+            .map(|(o, l)| format!("{o:?} {l}"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    );
+    assert_nothing_left(&bundles);
 }

@@ -68,3 +68,21 @@ pub fn check(req: &BuildRequest) -> Result<(), BuildError> {
     // The read-only paths: crate::ro_paths, against the operator's list.
     Ok(())
 }
+
+/// This process's `RLIMIT_NOFILE`, which a build inherits as Nix's builder
+/// inherits the daemon's.
+pub fn open_files() -> Result<tvix_oci_spec::Rlimit, BuildError> {
+    // SAFETY: rlimit is plain data, filled by the kernel.
+    let mut r: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid resource and a valid pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+        return Err(BuildError::Host(format!(
+            "reading the executor's open-files limit (RLIMIT_NOFILE): {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    Ok(tvix_oci_spec::Rlimit {
+        soft: r.rlim_cur,
+        hard: r.rlim_max,
+    })
+}

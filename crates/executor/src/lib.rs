@@ -18,6 +18,7 @@ mod bundle;
 mod census;
 pub mod cgroup;
 mod config;
+mod console;
 mod error;
 mod executor;
 pub mod grpc;

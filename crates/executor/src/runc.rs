@@ -1,6 +1,7 @@
-//! Running a bundle with runc: `runc run` in the foreground, the build's
-//! stdout and stderr streamed to a [`LogSink`] as they come, with a timeout,
-//! a silence limit and a log size limit. A [`Container`] guard runs
+//! Running a bundle with runc: `runc run --detach`, the builder reaped by
+//! the executor, its stdout and stderr one pseudo-terminal streamed to a
+//! [`LogSink`] as they come (see [`run`]), with a timeout, a silence limit
+//! and a log size limit. A [`Container`] guard runs
 //! `runc delete --force` when dropped, so a cancelled or failed build never
 //! leaves a container behind.
 
@@ -15,7 +16,9 @@ use tracing::{debug, warn};
 
 use crate::BuildError;
 
-/// Which stream a log chunk came from.
+/// Which stream a log chunk came from. The builder's stdout and stderr
+/// are one pseudo-terminal, as in Nix: its output, and runc's own
+/// messages, all come as [`LogStream::Stderr`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogStream {
     Stdout,
@@ -165,7 +168,7 @@ impl Tail {
 
 /// What ended the wait.
 enum Stop {
-    Exited(std::process::ExitStatus, libc::rusage),
+    Exited(Waited),
     TimedOut,
     Silent,
     LogLimit,
@@ -189,6 +192,31 @@ fn pump(
             }
         }
     });
+}
+
+/// Makes `cmd` run with address space randomization off, as Nix runs its
+/// builders (`personality(ADDR_NO_RANDOMIZE)`, for reproducibility).
+/// runc 1.1 has no way to set it (its spec's `linux.personality` is
+/// ignored, and later runc only takes the execution domain), but the
+/// personality is inherited across fork and exec, and runc leaves it as
+/// it is: set in runc's process, it is the builder's.
+fn no_aslr(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: between fork and exec only the async-signal-safe
+    // personality(2) runs, on this process's own state.
+    unsafe {
+        cmd.pre_exec(|| {
+            let current = libc::personality(0xffff_ffff);
+            if current == -1
+                || libc::personality(
+                    (current as libc::c_ulong) | libc::ADDR_NO_RANDOMIZE as libc::c_ulong,
+                ) == -1
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 /// Waits for `pid` and returns its status and resource usage.
@@ -279,11 +307,60 @@ pub struct Process<'a> {
     pub cwd: &'a str,
 }
 
+/// How long a builder that closed its stdout and stderr (every holder of
+/// the log's pty gone) may take to exit before it is killed, as Nix kills
+/// it: long enough for one that is exiting anyway, so that a normal build
+/// pays no `runc kill`.
+const CLOSED_LOG_GRACE: Duration = Duration::from_millis(100);
+
+/// What the wait for runc and the builder found.
+enum Waited {
+    /// runc failed before releasing the builder (its status).
+    RuncFailed(std::process::ExitStatus),
+    /// The builder's own status; the CPU time and the largest resident
+    /// set (bytes) of runc and the builder.
+    Builder(std::process::ExitStatus, Duration, u64),
+}
+
+/// Waits for runc (`runc_pid`, started with `--detach`), then for the
+/// builder it left behind, whose pid is in `pid_file` and which this
+/// process reaps as its subreaper.
+fn wait_both(runc_pid: u32, pid_file: &Path) -> Result<Waited, String> {
+    let (status, runc_usage) = wait4(runc_pid).map_err(|e| format!("waiting for runc: {e}"))?;
+    if !status.success() {
+        return Ok(Waited::RuncFailed(status));
+    }
+    let text = std::fs::read_to_string(pid_file)
+        .map_err(|e| format!("reading runc's pid file {}: {e}", pid_file.display()))?;
+    let pid: u32 = text.trim().parse().map_err(|_| {
+        format!(
+            "runc's pid file {} holds {text:?}, not a pid",
+            pid_file.display()
+        )
+    })?;
+    let (status, usage) =
+        wait4(pid).map_err(|e| format!("waiting for the builder (pid {pid}): {e}"))?;
+    let cpu = [runc_usage, usage]
+        .iter()
+        .map(|u| tv(u.ru_utime) + tv(u.ru_stime))
+        .sum();
+    let max_rss = (usage.ru_maxrss.max(runc_usage.ru_maxrss).max(0) as u64) * 1024;
+    Ok(Waited::Builder(status, cpu, max_rss))
+}
+
 /// Runs the bundle at `bundle` as container `container` and waits for it.
 /// `process` says what it runs, to name it when runc cannot start it.
 /// When a limit stops the build, `on_stop` runs just before the container
 /// is killed (the executor aborts the FUSE connection there, so a process
 /// blocked on a hung store dies at once).
+///
+/// As in Nix, the builder's stdin is `/dev/null` and its stdout and
+/// stderr one pseudo-terminal ([`crate::console::Pty`]): what it writes to
+/// either comes to `sink` in write order, as [`LogStream::Stderr`], with
+/// runc's own messages. runc runs `--detach` so that the builder inherits
+/// the pty itself (in the foreground runc would copy two pipes of its
+/// own); the executor reaps the builder as runc's subreaper. A builder
+/// that closes its stdout and stderr is killed, as Nix kills it.
 pub async fn run(
     container: &Container,
     bundle: &Path,
@@ -294,73 +371,94 @@ pub async fn run(
 ) -> Result<RunOutcome, BuildError> {
     let start = Instant::now();
     let pid_file = bundle.join("runc.pid");
-    let mut child = container
-        .command()
-        .arg("run")
+    crate::console::become_subreaper()?;
+    let pty = crate::console::Pty::open()?;
+    let end = || {
+        pty.slave
+            .try_clone()
+            .map(Stdio::from)
+            .map_err(|e| BuildError::infra(format!("duplicating the log's pseudo-terminal: {e}")))
+    };
+    let mut cmd = container.command();
+    cmd.arg("run")
+        .arg("--detach")
         .arg("--bundle")
         .arg(bundle)
         .arg("--pid-file")
         .arg(&pid_file)
         .arg(&container.id)
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(end()?)
+        .stderr(end()?);
+    no_aslr(&mut cmd);
+    let child = cmd
         .spawn()
         .map_err(|e| BuildError::infra(format!("starting {}: {e}", container.runc.display())))?;
+    // Only runc and the builder hold the slave now: the log ends when they
+    // all closed it.
+    drop(cmd);
+    let crate::console::Pty { master, slave } = pty;
+    drop(slave);
     let (tx, mut rx) = mpsc::channel(64);
-    if let Some(o) = child.stdout.take() {
-        pump(o, LogStream::Stdout, tx.clone());
-    }
-    if let Some(e) = child.stderr.take() {
-        pump(e, LogStream::Stderr, tx);
-    }
-    let pid = child.id();
+    pump(master, LogStream::Stderr, tx);
+    let runc_pid = child.id();
     // Reaped by wait4 below (for its resource usage), not through `child`.
     drop(child);
-    let mut waiter = tokio::task::spawn_blocking(move || wait4(pid));
+    let waited_pid_file = pid_file.clone();
+    let mut waiter = tokio::task::spawn_blocking(move || wait_both(runc_pid, &waited_pid_file));
 
     let mut tail = Tail::default();
     let mut logged = 0u64;
     let mut last_output = Instant::now();
     let mut process_started = None;
+    let mut log_closed: Option<Instant> = None;
     let mut poll = tokio::time::interval(Duration::from_millis(1));
     let far = Duration::from_secs(100 * 365 * 24 * 3600);
     let stop = loop {
         let timeout_at = limits.timeout.map_or(start + far, |t| start + t);
         let silent_at = limits.max_silent.map_or(start + far, |t| last_output + t);
+        let closed_at = log_closed.map_or(start + far, |t| t + CLOSED_LOG_GRACE);
         tokio::select! {
             res = &mut waiter => {
-                let (status, usage) = res
+                let waited = res
                     .map_err(|e| BuildError::infra(format!("waiting for runc: {e}")))?
-                    .map_err(|e| BuildError::infra(format!("waiting for runc: {e}")))?;
-                break Stop::Exited(status, usage);
+                    .map_err(BuildError::infra)?;
+                break Stop::Exited(waited);
             }
-            Some((stream, data)) = rx.recv() => {
-                last_output = Instant::now();
-                logged += data.len() as u64;
-                tail.push(&data);
-                sink.log(stream, &data);
-                if logged > limits.log_limit {
-                    break Stop::LogLimit;
+            msg = rx.recv(), if log_closed.is_none() => match msg {
+                Some((stream, data)) => {
+                    last_output = Instant::now();
+                    logged += data.len() as u64;
+                    tail.push(&data);
+                    sink.log(stream, &data);
+                    if logged > limits.log_limit {
+                        break Stop::LogLimit;
+                    }
                 }
-            }
+                None => log_closed = Some(Instant::now()),
+            },
             _ = poll.tick(), if process_started.is_none() => {
                 if pid_file.exists() {
                     process_started = Some(Instant::now());
                 }
             }
+            _ = tokio::time::sleep_until(closed_at.into()), if log_closed.is_some() => {
+                debug!(id = %container.id, "the builder closed its stdout and stderr: killed, as Nix does");
+                container.kill();
+                // Its status (SIGKILL) is what the build ends with.
+                log_closed = Some(start + far);
+            }
             _ = tokio::time::sleep_until(timeout_at.into()) => break Stop::TimedOut,
             _ = tokio::time::sleep_until(silent_at.into()) => break Stop::Silent,
         }
     };
-    let (status, usage) = match stop {
-        Stop::Exited(s, u) => (s, u),
+    let waited = match stop {
+        Stop::Exited(w) => w,
         other => {
             on_stop();
             container.kill();
-            // Keep draining the log until runc exits: runc copies the
-            // build's output into our pipes and will not exit while a copy
-            // is blocked on a full pipe.
+            // Keep draining the log until the builder is gone, so that
+            // nothing writing to it stays blocked on a full pty.
             loop {
                 tokio::select! {
                     _ = &mut waiter => break,
@@ -388,58 +486,57 @@ pub async fn run(
         }
     };
     // The rest of the log, now that the build is gone.
-    while let Ok(Some((stream, data))) =
-        tokio::time::timeout(Duration::from_millis(200), rx.recv()).await
-    {
-        tail.push(&data);
-        sink.log(stream, &data);
+    if log_closed.is_none() {
+        while let Ok(Some((stream, data))) =
+            tokio::time::timeout(Duration::from_millis(200), rx.recv()).await
+        {
+            tail.push(&data);
+            sink.log(stream, &data);
+        }
     }
-    debug!(id = %container.id, ?status, "runc exited");
-    let outcome = RunOutcome {
-        cpu: tv(usage.ru_utime) + tv(usage.ru_stime),
-        max_rss: (usage.ru_maxrss.max(0) as u64) * 1024,
-        wall: start.elapsed(),
-        process_started,
+    let (status, cpu, max_rss) = match waited {
+        Waited::Builder(s, c, m) => (s, c, m),
+        // runc failed before the build ran: its exit code is runc's, not
+        // the build's — unless what failed was the exec of the request's
+        // own command or the entry into its working dir.
+        Waited::RuncFailed(status) => {
+            let said = tail.lines();
+            if let Some(problem) = exec_failure(&said) {
+                return Err(BuildError::Builder {
+                    command: process.builder.to_owned(),
+                    problem,
+                });
+            }
+            if let Some(problem) = cwd_failure(&said, process.cwd) {
+                return Err(BuildError::WorkingDir {
+                    dir: process.cwd.to_owned(),
+                    problem,
+                });
+            }
+            return Err(BuildError::infra(format!(
+                "{} failed before starting the build ({status}): {said}",
+                container.runc.display(),
+            )));
+        }
     };
-    // runc writes the pid file once it has started the build's process
-    // (and leaves it): without it, runc failed before the build ran, and
-    // its exit code is runc's, not the build's — unless what failed was
-    // the exec of the request's own command.
-    if !pid_file.exists() && outcome.process_started.is_none() {
-        let said = tail.lines();
-        if let Some(problem) = exec_failure(&said) {
-            return Err(BuildError::Builder {
-                command: process.builder.to_owned(),
-                problem,
-            });
-        }
-        if let Some(problem) = cwd_failure(&said, process.cwd) {
-            return Err(BuildError::WorkingDir {
-                dir: process.cwd.to_owned(),
-                problem,
-            });
-        }
-        return Err(BuildError::infra(format!(
-            "{} failed before starting the build ({status}): {}",
-            container.runc.display(),
-            tail.lines()
-        )));
-    }
+    debug!(id = %container.id, ?status, "the builder exited");
+    let outcome = RunOutcome {
+        cpu,
+        max_rss,
+        wall: start.elapsed(),
+        process_started: process_started.or_else(|| pid_file.exists().then(Instant::now)),
+    };
     match (status.code(), status.signal()) {
         (Some(0), _) => Ok(outcome),
-        // runc reports a build killed by signal N as 128 + N.
-        (Some(code), _) if (129..=128 + 64).contains(&code) => Err(BuildError::Signaled {
-            signal: code - 128,
-            log_tail: tail.lines(),
-        }),
         (Some(code), _) => Err(BuildError::Failed {
             code,
             log_tail: tail.lines(),
         }),
-        (None, Some(sig)) => Err(BuildError::infra(format!(
-            "runc itself was killed by signal {sig}"
-        ))),
-        (None, None) => Err(BuildError::infra("runc ended without a status")),
+        (None, Some(signal)) => Err(BuildError::Signaled {
+            signal,
+            log_tail: tail.lines(),
+        }),
+        (None, None) => Err(BuildError::infra("the builder ended without a status")),
     }
 }
 

@@ -148,18 +148,34 @@ async fn timeout_kills_the_build() {
     e.assert_clean();
 }
 
+/// As in Nix's sandbox, the store dir is root's, 1775 and sticky: the
+/// build creates its outputs there but cannot delete, rename or write an
+/// input (EPERM, EACCES), and goes on. (A modification that got through
+/// anyway would fail the build as "build modified input NAME".)
 #[tokio::test(flavor = "multi_thread")]
-async fn modifying_an_input_fails_the_build() {
+async fn inputs_cannot_be_deleted_renamed_or_written_as_in_nix() {
     need_runtime!();
     let e = env().await;
-    // Inputs are read-only files, but the store dir is writable: deleting
-    // or replacing an input lands in the overlay's upper layer: caught.
     let script = format!(
-        "echo x >> /nix/store/{DATA} || echo refused; rm -f /nix/store/{DATA}; mkdir -p $out"
+        "mkdir -p $out; cd /nix/store; \
+         rm -f {DATA} 2>> $out/err; echo rm $? >> $out/rc; \
+         mv {DATA} renamed 2>> $out/err; echo mv $? >> $out/rc; \
+         mv {BB} renamed 2>> $out/err; echo mv-dir $? >> $out/rc; \
+         echo x >> {DATA} 2>> $out/err; echo write $? >> $out/rc; \
+         stat -c '%a %u %g' /nix/store > $out/mode"
     );
     let req = e.request(&script, &[&format!("nix/store/{OUT}")], |_| {});
-    let err = e.executor(|_| {}).build(&req, &NoLogs).await.unwrap_err();
-    assert_eq!(err.to_string(), format!("build modified input {DATA}"));
+    let res = e.executor(|_| {}).build(&req, &NoLogs).await.unwrap();
+    let out = &res.build.outputs[0].1;
+    let rc = String::from_utf8(file_of(&e, out, "rc").await).unwrap();
+    assert_eq!(rc, "rm 1\nmv 1\nmv-dir 1\nwrite 1\n");
+    let err = String::from_utf8(file_of(&e, out, "err").await).unwrap();
+    assert_eq!(
+        err.matches("Operation not permitted").count(),
+        3,
+        "delete and renames: EPERM, as in Nix:\n{err}"
+    );
+    assert_eq!(file_of(&e, out, "mode").await, b"1775 0 100\n");
     e.assert_clean();
 }
 
@@ -225,7 +241,7 @@ async fn cancelled_build_leaves_nothing() {
 async fn sh_additional_files_and_no_network() {
     need_runtime!();
     let e = env().await;
-    let script = "cat /build/extra.txt > /build/o; ls /sys/class/net >> /build/o; test -x /bin/sh && echo has-sh >> /build/o";
+    let script = "cat /build/extra.txt > /build/o; awk -F: 'NR > 2 { sub(/^ +/, \"\", $1); print $1 }' /proc/net/dev >> /build/o; test -x /bin/sh && echo has-sh >> /build/o";
     let req = e.request(script, &["build/o"], |p| {
         p.constraints.as_mut().unwrap().provide_bin_sh = true;
         p.additional_files = vec![br::AdditionalFile {
@@ -303,18 +319,34 @@ async fn silence_and_log_limits_kill_the_build() {
 async fn a_build_killed_by_a_signal_says_which() {
     need_runtime!();
     let e = env().await;
-    // (The shell is the namespace's init, which SIGKILL from inside cannot
-    // kill: a child shell dies instead, and its status is passed on.)
+    // The builder's own status, as Nix reports it: a shell passing on its
+    // child's death by SIGKILL exits with code 137, and that is what it
+    // is. (The shell is the namespace's init, which SIGKILL from inside
+    // cannot kill.)
     let req = e.request(
         &format!("/nix/store/{BB}/bin/busybox sh -c 'kill -9 $$'; exit $?"),
         &["build/x"],
         |_| {},
     );
     let err = e.executor(|_| {}).build(&req, &NoLogs).await.unwrap_err();
+    assert!(matches!(err, BuildError::Failed { code: 137, .. }), "{err}");
+    // A builder that closes its stdout and stderr and goes on is killed,
+    // as Nix kills it ("failed due to signal 9 (Killed)"), at once.
+    let req = e.request(
+        &format!("echo closing; exec >&- 2>&-; /nix/store/{BB}/bin/busybox sleep 30"),
+        &["build/x"],
+        |_| {},
+    );
+    let t = std::time::Instant::now();
+    let logs = Collect::default();
+    let err = e.executor(|_| {}).build(&req, &logs).await.unwrap_err();
     assert!(
         matches!(err, BuildError::Signaled { signal: 9, .. }),
         "{err}"
     );
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    let log = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    assert!(log.contains("closing"), "{log}");
     e.assert_clean();
 }
 
@@ -574,5 +606,71 @@ async fn the_entries_limit_holds_for_all_outputs_before_any_is_stored() {
     );
     assert_eq!(blobs.writes(), 0, "outputs were stored before the refusal");
     drop(exec);
+    e.assert_clean();
+}
+
+/// The rows of Nix's sandbox a build can see, as checked against Debian's
+/// Nix 2.8 (the full comparison: `crates/cli/tests/nix_oracle.rs`): the
+/// executor's open-files limit, no core dumps, `/build` the build user's
+/// 0700, `/dev/shm` a tmpfs that allows exec, no `/sys`, ASLR off.
+#[tokio::test(flavor = "multi_thread")]
+async fn limits_and_dirs_are_nixs() {
+    need_runtime!();
+    let e = env().await;
+    let script = "mkdir -p /build/o; cd /build/o; \
+         { ulimit -S -n; ulimit -H -n; ulimit -S -c; } > limits; \
+         stat -c '%a %u %g' /build > build; \
+         cp /nix/store/*-busybox/bin/busybox /dev/shm/busybox; /dev/shm/busybox true && echo exec-ok > shm; \
+         stat -f -c %T /dev/shm >> shm; \
+         test -e /sys && echo present > sys || echo absent > sys; \
+         cat /proc/self/personality > aslr; grep stack /proc/self/maps >> aslr; grep stack /proc/self/maps >> aslr";
+    let req = e.request(script, &["build/o"], |_| {});
+    let res = e.executor(|_| {}).build(&req, &NoLogs).await.unwrap();
+    let out = &res.build.outputs[0].1;
+    // SAFETY: rlimit is plain data, filled by the kernel.
+    let mut r: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid resource and pointer.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) }, 0);
+    let show = |v: libc::rlim_t| {
+        if v == libc::RLIM_INFINITY {
+            "unlimited".to_owned()
+        } else {
+            v.to_string()
+        }
+    };
+    assert_eq!(
+        String::from_utf8(file_of(&e, out, "limits").await).unwrap(),
+        format!("{}\n{}\n0\n", show(r.rlim_cur), show(r.rlim_max))
+    );
+    assert_eq!(file_of(&e, out, "build").await, b"700 1000 100\n");
+    assert_eq!(file_of(&e, out, "shm").await, b"exec-ok\ntmpfs\n");
+    assert_eq!(file_of(&e, out, "sys").await, b"absent\n");
+    // ASLR off (ADDR_NO_RANDOMIZE): two processes, one stack address.
+    let aslr = String::from_utf8(file_of(&e, out, "aslr").await).unwrap();
+    let lines: Vec<&str> = aslr.lines().collect();
+    assert_eq!(lines.len(), 3, "{aslr}");
+    assert_eq!(lines[0], "00040000", "{aslr}");
+    assert_eq!(lines[1], lines[2], "the stack moved: {aslr}");
+    e.assert_clean();
+}
+
+/// As in Nix, the builder's stdout and stderr are one pseudo-terminal in
+/// raw mode (`isatty` true, no `\r` added) and its stdin `/dev/null`:
+/// what it writes to both comes in write order.
+#[tokio::test(flavor = "multi_thread")]
+async fn stdout_and_stderr_are_one_pty_in_write_order() {
+    need_runtime!();
+    let e = env().await;
+    let script = "for i in 1 2 3 4 5; do echo out$i; echo err$i >&2; done; \
+         for fd in 0 1 2; do if [ -t $fd ]; then echo $fd:tty; else echo $fd:notty; fi; done; \
+         cat; echo stdin-eof $?";
+    let req = e.request(script, &[], |_| {});
+    let logs = Collect::default();
+    e.executor(|_| {}).build(&req, &logs).await.unwrap();
+    let log = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    assert_eq!(
+        log,
+        "out1\nerr1\nout2\nerr2\nout3\nerr3\nout4\nerr4\nout5\nerr5\n0:notty\n1:tty\n2:tty\nstdin-eof 0\n"
+    );
     e.assert_clean();
 }

@@ -156,16 +156,27 @@ impl BundleLayout {
         let owner = opts
             .build_owner_on_host()
             .ok_or(SpecError::RootlessMappings)?;
-        // The dirs the build writes: the build user's; rootless, where the
-        // build user is a sub-id no one may chown to, ours with mode 0777
-        // (only the container reaches into the 0700 bundle).
-        let writable = |p: &Path| {
-            if opts.rootless {
-                mkdir(p)?;
-                std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o777)).map_err(at(p))
-            } else {
-                mkdir_owned(p, owner)
+        let root_owner = opts.root_on_host().ok_or(SpecError::RootlessMappings)?;
+        // The dirs the build writes, with Nix's modes: `/build` (and every
+        // other scratch dir) the build user's, 0700; `/tmp` root's, 1777;
+        // the store dir (the overlay's upper dir gives the overlay's root
+        // its owner and mode) root's and the build group's, 1775, so the
+        // build creates outputs but cannot delete or rename an input
+        // (sticky). Rootless, where the build user is a sub-id no one may
+        // chown to, they are ours (the container's root) with the build
+        // user's rights given to all (only the container reaches into the
+        // 0700 bundle): 0777 and 1777.
+        let dir = |p: &Path, owner: (u32, u32), mode: u32| {
+            mkdir(p)?;
+            if !opts.rootless {
+                chown_if_needed(p, owner)?;
             }
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).map_err(at(p))
+        };
+        let (scratch_mode, store_mode) = if opts.rootless {
+            (0o777, 0o1777)
+        } else {
+            (0o700, 0o1775)
         };
         std::fs::DirBuilder::new()
             .mode(0o700)
@@ -182,11 +193,11 @@ impl BundleLayout {
         ] {
             mkdir(&d)?;
         }
-        writable(&self.upper())?;
-        writable(&self.tmp())?;
+        dir(&self.upper(), (root_owner.0, owner.1), store_mode)?;
+        dir(&self.tmp(), root_owner, 0o1777)?;
         for s in req.scratch_paths() {
             if s != req.inputs_dir() {
-                writable(&self.scratch(s))?;
+                dir(&self.scratch(s), owner, scratch_mode)?;
             }
         }
 
@@ -274,8 +285,8 @@ fn mkdir(p: &Path) -> Result<(), BundleError> {
         .map_err(at(p))
 }
 
-fn mkdir_owned(p: &Path, (uid, gid): (u32, u32)) -> Result<(), BundleError> {
-    mkdir(p)?;
+/// Gives `p` to `(uid, gid)`.
+fn chown_if_needed(p: &Path, (uid, gid): (u32, u32)) -> Result<(), BundleError> {
     // Only chown when it changes something: unprivileged users can still
     // write bundles whose build user is themselves.
     use std::os::unix::fs::MetadataExt;

@@ -26,6 +26,6 @@ pub use limits::RequestLimits;
 pub use problems::{Problem, Problems};
 pub use request::{Build, BuildConstraints, BuildError, BuildRequest};
 pub use spec::{
-    BUILD_GID, BUILD_UID, DEFAULT_PIDS_LIMIT, IdMapping, IdMappings, OCI_VERSION, ResourceLimits,
-    RoMount, SpecError, SpecOptions, make_spec, to_config_json,
+    BUILD_GID, BUILD_UID, DEFAULT_NOFILE, DEFAULT_PIDS_LIMIT, IdMapping, IdMappings, OCI_VERSION,
+    ResourceLimits, Rlimit, RoMount, SpecError, SpecOptions, make_spec, to_config_json,
 };

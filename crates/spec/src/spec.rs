@@ -30,8 +30,9 @@ pub const BUILD_UID: u32 = 1000;
 /// The build group inside the container.
 pub const BUILD_GID: u32 = 100;
 
-/// runc's default masked paths plus those Docker and later runc add.
-const MASKED_PATHS: [&str; 12] = [
+/// runc's default masked paths plus those Docker and later runc add
+/// (those under `/sys` left out: the build has no `/sys`, as in Nix).
+const MASKED_PATHS: [&str; 10] = [
     "/proc/acpi",
     "/proc/asound",
     "/proc/interrupts",
@@ -42,8 +43,6 @@ const MASKED_PATHS: [&str; 12] = [
     "/proc/scsi",
     "/proc/timer_list",
     "/proc/timer_stats",
-    "/sys/devices/virtual/powercap",
-    "/sys/firmware",
 ];
 
 const READONLY_PATHS: [&str; 5] = [
@@ -124,6 +123,20 @@ pub struct RoMount {
     pub device: bool,
 }
 
+/// A soft and a hard resource limit (`RLIM_INFINITY` is `u64::MAX`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rlimit {
+    pub soft: u64,
+    pub hard: u64,
+}
+
+/// The open-files limit of a build when the executor passes none: the
+/// usual default soft limit of a Linux login.
+pub const DEFAULT_NOFILE: Rlimit = Rlimit {
+    soft: 1024,
+    hard: 1024,
+};
+
 /// How the host runs builds: what is not in the request.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct SpecOptions {
@@ -152,6 +165,14 @@ pub struct SpecOptions {
     /// The prepared binds of the request's `available_ro_paths`; a
     /// requested path missing here is refused ([`SpecError::RoPathNotPrepared`]).
     pub ro_mounts: Vec<RoMount>,
+    /// The build's `RLIMIT_NOFILE`. Nix's builder inherits the daemon's,
+    /// so the executor passes its own (read when it makes the spec, which
+    /// stays pure); `None`: [`DEFAULT_NOFILE`].
+    pub open_files: Option<Rlimit>,
+    /// The size of the `/dev/shm` tmpfs in bytes; `None`: the kernel's
+    /// default, half of the RAM, as in Nix. Its pages are charged to the
+    /// build's memory cgroup, so a memory limit bounds it too.
+    pub shm_bytes: Option<u64>,
 }
 
 impl SpecOptions {
@@ -323,15 +344,51 @@ fn build_mounts(req: &BuildRequest, opts: &SpecOptions) -> Result<Vec<Mount>, Sp
     Ok(m)
 }
 
-/// The process's rlimits. Rootless, where no cgroup holds a pids limit,
-/// the limit is RLIMIT_NPROC of the build user (its processes in the
-/// container's user namespace).
+/// The runtime's default mounts as Nix's sandbox has them: no `/sys` (Nix
+/// mounts none; nor its cgroup below), and `/dev/shm` a tmpfs like Nix's
+/// (1777, exec allowed, [`SpecOptions::shm_bytes`]; nosuid and nodev kept,
+/// which no build can tell: seccomp refuses setuid bits and `mknod`).
+fn runtime_mounts(defaults: Vec<Mount>, opts: &SpecOptions) -> Result<Vec<Mount>, SpecError> {
+    let mut shm = vec!["nosuid", "nodev", "mode=1777"]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+    if let Some(b) = opts.shm_bytes {
+        shm.push(format!("size={b}"));
+    }
+    let shm: Vec<&str> = shm.iter().map(String::as_str).collect();
+    let mut out = Vec::new();
+    for m in defaults {
+        let dest = m.destination();
+        if dest.starts_with("/sys") {
+            continue;
+        }
+        if dest == std::path::Path::new("/dev/shm") {
+            out.push(mount("/dev/shm", "tmpfs", "shm", &shm)?);
+        } else {
+            out.push(m);
+        }
+    }
+    Ok(out)
+}
+
+/// The process's rlimits: as in Nix, `RLIMIT_CORE` soft 0 (no core
+/// dumps) and hard unlimited, `RLIMIT_NOFILE` the executor's
+/// ([`SpecOptions::open_files`]); the others are inherited from runc.
+/// Rootless, where no cgroup holds a pids limit, the limit is RLIMIT_NPROC
+/// of the build user (its processes in the container's user namespace).
 fn rlimits(opts: &SpecOptions) -> Result<Vec<oci_spec::runtime::PosixRlimit>, OciSpecError> {
+    let nofile = opts.open_files.unwrap_or(DEFAULT_NOFILE);
     let mut r = vec![
         PosixRlimitBuilder::default()
+            .typ(PosixRlimitType::RlimitCore)
+            .hard(u64::MAX)
+            .soft(0u64)
+            .build()?,
+        PosixRlimitBuilder::default()
             .typ(PosixRlimitType::RlimitNofile)
-            .hard(1024u64)
-            .soft(1024u64)
+            .hard(nofile.hard)
+            .soft(nofile.soft.min(nofile.hard))
             .build()?,
     ];
     if opts.rootless
@@ -443,21 +500,12 @@ pub fn make_spec(req: &BuildRequest, opts: &SpecOptions) -> Result<Spec, SpecErr
         linux = linux.resources(res.build()?);
     }
 
-    let mut mounts = if opts.rootless {
+    let mounts = if opts.rootless {
         get_rootless_mounts()
     } else {
         get_default_mounts()
     };
-    // A user namespace may mount sysfs only for a network namespace it
-    // owns: with the host's network, /sys is bound read-only, as rootless.
-    if opts.user_namespace.is_some() && req.constraints().network_access {
-        let is_sys = |m: &Mount| m.destination() == std::path::Path::new("/sys");
-        if let Some(bound) = get_rootless_mounts().into_iter().find(is_sys) {
-            for m in mounts.iter_mut().filter(|m| is_sys(m)) {
-                *m = bound.clone();
-            }
-        }
-    }
+    let mut mounts = runtime_mounts(mounts, opts)?;
     mounts.extend(build_mounts(req, opts)?);
 
     Ok(SpecBuilder::default()

@@ -59,15 +59,19 @@ fn skeleton() {
     }
     let build = layout.scratch(&CleanPath::parse("build").unwrap());
     assert!(build.ends_with("scratch/build"));
-    // Scratch dirs and the upper layer belong to the build user (root runs this test in CI).
+    // Nix's owners and modes (root runs this test in CI): /build the build
+    // user's 0700; the store dir (the overlay's upper layer) root's and the
+    // build group's 1775; /tmp, on disk in the bundle, root's 1777.
+    assert_eq!(mode(&build), 0o700);
+    assert_eq!(mode(&layout.upper()), 0o1775);
+    assert_eq!(mode(&layout.tmp()), 0o1777);
     if unsafe { libc::geteuid() } == 0 {
         let m = std::fs::metadata(&build).unwrap();
         assert_eq!((m.uid(), m.gid()), (1000, 100));
         let m = std::fs::metadata(layout.upper()).unwrap();
-        assert_eq!((m.uid(), m.gid()), (1000, 100));
-        // The build's /tmp, on disk in the bundle.
+        assert_eq!((m.uid(), m.gid()), (0, 100));
         let m = std::fs::metadata(layout.tmp()).unwrap();
-        assert_eq!((m.uid(), m.gid()), (1000, 100));
+        assert_eq!((m.uid(), m.gid()), (0, 0));
     } else {
         println!("skipping ownership checks: not root");
     }
@@ -148,7 +152,8 @@ fn skeleton_with_a_user_namespace_as_root() {
         assert_eq!(owner(&rootfs.join(p)), (872_415_232, 872_415_232), "{p}");
     }
     let build = (872_415_232 + 1000, 872_415_232 + 100);
-    assert_eq!(owner(&layout.upper()), build);
+    assert_eq!(owner(&layout.upper()), (872_415_232, 872_415_232 + 100));
+    assert_eq!(owner(&layout.tmp()), (872_415_232, 872_415_232));
     let s = CleanPath::parse("build").unwrap();
     assert_eq!(owner(&layout.scratch(&s)), build);
     assert_eq!(owner(&layout.config()), (0, 0));

@@ -43,6 +43,16 @@ impl Executor {
         self.judge_runtime(&runc)?;
         let mut spec = config.spec.clone();
         spec.sandbox_shell = config.sandbox_shell.clone();
+        if spec.open_files.is_none() {
+            spec.open_files = Some(host::open_files()?);
+        }
+        // /dev/shm: half of the RAM as in Nix, within the memory limit.
+        if spec.shm_bytes.is_none() {
+            spec.shm_bytes = spec
+                .resources
+                .memory_bytes
+                .and_then(|m| u64::try_from(m).ok());
+        }
         let rootless = match config.rootless {
             true => Some(self.rootless()?),
             false => None,
