@@ -37,6 +37,19 @@ pub fn code_of(e: &anyhow::Error) -> u8 {
     e.downcast_ref::<Exit>().map_or(HOST, |x| x.code)
 }
 
+/// The code a failed build ends the process with: [`BUILD_FAILED`] for the
+/// build's fault, [`INVALID`] for a request asking what this builder's
+/// operator does not allow, [`HOST`] for the host's or the store's.
+pub fn code_of_build(e: &tvix_oci_executor::BuildError) -> u8 {
+    if e.is_build_failure() {
+        BUILD_FAILED
+    } else if matches!(e, tvix_oci_executor::BuildError::NotAllowed(_)) {
+        INVALID
+    } else {
+        HOST
+    }
+}
+
 /// Fails with [`INVALID`], naming `path`, when a path the user gave does
 /// not exist (the request's fault, as `run --input` says, not the host's).
 pub fn must_exist(path: &Path) -> anyhow::Result<()> {

@@ -88,6 +88,31 @@ impl Derivation {
         self.env.get("__json").map(Vec::as_slice)
     }
 
+    /// The system features the derivation requires of its builder
+    /// (`requiredSystemFeatures`: a list in the structured attributes, or
+    /// else words of the environment variable), as Nix reads them.
+    pub fn required_system_features(&self) -> std::collections::BTreeSet<String> {
+        if let Some(raw) = self.structured_attrs() {
+            let v: serde_json::Value = serde_json::from_slice(raw).unwrap_or_default();
+            return v
+                .get("requiredSystemFeatures")
+                .and_then(serde_json::Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|f| f.as_str().map(str::to_owned))
+                .collect();
+        }
+        self.env
+            .get("requiredSystemFeatures")
+            .map(|v| {
+                String::from_utf8_lossy(v)
+                    .split_ascii_whitespace()
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The derivation in ATerm, as Nix writes it (sorted, escaped).
     pub fn to_aterm(&self) -> Vec<u8> {
         let mut w = Vec::new();

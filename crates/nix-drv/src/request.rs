@@ -19,6 +19,9 @@ use crate::store_path::StorePath;
 /// Where Nix's sandbox puts the build directory.
 pub const BUILD_DIR: &str = "/build";
 
+/// The device a derivation requiring the `kvm` system feature is given.
+pub const KVM: &str = "/dev/kvm";
+
 /// What the caller decides about a build.
 #[derive(Clone, Debug)]
 pub struct RequestOptions {
@@ -259,7 +262,13 @@ pub fn build_request(
         constraints: Some(br::BuildConstraints {
             system: drv.system.clone(),
             min_memory: 0,
-            available_ro_paths: vec![],
+            // As in Nix's sandbox, a derivation that requires the `kvm`
+            // feature sees /dev/kvm (which the executor binds only where
+            // its operator allows it: --allow-ro-path /dev/kvm).
+            available_ro_paths: match drv.required_system_features().contains("kvm") {
+                true => vec![KVM.to_owned()],
+                false => vec![],
+            },
             network_access: drv.fixed_output().is_some(),
             provide_bin_sh: true,
         }),

@@ -196,6 +196,37 @@ fn network_and_output_check_only_for_fixed_outputs() {
 }
 
 #[test]
+fn only_a_derivation_requiring_kvm_asks_for_dev_kvm() {
+    let ro = |d: &tvix_oci_nix::Derivation| {
+        let r = build_request(d, &BTreeMap::new(), &RequestOptions::default()).unwrap();
+        let paths = &r.request.constraints().available_ro_paths;
+        paths.iter().map(|p| p.to_string()).collect::<Vec<_>>()
+    };
+    let mut d = fixture("hello");
+    assert!(ro(&d).is_empty());
+    d.env
+        .insert("requiredSystemFeatures".into(), b"big-parallel".to_vec());
+    assert!(ro(&d).is_empty());
+    d.env.insert(
+        "requiredSystemFeatures".into(),
+        b"big-parallel kvm".to_vec(),
+    );
+    assert_eq!(ro(&d), ["/dev/kvm"]);
+    // Under structured attributes, the list in __json counts, not the
+    // environment.
+    d.env.insert(
+        "__json".into(),
+        br#"{"requiredSystemFeatures":["nixos-test","kvm"]}"#.to_vec(),
+    );
+    assert_eq!(ro(&d), ["/dev/kvm"]);
+    d.env.insert(
+        "__json".into(),
+        br#"{"requiredSystemFeatures":[]}"#.to_vec(),
+    );
+    assert!(ro(&d).is_empty());
+}
+
+#[test]
 fn unsupported_derivations_are_refused_by_name() {
     let mut d = fixture("hello");
     d.env.insert("__json".into(), b"[]".to_vec());

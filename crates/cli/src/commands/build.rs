@@ -24,7 +24,7 @@ use tvix_oci_nix::request::{NixRequest, RequestOptions, build_request};
 use tvix_oci_nix::result::{BuiltOutput, NixOutput, nix_outputs};
 
 use crate::args::ExecArgs;
-use crate::exit::{BUILD_FAILED, HOST, INVALID, exit};
+use crate::exit::{HOST, INVALID, exit};
 use crate::nix_paths::NixPaths;
 use crate::progress::Progress;
 
@@ -166,11 +166,7 @@ impl Builder<'_> {
         };
         drop(sink);
         let res = res.map_err(|e| {
-            let code = if e.is_build_failure() {
-                BUILD_FAILED
-            } else {
-                HOST
-            };
+            let code = crate::exit::code_of_build(&e);
             exit(code, format!("{:#}", anyhow::Error::new(e)))
         })?;
         let outputs = nix_result(&p.req, &res)?;

@@ -18,7 +18,7 @@ use tvix_oci_spec::proto::{self, build_request as br};
 use tvix_oci_spec::{BuildRequest, Problems, RequestLimits};
 
 use crate::args::{ExecArgs, RunArgs};
-use crate::exit::{BUILD_FAILED, HOST, INVALID, exit};
+use crate::exit::{HOST, INVALID, exit};
 use crate::progress::Progress;
 
 fn invalid(p: Problems) -> anyhow::Error {
@@ -208,13 +208,7 @@ pub async fn run(
         match r {
             Ok(res) => out.push(BuildResult::to_json(&res)),
             Err(e) => {
-                let code = if e.is_build_failure() {
-                    BUILD_FAILED
-                } else if matches!(e, tvix_oci_executor::BuildError::NotAllowed(_)) {
-                    INVALID
-                } else {
-                    HOST
-                };
+                let code = crate::exit::code_of_build(&e);
                 eprintln!("error: build {}: {e}", i + 1);
                 worst = worst.max(code);
                 out.push(json!({"error": e.to_string()}));

@@ -23,6 +23,8 @@ in rec {
     args = [ "-c" "mkdir $out $dev; echo $dev > $out/peer; echo ${bb} > $dev/bb" ]; });
   dep = mk "fresh-dep" "echo from-dep > $out";
   top = mk "fresh-top" "cat ${dep} > $out; echo ${dep} >> $out";
+  kvm = derivation (env // { name = "fresh-kvm"; requiredSystemFeatures = [ "kvm" ];
+    args = [ "-c" "test -c /dev/kvm && echo kvm-there > $out" ]; });
 }
 "#;
 
@@ -357,5 +359,59 @@ fn build_inputs_builds_a_missing_dependency_first() {
         o["references"],
         "references of {top_out}"
     );
+    forget.now();
+}
+
+/// A derivation requiring the `kvm` system feature: Nix builds it with
+/// /dev/kvm in its sandbox; so do we where the operator allows it
+/// (`--allow-ro-path /dev/kvm`), with the same output, and refuse it,
+/// naming the flag, where they do not.
+#[test]
+fn a_derivation_requiring_kvm_gets_dev_kvm_where_the_operator_allows_it() {
+    if oracle_absent() {
+        return;
+    }
+    if !Path::new("/dev/kvm").exists() {
+        println!("SKIPPED: this host has no /dev/kvm");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let conf = nix_conf(tmp.path());
+    let drvs = fresh(&conf, tmp.path(), &["kvm"]);
+    let outs = outputs_of(&conf, &drvs[0]);
+    let mut forget = Forget {
+        conf: &conf,
+        paths: outs.iter().chain(&drvs).cloned().collect(),
+    };
+    nix(&conf, &["nix-build", "--no-out-link", &drvs[0]]);
+    let theirs = record(&conf, &outs[0]);
+
+    let build = |allow: bool| {
+        let mut c = bin(&tmp.path().join("data"));
+        c.args(["build", "--bundle-root"])
+            .arg(tmp.path().join("bundles"));
+        if allow {
+            c.args(["--allow-ro-path", "/dev/kvm"]);
+        }
+        c.arg(&drvs[0]).output().unwrap()
+    };
+    let out = build(false);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("/dev/kvm") && err.contains("--allow-ro-path"),
+        "{err}"
+    );
+
+    let out = build(true);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ours = &v["outputs"]["out"];
+    assert_eq!(ours["narHash"], theirs[0].trim(), "{v}");
+    assert_eq!(ours["narSize"].to_string(), theirs[1].trim(), "{v}");
     forget.now();
 }
