@@ -26,6 +26,7 @@ pub mod host;
 pub mod idpool;
 pub mod ingest;
 mod ingest_error;
+pub mod logs;
 pub mod nar;
 pub mod nar_node;
 mod overlay;
@@ -36,6 +37,7 @@ mod result;
 pub mod ro_paths;
 pub mod rootless;
 pub mod runc;
+mod runc_failure;
 pub mod runtime_version;
 mod stale;
 

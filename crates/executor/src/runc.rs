@@ -5,7 +5,6 @@
 //! `runc delete --force` when dropped, so a cancelled or failed build never
 //! leaves a container behind.
 
-use std::io::Read;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -15,46 +14,9 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use crate::BuildError;
-
-/// Which stream a log chunk came from. The builder's stdout and stderr
-/// are one pseudo-terminal, as in Nix: its output, and runc's own
-/// messages, all come as [`LogStream::Stderr`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LogStream {
-    Stdout,
-    Stderr,
-}
-
-/// The steps of a build that take time, in the order the executor reaches
-/// them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Phase {
-    /// Writing the bundle, mounting the inputs and the overlay.
-    Mounting,
-    /// The container runs.
-    Running,
-    /// Reading the outputs into the castore.
-    Ingesting,
-}
-
-/// Receives the build's output as it comes, in chunks of any size, and
-/// the executor's progress through the [`Phase`]s.
-pub trait LogSink: Send + Sync {
-    fn log(&self, stream: LogStream, data: &[u8]);
-    /// The build reached `phase`. Does nothing unless overridden.
-    fn phase(&self, _phase: Phase) {}
-    /// The build got its id (once, before any phase; the id names its
-    /// bundle, container and cgroup, and its log span). Does nothing unless
-    /// overridden.
-    fn started(&self, _build_id: &str) {}
-}
-
-/// A sink that drops everything.
-#[derive(Debug, Default)]
-pub struct NoLogs;
-impl LogSink for NoLogs {
-    fn log(&self, _: LogStream, _: &[u8]) {}
-}
+use crate::logs::{LogChunks, Tail, pump};
+pub use crate::logs::{LogSink, LogStream, NoLogs, Phase};
+pub use crate::runc_failure::{cwd_failure, exec_failure};
 
 /// Limits on one run.
 #[derive(Clone, Copy, Debug)]
@@ -144,54 +106,12 @@ impl Drop for Container {
     }
 }
 
-/// The last lines of the log, for error messages.
-#[derive(Debug, Default)]
-struct Tail(Vec<u8>);
-
-impl Tail {
-    const KEEP: usize = 16 * 1024;
-    const LINES: usize = 25;
-
-    fn push(&mut self, data: &[u8]) {
-        self.0.extend_from_slice(data);
-        if self.0.len() > 2 * Self::KEEP {
-            self.0.drain(..self.0.len() - Self::KEEP);
-        }
-    }
-
-    fn lines(&self) -> String {
-        let text = String::from_utf8_lossy(&self.0);
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(Self::LINES)..].join("\n")
-    }
-}
-
 /// What ended the wait.
 enum Stop {
     Exited(Waited),
     TimedOut,
     Silent,
     LogLimit,
-}
-
-fn pump(
-    mut r: impl Read + Send + 'static,
-    stream: LogStream,
-    tx: mpsc::Sender<(LogStream, Vec<u8>)>,
-) {
-    std::thread::spawn(move || {
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            match r.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if tx.blocking_send((stream, buf[..n].to_vec())).is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-    });
 }
 
 /// Makes `cmd` run with address space randomization off, as Nix runs its
@@ -239,63 +159,6 @@ fn wait4(pid: u32) -> std::io::Result<(std::process::ExitStatus, libc::rusage)> 
 
 fn tv(t: libc::timeval) -> Duration {
     Duration::from_secs(t.tv_sec.max(0) as u64) + Duration::from_micros(t.tv_usec.max(0) as u64)
-}
-
-/// Why runc could not exec the build's command, from what it said before
-/// the build started (`runc run failed: unable to start container process:
-/// exec: "/x": stat /x: no such file or directory`, runc 1.1 and later),
-/// as the rest of the sentence "the builder X ...". `None` when runc failed
-/// for another reason (its own, or the host's).
-pub fn exec_failure(said: &str) -> Option<&'static str> {
-    let line = said
-        .lines()
-        .find(|l| l.contains("unable to start container process: exec: "))?;
-    let why = &line[line.find("unable to start container process: exec: ")?..];
-    if why.contains("no such file or directory") || why.contains("not a directory") {
-        Some("does not exist in the sandbox")
-    } else if why.contains("executable file not found in $PATH") {
-        Some("is not on the sandbox's PATH")
-    } else if why.contains("permission denied") {
-        Some(
-            "is not an executable file in the sandbox (a directory, or a file without the executable bit)",
-        )
-    } else {
-        None
-    }
-}
-
-/// Why runc could not enter the build's working dir `cwd` (absolute, as
-/// in the container), from what it said before the build started (runc
-/// 1.1.5: `error during container init: mkdir /nix/store/x/f: not a
-/// directory` when a component is a file of an input, `... permission
-/// denied` below a read-only input; `chdir to cwd ("/x") set in
-/// config.json failed`), as the rest of the sentence "the working dir X
-/// ...". `None` when runc failed for another reason.
-pub fn cwd_failure(said: &str, cwd: &str) -> Option<&'static str> {
-    let line = said
-        .lines()
-        .find(|l| l.contains("unable to start container process: "))?;
-    let chdir = format!("chdir to cwd (\\\"{cwd}\\\")");
-    let on_the_way = line
-        .split("error during container init: mkdir ")
-        .nth(1)
-        .is_some_and(|rest| {
-            let path = rest.split(": ").next().unwrap_or_default();
-            // The component that failed: the dir itself or one above it.
-            cwd == path || cwd.strip_prefix(path).is_some_and(|r| r.starts_with('/'))
-        });
-    if !on_the_way && !line.contains(&chdir) {
-        return None;
-    }
-    if line.contains("not a directory") {
-        Some("is, or is below, a file in the sandbox")
-    } else if line.contains("permission denied") || line.contains("read-only file system") {
-        Some("does not exist and cannot be made in the sandbox (below a read-only input)")
-    } else if line.contains("no such file or directory") {
-        Some("does not exist in the sandbox")
-    } else {
-        None
-    }
 }
 
 /// What the container runs: its command (named when runc cannot exec it)
@@ -369,8 +232,48 @@ pub async fn run(
     process: Process<'_>,
     on_stop: &(dyn Fn() + Sync),
 ) -> Result<RunOutcome, BuildError> {
-    let start = Instant::now();
     let pid_file = bundle.join("runc.pid");
+    let mut w = Watch::start(container, bundle, &pid_file)?;
+    let waited = match w.until_stopped(sink, limits).await? {
+        Stop::Exited(waited) => waited,
+        other => return Err(w.stopped(other, on_stop, limits).await),
+    };
+    w.drain(sink).await;
+    let (status, cpu, max_rss) = match waited {
+        Waited::Builder(s, c, m) => (s, c, m),
+        Waited::RuncFailed(status) => return Err(w.runc_failed(status, process)),
+    };
+    debug!(id = %container.id, ?status, "the builder exited");
+    let outcome = RunOutcome {
+        cpu,
+        max_rss,
+        wall: w.start.elapsed(),
+        process_started: w
+            .process_started
+            .or_else(|| pid_file.exists().then(Instant::now)),
+    };
+    let log_tail = || w.tail.lines();
+    match (status.code(), status.signal()) {
+        (Some(0), _) => Ok(outcome),
+        (Some(code), _) => Err(BuildError::Failed {
+            code,
+            log_tail: log_tail(),
+        }),
+        (None, Some(signal)) => Err(BuildError::Signaled {
+            signal,
+            log_tail: log_tail(),
+        }),
+        (None, None) => Err(BuildError::infra("the builder ended without a status")),
+    }
+}
+
+/// Starts `runc run --detach` for `container` with one pty as the
+/// builder's stdout and stderr; its pid, and the channel its log comes on.
+fn start_detached(
+    container: &Container,
+    bundle: &Path,
+    pid_file: &Path,
+) -> Result<(u32, LogChunks), BuildError> {
     crate::console::become_subreaper()?;
     let pty = crate::console::Pty::open()?;
     let end = || {
@@ -385,7 +288,7 @@ pub async fn run(
         .arg("--bundle")
         .arg(bundle)
         .arg("--pid-file")
-        .arg(&pid_file)
+        .arg(pid_file)
         .arg(&container.id)
         .stdin(Stdio::null())
         .stdout(end()?)
@@ -399,217 +302,178 @@ pub async fn run(
     drop(cmd);
     let crate::console::Pty { master, slave } = pty;
     drop(slave);
-    let (tx, mut rx) = mpsc::channel(64);
+    let (tx, rx) = mpsc::channel(64);
     pump(master, LogStream::Stderr, tx);
-    let runc_pid = child.id();
-    // Reaped by wait4 below (for its resource usage), not through `child`.
-    drop(child);
-    let waited_pid_file = pid_file.clone();
-    let mut waiter = tokio::task::spawn_blocking(move || wait_both(runc_pid, &waited_pid_file));
+    // Reaped by wait4 (for its resource usage), not through `child`.
+    Ok((child.id(), rx))
+}
 
-    let mut tail = Tail::default();
-    let mut logged = 0u64;
-    let mut last_output = Instant::now();
-    let mut process_started = None;
-    let mut log_closed: Option<Instant> = None;
-    let mut poll = tokio::time::interval(Duration::from_millis(1));
-    let far = Duration::from_secs(100 * 365 * 24 * 3600);
-    let stop = loop {
-        let timeout_at = limits.timeout.map_or(start + far, |t| start + t);
-        let silent_at = limits.max_silent.map_or(start + far, |t| last_output + t);
-        let closed_at = log_closed.map_or(start + far, |t| t + CLOSED_LOG_GRACE);
-        tokio::select! {
-            res = &mut waiter => {
-                let waited = res
-                    .map_err(|e| BuildError::infra(format!("waiting for runc: {e}")))?
-                    .map_err(BuildError::infra)?;
-                break Stop::Exited(waited);
-            }
-            msg = rx.recv(), if log_closed.is_none() => match msg {
-                Some((stream, data)) => {
-                    last_output = Instant::now();
-                    logged += data.len() as u64;
-                    tail.push(&data);
-                    sink.log(stream, &data);
-                    if logged > limits.log_limit {
-                        break Stop::LogLimit;
-                    }
+/// A started run being watched: its log, its limits, its end.
+struct Watch<'a> {
+    container: &'a Container,
+    pid_file: &'a Path,
+    start: Instant,
+    rx: LogChunks,
+    waiter: tokio::task::JoinHandle<Result<Waited, String>>,
+    tail: Tail,
+    logged: u64,
+    last_output: Instant,
+    process_started: Option<Instant>,
+    /// When every holder of the log's pty closed it.
+    log_closed: Option<Instant>,
+}
+
+/// A time past any limit.
+const FAR: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+impl<'a> Watch<'a> {
+    fn start(
+        container: &'a Container,
+        bundle: &Path,
+        pid_file: &'a Path,
+    ) -> Result<Self, BuildError> {
+        let start = Instant::now();
+        let (runc_pid, rx) = start_detached(container, bundle, pid_file)?;
+        let waited = pid_file.to_owned();
+        let waiter = tokio::task::spawn_blocking(move || wait_both(runc_pid, &waited));
+        Ok(Self {
+            container,
+            pid_file,
+            start,
+            rx,
+            waiter,
+            tail: Tail::default(),
+            logged: 0,
+            last_output: Instant::now(),
+            process_started: None,
+            log_closed: None,
+        })
+    }
+
+    /// Passes the log on to `sink` until the build ends or a limit stops
+    /// it; kills a builder that closed its log after a grace.
+    async fn until_stopped(
+        &mut self,
+        sink: &dyn LogSink,
+        limits: RunLimits,
+    ) -> Result<Stop, BuildError> {
+        let mut poll = tokio::time::interval(Duration::from_millis(1));
+        let start = self.start;
+        loop {
+            let timeout_at = limits.timeout.map_or(start + FAR, |t| start + t);
+            let silent_at = limits
+                .max_silent
+                .map_or(start + FAR, |t| self.last_output + t);
+            let closed_at = self
+                .log_closed
+                .map_or(start + FAR, |t| t + CLOSED_LOG_GRACE);
+            tokio::select! {
+                res = &mut self.waiter => {
+                    let waited = res
+                        .map_err(|e| BuildError::infra(format!("waiting for runc: {e}")))?
+                        .map_err(BuildError::infra)?;
+                    return Ok(Stop::Exited(waited));
                 }
-                None => log_closed = Some(Instant::now()),
-            },
-            _ = poll.tick(), if process_started.is_none() => {
-                if pid_file.exists() {
-                    process_started = Some(Instant::now());
-                }
-            }
-            _ = tokio::time::sleep_until(closed_at.into()), if log_closed.is_some() => {
-                debug!(id = %container.id, "the builder closed its stdout and stderr: killed, as Nix does");
-                container.kill();
-                // Its status (SIGKILL) is what the build ends with.
-                log_closed = Some(start + far);
-            }
-            _ = tokio::time::sleep_until(timeout_at.into()) => break Stop::TimedOut,
-            _ = tokio::time::sleep_until(silent_at.into()) => break Stop::Silent,
-        }
-    };
-    let waited = match stop {
-        Stop::Exited(w) => w,
-        other => {
-            on_stop();
-            container.kill();
-            // Keep draining the log until the builder is gone, so that
-            // nothing writing to it stays blocked on a full pty.
-            loop {
-                tokio::select! {
-                    _ = &mut waiter => break,
-                    Some((_, data)) = rx.recv() => {
-                        if !matches!(other, Stop::LogLimit) {
-                            tail.push(&data);
+                msg = self.rx.recv(), if self.log_closed.is_none() => match msg {
+                    Some((stream, data)) => {
+                        self.last_output = Instant::now();
+                        self.logged += data.len() as u64;
+                        self.tail.push(&data);
+                        sink.log(stream, &data);
+                        if self.logged > limits.log_limit {
+                            return Ok(Stop::LogLimit);
                         }
                     }
+                    None => self.log_closed = Some(Instant::now()),
+                },
+                _ = poll.tick(), if self.process_started.is_none() => {
+                    if self.pid_file.exists() {
+                        self.process_started = Some(Instant::now());
+                    }
+                }
+                _ = tokio::time::sleep_until(closed_at.into()), if self.log_closed.is_some() => {
+                    debug!(id = %self.container.id, "the builder closed its stdout and stderr: killed, as Nix does");
+                    self.container.kill();
+                    // Its status (SIGKILL) is what the build ends with.
+                    self.log_closed = Some(start + FAR);
+                }
+                _ = tokio::time::sleep_until(timeout_at.into()) => return Ok(Stop::TimedOut),
+                _ = tokio::time::sleep_until(silent_at.into()) => return Ok(Stop::Silent),
+            }
+        }
+    }
+
+    /// A limit stopped the build: `on_stop`, the container killed, its log
+    /// drained until the builder is gone; the error saying which limit.
+    async fn stopped(
+        &mut self,
+        stop: Stop,
+        on_stop: &(dyn Fn() + Sync),
+        limits: RunLimits,
+    ) -> BuildError {
+        on_stop();
+        self.container.kill();
+        // Keep draining the log until the builder is gone, so that nothing
+        // writing to it stays blocked on a full pty.
+        loop {
+            tokio::select! {
+                _ = &mut self.waiter => break,
+                Some((_, data)) = self.rx.recv() => {
+                    if !matches!(stop, Stop::LogLimit) {
+                        self.tail.push(&data);
+                    }
                 }
             }
-            let log_tail = tail.lines();
-            return Err(match other {
-                Stop::TimedOut => BuildError::TimedOut {
-                    after: limits.timeout.unwrap_or_default(),
-                    log_tail,
-                },
-                Stop::Silent => BuildError::Silent {
-                    after: limits.max_silent.unwrap_or_default(),
-                    log_tail,
-                },
-                _ => BuildError::LogLimit {
-                    limit: limits.log_limit,
-                },
-            });
         }
-    };
-    // The rest of the log, now that the build is gone.
-    if log_closed.is_none() {
+        let log_tail = self.tail.lines();
+        match stop {
+            Stop::TimedOut => BuildError::TimedOut {
+                after: limits.timeout.unwrap_or_default(),
+                log_tail,
+            },
+            Stop::Silent => BuildError::Silent {
+                after: limits.max_silent.unwrap_or_default(),
+                log_tail,
+            },
+            _ => BuildError::LogLimit {
+                limit: limits.log_limit,
+            },
+        }
+    }
+
+    /// The rest of the log, now that the build is gone.
+    async fn drain(&mut self, sink: &dyn LogSink) {
+        if self.log_closed.is_some() {
+            return;
+        }
         while let Ok(Some((stream, data))) =
-            tokio::time::timeout(Duration::from_millis(200), rx.recv()).await
+            tokio::time::timeout(Duration::from_millis(200), self.rx.recv()).await
         {
-            tail.push(&data);
+            self.tail.push(&data);
             sink.log(stream, &data);
         }
     }
-    let (status, cpu, max_rss) = match waited {
-        Waited::Builder(s, c, m) => (s, c, m),
-        // runc failed before the build ran: its exit code is runc's, not
-        // the build's — unless what failed was the exec of the request's
-        // own command or the entry into its working dir.
-        Waited::RuncFailed(status) => {
-            let said = tail.lines();
-            if let Some(problem) = exec_failure(&said) {
-                return Err(BuildError::Builder {
-                    command: process.builder.to_owned(),
-                    problem,
-                });
-            }
-            if let Some(problem) = cwd_failure(&said, process.cwd) {
-                return Err(BuildError::WorkingDir {
-                    dir: process.cwd.to_owned(),
-                    problem,
-                });
-            }
-            return Err(BuildError::infra(format!(
-                "{} failed before starting the build ({status}): {said}",
-                container.runc.display(),
-            )));
+
+    /// runc failed before the build ran: its exit code is runc's, not the
+    /// build's — unless what failed was the exec of the request's own
+    /// command or the entry into its working dir.
+    fn runc_failed(&self, status: std::process::ExitStatus, process: Process<'_>) -> BuildError {
+        let said = self.tail.lines();
+        if let Some(problem) = exec_failure(&said) {
+            return BuildError::Builder {
+                command: process.builder.to_owned(),
+                problem,
+            };
         }
-    };
-    debug!(id = %container.id, ?status, "the builder exited");
-    let outcome = RunOutcome {
-        cpu,
-        max_rss,
-        wall: start.elapsed(),
-        process_started: process_started.or_else(|| pid_file.exists().then(Instant::now)),
-    };
-    match (status.code(), status.signal()) {
-        (Some(0), _) => Ok(outcome),
-        (Some(code), _) => Err(BuildError::Failed {
-            code,
-            log_tail: tail.lines(),
-        }),
-        (None, Some(signal)) => Err(BuildError::Signaled {
-            signal,
-            log_tail: tail.lines(),
-        }),
-        (None, None) => Err(BuildError::infra("the builder ended without a status")),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{cwd_failure, exec_failure};
-
-    /// What runc 1.1.5 (Debian 12) prints for a working dir it cannot
-    /// enter, checked by running it (`run --workdir`).
-    #[test]
-    fn working_dirs_that_fail_are_told_from_runc_failing() {
-        let said = |cause: &str| {
-            format!(
-                "time=\"2026-12-03T18:36:18Z\" level=error msg=\"runc run failed: unable to start container process: error during container init: {cause}\""
-            )
-        };
-        let file = said("mkdir /nix/store/bb/bin/busybox: not a directory");
-        assert_eq!(
-            cwd_failure(&file, "/nix/store/bb/bin/busybox"),
-            Some("is, or is below, a file in the sandbox")
-        );
-        assert_eq!(
-            cwd_failure(&file, "/nix/store/bb/bin/busybox/sub"),
-            Some("is, or is below, a file in the sandbox")
-        );
-        // Another path failing is not the working dir's doing.
-        assert_eq!(cwd_failure(&file, "/nix/store/bb/bin/busy"), None);
-        assert_eq!(cwd_failure(&file, "/build"), None);
-        let ro = said("mkdir /nix/store/bb/nothere: permission denied");
-        assert!(cwd_failure(&ro, "/nix/store/bb/nothere").is_some_and(|p| p.contains("read-only")));
-        let chdir =
-            said("chdir to cwd (\\\"/x\\\") set in config.json failed: no such file or directory");
-        assert_eq!(
-            cwd_failure(&chdir, "/x"),
-            Some("does not exist in the sandbox")
-        );
-        assert_eq!(
-            cwd_failure(&said("mkdir /x: no space left on device"), "/x"),
-            None
-        );
-    }
-
-    /// What runc 1.1.5 (Debian 12) prints, checked by running it.
-    #[test]
-    fn execs_that_fail_are_told_from_runc_failing() {
-        let said = |cause: &str| {
-            format!(
-                "time=\"2026-12-01T20:04:59Z\" level=error msg=\"runc run failed: unable to start container process: exec: \\\"/x\\\": {cause}\""
-            )
-        };
-        let missing = "does not exist in the sandbox";
-        assert_eq!(
-            exec_failure(&said("stat /x: no such file or directory")),
-            Some(missing)
-        );
-        assert_eq!(
-            exec_failure(&said("stat /x: not a directory")),
-            Some(missing)
-        );
-        assert!(
-            exec_failure(&said("permission denied"))
-                .is_some_and(|p| p.starts_with("is not an executable file"))
-        );
-        assert_eq!(
-            exec_failure(&said("executable file not found in $PATH")),
-            Some("is not on the sandbox's PATH")
-        );
-        for other in [
-            "time=\"x\" level=error msg=\"runc run failed: unable to start container process: error during container init: error mounting \\\"proc\\\": permission denied\"",
-            "level=error msg=\"cannot create the container\"",
-            "",
-        ] {
-            assert_eq!(exec_failure(other), None, "{other}");
+        if let Some(problem) = cwd_failure(&said, process.cwd) {
+            return BuildError::WorkingDir {
+                dir: process.cwd.to_owned(),
+                problem,
+            };
         }
+        BuildError::infra(format!(
+            "{} failed before starting the build ({status}): {said}",
+            self.container.runc.display(),
+        ))
     }
 }
