@@ -221,3 +221,51 @@ fn an_upper_entry_named_like_an_input_is_a_modified_input() {
     assert_eq!(modified_input([], &ins), None);
     assert_eq!(modified_input(upper, &[]), None);
 }
+
+#[test]
+fn a_rootless_build_refuses_memory_and_cpu_limits_but_not_pids() {
+    use tvix_oci_spec::ResourceLimits;
+    let memory = ResourceLimits {
+        memory_bytes: Some(1 << 30),
+        ..ResourceLimits::default()
+    };
+    let e = super::super::prepare::rootless_limits(&memory).unwrap_err();
+    assert!(matches!(e, BuildError::Host(_)), "{e}");
+    assert!(
+        e.to_string()
+            .contains("memory and CPU limits need a cgroup"),
+        "{e}"
+    );
+    let cpus = ResourceLimits {
+        cpus: Some(1.5),
+        ..ResourceLimits::default()
+    };
+    assert!(super::super::prepare::rootless_limits(&cpus).is_err());
+    let pids = ResourceLimits {
+        pids: Some(64),
+        memory_bytes: None,
+        cpus: None,
+    };
+    assert!(super::super::prepare::rootless_limits(&pids).is_ok());
+}
+
+#[test]
+fn the_build_timeout_covers_ingestion_from_the_runs_start() {
+    use crate::ingest::IngestLimits;
+    let started = std::time::Instant::now();
+    let base = IngestLimits {
+        max_entries: 7,
+        ..IngestLimits::default()
+    };
+    let l = super::super::limits_from(base, Some(Duration::from_secs(30)), started);
+    let d = l.deadline.unwrap();
+    assert_eq!(
+        (d.at, d.timeout),
+        (started + Duration::from_secs(30), Duration::from_secs(30))
+    );
+    assert_eq!(l.max_entries, 7, "the other limits are kept");
+    assert_eq!(
+        super::super::limits_from(base, None, started).deadline,
+        None
+    );
+}
