@@ -4,8 +4,12 @@
 use std::path::Path;
 use std::process::Command;
 
+/// The binary under test: this build's, or `TVIX_OCI_BUILD` (to measure a
+/// release build with the same tests, as the benchmarks take it).
 pub fn bin(data: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_tvix-oci-build"));
+    let exe = std::env::var_os("TVIX_OCI_BUILD")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_tvix-oci-build").into());
+    let mut c = Command::new(exe);
     c.env("XDG_DATA_HOME", data)
         .env_remove("BLOB_SERVICE_ADDR")
         .env_remove("DIRECTORY_SERVICE_ADDR");
