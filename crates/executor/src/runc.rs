@@ -29,6 +29,10 @@ pub enum LogStream {
 /// them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
+    /// Waiting for one of the executor's build slots: `position` 1 is the
+    /// next build to start. Reported when the build starts waiting and
+    /// again when its place changes; not at all when a slot is free.
+    Queued { position: u64 },
     /// Writing the bundle, mounting the inputs and the overlay.
     Mounting,
     /// The container runs.
@@ -38,11 +42,17 @@ pub enum Phase {
 }
 
 /// Receives the build's output as it comes, in chunks of any size, and
-/// the executor's progress through the [`Phase`]s.
+/// the executor's progress through the [`Phase`]s. Its methods are called
+/// from the build's own task: they must not block (a sink that cannot keep
+/// up drops, it does not wait).
 pub trait LogSink: Send + Sync {
     fn log(&self, stream: LogStream, data: &[u8]);
     /// The build reached `phase`. Does nothing unless overridden.
     fn phase(&self, _phase: Phase) {}
+    /// The running build's figures so far, about every
+    /// [`crate::PROGRESS_EVERY`] while its container runs. Does nothing
+    /// unless overridden.
+    fn progress(&self, _figures: &crate::Figures) {}
     /// The build got its id (once, before any phase; the id names its
     /// bundle, container and cgroup, and its log span). Does nothing unless
     /// overridden.
@@ -355,7 +365,7 @@ fn wait_both(runc_pid: u32, pid_file: &Path) -> Result<Waited, String> {
 /// blocked on a hung store dies at once).
 ///
 /// As in Nix, the builder's stdin is `/dev/null` and its stdout and
-/// stderr one pseudo-terminal ([`crate::console::Pty`]): what it writes to
+/// stderr one pseudo-terminal (the executor's `console::Pty`): what it writes to
 /// either comes to `sink` in write order, as [`LogStream::Stderr`], with
 /// runc's own messages. runc runs `--detach` so that the builder inherits
 /// the pty itself (in the foreground runc would copy two pipes of its
