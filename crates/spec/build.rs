@@ -1,4 +1,4 @@
-//! Compiles the tvix.build.v1 and snix.build.v1 protos with `protox` (pure
+//! Compiles the tvix.build.v1, snix.build.v1 and tvix_oci_build.v1 protos with `protox` (pure
 //! Rust), so building needs no system `protoc`. The castore messages come
 //! from the castore crate.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "protos/tvix/build/v1/build.proto",
         "protos/snix/build/v1/build.proto",
+        "protos/tvix_oci_build/v1/build.proto",
     ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");

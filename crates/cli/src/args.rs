@@ -203,6 +203,13 @@ pub struct RunArgs {
     /// Print the request as JSON instead of running it.
     #[arg(long)]
     pub dry_run: bool,
+    /// Build on the `serve` at URL (grpc+http://HOST:PORT or
+    /// grpc+unix:///PATH) instead of here: --input paths are imported into
+    /// its store first, the log streams to stderr as it is written, and
+    /// the result and exit code are a local run's. The server's own
+    /// settings (timeouts, limits, jobs) apply, not this command's.
+    #[arg(long, value_name = "URL")]
+    pub remote: Option<String>,
 
     #[command(flatten)]
     pub exec: ExecArgs,

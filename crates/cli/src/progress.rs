@@ -84,10 +84,11 @@ impl LogSink for BuildProgress {
     }
 
     fn phase(&self, phase: Phase) {
-        let msg = match phase {
-            Phase::Mounting => "mounting inputs",
-            Phase::Running => "running",
-            Phase::Ingesting => "ingesting outputs",
+        let msg: std::borrow::Cow<'static, str> = match phase {
+            Phase::Queued { position } => format!("queued, number {position} in line").into(),
+            Phase::Mounting => "mounting inputs".into(),
+            Phase::Running => "running".into(),
+            Phase::Ingesting => "ingesting outputs".into(),
         };
         match &self.bar {
             Some(bar) => bar.set_message(msg),

@@ -343,6 +343,14 @@ fn several_requests_run_at_most_jobs_at_once() {
             .unwrap();
         assert_eq!(String::from_utf8_lossy(&cat.stdout), want);
     }
+    // The second waits, told its place in line (said once: it is first).
+    let queued: Vec<_> = phases.iter().filter(|l| l.contains("queued")).collect();
+    assert_eq!(queued.len(), 1, "{phases:?}");
+    assert!(
+        queued[0].ends_with(": queued, number 1 in line"),
+        "{queued:?}"
+    );
+    let phases: Vec<_> = phases.iter().filter(|l| !l.contains("queued")).collect();
     // One at a time: a build is done ingesting before the other mounts.
     let first = phases[0].split(':').next().unwrap().to_owned();
     let firsts: Vec<_> = phases[..3].iter().map(|l| l.starts_with(&first)).collect();

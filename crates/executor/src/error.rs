@@ -2,6 +2,8 @@
 //! the build's own fault (it failed, timed out, broke the rules) and the
 //! host's or the store's (an infrastructure failure, worth retrying) —
 //! and the request's, where it asks for what this builder does not allow.
+//! Of the infrastructure failures, the store's are told from the host's
+//! ([`BuildError::is_store_failure`]).
 
 use std::time::Duration;
 
@@ -51,6 +53,10 @@ pub enum BuildError {
     Host(String),
     #[error("infrastructure failure: {0}")]
     Infrastructure(String),
+    /// The store failed or hung serving the build's inputs: the store's
+    /// fault, worth retrying (said as an infrastructure failure).
+    #[error("infrastructure failure: {0}")]
+    Store(String),
 }
 
 fn tail_suffix(tail: &str) -> String {
@@ -76,9 +82,20 @@ impl BuildError {
             | BuildError::Builder { .. }
             | BuildError::WorkingDir { .. } => true,
             BuildError::Output(e) => e.is_build_failure(),
-            BuildError::NotAllowed(_) | BuildError::Host(_) | BuildError::Infrastructure(_) => {
-                false
-            }
+            BuildError::NotAllowed(_)
+            | BuildError::Host(_)
+            | BuildError::Infrastructure(_)
+            | BuildError::Store(_) => false,
+        }
+    }
+
+    /// Whether the fault is the store's: it failed or hung serving the
+    /// inputs, or taking the outputs.
+    pub fn is_store_failure(&self) -> bool {
+        match self {
+            BuildError::Store(_) => true,
+            BuildError::Output(e) => e.is_store_failure(),
+            _ => false,
         }
     }
 

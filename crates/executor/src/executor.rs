@@ -29,6 +29,8 @@ pub struct Executor {
     blobs: Arc<dyn BlobService>,
     dirs: Arc<dyn DirectoryService>,
     permits: Semaphore,
+    /// The builds waiting for one of the `permits`.
+    queue: crate::queue::Queue,
     /// The runtime's version, judged once (see [`crate::runtime_version`]).
     runtime_verdict: OnceLock<Result<(), String>>,
     /// What rootless builds need, checked once it is all there (until then
@@ -74,21 +76,24 @@ impl Executor {
             blobs,
             dirs,
             permits,
+            queue: Default::default(),
             runtime_verdict: OnceLock::new(),
             rootless: rootless.map(OnceLock::from).unwrap_or_default(),
             id_pool: OnceLock::new(),
         }
     }
 
-    /// Runs `req` and returns its result. Build logs go to `logs`.
+    /// Runs `req` and returns its result. Build logs go to `logs`: its id
+    /// first, then (when every slot is taken) its place in line, its
+    /// phases, its log and figures as they come.
     pub async fn build(
         &self,
         req: &BuildRequest,
         logs: &dyn LogSink,
     ) -> Result<BuildResult, BuildError> {
-        let _permit = self.permits.acquire().await.map_err(BuildError::infra)?;
         let id = build_id();
         logs.started(&id);
+        let _permit = self.queue.acquire(&self.permits, logs).await?;
         let span = info_span!("build", id = %id);
         self.run(req, logs, &id).instrument(span).await
     }

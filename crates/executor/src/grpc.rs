@@ -19,6 +19,9 @@
 //! (another system, too little memory), `UNAVAILABLE` for an infrastructure
 //! failure (worth retrying). A client that drops the call, or a server
 //! shutting down, cancels the build; the executor cleans up after it.
+//!
+//! The same server answers our own streaming call,
+//! `tvix_oci_build.v1.BuildService/Build`, in [`crate::grpc_events`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -27,8 +30,9 @@ use tonic::{Request, Response, Status};
 use tvix_oci_spec::proto::{self, build_service_server};
 use tvix_oci_spec::{BuildRequest, RequestLimits};
 
-use crate::runc::{LogSink, LogStream};
-use crate::{BuildError, Executor};
+use crate::runc::LogSink;
+pub use crate::tracing_logs::TracingLogs;
+use crate::{BuildError, BuildResult, Executor};
 
 /// Serves `BuildService.DoBuild` with an [`Executor`].
 #[derive(Clone, Debug)]
@@ -56,7 +60,7 @@ impl GrpcBuildServer {
     /// The largest message decoded: a request of `request_bytes` (a little
     /// more, so that one just over is refused by validation, naming the
     /// limit, rather than by the decoder).
-    fn max_decoding(&self) -> usize {
+    pub(crate) fn max_decoding(&self) -> usize {
         usize::try_from(self.limits.request_bytes)
             .unwrap_or(usize::MAX)
             .saturating_add(1 << 10)
@@ -98,11 +102,8 @@ impl GrpcBuildServer {
         self.build(n, peer, req).await
     }
 
-    /// Builds validated request number `n` from `peer`, and logs one line
-    /// at info when it ends: the build id, the peer, the wall time, the
-    /// outcome (its first line: exit code, signal, timeout, the output
-    /// missing...) and the status answered. A call dropped by its client
-    /// logs nothing here (the executor logs the cancellation).
+    /// Builds validated request number `n` from `peer`, answering as
+    /// DoBuild does (see [`Self::build_logged`]).
     async fn build(
         &self,
         n: u64,
@@ -110,32 +111,55 @@ impl GrpcBuildServer {
         req: BuildRequest,
     ) -> Result<proto::Build, Status> {
         let logs = TracingLogs::new(n);
+        self.build_logged(n, peer, &req, &logs, &logs)
+            .await
+            .map(|r| proto::Build::from(&r.build))
+            .map_err(status_of)
+    }
+
+    /// Builds validated request number `n` from `peer` with `sink` (which
+    /// reports to `server_log`, the build's lines in the server log, or
+    /// is it), and logs one line at info when it ends: the build id, the
+    /// peer, the wall time, the outcome (its first line: exit code,
+    /// signal, timeout, the output missing...) and the status DoBuild
+    /// answers. A call dropped by its client logs nothing here (the
+    /// executor logs the cancellation).
+    pub(crate) async fn build_logged(
+        &self,
+        n: u64,
+        peer: Option<std::net::SocketAddr>,
+        req: &BuildRequest,
+        sink: &dyn LogSink,
+        server_log: &TracingLogs,
+    ) -> Result<BuildResult, BuildError> {
         let peer = peer.map_or_else(|| "local".to_owned(), |p| p.to_string());
         tracing::info!(request = n, %peer, "build requested");
         let started = std::time::Instant::now();
-        let result = self.exec.build(&req, &logs).await;
-        let (outcome, answer) = match result {
+        let result = self.exec.build(req, sink).await;
+        let (outcome, status) = match &result {
             Ok(r) => (
                 match r.build.outputs.len() {
                     1 => "built its output".to_owned(),
                     n => format!("built its {n} outputs"),
                 },
-                Ok(proto::Build::from(&r.build)),
+                tonic::Code::Ok,
             ),
-            Err(e) => (outcome_of(&e), Err(status_of(e))),
+            Err(e) => (outcome_of(e), code_of(e)),
         };
-        let status = answer
-            .as_ref()
-            .map_or_else(|s| s.code(), |_| tonic::Code::Ok);
         tracing::info!(
             request = n,
-            build = %logs.build_id().unwrap_or("none"),
+            build = %server_log.build_id().unwrap_or("none"),
             %peer,
             wall = ?started.elapsed(),
             ?status,
             "build finished: {outcome}"
         );
-        answer
+        result
+    }
+
+    /// The request limits this server refuses requests over.
+    pub(crate) fn limits(&self) -> RequestLimits {
+        self.limits
     }
 }
 
@@ -148,7 +172,7 @@ const PROBLEMS_SHOWN: usize = 20;
 /// threads. Its problems, all of them logged, answer INVALID_ARGUMENT with
 /// the first few; a validation that could not run (its thread panicked or
 /// was cancelled) answers UNAVAILABLE.
-async fn validate<T: Send + 'static>(
+pub(crate) async fn validate<T: Send + 'static>(
     n: u64,
     check: impl FnOnce() -> Result<T, tvix_oci_spec::Problems> + Send + 'static,
 ) -> Result<T, Status> {
@@ -168,9 +192,11 @@ async fn validate<T: Send + 'static>(
 }
 
 /// Largest message sent: the answer to a request of many thousand inputs.
-const MAX_MESSAGE: usize = 64 << 20;
+pub(crate) const MAX_MESSAGE: usize = 64 << 20;
 
-static REQUESTS: AtomicU64 = AtomicU64::new(0);
+/// Requests received, all services together (each is numbered in the
+/// server log).
+pub(crate) static REQUESTS: AtomicU64 = AtomicU64::new(0);
 
 #[tonic::async_trait]
 impl build_service_server::BuildService for GrpcBuildServer {
@@ -261,72 +287,16 @@ fn outcome_of(e: &BuildError) -> String {
 
 /// The gRPC status a failed build answers with.
 pub fn status_of(e: BuildError) -> Status {
-    match &e {
-        BuildError::Host(_) => Status::failed_precondition(e.to_string()),
-        BuildError::NotAllowed(_) => Status::permission_denied(e.to_string()),
-        _ if e.is_build_failure() => Status::aborted(e.to_string()),
-        _ => Status::unavailable(e.to_string()),
-    }
+    Status::new(code_of(&e), e.to_string())
 }
 
-/// Build logs as `tracing` events (target `tvix_oci_executor::build_log`,
-/// level INFO), one per line, tagged with the request number.
-#[derive(Debug)]
-pub struct TracingLogs {
-    request: u64,
-    build_id: std::sync::OnceLock<String>,
-    partial: std::sync::Mutex<[Vec<u8>; 2]>,
-}
-
-impl TracingLogs {
-    pub fn new(request: u64) -> Self {
-        Self {
-            request,
-            build_id: std::sync::OnceLock::new(),
-            partial: Default::default(),
-        }
-    }
-
-    /// The executor's id of the build, once it started.
-    pub fn build_id(&self) -> Option<&str> {
-        self.build_id.get().map(String::as_str)
-    }
-
-    fn emit(&self, stream: LogStream, line: &[u8]) {
-        let line = String::from_utf8_lossy(line);
-        tracing::info!(target: "tvix_oci_executor::build_log", request = self.request, ?stream, "{line}");
-    }
-}
-
-impl LogSink for TracingLogs {
-    fn started(&self, build_id: &str) {
-        let _ = self.build_id.set(build_id.to_owned());
-    }
-
-    fn log(&self, stream: LogStream, data: &[u8]) {
-        let Ok(mut partial) = self.partial.lock() else {
-            return;
-        };
-        let buf = &mut partial[stream as usize];
-        buf.extend_from_slice(data);
-        while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = buf.drain(..=nl).collect();
-            self.emit(stream, &line[..nl]);
-        }
-    }
-}
-
-impl Drop for TracingLogs {
-    fn drop(&mut self) {
-        let rest = match self.partial.get_mut() {
-            Ok(p) => std::mem::take(p),
-            Err(_) => return,
-        };
-        for (buf, stream) in rest.iter().zip([LogStream::Stdout, LogStream::Stderr]) {
-            if !buf.is_empty() {
-                self.emit(stream, buf);
-            }
-        }
+/// The code of [`status_of`].
+pub fn code_of(e: &BuildError) -> tonic::Code {
+    match e {
+        BuildError::Host(_) => tonic::Code::FailedPrecondition,
+        BuildError::NotAllowed(_) => tonic::Code::PermissionDenied,
+        _ if e.is_build_failure() => tonic::Code::Aborted,
+        _ => tonic::Code::Unavailable,
     }
 }
 

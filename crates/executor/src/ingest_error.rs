@@ -170,6 +170,17 @@ impl IngestError {
         }
     }
 
+    /// Whether the store is at fault: it failed, or took too long, to
+    /// store an output.
+    pub fn is_store_failure(&self) -> bool {
+        matches!(
+            self,
+            IngestError::BlobStore { .. }
+                | IngestError::StoreTimedOut { .. }
+                | IngestError::Store { .. }
+        )
+    }
+
     /// An error reading `path` of `output`: the build's fault when the
     /// executor may not read it (EACCES), the host's otherwise.
     pub(crate) fn reading(output: &str, path: &Path, source: std::io::Error) -> Self {

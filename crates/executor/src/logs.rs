@@ -1,7 +1,7 @@
 //! The build's log as the executor hands it on: a [`LogSink`] receives
 //! the builder's output as it comes and the executor's [`Phase`]s; the
-//! last lines are kept for error messages ([`Tail`]); a reader thread
-//! carries a pipe or pty into a channel ([`pump`]).
+//! last lines are kept for error messages (`Tail`); a reader thread
+//! carries a pipe or pty into a channel (`pump`).
 
 use std::io::Read;
 
@@ -20,6 +20,10 @@ pub enum LogStream {
 /// them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
+    /// Waiting for one of the executor's build slots: `position` 1 is the
+    /// next build to start. Reported when the build starts waiting and
+    /// again when its place changes; not at all when a slot is free.
+    Queued { position: u64 },
     /// Writing the bundle, mounting the inputs and the overlay.
     Mounting,
     /// The container runs.
@@ -29,11 +33,17 @@ pub enum Phase {
 }
 
 /// Receives the build's output as it comes, in chunks of any size, and
-/// the executor's progress through the [`Phase`]s.
+/// the executor's progress through the [`Phase`]s. Its methods are called
+/// from the build's own task: they must not block (a sink that cannot keep
+/// up drops, it does not wait).
 pub trait LogSink: Send + Sync {
     fn log(&self, stream: LogStream, data: &[u8]);
     /// The build reached `phase`. Does nothing unless overridden.
     fn phase(&self, _phase: Phase) {}
+    /// The running build's figures so far, about every
+    /// [`crate::PROGRESS_EVERY`] while its container runs. Does nothing
+    /// unless overridden.
+    fn progress(&self, _figures: &crate::Figures) {}
     /// The build got its id (once, before any phase; the id names its
     /// bundle, container and cgroup, and its log span). Does nothing unless
     /// overridden.

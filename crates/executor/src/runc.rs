@@ -218,7 +218,7 @@ fn wait_both(runc_pid: u32, pid_file: &Path) -> Result<Waited, String> {
 /// blocked on a hung store dies at once).
 ///
 /// As in Nix, the builder's stdin is `/dev/null` and its stdout and
-/// stderr one pseudo-terminal ([`crate::console::Pty`]): what it writes to
+/// stderr one pseudo-terminal (the executor's `console::Pty`): what it writes to
 /// either comes to `sink` in write order, as [`LogStream::Stderr`], with
 /// runc's own messages. runc runs `--detach` so that the builder inherits
 /// the pty itself (in the foreground runc would copy two pipes of its

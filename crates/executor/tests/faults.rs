@@ -120,7 +120,7 @@ async fn a_store_failing_a_read_is_an_infrastructure_error_even_if_the_build_ign
     let req = e.request(&script, &["build/out"], |_| {});
     let exec = faulty_executor(&e, Fault::Fail, None);
     let err = exec.build(&req, &NoLogs).await.unwrap_err();
-    assert!(matches!(err, BuildError::Infrastructure(_)), "{err}");
+    assert!(matches!(err, BuildError::Store(_)), "{err}");
     let msg = err.to_string();
     assert!(
         msg.contains("the disk is on fire") && msg.contains(DATA),
@@ -141,7 +141,7 @@ async fn a_store_serving_corrupted_bytes_is_caught_and_named_by_digest() {
         .build(&req, &logs)
         .await
         .unwrap_err();
-    assert!(matches!(err, BuildError::Infrastructure(_)), "{err}");
+    assert!(matches!(err, BuildError::Store(_)), "{err}");
     let digest = data_digest(&e).to_string();
     let hex = digest.trim_start_matches("b3:");
     assert!(err.to_string().contains(hex), "names the blob: {err}");

@@ -1,5 +1,7 @@
-//! The generated protobuf types and gRPC stubs of `tvix.build.v1`, and the
-//! `snix.build.v1` service (same request, snix's `BuildResponse`). Wire
+//! The generated protobuf types and gRPC stubs of `tvix.build.v1`, the
+//! `snix.build.v1` service (same request, snix's `BuildResponse`), and
+//! our own `tvix_oci_build.v1` (the same request answered with a stream of
+//! events, [`events`]). Wire
 //! types: nothing in them is validated; convert them into
 //! [`crate::BuildRequest`] at the boundary.
 
@@ -19,6 +21,11 @@ mod generated {
             }
         }
     }
+    pub mod tvix_oci_build {
+        pub mod v1 {
+            tonic::include_proto!("tvix_oci_build.v1");
+        }
+    }
 }
 
 pub use generated::tvix::build::v1::*;
@@ -26,6 +33,13 @@ pub use generated::tvix::build::v1::*;
 /// The `snix.build.v1` service and its `BuildResponse`.
 pub mod snix {
     pub use super::generated::snix::build::v1::*;
+}
+
+/// `tvix_oci_build.v1`: `BuildService.Build`, a build answered with a
+/// stream of [`BuildEvent`](events::BuildEvent)s (see its proto for the
+/// order and meaning of the events).
+pub mod events {
+    pub use super::generated::tvix_oci_build::v1::*;
 }
 
 impl snix::BuildResponse {

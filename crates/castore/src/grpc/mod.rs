@@ -172,6 +172,16 @@ pub(crate) async fn connect(
     Ok((channel, package, waits))
 }
 
+/// A gRPC channel to the server at `url` (`grpc+http://HOST:PORT` or
+/// `grpc+unix:///PATH`), connected as the stores connect (within
+/// `timeouts.connect`, with their receive windows), for the other services
+/// of the same server (its builds). Fails naming the URL.
+pub async fn open_channel(url: &str, timeouts: StoreTimeouts) -> Result<Channel, StoreError> {
+    let parsed = Url::parse(url).map_err(|e| StoreError::url(url, e.to_string()))?;
+    let (channel, _, _) = connect(&parsed, "build server", timeouts).await?;
+    Ok(channel)
+}
+
 /// A tonic client on `channel` with our message size limits.
 pub(crate) fn client(channel: Channel) -> tonic::client::Grpc<Channel> {
     tonic::client::Grpc::new(channel)

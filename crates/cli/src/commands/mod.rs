@@ -9,6 +9,8 @@ mod export;
 mod import;
 mod ls;
 mod mount;
+mod remote;
+mod report;
 mod run;
 mod serve;
 mod spec;
@@ -23,6 +25,11 @@ use crate::store::{data_dir, open_stores, store_urls};
 pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     if let Command::Spec { request, limits } = &cli.command {
         return spec::spec(request, &limits.limits());
+    }
+    if let Command::Run(args) = &cli.command
+        && let Some(url) = &args.remote
+    {
+        return remote::run_remote(args, url, cli.store_timeouts()).await;
     }
     let (blobs, dirs) = open_stores(&cli)
         .await

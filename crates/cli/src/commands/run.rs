@@ -1,5 +1,7 @@
 //! `tvix-oci-build run`: builds from request files or from flags, logs to
-//! stderr as they come, the result as JSON on stdout.
+//! stderr as they come, the result as JSON on stdout. The requests, the
+//! progress display and the report are shared with `run --remote`
+//! (`remote.rs`), which builds on a server instead.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -8,18 +10,18 @@ use std::time::Duration;
 
 use anyhow::Context;
 use prost::Message;
-use serde_json::json;
 use tvix_oci_castore::blobservice::BlobService;
 use tvix_oci_castore::directoryservice::DirectoryService;
 use tvix_oci_castore::import::{ImportOptions, import_path};
-use tvix_oci_executor::{BuildResult, Executor, ExecutorConfig};
+use tvix_oci_executor::{Executor, ExecutorConfig};
 use tvix_oci_spec::json::JsonError;
 use tvix_oci_spec::proto::{self, build_request as br};
 use tvix_oci_spec::{BuildRequest, Problems, RequestLimits};
 
+use super::report::{Failure, report};
 use crate::args::{ExecArgs, RunArgs};
 use crate::exit::{HOST, INVALID, exit};
-use crate::progress::Progress;
+use crate::progress::{BuildProgress, Progress};
 
 fn invalid(p: Problems) -> anyhow::Error {
     exit(INVALID, p)
@@ -157,30 +159,56 @@ async fn request_from_flags(
     BuildRequest::validate(p, &args.exec.limits.limits()).map_err(invalid)
 }
 
+/// The requests `args` describe: the request files read and validated,
+/// or the one the flags describe, its inputs imported into `blobs` and
+/// `dirs` (the stores the build reads them from).
+pub async fn requests(
+    args: &RunArgs,
+    progress: &Progress,
+    blobs: &Arc<dyn BlobService>,
+    dirs: &Arc<dyn DirectoryService>,
+) -> anyhow::Result<Vec<BuildRequest>> {
+    if args.requests.is_empty() {
+        return Ok(vec![request_from_flags(args, progress, blobs, dirs).await?]);
+    }
+    if !args.command.is_empty() || !args.input.is_empty() {
+        return Err(exit(
+            INVALID,
+            "give either request files or a build by flags (--input … -- COMMAND), not both",
+        ));
+    }
+    args.requests
+        .iter()
+        .map(|p| read_request(p, &args.exec.limits.limits()))
+        .collect()
+}
+
+/// Prints the requests as JSON, for `--dry-run`.
+pub fn print_requests(requests: &[BuildRequest]) {
+    for r in requests {
+        println!("{}", r.to_json());
+    }
+}
+
+/// The progress display of each of `n` builds.
+pub fn build_sinks(progress: &Progress, n: usize) -> Vec<BuildProgress> {
+    (1..=n)
+        .map(|i| match n {
+            1 => progress.build("build".into()),
+            _ => progress.build(format!("build {i}")),
+        })
+        .collect()
+}
+
 pub async fn run(
     args: &RunArgs,
     blobs: Arc<dyn BlobService>,
     dirs: Arc<dyn DirectoryService>,
 ) -> anyhow::Result<()> {
     let progress = Progress::new();
-    let requests = if args.requests.is_empty() {
-        vec![request_from_flags(args, &progress, &blobs, &dirs).await?]
-    } else {
-        if !args.command.is_empty() || !args.input.is_empty() {
-            return Err(exit(
-                INVALID,
-                "give either request files or a build by flags (--input … -- COMMAND), not both",
-            ));
-        }
-        args.requests
-            .iter()
-            .map(|p| read_request(p, &args.exec.limits.limits()))
-            .collect::<anyhow::Result<Vec<_>>>()?
-    };
+    let requests = requests(args, &progress, &blobs, &dirs).await?;
     if args.dry_run {
-        for r in &requests {
-            println!("{}", r.to_json());
-        }
+        print_requests(&requests);
         return Ok(());
     }
     let config = args.exec.config();
@@ -188,12 +216,7 @@ pub async fn run(
         return Err(no_sandbox_shell());
     }
     let exec = Executor::new(config, blobs, dirs);
-    let sinks: Vec<_> = (1..=requests.len())
-        .map(|i| match requests.len() {
-            1 => progress.build("build".into()),
-            _ => progress.build(format!("build {i}")),
-        })
-        .collect();
+    let sinks = build_sinks(&progress, requests.len());
     let builds =
         futures::future::join_all(requests.iter().zip(&sinks).map(|(r, s)| exec.build(r, s)));
     let results = tokio::select! {
@@ -202,29 +225,12 @@ pub async fn run(
     };
     // Spinners off before the result goes to the terminal.
     drop(sinks);
-    let mut worst = 0u8;
-    let mut out = Vec::new();
-    for (i, r) in results.into_iter().enumerate() {
-        match r {
-            Ok(res) => out.push(BuildResult::to_json(&res)),
-            Err(e) => {
-                let code = crate::exit::code_of_build(&e);
-                eprintln!("error: build {}: {e}", i + 1);
-                worst = worst.max(code);
-                out.push(json!({"error": e.to_string()}));
-            }
-        }
-    }
-    let doc = if out.len() == 1 {
-        out.remove(0)
-    } else {
-        serde_json::Value::Array(out)
-    };
-    println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
-    match worst {
-        0 => Ok(()),
-        code => Err(exit(code, "")),
-    }
+    report(
+        results
+            .into_iter()
+            .map(|r| r.map_err(Failure::of))
+            .collect(),
+    )
 }
 
 impl ExecArgs {

@@ -1,7 +1,8 @@
 //! `tvix-oci-build serve`: the store's castore services and the
-//! BuildService, under both the tvix and the snix package names, on one
-//! gRPC listener, so tvix and snix
-//! clients can upload inputs, send builds and read the outputs back.
+//! BuildService, under both the tvix and the snix package names, and our
+//! own `tvix_oci_build.v1.BuildService` (the build's events streamed as it
+//! runs), on one gRPC listener, so tvix and snix clients, and `run
+//! --remote`, can upload inputs, send builds and read the outputs back.
 
 use std::sync::Arc;
 
@@ -35,6 +36,7 @@ pub async fn serve(
     let builds = GrpcBuildServer::new(exec).with_limits(args.limits.limits());
     let routes = castore_routes_with(blobs, dirs, ServeOptions { upload_idle })
         .add_service(builds.clone().into_service())
+        .add_service(builds.clone().into_events_service())
         .add_service(builds.into_snix_service());
     // Uploads from clients far away: the receive window grows with the
     // bandwidth-delay product as it is measured, so a server with many

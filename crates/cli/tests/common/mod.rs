@@ -68,24 +68,53 @@ pub fn run_with_busybox(data: &Path, bb: &Path) -> Command {
 /// Fails when anything of a build is left under `bundles`: a bundle
 /// directory, a mount, or a runc container.
 pub fn assert_nothing_left(bundles: &Path) {
-    let left: Vec<_> = std::fs::read_dir(bundles)
-        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+    let left = leftovers(bundles);
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+/// What builds left under `bundles`: bundle directories, mounts, runc
+/// containers.
+pub fn leftovers(bundles: &Path) -> Vec<String> {
+    let mut left: Vec<String> = std::fs::read_dir(bundles)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| format!("bundle {}", e.path().display()))
+                .collect()
+        })
         .unwrap_or_default();
-    assert!(left.is_empty(), "bundles left: {left:?}");
+    let root = bundles.to_str().unwrap();
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(
-        !mounts.contains(bundles.to_str().unwrap()),
-        "mounts left under {}",
-        bundles.display()
+    left.extend(
+        mounts
+            .lines()
+            .filter(|l| l.contains(root))
+            .map(|l| format!("mount {l}")),
     );
     let list = Command::new("runc")
         .args(["list", "--format", "json"])
         .output()
         .unwrap();
-    assert!(
-        !String::from_utf8_lossy(&list.stdout).contains(bundles.to_str().unwrap()),
-        "a container is left"
-    );
+    if String::from_utf8_lossy(&list.stdout).contains(root) {
+        left.push(format!(
+            "a container: {}",
+            String::from_utf8_lossy(&list.stdout)
+        ));
+    }
+    left
+}
+
+/// The cgroup directories named after build `id`, anywhere under
+/// /sys/fs/cgroup.
+pub fn cgroups_of(id: &str) -> Vec<String> {
+    let out = Command::new("find")
+        .args(["/sys/fs/cgroup", "-maxdepth", "5", "-type", "d", "-name"])
+        .arg(format!("*{id}*"))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
 }
 
 /// `import PATH` into the store under `data`; the digest it prints.

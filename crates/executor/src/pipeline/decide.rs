@@ -42,7 +42,7 @@ pub(crate) fn judge(
     facts: RunFacts,
 ) -> Result<RunOutcome, BuildError> {
     if let Some(t) = facts.store_trouble {
-        return Err(BuildError::infra(format!(
+        return Err(BuildError::Store(format!(
             "the store failed while the build read its inputs: {t}"
         )));
     }

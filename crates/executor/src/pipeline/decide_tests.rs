@@ -55,6 +55,7 @@ fn store_trouble_makes_any_result_the_stores_fault() {
     for ran in [Ok(outcome()), killed()] {
         let e = judge(ran, facts.clone()).unwrap_err();
         assert!(!e.is_build_failure(), "{e}");
+        assert!(e.is_store_failure(), "{e}");
         assert!(
             e.to_string()
                 .contains("the store failed while the build read its inputs: blob b3:aa"),

@@ -13,9 +13,10 @@ use tvix_oci_spec::BuildRequest;
 
 use super::decide::{RunFacts, judge};
 use super::{Prepared, Sandbox};
-use crate::BuildError;
 use crate::cgroup::{BuildCgroup, Usage};
+use crate::figures::with_progress;
 use crate::runc::{Container, LogSink, Phase, Process, RunLimits, RunOutcome};
+use crate::{BuildError, Figures};
 
 /// A store call pending this long when the build ends means the store
 /// hung.
@@ -68,7 +69,9 @@ impl Sandbox {
         let abort_guard = OnDrop(Some(&abort_inputs));
         let started = Instant::now();
         let bundle = self.layout.dir();
-        let ran = crate::runc::run(&container, bundle, logs, limits, process, &abort_inputs).await;
+        let run = crate::runc::run(&container, bundle, logs, limits, process, &abort_inputs);
+        let cgroup = prepared.cgroup.as_ref();
+        let ran = with_progress(run, logs, started, || figures(&mounts, cgroup)).await;
         abort_guard.disarm();
         container.delete();
         let usage = prepared
@@ -91,6 +94,17 @@ impl Sandbox {
             usage,
             fuse,
         })
+    }
+}
+
+/// What the running build used so far.
+fn figures(mounts: &super::sandbox::Mounts, cgroup: Option<&BuildCgroup>) -> Figures {
+    let usage = cgroup.map(BuildCgroup::usage).unwrap_or_default();
+    Figures {
+        input_bytes_fetched: mounts.inputs.stats().bytes_fetched,
+        cpu: usage.cpu,
+        peak_memory: usage.peak_memory,
+        ..Figures::default()
     }
 }
 

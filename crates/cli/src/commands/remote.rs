@@ -1,0 +1,141 @@
+//! `tvix-oci-build run --remote URL`: the same `run`, built on a `serve`
+//! at `URL` (`grpc+http://HOST:PORT` or `grpc+unix:///PATH`) through its
+//! streaming `tvix_oci_build.v1.BuildService/Build`. Local `--input` paths
+//! are imported into the server's store first; each build's log streams to
+//! stderr as the server sends it, its phases on the spinner; the result is
+//! the `BuildResult` the `Completed` event carries, printed as a local run
+//! prints it, with the same exit codes. Ctrl-C drops the streams, which
+//! cancels the builds on the server.
+
+use tokio_stream::StreamExt;
+use tvix_oci_castore::grpc::{StoreTimeouts, open_channel};
+use tvix_oci_castore::{open_blob_service_with, open_directory_service_with};
+use tvix_oci_executor::BuildResult;
+use tvix_oci_executor::runc::{LogSink, LogStream};
+use tvix_oci_executor::wire::{phase_of, result_of};
+use tvix_oci_spec::BuildRequest;
+use tvix_oci_spec::proto::events::build_service_client::BuildServiceClient;
+use tvix_oci_spec::proto::events::{self as ev, build_event::Event, failed::Fault};
+
+use super::report::{Failure, report};
+use super::run::{build_sinks, print_requests, requests, shutdown_signal};
+use crate::args::RunArgs;
+use crate::exit::{BUILD_FAILED, HOST, INVALID, exit};
+use crate::progress::{BuildProgress, Progress};
+
+/// Largest message received: the `Completed` of a build of many outputs.
+const MAX_MESSAGE: usize = 64 << 20;
+
+/// Runs `args` on the server at `url`, connecting within `timeouts`.
+pub async fn run_remote(args: &RunArgs, url: &str, timeouts: StoreTimeouts) -> anyhow::Result<()> {
+    let host = |e: tvix_oci_castore::StoreError| exit(HOST, format!("--remote {url}: {e}"));
+    let blobs = open_blob_service_with(url, timeouts).await.map_err(host)?;
+    let dirs = open_directory_service_with(url, timeouts)
+        .await
+        .map_err(host)?;
+    let progress = Progress::new();
+    let requests = requests(args, &progress, &blobs, &dirs).await?;
+    if args.dry_run {
+        print_requests(&requests);
+        return Ok(());
+    }
+    let channel = open_channel(url, timeouts).await.map_err(host)?;
+    let client = BuildServiceClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(usize::MAX);
+    let sinks = build_sinks(&progress, requests.len());
+    let builds = futures::future::join_all(
+        requests
+            .iter()
+            .zip(&sinks)
+            .map(|(r, s)| build(client.clone(), r, s)),
+    );
+    let results = tokio::select! {
+        r = builds => r,
+        _ = shutdown_signal() => return Err(exit(HOST, format!("interrupted; the builds on {url} were cancelled"))),
+    };
+    drop(sinks);
+    drop(blobs);
+    report(results)
+}
+
+/// Builds `req` on the server `client` talks to, its events shown on
+/// `sink`; its result, or why there is none.
+async fn build(
+    mut client: BuildServiceClient<tonic::transport::Channel>,
+    req: &BuildRequest,
+    sink: &BuildProgress,
+) -> Result<BuildResult, Failure> {
+    let mut events = client
+        .build(tvix_oci_spec::proto::BuildRequest::from(req))
+        .await
+        .map_err(refused)?
+        .into_inner();
+    while let Some(event) = events.next().await {
+        let event = event.map_err(|s| Failure {
+            code: HOST,
+            msg: format!("the server broke off the build: {}", s.message()),
+        })?;
+        match event.event {
+            Some(Event::Log(l)) => sink.log(stream_of(&l), &l.data),
+            Some(Event::Phase(p)) => {
+                if let Some(phase) = phase_of(&p) {
+                    sink.phase(phase);
+                }
+            }
+            Some(Event::LogsDropped(d)) => {
+                let note = format!(
+                    "[{} log lines ({} bytes) dropped by the server: this client read too slowly]\n",
+                    d.lines, d.bytes
+                );
+                sink.log(LogStream::Stderr, note.as_bytes());
+            }
+            Some(Event::Completed(c)) => {
+                return result_of(c).map_err(|e| Failure {
+                    code: HOST,
+                    msg: format!("the server's result is invalid: {e}"),
+                });
+            }
+            Some(Event::Failed(f)) => return Err(failed(f)),
+            Some(Event::Started(_) | Event::Progress(_) | Event::RefscanResult(_)) | None => {}
+        }
+    }
+    Err(Failure {
+        code: HOST,
+        msg: "the server ended the build's stream without its result".into(),
+    })
+}
+
+fn stream_of(l: &ev::Log) -> LogStream {
+    match l.stream() {
+        ev::log::Stream::Stdout => LogStream::Stdout,
+        _ => LogStream::Stderr,
+    }
+}
+
+/// A call the server refused before building: 2 for a request it finds
+/// invalid, 3 otherwise (unreachable, no such service...).
+fn refused(s: tonic::Status) -> Failure {
+    let code = match s.code() {
+        tonic::Code::InvalidArgument => INVALID,
+        _ => HOST,
+    };
+    Failure {
+        code,
+        msg: format!("the server refused the build: {}", s.message()),
+    }
+}
+
+/// A build that ended in `Failed`: 1 for the build's fault, 2 for the
+/// request's, 3 for the host's or the store's.
+fn failed(f: ev::Failed) -> Failure {
+    let code = match f.fault() {
+        Fault::Build => BUILD_FAILED,
+        Fault::Request => INVALID,
+        Fault::Host | Fault::Store | Fault::Unspecified => HOST,
+    };
+    Failure {
+        code,
+        msg: f.message,
+    }
+}
