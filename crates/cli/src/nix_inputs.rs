@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
+use futures::StreamExt;
 use tvix_oci_castore::Node;
 use tvix_oci_castore::blobservice::BlobService;
 use tvix_oci_castore::directoryservice::DirectoryService;
@@ -116,6 +117,9 @@ pub fn closure(roots: &BTreeSet<StorePath>) -> anyhow::Result<BTreeSet<StorePath
     Ok(set)
 }
 
+/// Map lookups in flight at once.
+const MAP_LOOKUPS: usize = 64;
+
 /// Imports each path of `paths` from /nix/store, but those `map` knows;
 /// returns the nodes and how many were imported.
 pub async fn import_all(
@@ -140,13 +144,24 @@ pub async fn import_all(
             hashes
         }
     };
+    // The map first, many lookups at once (each asks the stores whether
+    // the node is still there: a round trip per path, which overlap).
+    let by_index = &hashes;
+    let known: Vec<Option<Node>> = futures::stream::iter(list.iter().enumerate())
+        .map(|(i, p)| async move {
+            match by_index.get(i) {
+                Some(h) => map.get(p, h, &**blobs, &**dirs).await,
+                None => None,
+            }
+        })
+        .buffered(MAP_LOOKUPS)
+        .collect()
+        .await;
     let mut m = BTreeMap::new();
     let mut imported = 0;
-    for (i, p) in list.iter().enumerate() {
+    for ((i, p), known) in list.iter().enumerate().zip(known) {
         let hash = hashes.get(i);
-        if let Some(h) = hash
-            && let Some(node) = map.get(p, h, &**blobs, &**dirs).await
-        {
+        if let Some(node) = known {
             m.insert(p.clone(), node);
             continue;
         }
