@@ -24,6 +24,9 @@ mod ingest;
 mod observe;
 mod upload;
 
+#[cfg(test)]
+mod tests;
+
 pub use error::{ImportError, IngestionError};
 pub use fs::{FileObserver, ImportObserver, ImportOptions, NoObserver, import_path};
 pub use ingest::ingest_entries;
