@@ -141,17 +141,9 @@ pub async fn ingest_outputs(
     let mut got = Vec::with_capacity(outs.len());
     let mut left = limits;
     for o in outs {
-        let g = walk_output(
-            &o.base,
-            &o.rel,
-            &o.output,
-            blobs.clone(),
-            dirs,
-            needles.clone(),
-            left,
-        )
-        .await
-        .map_err(whole)?;
+        let g = walk_output(o.clone(), blobs.clone(), dirs, needles.clone(), left)
+            .await
+            .map_err(whole)?;
         left = left.less(g.bytes, g.entries);
         got.push(g);
     }
@@ -188,19 +180,14 @@ pub async fn ingest_output(
 /// its observers. Files are stored one at a time, so the first error in
 /// the output's NAR order is the one returned.
 async fn walk_output(
-    base: &Path,
-    rel: &str,
-    output: &str,
+    at: OutputAt,
     blobs: Arc<dyn BlobService>,
     dirs: &dyn DirectoryService,
     needles: Arc<Needles>,
     limits: IngestLimits,
 ) -> Result<IngestedOutput, IngestError> {
-    let at = OutputAt {
-        base: base.to_owned(),
-        rel: rel.to_owned(),
-        output: output.to_owned(),
-    };
+    let output = at.output.clone();
+    let output = output.as_str();
     let (tx, rx) = mpsc::channel(AHEAD);
     let producer = tokio::task::spawn_blocking(move || crate::output_walk::walk(&at, limits, &tx));
     let opts = IngestOptions {
