@@ -7,7 +7,8 @@
 //!   [`directoryservice::DirectoryService`], with in-memory, embedded
 //!   persistent and gRPC backends opened from URLs ([`open_blob_service`],
 //!   [`open_directory_service`]), and a gRPC server ([`grpc`]).
-//! - [`import::import_path`] ingests a filesystem tree;
+//! - [`import::ingest_entries`] ingests a tree from any producer's stream
+//!   of entries, [`import::import_path`] a filesystem tree through it;
 //!   [`export::export_node`] writes one back out.
 
 pub mod blobservice;

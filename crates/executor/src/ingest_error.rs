@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use nix::sys::stat::SFlag;
 use tvix_oci_castore::StoreError;
+use tvix_oci_castore::import::IngestionError;
 
 /// Why an output could not be ingested. Names the output and the path
 /// below it; [`IngestError::is_build_failure`] says whose fault it is, by
@@ -197,6 +198,51 @@ impl IngestError {
                 path,
                 source,
             }
+        }
+    }
+}
+
+impl IngestError {
+    /// The error for `e`, met by the ingestion core storing output
+    /// `output` (whose build's timeout is `timeout`): the walk's own
+    /// errors as they are, the store's the store's.
+    pub(crate) fn from_ingestion(
+        output: &str,
+        timeout: Duration,
+        e: IngestionError<IngestError>,
+    ) -> Self {
+        let output = output.to_owned();
+        match e {
+            IngestionError::Producer(e) => e,
+            IngestionError::Blob { path, source } => IngestError::BlobStore {
+                output,
+                path,
+                source,
+            },
+            IngestionError::StoreTimedOut { path } => IngestError::StoreTimedOut {
+                output,
+                path,
+                timeout,
+            },
+            IngestionError::Store(e) => IngestError::Store {
+                output,
+                source: Box::new(e),
+            },
+            IngestionError::Changed { path, .. } => IngestError::Changed { output, path },
+            IngestionError::Name { path, err } => IngestError::Invalid {
+                output,
+                path,
+                msg: err.to_string(),
+            },
+            IngestionError::Directory { path, err } => IngestError::Invalid {
+                output,
+                path,
+                msg: err.to_string(),
+            },
+            e @ (IngestionError::Malformed { .. } | IngestionError::Task(_)) => IngestError::Task {
+                output,
+                msg: e.to_string(),
+            },
         }
     }
 }

@@ -4,7 +4,10 @@
 //! feeds any [`NarSink`] (another digest, for a fixed output declared in
 //! sha1 or sha512; see [`crate::nar_node`]).
 
+use std::path::Path;
+
 use sha2::{Digest, Sha256};
+use tvix_oci_castore::import::{FileMeta, Observer};
 
 /// Where the NAR's bytes go, in order.
 pub trait NarSink {
@@ -151,6 +154,37 @@ impl<S: NarSink> NarWriter<S> {
         self.pad(self.file_len);
         self.str(b")");
         ok
+    }
+}
+
+/// The NAR hash as an observer of the ingestion core: it sees the tree in
+/// NAR order, which is all the serialisation needs. A file whose length
+/// changed is the core's to refuse, so [`NarHasher::file_end`]'s verdict
+/// is not needed here.
+impl Observer for NarHasher {
+    fn directory_start(&mut self, _path: &Path) {
+        NarHasher::directory_start(self);
+    }
+    fn directory_end(&mut self, _path: &Path) {
+        NarHasher::directory_end(self);
+    }
+    fn entry_start(&mut self, _path: &Path, name: &[u8]) {
+        NarHasher::entry_start(self, name);
+    }
+    fn entry_end(&mut self, _path: &Path) {
+        NarHasher::entry_end(self);
+    }
+    fn symlink(&mut self, _path: &Path, target: &[u8]) {
+        NarHasher::symlink(self, target);
+    }
+    fn file_start(&mut self, _path: &Path, meta: FileMeta) {
+        NarHasher::file_start(self, meta.executable, meta.size);
+    }
+    fn file_chunk(&mut self, data: &[u8]) {
+        self.file_data(data);
+    }
+    fn file_end(&mut self, _path: &Path) {
+        NarHasher::file_end(self);
     }
 }
 

@@ -212,10 +212,7 @@ impl Needles {
     pub fn scanner(&self) -> Scanner<'_> {
         Scanner {
             needles: self,
-            tail: Vec::with_capacity(self.max_len),
-            boundary: Vec::with_capacity(2 * self.max_len),
-            found: vec![false; self.count],
-            new: Vec::new(),
+            state: ScanState::new(self),
         }
     }
 }
@@ -224,24 +221,63 @@ impl Needles {
 #[derive(Debug)]
 pub struct Scanner<'a> {
     needles: &'a Needles,
+    state: ScanState,
+}
+
+impl Scanner<'_> {
+    /// Feeds the next bytes of the stream.
+    pub fn update(&mut self, chunk: &[u8]) {
+        self.state.update(self.needles, chunk);
+    }
+
+    /// Starts a new stream (needles do not span two streams).
+    pub fn reset_stream(&mut self) {
+        self.state.tail.clear();
+    }
+
+    /// Which needles were seen, by index.
+    pub fn found(&self) -> &[bool] {
+        &self.state.found
+    }
+
+    /// The needles found for the first time since the last call.
+    pub fn take_new(&mut self) -> Vec<usize> {
+        std::mem::take(&mut self.state.new)
+    }
+}
+
+/// What a scan of some [`Needles`] knows so far, apart from them (so
+/// that a scanner can own its needles: [`crate::refscan_observer`]).
+#[derive(Debug)]
+pub(crate) struct ScanState {
     /// The last `max_len - 1` bytes seen.
-    tail: Vec<u8>,
+    pub(crate) tail: Vec<u8>,
     /// The tail and the next chunk's first bytes, searched for needles
     /// that straddle them (kept to reuse its allocation: ingestion calls
     /// `update` once per 64 KiB).
     boundary: Vec<u8>,
     found: Vec<bool>,
     /// Needles found for the first time since the last `take_new`.
-    new: Vec<usize>,
+    pub(crate) new: Vec<usize>,
 }
 
-impl Scanner<'_> {
-    /// Feeds the next bytes of the stream.
-    pub fn update(&mut self, chunk: &[u8]) {
-        let Some(matcher) = &self.needles.matcher else {
+impl ScanState {
+    pub(crate) fn new(needles: &Needles) -> Self {
+        Self {
+            tail: Vec::with_capacity(needles.max_len),
+            boundary: Vec::with_capacity(2 * needles.max_len),
+            found: vec![false; needles.count],
+            new: Vec::new(),
+        }
+    }
+
+    /// Feeds the next bytes of the stream, searched for `needles` (the
+    /// ones this state was made for).
+    pub(crate) fn update(&mut self, needles: &Needles, chunk: &[u8]) {
+        let Some(matcher) = &needles.matcher else {
             return;
         };
-        let keep = self.needles.max_len - 1;
+        let keep = needles.max_len - 1;
         let (found, new) = (&mut self.found, &mut self.new);
         if !self.tail.is_empty() && !chunk.is_empty() {
             // Needles that start in the tail and end in this chunk (one
@@ -267,21 +303,6 @@ impl Scanner<'_> {
             let excess = self.tail.len().saturating_sub(keep);
             self.tail.drain(..excess);
         }
-    }
-
-    /// Starts a new stream (needles do not span two streams).
-    pub fn reset_stream(&mut self) {
-        self.tail.clear();
-    }
-
-    /// Which needles were seen, by index.
-    pub fn found(&self) -> &[bool] {
-        &self.found
-    }
-
-    /// The needles found for the first time since the last call.
-    pub fn take_new(&mut self) -> Vec<usize> {
-        std::mem::take(&mut self.new)
     }
 }
 
