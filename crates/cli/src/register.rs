@@ -22,7 +22,7 @@ use tvix_oci_nix::export::{path_header, path_trailer, stream_end};
 use tvix_oci_nix::result::NixOutput;
 
 use crate::commands::Built;
-use crate::exit::{HOST, exit};
+use crate::exit::{HOST, INVALID, exit};
 
 /// What became of one output.
 pub const IMPORTED: &str = "imported";
@@ -78,15 +78,58 @@ pub async fn register(
         let theirs =
             crate::nix_paths::nar_hashes(&[parse(&o.path)?]).map_err(|e| at(e.to_string()))?;
         if theirs.first() != Some(&o.nar_hash) {
+            // Not left valid with contents we did not mean.
+            let removed = Command::new("nix-store")
+                .args(["--delete", &o.path])
+                .output()
+                .is_ok_and(|out| out.status.success());
             return Err(at(format!(
-                "Nix recorded NAR hash {}, we computed {}",
+                "Nix recorded NAR hash {}, we computed {}; {}",
                 theirs.first().map_or("none", String::as_str),
-                o.nar_hash
+                o.nar_hash,
+                match removed {
+                    true => "the path was deleted again",
+                    false =>
+                        "the path could not be deleted again: delete it with nix-store --delete",
+                }
             )));
         }
         done.insert(name, IMPORTED);
     }
     Ok(done)
+}
+
+/// Refuses, before anything is built, a `.drv` that is not a valid path of
+/// the local Nix store: only there did Nix compute its output paths, and
+/// registering outputs under paths a hand-written `.drv` claims would
+/// plant them in the host's store (where Nix would then trust them, e.g.
+/// instead of substituting the real ones). Exit 2, naming the file.
+pub fn check_drvs_valid(drvs: &[std::path::PathBuf]) -> anyhow::Result<()> {
+    let mut paths = Vec::new();
+    for d in drvs {
+        let p = d.to_str().and_then(|s| StorePath::from_absolute(s).ok());
+        match p {
+            Some(p) => paths.push(p.absolute()),
+            None => {
+                return Err(exit(
+                    INVALID,
+                    format!(
+                        "{}: --register and --build-inputs take derivations in the Nix store (as nix-instantiate writes them), whose output paths Nix computed",
+                        d.display()
+                    ),
+                ));
+            }
+        }
+    }
+    if let Some(bad) = invalid_paths(&paths)?.into_iter().next() {
+        return Err(exit(
+            INVALID,
+            format!(
+                "{bad}: not a valid path of the Nix store; --register and --build-inputs take derivations Nix wrote (nix-instantiate), whose output paths Nix computed"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn parse(p: &str) -> anyhow::Result<StorePath> {

@@ -252,6 +252,9 @@ pub async fn build(
             crate::out_link::check_free(base, i, read_drv(d)?.outputs.keys())?;
         }
     }
+    if args.register || args.build_inputs {
+        crate::register::check_drvs_valid(&args.drvs)?;
+    }
     let mut b = Builder {
         cores: args.cores,
         map,

@@ -415,3 +415,43 @@ fn a_derivation_requiring_kvm_gets_dev_kvm_where_the_operator_allows_it() {
     assert_eq!(ours["narSize"].to_string(), theirs[1].trim(), "{v}");
     forget.now();
 }
+
+/// `--register` and `--build-inputs` refuse a `.drv` outside the Nix
+/// store before building: its output paths are only what the file
+/// claims, and registering under them would plant paths in the host's
+/// store that Nix would then trust.
+#[test]
+fn register_refuses_a_drv_nix_did_not_write() {
+    if oracle_absent() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let conf = nix_conf(tmp.path());
+    let drvs = fresh(&conf, tmp.path(), &["dep"]);
+    let forged = tmp.path().join("forged.drv");
+    std::fs::copy(&drvs[0], &forged).unwrap();
+    let mut forget = Forget {
+        conf: &conf,
+        paths: drvs.clone(),
+    };
+    for flag in ["--register", "--build-inputs"] {
+        let out = bin(&tmp.path().join("data"))
+            .args(["build", "--bundle-root"])
+            .arg(tmp.path().join("bundles"))
+            .arg(flag)
+            .arg(&forged)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag}: {err}");
+        assert!(
+            err.contains(&format!(
+                "{}: --register and --build-inputs take derivations in the Nix store",
+                forged.display()
+            )),
+            "{flag}: {err}"
+        );
+        assert!(!err.contains("running"), "{flag} built: {err}");
+    }
+    forget.now();
+}
