@@ -31,29 +31,29 @@ impl Pty {
     /// Opens a pty in raw mode, as Nix does (`cfmakeraw`: no `\n` to
     /// `\r\n`, no echo, no signals from control characters).
     pub fn open() -> Result<Self, BuildError> {
-        let (mut m, mut s) = (-1, -1);
-        // SAFETY: m and s are valid out-pointers; name, termios and
-        // winsize may be null.
-        let rc = unsafe {
-            libc::openpty(
-                &mut m,
-                &mut s,
-                std::ptr::null_mut(),
-                std::ptr::null(),
-                std::ptr::null(),
-            )
-        };
-        if rc != 0 {
+        // Both ends close-on-exec from the start (not set after, when
+        // another thread's fork, another build's runc, could inherit
+        // them and hold this build's log open).
+        let flags = libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC;
+        // SAFETY: plain flags; the fd returned is new.
+        let m = unsafe { libc::posix_openpt(flags) };
+        if m < 0 {
             return Err(os_error("opening a pseudo-terminal"));
         }
-        // SAFETY: openpty returned two fresh fds that nothing else owns.
-        let (master, slave) = unsafe { (OwnedFd::from_raw_fd(m), OwnedFd::from_raw_fd(s)) };
-        for fd in [&master, &slave] {
-            // SAFETY: fd is open; FD_CLOEXEC is a valid flag.
-            if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
-                return Err(os_error("setting close-on-exec on the pseudo-terminal"));
-            }
+        // SAFETY: posix_openpt returned a fresh fd that nothing else owns.
+        let master = unsafe { OwnedFd::from_raw_fd(m) };
+        // SAFETY: master is an open pty master.
+        if unsafe { libc::unlockpt(master.as_raw_fd()) } != 0 {
+            return Err(os_error("unlocking the pseudo-terminal"));
         }
+        // The slave by the master's own ioctl (Linux 4.13), not by name.
+        // SAFETY: master is an open pty master; the flags are valid.
+        let s = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTPEER, flags) };
+        if s < 0 {
+            return Err(os_error("opening the pseudo-terminal's slave"));
+        }
+        // SAFETY: the ioctl returned a fresh fd that nothing else owns.
+        let slave = unsafe { OwnedFd::from_raw_fd(s) };
         // SAFETY: termios is plain data, filled by tcgetattr.
         let mut t: libc::termios = unsafe { std::mem::zeroed() };
         // SAFETY: slave is an open terminal; t is a valid pointer.

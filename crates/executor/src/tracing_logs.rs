@@ -3,6 +3,7 @@
 //! event stream alike; and the build's id, for the line logged when it
 //! ends.
 
+use crate::events::LINE_PIECE;
 use crate::runc::{LogSink, LogStream};
 
 /// Build logs as `tracing` events (target `tvix_oci_executor::build_log`,
@@ -45,11 +46,26 @@ impl LogSink for TracingLogs {
             return;
         };
         let buf = &mut partial[stream as usize];
-        buf.extend_from_slice(data);
-        while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = buf.drain(..=nl).collect();
-            self.emit(stream, &line[..nl]);
-        }
+        feed(buf, data, |line| self.emit(stream, line));
+    }
+}
+
+/// Adds `data` to the partial line `buf`, calling `emit` with each line
+/// it completes (without its `\n`). Only the new bytes are searched for
+/// line ends, and a line that grows to [`LINE_PIECE`] is emitted in pieces:
+/// a build writing without newlines costs linear time and bounded memory.
+fn feed(buf: &mut Vec<u8>, data: &[u8], mut emit: impl FnMut(&[u8])) {
+    let mut rest = data;
+    while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
+        buf.extend_from_slice(&rest[..nl]);
+        emit(buf);
+        buf.clear();
+        rest = &rest[nl + 1..];
+    }
+    buf.extend_from_slice(rest);
+    while buf.len() >= LINE_PIECE {
+        let piece: Vec<u8> = buf.drain(..LINE_PIECE).collect();
+        emit(&piece);
     }
 }
 
@@ -64,5 +80,35 @@ impl Drop for TracingLogs {
                 self.emit(stream, buf);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{LINE_PIECE, feed};
+
+    fn lines(chunks: &[&[u8]]) -> (Vec<Vec<u8>>, Vec<u8>) {
+        let (mut buf, mut out) = (Vec::new(), Vec::new());
+        for c in chunks {
+            feed(&mut buf, c, |l| out.push(l.to_vec()));
+        }
+        (out, buf)
+    }
+
+    #[test]
+    fn lines_across_chunks_and_the_rest_kept() {
+        let (out, rest) = lines(&[b"a\nb", b"c\n\nd", b"e"]);
+        assert_eq!(out, [b"a".to_vec(), b"bc".to_vec(), b"".to_vec()]);
+        assert_eq!(rest, b"de");
+    }
+
+    #[test]
+    fn a_line_without_end_is_cut_into_pieces() {
+        let chunk = vec![b'x'; 4096];
+        let chunks: Vec<&[u8]> = (0..40).map(|_| chunk.as_slice()).collect();
+        let (out, rest) = lines(&chunks);
+        assert_eq!(out.len(), 40 * 4096 / LINE_PIECE);
+        assert!(out.iter().all(|l| l.len() == LINE_PIECE));
+        assert_eq!(rest.len(), 40 * 4096 % LINE_PIECE);
     }
 }
