@@ -14,10 +14,19 @@ use anyhow::{Context, anyhow, bail};
 use rusqlite::{Connection, OpenFlags};
 use tvix_oci_nix::StorePath;
 
-/// Where Nix keeps its database.
-fn db_path() -> PathBuf {
+/// Where Nix keeps the database of the store `nix-store` would use: its
+/// `NIX_DB_DIR`, or `NIX_STATE_DIR/db`. `None` where `nix-store` would use
+/// another store (`NIX_REMOTE`, a daemon or a chroot store): that one's
+/// database is not this one.
+fn db_path() -> Option<PathBuf> {
+    if std::env::var_os("NIX_REMOTE").is_some_and(|r| !r.is_empty() && r != "local") {
+        return None;
+    }
+    if let Some(dir) = std::env::var_os("NIX_DB_DIR").filter(|d| !d.is_empty()) {
+        return Some(PathBuf::from(dir).join("db.sqlite"));
+    }
     let state = std::env::var_os("NIX_STATE_DIR").unwrap_or_else(|| "/nix/var/nix".into());
-    PathBuf::from(state).join("db/db.sqlite")
+    Some(PathBuf::from(state).join("db/db.sqlite"))
 }
 
 /// Roots per query at most (SQLite's limit of variables is 32766).
@@ -34,7 +43,9 @@ pub fn closure(roots: &BTreeSet<StorePath>) -> anyhow::Result<BTreeMap<StorePath
     if roots.len() > MAX_ROOTS {
         bail!("{} roots are more than one query takes", roots.len());
     }
-    let path = db_path();
+    let Some(path) = db_path() else {
+        bail!("NIX_REMOTE names another store than the local one");
+    };
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let db = Connection::open_with_flags(&path, flags)
         .with_context(|| format!("opening the Nix database {}", path.display()))?;

@@ -29,12 +29,19 @@ pub const LINE_PIECE: usize = 64 << 10;
 /// Log lines waiting unread before lines are dropped, by default.
 pub const LOG_BUFFER: usize = 4096;
 
+/// Bytes of log lines waiting unread before lines are dropped, whatever
+/// the count: a client that reads nothing holds at most this much of the
+/// server's memory per build.
+pub const LOG_BUFFER_BYTES: usize = 8 << 20;
+
 /// A build's sink sending its events; see the module.
 #[derive(Debug)]
 pub struct EventSink {
     tx: mpsc::UnboundedSender<BuildEvent>,
-    /// `Log` events sent but not yet taken by the [`EventStream`].
+    /// `Log` events sent but not yet taken by the [`EventStream`], and
+    /// their bytes.
     unread: Arc<AtomicUsize>,
+    unread_bytes: Arc<AtomicUsize>,
     buffer: usize,
     state: Mutex<State>,
     /// The server's own log of the build (its lines, and its id).
@@ -57,18 +64,22 @@ struct State {
 pub struct EventStream {
     rx: mpsc::UnboundedReceiver<BuildEvent>,
     unread: Arc<AtomicUsize>,
+    unread_bytes: Arc<AtomicUsize>,
     build: Option<tokio::task::AbortHandle>,
 }
 
-/// A sink keeping up to `buffer` log lines unread (at least one), the
+/// A sink keeping up to `buffer` log lines unread (at least one; and at
+/// most [`LOG_BUFFER_BYTES`] of them), the
 /// build's lines also in the server's log (`server_log`), and the stream
 /// its events go to.
 pub fn channel(buffer: usize, server_log: TracingLogs) -> (EventSink, EventStream) {
     let (tx, rx) = mpsc::unbounded_channel();
     let unread = Arc::new(AtomicUsize::new(0));
+    let unread_bytes = Arc::new(AtomicUsize::new(0));
     let sink = EventSink {
         tx,
         unread: unread.clone(),
+        unread_bytes: unread_bytes.clone(),
         buffer: buffer.max(1),
         state: Mutex::default(),
         server_log,
@@ -76,6 +87,7 @@ pub fn channel(buffer: usize, server_log: TracingLogs) -> (EventSink, EventStrea
     let stream = EventStream {
         rx,
         unread,
+        unread_bytes,
         build: None,
     };
     (sink, stream)
@@ -102,7 +114,9 @@ impl EventSink {
 
     /// Sends one line (or piece), or drops it when the buffer is full.
     fn line(&self, st: &mut State, stream: LogStream, data: Vec<u8>) {
-        if self.unread.load(Ordering::Relaxed) >= self.buffer {
+        let full = self.unread.load(Ordering::Relaxed) >= self.buffer
+            || self.unread_bytes.load(Ordering::Relaxed) + data.len() > LOG_BUFFER_BYTES;
+        if full {
             st.lines += 1;
             st.bytes += data.len() as u64;
             st.total += 1;
@@ -110,6 +124,7 @@ impl EventSink {
         }
         self.report_drops(st);
         self.unread.fetch_add(1, Ordering::Relaxed);
+        self.unread_bytes.fetch_add(data.len(), Ordering::Relaxed);
         self.send(wire::log(stream, data));
     }
 
@@ -201,10 +216,11 @@ impl tokio_stream::Stream for EventStream {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<BuildEvent>> {
         let polled = self.rx.poll_recv(cx);
         if let Poll::Ready(Some(BuildEvent {
-            event: Some(Event::Log(_)),
+            event: Some(Event::Log(l)),
         })) = &polled
         {
             self.unread.fetch_sub(1, Ordering::Relaxed);
+            self.unread_bytes.fetch_sub(l.data.len(), Ordering::Relaxed);
         }
         polled
     }

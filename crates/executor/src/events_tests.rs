@@ -76,3 +76,26 @@ async fn dropping_the_stream_aborts_the_build_task() {
     drop(stream);
     assert!(task.await.unwrap_err().is_cancelled());
 }
+
+#[tokio::test]
+async fn unread_lines_are_bounded_in_bytes_too() {
+    let (sink, mut stream) = channel(LOG_BUFFER, TracingLogs::new(0));
+    // Lines of a full piece each: the byte bound is reached long before
+    // the line count.
+    let piece = vec![b'y'; LINE_PIECE];
+    for _ in 0..1000 {
+        sink.log(LogStream::Stderr, &piece);
+    }
+    let got = take(&mut stream).await;
+    assert_eq!(got.len(), LOG_BUFFER_BYTES / LINE_PIECE, "lines kept");
+    // Read: room again, and the drops are said first.
+    sink.log(LogStream::Stderr, b"z\n");
+    let dropped = 1000 - LOG_BUFFER_BYTES / LINE_PIECE;
+    assert_eq!(
+        take(&mut stream).await,
+        [
+            format!("dropped {dropped} {}", dropped * LINE_PIECE),
+            "log z\n".to_owned()
+        ]
+    );
+}
