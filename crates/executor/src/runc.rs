@@ -323,6 +323,9 @@ struct Watch<'a> {
     log_closed: Option<Instant>,
 }
 
+/// How often a build a limit stopped is killed again until it is gone.
+const KILL_AGAIN: Duration = Duration::from_secs(2);
+
 /// A time past any limit.
 const FAR: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
@@ -412,12 +415,15 @@ impl<'a> Watch<'a> {
         limits: RunLimits,
     ) -> BuildError {
         on_stop();
-        self.container.kill();
+        // Killed now and again until it is gone: a kill sent before runc
+        // wrote the container's state fails, and the builder would run on.
+        let mut kill = tokio::time::interval(KILL_AGAIN);
         // Keep draining the log until the builder is gone, so that nothing
         // writing to it stays blocked on a full pty.
         loop {
             tokio::select! {
                 _ = &mut self.waiter => break,
+                _ = kill.tick() => self.container.kill(),
                 Some((_, data)) = self.rx.recv() => {
                     if !matches!(stop, Stop::LogLimit) {
                         self.tail.push(&data);
