@@ -235,6 +235,12 @@ pub struct ExecArgs {
     /// more wait. Default: the number of CPUs.
     #[arg(long)]
     pub jobs: Option<usize>,
+    /// Builds that may wait for one of the --jobs at once; one more is
+    /// refused at once (`serve`: RESOURCE_EXHAUSTED, so a load balancer
+    /// can send it to another builder; `run`: exit 3). `0`: none wait.
+    /// Default: no bound.
+    #[arg(long, value_name = "N")]
+    pub queue: Option<usize>,
     /// Where bundles are made.
     #[arg(long)]
     pub bundle_root: Option<PathBuf>,

@@ -333,3 +333,46 @@ async fn each_finished_build_logs_one_line_with_its_outcome() {
     assert!(!text.contains("Not Implemented"), "{text}");
     assert_nothing_left(&bundles);
 }
+
+/// `--queue 0` with every job busy: a further build is refused at once
+/// with RESOURCE_EXHAUSTED (for a load balancer to send it elsewhere),
+/// and taken again once a job is free.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_queue_answers_resource_exhausted_at_once() {
+    if let Some(why) = can_build() {
+        println!("SKIPPED: {why}");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let bundles = tmp.path().join("bundles");
+    let extra = ["--jobs", "1", "--queue", "0"];
+    let (child, url) = common::spawn_serve(&tmp.path().join("data"), &bundles, &extra);
+    let server = Server { child, url };
+    let busybox = server.upload_busybox(tmp.path()).await;
+    let slow = request(&busybox, &["build/x"], "sleep 2; echo slow > x");
+    let mut first = server.builds().await;
+    let running = tokio::spawn(async move { first.do_build(slow).await });
+    // Until the first build holds the one job.
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    let quick = request(&busybox, &["build/x"], "echo quick > x");
+    let t = std::time::Instant::now();
+    let err = server
+        .builds()
+        .await
+        .do_build(quick.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message().contains("this builder is busy"),
+        "{}",
+        err.message()
+    );
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(1),
+        "refused at once"
+    );
+    running.await.unwrap().unwrap();
+    server.builds().await.do_build(quick).await.unwrap();
+    assert_nothing_left(&bundles);
+}

@@ -23,6 +23,11 @@ pub struct ExecutorConfig {
     pub sandbox_shell: Option<PathBuf>,
     /// Builds run at once; more wait.
     pub concurrency: usize,
+    /// Builds that may wait for a slot at once; one more is refused at
+    /// once as [`BuildError::Busy`](crate::BuildError::Busy) (gRPC
+    /// `RESOURCE_EXHAUSTED`), so a load balancer can send it elsewhere.
+    /// `None`: no bound.
+    pub max_queued: Option<usize>,
     /// Keep each bundle after the build (for debugging).
     pub keep_bundle: bool,
     /// How long the build may take, from its container starting to its
@@ -60,6 +65,7 @@ impl Default for ExecutorConfig {
             runtime: PathBuf::from("runc"),
             sandbox_shell: shell,
             concurrency: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            max_queued: None,
             keep_bundle: false,
             timeout: None,
             max_silent_time: None,

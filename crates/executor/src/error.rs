@@ -49,6 +49,13 @@ pub enum BuildError {
     /// builder may allow it.
     #[error("{0}")]
     NotAllowed(String),
+    /// Every build slot is taken and as many builds as the executor
+    /// queues already wait: not the build's fault, nor the host's; another
+    /// builder (or this one later) will take it.
+    #[error(
+        "this builder is busy: its {slots} build slots are taken and {queued} builds wait already (--queue); try another builder, or again later"
+    )]
+    Busy { slots: usize, queued: usize },
     #[error("this host cannot run the build: {0}")]
     Host(String),
     #[error("infrastructure failure: {0}")]
@@ -83,6 +90,7 @@ impl BuildError {
             | BuildError::WorkingDir { .. } => true,
             BuildError::Output(e) => e.is_build_failure(),
             BuildError::NotAllowed(_)
+            | BuildError::Busy { .. }
             | BuildError::Host(_)
             | BuildError::Infrastructure(_)
             | BuildError::Store(_) => false,

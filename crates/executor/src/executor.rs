@@ -93,7 +93,8 @@ impl Executor {
     ) -> Result<BuildResult, BuildError> {
         let id = build_id();
         logs.started(&id);
-        let _permit = self.queue.acquire(&self.permits, logs).await?;
+        let bound = (self.config.concurrency.max(1), self.config.max_queued);
+        let _permit = self.queue.acquire(&self.permits, bound, logs).await?;
         let span = info_span!("build", id = %id);
         self.run(req, logs, &id).instrument(span).await
     }

@@ -295,6 +295,7 @@ pub fn code_of(e: &BuildError) -> tonic::Code {
     match e {
         BuildError::Host(_) => tonic::Code::FailedPrecondition,
         BuildError::NotAllowed(_) => tonic::Code::PermissionDenied,
+        BuildError::Busy { .. } => tonic::Code::ResourceExhausted,
         _ if e.is_build_failure() => tonic::Code::Aborted,
         _ => tonic::Code::Unavailable,
     }

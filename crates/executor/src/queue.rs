@@ -43,9 +43,13 @@ impl Queue {
     /// A slot of `slots`, at once when one is free; otherwise after waiting
     /// in line, `logs` told the build's place as it changes. Fails only
     /// when `slots` was closed (the executor going away).
+    ///
+    /// With `max_queued`, a build that would wait behind that many is
+    /// refused at once ([`BuildError::Busy`], naming the `total` slots).
     pub(crate) async fn acquire<'s>(
         &self,
         slots: &'s Semaphore,
+        (total, max_queued): (usize, Option<usize>),
         logs: &dyn LogSink,
     ) -> Result<SemaphorePermit<'s>, BuildError> {
         if let Ok(permit) = slots.try_acquire() {
@@ -53,6 +57,14 @@ impl Queue {
         }
         let ticket = self.next.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut w) = self.waiting.lock() {
+            if let Some(max) = max_queued
+                && w.len() >= max
+            {
+                return Err(BuildError::Busy {
+                    slots: total,
+                    queued: w.len(),
+                });
+            }
             w.insert(ticket);
         }
         let in_line = InLine {

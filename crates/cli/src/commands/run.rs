@@ -246,6 +246,7 @@ impl ExecArgs {
         if let Some(j) = self.jobs {
             config.concurrency = j.max(1);
         }
+        config.max_queued = self.queue;
         if let Some(r) = &self.bundle_root {
             config.bundle_root = r.clone();
         }
