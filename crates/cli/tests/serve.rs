@@ -349,11 +349,18 @@ async fn a_full_queue_answers_resource_exhausted_at_once() {
     let (child, url) = common::spawn_serve(&tmp.path().join("data"), &bundles, &extra);
     let server = Server { child, url };
     let busybox = server.upload_busybox(tmp.path()).await;
-    let slow = request(&busybox, &["build/x"], "sleep 2; echo slow > x");
+    let slow = request(&busybox, &["build/x"], "sleep 4; echo slow > x");
     let mut first = server.builds().await;
     let running = tokio::spawn(async move { first.do_build(slow).await });
-    // Until the first build holds the one job.
-    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    // Until the first build holds the one job: its bundle is made then.
+    let holding = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::fs::read_dir(&bundles).map_or(true, |mut d| d.next().is_none()) {
+        assert!(
+            std::time::Instant::now() < holding,
+            "the first build never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let quick = request(&busybox, &["build/x"], "echo quick > x");
     let t = std::time::Instant::now();
     let err = server
