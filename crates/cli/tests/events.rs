@@ -8,75 +8,13 @@
 mod common;
 
 use std::path::Path;
-use std::process::Child;
 use std::time::{Duration, Instant};
 
-use common::{busybox_tree, can_build, cgroups_of, leftovers};
-use tvix_oci_castore::import::{ImportOptions, import_path};
-use tvix_oci_castore::{Node, open_blob_service, open_directory_service};
+use common::{Serve as Server, busybox_request as request, can_build, cgroups_of, leftovers};
 use tvix_oci_executor::wire::result_of;
+use tvix_oci_spec::proto;
 use tvix_oci_spec::proto::events::build_service_client::BuildServiceClient;
 use tvix_oci_spec::proto::events::{BuildEvent, build_event::Event, failed::Fault};
-use tvix_oci_spec::proto::{self, build_request as br};
-
-/// A `serve` process on a free port, killed when dropped.
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Server {
-    fn start(tmp: &Path, bundles: &Path) -> Server {
-        let (child, url) = common::spawn_serve(&tmp.join("data"), bundles, &[]);
-        Server { child, url }
-    }
-
-    async fn upload_busybox(&self, tmp: &Path) -> Node {
-        let blobs = open_blob_service(&self.url).await.unwrap();
-        let dirs = open_directory_service(&self.url).await.unwrap();
-        import_path(blobs, &*dirs, &busybox_tree(tmp), &ImportOptions::default())
-            .await
-            .unwrap()
-    }
-
-    fn http(&self) -> String {
-        self.url.replace("grpc+http://", "http://")
-    }
-
-    async fn events(&self) -> BuildServiceClient<tonic::transport::Channel> {
-        BuildServiceClient::connect(self.http()).await.unwrap()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A request running `script` with busybox as its one input.
-fn request(busybox: &Node, outputs: &[&str], script: &str) -> proto::BuildRequest {
-    proto::BuildRequest {
-        inputs: vec![busybox.to_proto(&"busybox".try_into().unwrap())],
-        command_args: vec![
-            "/nix/store/busybox/bin/busybox".into(),
-            "sh".into(),
-            "-c".into(),
-            script.into(),
-        ],
-        working_dir: "build".into(),
-        scratch_paths: vec!["build".into(), "nix/store".into()],
-        inputs_dir: "nix/store".into(),
-        outputs: outputs.iter().map(|s| s.to_string()).collect(),
-        constraints: Some(br::BuildConstraints {
-            system: tvix_oci_executor::host::host_system(),
-            ..Default::default()
-        }),
-        refscan_needles: vec!["busybox".into()],
-        ..Default::default()
-    }
-}
 
 /// Every event of a build, to the stream's end.
 async fn all_events(
@@ -122,6 +60,13 @@ fn log_text(events: &[Event]) -> String {
         .collect()
 }
 
+impl Server {
+    /// A client of its event stream.
+    async fn events(&self) -> BuildServiceClient<tonic::transport::Channel> {
+        BuildServiceClient::connect(self.http()).await.unwrap()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_build_streams_its_events_in_order() {
     if let Some(why) = can_build() {
@@ -130,7 +75,7 @@ async fn a_build_streams_its_events_in_order() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let bundles = tmp.path().join("bundles");
-    let server = Server::start(tmp.path(), &bundles);
+    let server = Server::start(&tmp.path().join("data"), &bundles, &[]);
     let busybox = server.upload_busybox(tmp.path()).await;
     let mut client = server.events().await;
 
@@ -215,7 +160,7 @@ async fn a_failing_build_ends_with_failed_and_a_refused_request_sends_nothing() 
     }
     let tmp = tempfile::tempdir().unwrap();
     let bundles = tmp.path().join("bundles");
-    let server = Server::start(tmp.path(), &bundles);
+    let server = Server::start(&tmp.path().join("data"), &bundles, &[]);
     let busybox = server.upload_busybox(tmp.path()).await;
     let mut client = server.events().await;
 
@@ -267,7 +212,7 @@ async fn a_client_reading_nothing_does_not_slow_the_build() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let bundles = tmp.path().join("bundles");
-    let server = Server::start(tmp.path(), &bundles);
+    let server = Server::start(&tmp.path().join("data"), &bundles, &[]);
     let busybox = server.upload_busybox(tmp.path()).await;
     let mut client = server.events().await;
     const LINES: u64 = 300_000;
@@ -325,8 +270,7 @@ async fn dropping_the_stream_cancels_the_build_and_leaves_nothing() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let bundles = tmp.path().join("bundles");
-    let (child, url) = common::spawn_serve(&tmp.path().join("data"), &bundles, &["--jobs", "1"]);
-    let server = Server { child, url };
+    let server = Server::start(&tmp.path().join("data"), &bundles, &["--jobs", "1"]);
     let busybox = server.upload_busybox(tmp.path()).await;
     let mut client = server.events().await;
     let req = request(

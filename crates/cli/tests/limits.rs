@@ -7,38 +7,16 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Child;
 use std::time::{Duration, Instant};
 
-use common::bin;
+use common::{Serve, bin};
 use prost::Message;
 use tvix_oci_castore::{B3Digest, open_blob_service};
-use tvix_oci_spec::proto::{self, build_request as br, build_service_client::BuildServiceClient};
+use tvix_oci_spec::proto::{self, build_request as br};
 
-/// A `serve` process on a free port with extra `args`, killed when dropped.
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Server {
-    fn start(tmp: &Path, args: &[&str]) -> Server {
-        let (child, url) = common::spawn_serve(&tmp.join("data"), &tmp.join("bundles"), args);
-        Server { child, url }
-    }
-
-    async fn builds(&self) -> BuildServiceClient<tonic::transport::Channel> {
-        let http = self.url.replace("grpc+http://", "http://");
-        BuildServiceClient::connect(http).await.unwrap()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `serve` with its store and bundles under `tmp`, and `args`.
+fn serve(tmp: &std::path::Path, args: &[&str]) -> Serve {
+    Serve::start(&tmp.join("data"), &tmp.join("bundles"), args)
 }
 
 /// A request of `outputs` outputs `o/000000`.. (plus any `extra`),
@@ -64,7 +42,7 @@ fn request(outputs: usize, extra: &[&str]) -> proto::BuildRequest {
 #[tokio::test(flavor = "multi_thread")]
 async fn serve_answers_stat_while_validating_two_huge_requests() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start(tmp.path(), &["--max-outputs", "300001"]);
+    let server = serve(tmp.path(), &["--max-outputs", "300001"]);
     let blobs = open_blob_service(&server.url).await.unwrap();
     let digest = B3Digest::of(b"not stored");
     assert!(!blobs.has(&digest).await.unwrap());
@@ -123,7 +101,7 @@ async fn serve_answers_stat_while_validating_two_huge_requests() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_thousand_problems_answer_invalid_argument_with_the_count() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start(tmp.path(), &[]);
+    let server = serve(tmp.path(), &[]);
     let mut req = request(0, &[]);
     req.outputs = (0..1000).map(|i| format!("etc/o{i:04}")).collect();
     let err = server.builds().await.do_build(req).await.unwrap_err();

@@ -10,9 +10,8 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Child;
 
-use common::{assert_nothing_left, can_build, skip_or_fail};
+use common::{Serve as Server, assert_nothing_left, can_build, skip_or_fail};
 use futures::StreamExt;
 use prost::Message;
 use serde_json::{Value, json};
@@ -60,30 +59,6 @@ fn cannot_run(dir: &Path) -> bool {
     };
     skip_or_fail(&why);
     true
-}
-
-/// A `serve` process on a free port, killed when dropped.
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Server {
-    fn start(tmp: &Path, bundles: &Path) -> Server {
-        let (child, url) = common::spawn_serve(&tmp.join("data"), bundles, &[]);
-        Server { child, url }
-    }
-
-    fn http(&self) -> String {
-        self.url.replace("grpc+http://", "http://")
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// The fixtures' busybox tree: bin/busybox and its 24 applet symlinks.
@@ -300,7 +275,7 @@ async fn peer_requests_are_answered_as_their_clients_expect() {
 
     let tmp = tempfile::tempdir().unwrap();
     let bundles = tmp.path().join("bundles");
-    let server = Server::start(tmp.path(), &bundles);
+    let server = Server::start(&tmp.path().join("data"), &bundles, &[]);
     let blobs = open_blob_service(&server.url).await.unwrap();
     let dirs = open_directory_service(&server.url).await.unwrap();
 

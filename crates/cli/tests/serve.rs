@@ -6,84 +6,10 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Child;
-use std::sync::Arc;
-
-use common::{assert_nothing_left, busybox_tree, can_build};
-use tvix_oci_castore::blobservice::BlobService;
-use tvix_oci_castore::directoryservice::DirectoryService;
-use tvix_oci_castore::import::{ImportOptions, import_path};
+use common::{Serve as Server, assert_nothing_left, busybox_request as request, can_build};
 use tvix_oci_castore::proto::{self as castore_proto, node as proto_node};
-use tvix_oci_castore::{B3Digest, Node, open_blob_service, open_directory_service};
-use tvix_oci_spec::proto::{self, build_request as br, build_service_client::BuildServiceClient};
-
-/// A `serve` process on a free port, killed when dropped.
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Server {
-    fn start(tmp: &Path, bundles: &Path) -> Server {
-        let (child, url) = common::spawn_serve(&tmp.join("data"), bundles, &[]);
-        Server { child, url }
-    }
-
-    async fn stores(&self) -> (Arc<dyn BlobService>, Arc<dyn DirectoryService>) {
-        (
-            open_blob_service(&self.url).await.unwrap(),
-            open_directory_service(&self.url).await.unwrap(),
-        )
-    }
-
-    async fn builds(&self) -> BuildServiceClient<tonic::transport::Channel> {
-        let http = self.url.replace("grpc+http://", "http://");
-        BuildServiceClient::connect(http).await.unwrap()
-    }
-}
-
-impl Server {
-    /// Uploads a busybox tree through the castore services, as a tvix
-    /// client uploads its inputs; its node.
-    async fn upload_busybox(&self, tmp: &Path) -> Node {
-        let (blobs, dirs) = self.stores().await;
-        let bb = busybox_tree(tmp);
-        import_path(blobs, &*dirs, &bb, &ImportOptions::default())
-            .await
-            .unwrap()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A Nix-like request running `script` with busybox as its one input.
-fn request(busybox: &Node, outputs: &[&str], script: &str) -> proto::BuildRequest {
-    proto::BuildRequest {
-        inputs: vec![busybox.to_proto(&"busybox".try_into().unwrap())],
-        command_args: vec![
-            "/nix/store/busybox/bin/busybox".into(),
-            "sh".into(),
-            "-c".into(),
-            script.into(),
-        ],
-        working_dir: "build".into(),
-        scratch_paths: vec!["build".into(), "nix/store".into()],
-        inputs_dir: "nix/store".into(),
-        outputs: outputs.iter().map(|s| s.to_string()).collect(),
-        constraints: Some(br::BuildConstraints {
-            system: tvix_oci_executor::host::host_system(),
-            ..Default::default()
-        }),
-        refscan_needles: vec!["busybox".into()],
-        ..Default::default()
-    }
-}
+use tvix_oci_castore::{B3Digest, Node};
+use tvix_oci_spec::proto;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn do_build_over_grpc_and_read_the_outputs_back() {
@@ -93,7 +19,7 @@ async fn do_build_over_grpc_and_read_the_outputs_back() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let bundles = tmp.path().join("bundles");
-    let server = Server::start(tmp.path(), &bundles);
+    let server = Server::start(&tmp.path().join("data"), &bundles, &[]);
     let (blobs, dirs) = server.stores().await;
     let busybox = server.upload_busybox(tmp.path()).await;
 
@@ -222,7 +148,7 @@ async fn sigterm_with_a_build_in_flight_leaves_nothing_behind() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let bundles = tmp.path().join("bundles");
-    let mut server = Server::start(tmp.path(), &bundles);
+    let mut server = Server::start(&tmp.path().join("data"), &bundles, &[]);
     let busybox = server.upload_busybox(tmp.path()).await;
     let mut client = server.builds().await;
     let req = request(

@@ -191,3 +191,97 @@ pub fn spawn_serve_with_log(
         .to_owned();
     (child, url)
 }
+
+/// A `serve` process on a free port, killed and reaped when dropped.
+pub struct Serve {
+    pub child: std::process::Child,
+    /// Its store URL (`grpc+http://127.0.0.1:PORT`).
+    pub url: String,
+}
+
+impl Serve {
+    /// `serve` with its embedded store under `data`, its bundles under
+    /// `bundles`, and `extra` flags.
+    pub fn start(data: &Path, bundles: &Path, extra: &[&str]) -> Serve {
+        let (child, url) = spawn_serve(data, bundles, extra);
+        Serve { child, url }
+    }
+
+    /// Its address as a tonic client takes it.
+    pub fn http(&self) -> String {
+        self.url.replace("grpc+http://", "http://")
+    }
+
+    /// Its castore, as a client opens it.
+    pub async fn stores(
+        &self,
+    ) -> (
+        std::sync::Arc<dyn tvix_oci_castore::blobservice::BlobService>,
+        std::sync::Arc<dyn tvix_oci_castore::directoryservice::DirectoryService>,
+    ) {
+        (
+            tvix_oci_castore::open_blob_service(&self.url)
+                .await
+                .unwrap(),
+            tvix_oci_castore::open_directory_service(&self.url)
+                .await
+                .unwrap(),
+        )
+    }
+
+    /// A tvix.build.v1 client of it.
+    pub async fn builds(
+        &self,
+    ) -> tvix_oci_spec::proto::build_service_client::BuildServiceClient<tonic::transport::Channel>
+    {
+        tvix_oci_spec::proto::build_service_client::BuildServiceClient::connect(self.http())
+            .await
+            .unwrap()
+    }
+
+    /// Uploads a busybox tree (see [`busybox_tree`]) through its castore
+    /// services, as a tvix client uploads its inputs; its node.
+    pub async fn upload_busybox(&self, tmp: &Path) -> tvix_oci_castore::Node {
+        let (blobs, dirs) = self.stores().await;
+        let bb = busybox_tree(tmp);
+        tvix_oci_castore::import::import_path(blobs, &*dirs, &bb, &Default::default())
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A Nix-like request running `script` with busybox (its node, see
+/// [`Serve::upload_busybox`]) as its one input at `nix/store/busybox`.
+pub fn busybox_request(
+    busybox: &tvix_oci_castore::Node,
+    outputs: &[&str],
+    script: &str,
+) -> tvix_oci_spec::proto::BuildRequest {
+    use tvix_oci_spec::proto::build_request as br;
+    tvix_oci_spec::proto::BuildRequest {
+        inputs: vec![busybox.to_proto(&"busybox".try_into().unwrap())],
+        command_args: vec![
+            "/nix/store/busybox/bin/busybox".into(),
+            "sh".into(),
+            "-c".into(),
+            script.into(),
+        ],
+        working_dir: "build".into(),
+        scratch_paths: vec!["build".into(), "nix/store".into()],
+        inputs_dir: "nix/store".into(),
+        outputs: outputs.iter().map(|s| s.to_string()).collect(),
+        constraints: Some(br::BuildConstraints {
+            system: tvix_oci_executor::host::host_system(),
+            ..Default::default()
+        }),
+        refscan_needles: vec!["busybox".into()],
+        ..Default::default()
+    }
+}
