@@ -34,6 +34,28 @@ use crate::stats::Stats;
 /// How long the kernel may cache entries and attributes: content is
 /// immutable for the life of the mount.
 const TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// The attributes of a negative entry: node id 0 is "no such name" to the
+/// kernel; the rest is never read.
+fn negative_attr() -> FileAttr {
+    FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind: FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 0,
+        flags: 0,
+    }
+}
 /// mtime of everything, as in the Nix store.
 const MTIME: Duration = Duration::from_secs(1);
 
@@ -473,6 +495,13 @@ impl Filesystem for InputsFs {
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.do_lookup(parent, name, req.pid()) {
             Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+            // The inputs never change: a name not there never will be. A
+            // zero node id with a timeout is a negative entry the kernel
+            // keeps, so a compiler searching its include path asks once.
+            Err(e) if e == Errno::ENOENT => {
+                self.stats.negative_lookups.fetch_add(1, Ordering::Relaxed);
+                reply.entry(&TTL, &negative_attr(), Generation(0))
+            }
             Err(e) => reply.error(e),
         }
     }

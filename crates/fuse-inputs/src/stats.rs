@@ -22,6 +22,9 @@ pub struct Stats {
     pub bytes_served: AtomicU64,
     /// Whether the kernel agreed to FUSE passthrough.
     pub passthrough: AtomicBool,
+    /// Lookups of names that are not there, answered as a negative entry
+    /// the kernel keeps (so the same name again does not come here).
+    pub negative_lookups: AtomicU64,
     /// Store calls that failed, timed out or panicked (each an EIO for a
     /// reader).
     pub store_failures: AtomicU64,
@@ -58,6 +61,7 @@ pub struct StatsSnapshot {
     pub bytes_fetched: u64,
     pub bytes_served: u64,
     pub passthrough: bool,
+    pub negative_lookups: u64,
 }
 
 impl Stats {
@@ -124,6 +128,7 @@ impl Stats {
             bytes_fetched: self.bytes_fetched.load(Ordering::Relaxed),
             bytes_served: self.bytes_served.load(Ordering::Relaxed),
             passthrough: self.passthrough.load(Ordering::Relaxed),
+            negative_lookups: self.negative_lookups.load(Ordering::Relaxed),
         }
     }
 }

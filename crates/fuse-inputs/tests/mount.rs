@@ -390,6 +390,35 @@ async fn fsync_and_close_of_inputs_succeed() {
     m.unmount().unwrap();
 }
 
+/// A name that is not there is ENOENT every time, and the daemon is asked
+/// once: the kernel keeps the negative entry (the inputs never change).
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_names_are_asked_once() {
+    need_fuse!();
+    let f = setup(true).await;
+    let m = f.mount_tree();
+    let t = f.mnt.join("tree");
+    let before = m.stats().negative_lookups;
+    for _ in 0..5 {
+        for name in ["nope", "a/nope", "a/empty/below-a-file"] {
+            let e = std::fs::symlink_metadata(t.join(name)).unwrap_err();
+            let want = match name {
+                "a/empty/below-a-file" => libc::ENOTDIR,
+                _ => libc::ENOENT,
+            };
+            assert_eq!(e.raw_os_error(), Some(want), "{name}");
+        }
+    }
+    assert_eq!(
+        m.stats().negative_lookups - before,
+        2,
+        "each missing name asked once"
+    );
+    // A name that is there is still found.
+    assert!(std::fs::symlink_metadata(t.join("a/empty")).is_ok());
+    m.unmount().unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn busy_mountpoint_and_bad_inputs_are_refused() {
     need_fuse!();
