@@ -1,6 +1,6 @@
 //! FUSE inputs against the same tree on local disk, side by side in one run:
 //! warm sequential read of a large file (passthrough), warm `stat` of every
-//! file, mount time with 5,000 root inputs, and cold first byte from a
+//! file, warm lookups of missing names (negative entries), mount time with 5,000 root inputs, and cold first byte from a
 //! remote store 1 ms away (`tvix-oci-build serve` behind a proxy adding
 //! 1 ms to each round trip).
 //!
@@ -133,6 +133,41 @@ fn main() -> Res<()> {
         format!("{:.0} ms", sn.as_secs_f64() * 1e3),
         format!("{:.0} ms", sf.as_secs_f64() * 1e3),
         format!("{:.2}x time", sf.as_secs_f64() / sn.as_secs_f64()),
+    ));
+
+    // Warm lookups of names that are not there, one beside each file (as
+    // a compiler searching its include path): after the first round the
+    // kernel answers them from its negative entries.
+    let missing = |files: &[PathBuf]| -> Vec<PathBuf> {
+        files
+            .iter()
+            .map(|p| {
+                let mut name = p.file_name().unwrap_or_default().to_os_string();
+                name.push(".nope");
+                p.with_file_name(name)
+            })
+            .collect()
+    };
+    let (native_missing, fuse_missing) = (missing(&native_files), missing(&fuse_files));
+    let look_all = |paths: &[PathBuf]| {
+        let t = Instant::now();
+        for p in paths {
+            let _ = std::fs::symlink_metadata(p);
+        }
+        t.elapsed()
+    };
+    look_all(&native_missing);
+    look_all(&fuse_missing);
+    let (mut mn, mut mf) = (Duration::MAX, Duration::MAX);
+    for _ in 0..3 {
+        mn = mn.min(look_all(&native_missing));
+        mf = mf.min(look_all(&fuse_missing));
+    }
+    rows.push((
+        format!("warm lookup of {} missing names", native_missing.len()),
+        format!("{:.0} ms", mn.as_secs_f64() * 1e3),
+        format!("{:.0} ms", mf.as_secs_f64() * 1e3),
+        format!("{:.2}x time", mf.as_secs_f64() / mn.as_secs_f64()),
     ));
 
     // Warm sequential read of the large file.
