@@ -66,21 +66,28 @@ impl GrpcBuildServer {
             .saturating_add(1 << 10)
     }
 
+    /// The largest message sent: an answer echoes its request (tvix's
+    /// `Build`, the event stream's `Completed`), so a request as large as
+    /// the limit allows plus [`MAX_MESSAGE`] for the outputs.
+    pub(crate) fn max_encoding(&self) -> usize {
+        self.max_decoding().saturating_add(MAX_MESSAGE)
+    }
+
     /// The service, ready to add to a tonic router, decoding messages up to
     /// the request limit.
     pub fn into_service(self) -> build_service_server::BuildServiceServer<Self> {
-        let max = self.max_decoding();
+        let (max, max_encoding) = (self.max_decoding(), self.max_encoding());
         build_service_server::BuildServiceServer::new(self)
             .max_decoding_message_size(max)
-            .max_encoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(max_encoding)
     }
 
     /// The service under snix's name, `snix.build.v1.BuildService`.
     pub fn into_snix_service(self) -> proto::snix::build_service_server::BuildServiceServer<Self> {
-        let max = self.max_decoding();
+        let (max, max_encoding) = (self.max_decoding(), self.max_encoding());
         proto::snix::build_service_server::BuildServiceServer::new(self)
             .max_decoding_message_size(max)
-            .max_encoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(max_encoding)
     }
 
     /// Runs a wire request and answers with the wire result. The request is

@@ -16,7 +16,7 @@ use tvix_oci_spec::BuildRequest;
 use tvix_oci_spec::proto::{self, events};
 
 use crate::events::{EventStream, LOG_BUFFER, channel};
-use crate::grpc::{GrpcBuildServer, MAX_MESSAGE, REQUESTS, TracingLogs, validate};
+use crate::grpc::{GrpcBuildServer, REQUESTS, TracingLogs, validate};
 
 /// The stream `Build` answers with.
 pub type BuildEvents =
@@ -26,10 +26,10 @@ impl GrpcBuildServer {
     /// `tvix_oci_build.v1.BuildService`, ready to add to a tonic router,
     /// decoding messages up to the request limit.
     pub fn into_events_service(self) -> events::build_service_server::BuildServiceServer<Self> {
-        let max = self.max_decoding();
+        let (max, max_encoding) = (self.max_decoding(), self.max_encoding());
         events::build_service_server::BuildServiceServer::new(self)
             .max_decoding_message_size(max)
-            .max_encoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(max_encoding)
     }
 
     /// Starts building validated request number `n` from `peer` in a task

@@ -23,8 +23,9 @@ use crate::args::RunArgs;
 use crate::exit::{BUILD_FAILED, HOST, INVALID, exit};
 use crate::progress::{BuildProgress, Progress};
 
-/// Largest message received: the `Completed` of a build of many outputs.
-const MAX_MESSAGE: usize = 64 << 20;
+/// Largest message received: the `Completed` of a build, which echoes its
+/// request (up to the default request limit, 64 MiB) next to its outputs.
+const MAX_MESSAGE: usize = 256 << 20;
 
 /// Runs `args` on the server at `url`, connecting within `timeouts`.
 pub async fn run_remote(args: &RunArgs, url: &str, timeouts: StoreTimeouts) -> anyhow::Result<()> {
