@@ -24,7 +24,7 @@ use crate::runc::{LogSink, LogStream, Phase};
 use crate::{BuildError, BuildResult, Figures, wire};
 
 /// The longest piece of a line sent as one `Log` event.
-pub const LINE_PIECE: usize = 64 << 10;
+pub use crate::logs::LINE_PIECE;
 
 /// Log lines waiting unread before lines are dropped, by default.
 pub const LOG_BUFFER: usize = 4096;
@@ -170,20 +170,12 @@ impl LogSink for EventSink {
             return;
         };
         let st = &mut *st;
-        let mut rest = data;
-        while !rest.is_empty() {
-            let buf = &mut st.partial[stream as usize];
-            let room = LINE_PIECE - buf.len();
-            let take = match rest.iter().take(room).position(|&b| b == b'\n') {
-                Some(nl) => nl + 1,
-                None => rest.len().min(room),
-            };
-            buf.extend_from_slice(&rest[..take]);
-            rest = &rest[take..];
-            if buf.last() == Some(&b'\n') || buf.len() == LINE_PIECE {
-                let line = std::mem::take(buf);
-                self.line(st, stream, line);
-            }
+        let mut lines = Vec::new();
+        crate::logs::split_lines(&mut st.partial[stream as usize], data, true, |l| {
+            lines.push(l)
+        });
+        for line in lines {
+            self.line(st, stream, line);
         }
     }
 

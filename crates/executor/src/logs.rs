@@ -79,6 +79,39 @@ impl Tail {
     }
 }
 
+/// The longest piece of a line handed on as one (a log line event, a line
+/// of the server's log): a longer line comes in pieces of this size.
+pub const LINE_PIECE: usize = 64 << 10;
+
+/// Adds `data` to the partial line `buf`, calling `emit` with each line it
+/// completes (with its `\n` when `keep_newline`) and with each piece of
+/// [`LINE_PIECE`] bytes of a longer one. Linear in `data`: only new bytes
+/// are searched, so a build writing without newlines costs no more.
+pub(crate) fn split_lines(
+    buf: &mut Vec<u8>,
+    data: &[u8],
+    keep_newline: bool,
+    mut emit: impl FnMut(Vec<u8>),
+) {
+    let mut rest = data;
+    while !rest.is_empty() {
+        let room = LINE_PIECE - buf.len();
+        let take = match rest.iter().take(room).position(|&b| b == b'\n') {
+            Some(nl) => nl + 1,
+            None => rest.len().min(room),
+        };
+        buf.extend_from_slice(&rest[..take]);
+        rest = &rest[take..];
+        if buf.last() == Some(&b'\n') || buf.len() == LINE_PIECE {
+            let mut line = std::mem::take(buf);
+            if !keep_newline && line.last() == Some(&b'\n') {
+                line.pop();
+            }
+            emit(line);
+        }
+    }
+}
+
 /// The chunks of a log as [`pump`] sends them.
 pub(crate) type LogChunks = mpsc::Receiver<(LogStream, Vec<u8>)>;
 

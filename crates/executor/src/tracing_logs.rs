@@ -3,7 +3,7 @@
 //! event stream alike; and the build's id, for the line logged when it
 //! ends.
 
-use crate::events::LINE_PIECE;
+use crate::logs::split_lines;
 use crate::runc::{LogSink, LogStream};
 
 /// Build logs as `tracing` events (target `tvix_oci_executor::build_log`,
@@ -46,26 +46,7 @@ impl LogSink for TracingLogs {
             return;
         };
         let buf = &mut partial[stream as usize];
-        feed(buf, data, |line| self.emit(stream, line));
-    }
-}
-
-/// Adds `data` to the partial line `buf`, calling `emit` with each line
-/// it completes (without its `\n`). Only the new bytes are searched for
-/// line ends, and a line that grows to [`LINE_PIECE`] is emitted in pieces:
-/// a build writing without newlines costs linear time and bounded memory.
-fn feed(buf: &mut Vec<u8>, data: &[u8], mut emit: impl FnMut(&[u8])) {
-    let mut rest = data;
-    while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
-        buf.extend_from_slice(&rest[..nl]);
-        emit(buf);
-        buf.clear();
-        rest = &rest[nl + 1..];
-    }
-    buf.extend_from_slice(rest);
-    while buf.len() >= LINE_PIECE {
-        let piece: Vec<u8> = buf.drain(..LINE_PIECE).collect();
-        emit(&piece);
+        split_lines(buf, data, false, |line| self.emit(stream, &line));
     }
 }
 
@@ -85,12 +66,12 @@ impl Drop for TracingLogs {
 
 #[cfg(test)]
 mod tests {
-    use super::{LINE_PIECE, feed};
+    use crate::logs::{LINE_PIECE, split_lines};
 
     fn lines(chunks: &[&[u8]]) -> (Vec<Vec<u8>>, Vec<u8>) {
         let (mut buf, mut out) = (Vec::new(), Vec::new());
         for c in chunks {
-            feed(&mut buf, c, |l| out.push(l.to_vec()));
+            split_lines(&mut buf, c, false, |l| out.push(l));
         }
         (out, buf)
     }

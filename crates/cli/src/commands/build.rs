@@ -298,14 +298,5 @@ pub async fn build(
             }
         }
     }
-    let doc = if out.len() == 1 {
-        out.remove(0)
-    } else {
-        serde_json::Value::Array(out)
-    };
-    println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
-    match worst {
-        0 => Ok(()),
-        code => Err(exit(code, "")),
-    }
+    super::report::print_results(out, worst)
 }

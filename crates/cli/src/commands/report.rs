@@ -42,6 +42,12 @@ pub fn report(results: Vec<Result<BuildResult, Failure>>) -> anyhow::Result<()> 
             }
         }
     }
+    print_results(out, worst)
+}
+
+/// Prints `out` as JSON on stdout (one value, or an array of several) and
+/// fails with `worst`, the worst exit code of the failures (0: none).
+pub fn print_results(mut out: Vec<serde_json::Value>, worst: u8) -> anyhow::Result<()> {
     let doc = if out.len() == 1 {
         out.remove(0)
     } else {
