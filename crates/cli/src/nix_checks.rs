@@ -83,7 +83,7 @@ pub async fn check_outputs(
         for f in checks::foreign_references(outputs) {
             let sp = tvix_oci_nix::StorePath::from_absolute(&f)
                 .map_err(|e| exit(HOST, format!("reference {f}: {e}")))?;
-            let cl = crate::nix_inputs::closure(&BTreeSet::from([sp]))?;
+            let cl = crate::nix_inputs::closure_with_hashes(&BTreeSet::from([sp]))?.paths;
             requisites.insert(f, cl.iter().map(|p| p.absolute()).collect());
         }
     }
