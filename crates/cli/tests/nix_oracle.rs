@@ -297,6 +297,25 @@ fn expression(tmp: &Path) -> std::path::PathBuf {
     f
 }
 
+/// `tvix-oci-build build` with its store and bundles under `tmp`; the
+/// caller adds flags and `.drv`s.
+fn ours(tmp: &Path) -> Command {
+    let mut c = bin(&tmp.join("data"));
+    c.arg("build").arg("--bundle-root").arg(tmp.join("bundles"));
+    c
+}
+
+/// What a command that succeeded printed on stdout, as JSON (its stderr
+/// when it failed).
+fn json_of(out: &std::process::Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 fn refs(list: &str) -> BTreeSet<String> {
     list.lines()
         .filter(|l| !l.is_empty())
@@ -324,19 +343,7 @@ fn nix_and_we_build_the_same_outputs() {
     nix(&conf, &build);
 
     let bundles = tmp.path().join("bundles");
-    let out = bin(&tmp.path().join("data"))
-        .arg("build")
-        .arg("--bundle-root")
-        .arg(&bundles)
-        .args(&drvs)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = json_of(&ours(tmp.path()).args(&drvs).output().unwrap());
     let results = v.as_array().unwrap();
     let mut table = Vec::new();
     let mut bad = Vec::new();

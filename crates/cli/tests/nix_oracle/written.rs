@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use super::{bin, expression, nix, nix_conf, oracle_absent};
+use super::{bin, expression, json_of, nix, nix_conf, oracle_absent, ours};
 
 /// Derivations no other test builds: `nonce` makes their store paths new.
 const FRESH: &str = r#"
@@ -152,20 +152,13 @@ fn out_link_trees_are_nixs_outputs() {
     let links = tmp.path().join("links");
     std::fs::create_dir(&links).unwrap();
     let base = links.join("result");
-    let out = bin(&tmp.path().join("data"))
-        .args(["build", "--bundle-root"])
-        .arg(tmp.path().join("bundles"))
+    let out = ours(tmp.path())
         .arg("--out-link")
         .arg(&base)
         .args(&drvs)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = json_of(&out);
     let mut written = 0;
     for (i, (case, r)) in cases.iter().zip(v.as_array().unwrap()).enumerate() {
         for (name, o) in r["outputs"].as_object().unwrap() {
@@ -387,9 +380,7 @@ fn a_derivation_requiring_kvm_gets_dev_kvm_where_the_operator_allows_it() {
     let theirs = record(&conf, &outs[0]);
 
     let build = |allow: bool| {
-        let mut c = bin(&tmp.path().join("data"));
-        c.args(["build", "--bundle-root"])
-            .arg(tmp.path().join("bundles"));
+        let mut c = ours(tmp.path());
         if allow {
             c.args(["--allow-ro-path", "/dev/kvm"]);
         }
@@ -435,13 +426,7 @@ fn register_refuses_a_drv_nix_did_not_write() {
         paths: drvs.clone(),
     };
     for flag in ["--register", "--build-inputs"] {
-        let out = bin(&tmp.path().join("data"))
-            .args(["build", "--bundle-root"])
-            .arg(tmp.path().join("bundles"))
-            .arg(flag)
-            .arg(&forged)
-            .output()
-            .unwrap();
+        let out = ours(tmp.path()).arg(flag).arg(&forged).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{flag}: {err}");
         assert!(
