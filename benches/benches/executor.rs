@@ -54,7 +54,7 @@ fn main() -> Res<()> {
     let exec = Executor::new(
         ExecutorConfig {
             bundle_root: tmp.path().join("bundles"),
-            ..ExecutorConfig::default()
+            ..ExecutorConfig::probed()
         },
         blobs.clone(),
         dirs.clone(),

@@ -93,7 +93,7 @@ fn main() -> Res<()> {
     let exec = Executor::new(
         ExecutorConfig {
             bundle_root: tmp.path().join("bundles"),
-            ..ExecutorConfig::default()
+            ..ExecutorConfig::probed()
         },
         blobs.clone(),
         dirs.clone(),

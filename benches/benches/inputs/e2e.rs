@@ -177,7 +177,7 @@ pub fn compile(
     let req = busybox_sh_request(nodes, script, &env, &["build/zstd.o"])?;
     let config = ExecutorConfig {
         bundle_root: tmp.join("bundles"),
-        ..ExecutorConfig::default()
+        ..ExecutorConfig::probed()
     };
 
     // Rounds (E2E_REPS, default 3), the four ways interleaved; the

@@ -1,6 +1,9 @@
 //! [`ExecutorConfig`]: what the user of an executor sets. Its default does
-//! no IO but for finding the sandbox shell; what the host offers is
-//! checked by the executor when it builds (or `Executor::check_host`).
+//! no IO (one build at a time, as root, no sandbox shell); what this host
+//! offers — its cores, the account it runs as, a static busybox — is
+//! filled in by an explicit [`ExecutorConfig::probed`]. What the host can
+//! run is checked by the executor when it builds (or
+//! `Executor::check_host`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -42,7 +45,7 @@ pub struct ExecutorConfig {
     pub blob_cache: Option<Arc<BlobCache>>,
     /// Resource limits and the like for the container.
     pub spec: SpecOptions,
-    /// Run builds rootless (see [`crate::rootless`]); by default when the
+    /// Run builds rootless (see [`crate::rootless`]); probed: when the
     /// process is not root.
     pub rootless: bool,
     /// The host paths a request may name in `available_ro_paths` (exactly;
@@ -54,17 +57,36 @@ pub struct ExecutorConfig {
     pub id_pool: IdPoolConfig,
 }
 
-impl Default for ExecutorConfig {
-    fn default() -> Self {
-        let shell = ["/bin/busybox", "/usr/bin/busybox"]
-            .iter()
-            .map(PathBuf::from)
-            .find(|p| p.is_file());
+impl ExecutorConfig {
+    /// The default, with what this host offers filled in: as many build
+    /// slots as cores, rootless unless root (bundles then in the user's
+    /// runtime dir), and a static busybox as the sandbox shell where one
+    /// is installed.
+    pub fn probed() -> Self {
+        let rootless = !tvix_oci_sys::process::is_root();
         Self {
             bundle_root: crate::rootless::default_bundle_root(),
-            runtime: PathBuf::from("runc"),
-            sandbox_shell: shell,
+            sandbox_shell: ["/bin/busybox", "/usr/bin/busybox"]
+                .iter()
+                .map(PathBuf::from)
+                .find(|p| p.is_file()),
             concurrency: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            rootless,
+            ..Self::default()
+        }
+    }
+}
+
+impl Default for ExecutorConfig {
+    /// One build at a time, as root, bundles in root's default bundle
+    /// root, no sandbox shell: nothing probed (see
+    /// [`ExecutorConfig::probed`]).
+    fn default() -> Self {
+        Self {
+            bundle_root: std::env::temp_dir().join("tvix-oci-build"),
+            runtime: PathBuf::from("runc"),
+            sandbox_shell: None,
+            concurrency: 1,
             max_queued: None,
             keep_bundle: false,
             timeout: None,
@@ -73,7 +95,7 @@ impl Default for ExecutorConfig {
             ingest_limits: IngestLimits::default(),
             blob_cache: None,
             spec: SpecOptions::default(),
-            rootless: !tvix_oci_sys::process::is_root(),
+            rootless: false,
             allowed_ro_paths: Vec::new(),
             id_pool: IdPoolConfig::default(),
         }

@@ -4,7 +4,7 @@
 //! a failure, a cancelled future or a panic leaves no container, mount or
 //! bundle behind.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,31 +16,28 @@ use tvix_oci_castore::blobservice::BlobService;
 use tvix_oci_castore::directoryservice::DirectoryService;
 use tvix_oci_spec::BuildRequest;
 
-use crate::idpool::IdPool;
 use crate::pipeline::{Collected, Sandbox, collect};
 use crate::rootless::Rootless;
 use crate::runc::{LogSink, Phase, RunLimits};
+use crate::seam::Host;
 use crate::{Accounting, BuildError, BuildResult, ExecutorConfig, host};
 
 /// Runs builds against a castore.
 #[derive(Debug)]
 pub struct Executor {
     config: ExecutorConfig,
+    /// What the builds do to the host goes through it.
+    host: Host,
     blobs: Arc<dyn BlobService>,
     dirs: Arc<dyn DirectoryService>,
     permits: Semaphore,
     /// The builds waiting for one of the `permits`.
     queue: crate::queue::Queue,
-    /// The runtime's version, judged once (see [`crate::runtime_version`]).
-    runtime_verdict: OnceLock<Result<(), String>>,
     /// What rootless builds need, checked once it is all there (until then
     /// each build checks again, so a fixed host needs no restart).
     rootless: OnceLock<Rootless>,
     /// `config.allowed_ro_paths`, canonical.
     allowed_ro_paths: Vec<PathBuf>,
-    /// As root, the build id pool, once its range was found clear of the
-    /// host's accounts (until then each build checks again).
-    id_pool: OnceLock<IdPool>,
 }
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
@@ -54,33 +51,49 @@ fn build_id() -> String {
 }
 
 impl Executor {
-    /// An executor using `blobs` and `dirs` for inputs and outputs. Cleans
-    /// up what a previous process that died mid-build left in the bundle
-    /// root (containers, mounts, bundles).
+    /// An executor on this host using `blobs` and `dirs` for inputs and
+    /// outputs. Touches nothing yet; a process that starts serving builds
+    /// calls [`Executor::recover`] first.
     pub fn new(
         config: ExecutorConfig,
         blobs: Arc<dyn BlobService>,
         dirs: Arc<dyn DirectoryService>,
     ) -> Self {
-        let runc = host::find_runtime(&config.runtime).unwrap_or_else(|_| config.runtime.clone());
-        let rootless = config
-            .rootless
-            .then(|| crate::rootless::prepare(&config.bundle_root).ok())
-            .flatten();
-        crate::cleanup_stale(&config.bundle_root, &runc, rootless.as_ref());
+        let host = Host::linux(&config);
+        Self::with_host(config, blobs, dirs, host)
+    }
+
+    /// An executor whose builds go through `host` (the real one is
+    /// [`Host::linux`]; tests give a fake).
+    pub fn with_host(
+        config: ExecutorConfig,
+        blobs: Arc<dyn BlobService>,
+        dirs: Arc<dyn DirectoryService>,
+        host: Host,
+    ) -> Self {
         let permits = Semaphore::new(config.concurrency.max(1));
         let allowed_ro_paths = crate::ro_paths::canonical_allow_list(&config.allowed_ro_paths);
         Self {
             allowed_ro_paths,
             config,
+            host,
             blobs,
             dirs,
             permits,
             queue: Default::default(),
-            runtime_verdict: OnceLock::new(),
-            rootless: rootless.map(OnceLock::from).unwrap_or_default(),
-            id_pool: OnceLock::new(),
+            rootless: OnceLock::new(),
         }
+    }
+
+    /// Cleans up what a previous process that died mid-build (SIGKILL, a
+    /// crash) left in the bundle root: its containers, mounts and bundles.
+    /// Only bundles of processes no longer alive are touched. Returns how
+    /// many bundles were removed.
+    pub fn recover(&self) -> usize {
+        let config = &self.config;
+        let runc = host::find_runtime(&config.runtime).unwrap_or_else(|_| config.runtime.clone());
+        let rootless = config.rootless.then(|| self.rootless().ok()).flatten();
+        crate::cleanup_stale(&config.bundle_root, &runc, rootless.as_ref())
     }
 
     /// Runs `req` and returns its result. Build logs go to `logs`: its id
@@ -116,7 +129,7 @@ impl Executor {
             max_silent: self.config.max_silent_time,
             log_limit: self.config.log_limit,
         };
-        let ran = sandbox.run(&prepared, req, id, limits, logs).await?;
+        let ran = sandbox.run(self, &prepared, req, id, limits, logs).await?;
         info!("ingesting outputs");
         logs.phase(Phase::Ingesting);
         let limits = crate::pipeline::limits_from(
@@ -146,7 +159,7 @@ impl Executor {
     /// rather than fail every build. Rootless, there is nothing to check.
     pub fn check_host(&self) -> Result<(), BuildError> {
         if !self.config.rootless {
-            self.id_pool()?;
+            self.host.ids.check()?;
         }
         Ok(())
     }
@@ -164,16 +177,8 @@ impl Executor {
         (self.blobs.clone(), self.dirs.clone())
     }
 
-    /// The runtime's version judged, once (a warning logged once).
-    pub(crate) fn judge_runtime(&self, runc: &Path) -> Result<(), BuildError> {
-        let verdict = self.runtime_verdict.get_or_init(|| {
-            crate::runtime_version::check(runc).map(|warning| {
-                if let Some(w) = warning {
-                    tracing::warn!("{w}");
-                }
-            })
-        });
-        verdict.clone().map_err(BuildError::Host)
+    pub(crate) fn host(&self) -> &Host {
+        &self.host
     }
 
     /// What rootless builds need, checked until it is all there.
@@ -183,16 +188,5 @@ impl Executor {
         }
         let r = crate::rootless::prepare(&self.config.bundle_root)?;
         Ok(self.rootless.get_or_init(|| r).clone())
-    }
-
-    /// The build id pool, opened (its range checked against the host's
-    /// accounts) at the first build that needs it.
-    pub(crate) fn id_pool(&self) -> Result<&IdPool, BuildError> {
-        if let Some(p) = self.id_pool.get() {
-            return Ok(p);
-        }
-        let p = IdPool::open(self.config.id_pool.clone())
-            .map_err(|e| BuildError::Host(e.to_string()))?;
-        Ok(self.id_pool.get_or_init(|| p))
     }
 }

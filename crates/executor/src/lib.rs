@@ -8,7 +8,8 @@
 //! #            dirs: std::sync::Arc<dyn tvix_oci_castore::directoryservice::DirectoryService>,
 //! #            req: tvix_oci_spec::BuildRequest) -> Result<(), Box<dyn std::error::Error>> {
 //! use tvix_oci_executor::{Executor, ExecutorConfig, runc::NoLogs};
-//! let exec = Executor::new(ExecutorConfig::default(), blobs, dirs);
+//! let exec = Executor::new(ExecutorConfig::probed(), blobs, dirs);
+//! exec.recover(); // what a killed process left behind
 //! let result = exec.build(&req, &NoLogs).await?;
 //! println!("{:?}", result.build.outputs);
 //! # Ok(()) }
@@ -45,6 +46,7 @@ pub mod rootless;
 pub mod runc;
 mod runc_failure;
 pub mod runtime_version;
+pub mod seam;
 mod stale;
 mod tracing_logs;
 pub mod wire;
@@ -54,4 +56,5 @@ pub use error::BuildError;
 pub use executor::Executor;
 pub use figures::{Figures, PROGRESS_EVERY};
 pub use result::{Accounting, BuildResult, OutputInfo};
+pub use seam::Host;
 pub use stale::cleanup_stale;

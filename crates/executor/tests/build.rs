@@ -392,7 +392,7 @@ fn child_builds_until_killed() {
         let exec = Executor::new(
             ExecutorConfig {
                 bundle_root: PathBuf::from(&root),
-                ..ExecutorConfig::default()
+                ..ExecutorConfig::probed()
             },
             e.blobs.clone(),
             e.dirs.clone(),

@@ -285,7 +285,9 @@ pub async fn build(
             "derivations run with /bin/sh, but no sandbox shell was found: install busybox-static or pass --sandbox-shell",
         ));
     }
-    b.exec = Some(Executor::new(config, blobs, dirs));
+    let exec = Executor::new(config, blobs, dirs);
+    exec.recover();
+    b.exec = Some(exec);
     let mut out = Vec::new();
     let mut worst = 0u8;
     for (i, (d, p)) in args.drvs.iter().zip(reqs).enumerate() {

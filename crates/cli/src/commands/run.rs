@@ -216,6 +216,7 @@ pub async fn run(
         return Err(no_sandbox_shell());
     }
     let exec = Executor::new(config, blobs, dirs);
+    exec.recover();
     let sinks = build_sinks(&progress, requests.len());
     let builds =
         futures::future::join_all(requests.iter().zip(&sinks).map(|(r, s)| exec.build(r, s)));
@@ -241,7 +242,7 @@ impl ExecArgs {
             keep_bundle: self.keep_bundle,
             timeout: self.timeout.map(Duration::from_secs),
             max_silent_time: self.max_silent_time.map(Duration::from_secs),
-            ..ExecutorConfig::default()
+            ..ExecutorConfig::probed()
         };
         if let Some(j) = self.jobs {
             config.concurrency = j.max(1);

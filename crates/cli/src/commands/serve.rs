@@ -31,6 +31,7 @@ pub async fn serve(
     dirs: Arc<dyn DirectoryService>,
 ) -> anyhow::Result<()> {
     let exec = Arc::new(Executor::new(args.config(), blobs.clone(), dirs.clone()));
+    exec.recover();
     // A clash of the build id pool with a host account refuses to start.
     exec.check_host().map_err(|e| exit(HOST, e))?;
     let builds = GrpcBuildServer::new(exec).with_limits(args.limits.limits());

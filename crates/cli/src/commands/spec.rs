@@ -29,7 +29,7 @@ pub fn spec(request: &Path, limits: &tvix_oci_spec::RequestLimits) -> anyhow::Re
         })
         .collect();
     let opts = tvix_oci_spec::SpecOptions {
-        sandbox_shell: tvix_oci_executor::ExecutorConfig::default().sandbox_shell,
+        sandbox_shell: tvix_oci_executor::ExecutorConfig::probed().sandbox_shell,
         ro_mounts,
         ..Default::default()
     };

@@ -27,3 +27,6 @@ pub(crate) use collect::{Collected, collect, limits_from};
 pub(crate) use prepare::Prepared;
 pub(crate) use run::Ran;
 pub(crate) use sandbox::Sandbox;
+
+#[cfg(test)]
+mod host_tests;

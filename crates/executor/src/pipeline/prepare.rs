@@ -7,10 +7,9 @@ use std::path::PathBuf;
 
 use tvix_oci_spec::{BuildRequest, ResourceLimits, SpecOptions};
 
-use crate::cgroup::BuildCgroup;
-use crate::idpool::IdSlot;
 use crate::ro_paths::Allowed;
 use crate::rootless::Rootless;
+use crate::seam::{BuildAccount, BuildIds};
 use crate::{BuildError, Executor, host};
 
 /// What a build runs with. Its cgroup and id slot are held for the build's
@@ -27,9 +26,9 @@ pub(crate) struct Prepared {
     /// The host paths the request may see, allowed by the operator.
     pub ro_paths: Vec<Allowed>,
     /// As root, the build's own cgroup (to read its usage after runc).
-    pub cgroup: Option<BuildCgroup>,
-    /// As root, the build's slot of host ids, freed last.
-    pub _id_slot: Option<IdSlot>,
+    pub cgroup: Option<Box<dyn BuildAccount>>,
+    /// As root, the build's host ids, freed last.
+    pub _ids: Option<BuildIds>,
 }
 
 impl Executor {
@@ -39,8 +38,7 @@ impl Executor {
         host::check(req)?;
         let config = self.config();
         let ro_paths = crate::ro_paths::check(req, self.allowed_ro_paths(), &config.bundle_root)?;
-        let runc = host::find_runtime(&config.runtime)?;
-        self.judge_runtime(&runc)?;
+        let runc = self.host().runtime.locate(&config.runtime)?;
         let mut spec = config.spec.clone();
         spec.sandbox_shell = config.sandbox_shell.clone();
         if spec.open_files.is_none() {
@@ -57,7 +55,7 @@ impl Executor {
             true => Some(self.rootless()?),
             false => None,
         };
-        let (cgroup, id_slot) = match &rootless {
+        let (cgroup, ids) = match &rootless {
             Some(r) => {
                 rootless_limits(&spec.resources)?;
                 spec.rootless = true;
@@ -69,20 +67,19 @@ impl Executor {
                 (None, None)
             }
             None => {
-                let slot = self
-                    .id_pool()?
-                    .take()
-                    .map_err(|e| BuildError::Host(e.to_string()))?;
-                spec.user_namespace = Some(slot.mappings());
-                spec.rootfs = Some(slot.rootfs());
+                let ids = self.host().ids.take()?;
+                spec.user_namespace = Some(ids.mappings.clone());
+                if let Some(root) = &ids.rootfs {
+                    spec.rootfs = Some(root.clone());
+                }
                 // runc's cgroup is a child of the build's own, to read
                 // the usage after runc removed its own.
-                let cgroup = BuildCgroup::create(id);
+                let cgroup = self.host().accounting.cgroup(id);
                 spec.cgroups_path = Some(match &cgroup {
                     Some(cg) => cg.runc_path(),
                     None => PathBuf::from(format!("/{}/{id}", crate::cgroup::PARENT)),
                 });
-                (cgroup, Some(slot))
+                (cgroup, Some(ids))
             }
         };
         Ok(Prepared {
@@ -91,7 +88,7 @@ impl Executor {
             rootless,
             ro_paths,
             cgroup,
-            _id_slot: id_slot,
+            _ids: ids,
         })
     }
 }

@@ -13,10 +13,11 @@ use tvix_oci_spec::BuildRequest;
 
 use super::decide::{RunFacts, judge};
 use super::{Prepared, Sandbox};
-use crate::cgroup::{BuildCgroup, Usage};
+use crate::cgroup::Usage;
 use crate::figures::with_progress;
-use crate::runc::{Container, LogSink, Phase, Process, RunLimits, RunOutcome};
-use crate::{BuildError, Figures};
+use crate::runc::{LogSink, Phase, Process, RunLimits, RunOutcome};
+use crate::seam::{BuildAccount, RunCall};
+use crate::{BuildError, Executor, Figures};
 
 /// A store call pending this long when the build ends means the store
 /// hung.
@@ -40,6 +41,7 @@ impl Sandbox {
     /// container and mounts and judges the run.
     pub(crate) async fn run(
         &mut self,
+        exec: &Executor,
         prepared: &Prepared,
         req: &BuildRequest,
         id: &str,
@@ -50,7 +52,6 @@ impl Sandbox {
             return Err(BuildError::infra("the sandbox was already run"));
         };
         let state_root = prepared.rootless.as_ref().map(|r| r.runc_root.as_path());
-        let mut container = Container::new(&prepared.runc, state_root, id);
         let cwd = format!("/{}", req.working_dir());
         let process = Process {
             builder: req.command_args().first().map_or("", String::as_str),
@@ -68,17 +69,20 @@ impl Sandbox {
         };
         let abort_guard = OnDrop(Some(&abort_inputs));
         let started = Instant::now();
-        let bundle = self.layout.dir();
-        let run = crate::runc::run(&container, bundle, logs, limits, process, &abort_inputs);
-        let cgroup = prepared.cgroup.as_ref();
+        let run = exec.host().runtime.run(RunCall {
+            runtime: &prepared.runc,
+            state_root,
+            id,
+            bundle: self.layout.dir(),
+            logs,
+            limits,
+            process,
+            on_stop: &abort_inputs,
+        });
+        let cgroup = prepared.cgroup.as_deref();
         let ran = with_progress(run, logs, started, || figures(&mounts, cgroup)).await;
         abort_guard.disarm();
-        container.delete();
-        let usage = prepared
-            .cgroup
-            .as_ref()
-            .map(BuildCgroup::usage)
-            .unwrap_or_default();
+        let usage = cgroup.map(BuildAccount::usage).unwrap_or_default();
         let facts = RunFacts {
             serving: mounts.inputs.is_serving(),
             aborted: aborted.load(Ordering::Relaxed),
@@ -98,8 +102,8 @@ impl Sandbox {
 }
 
 /// What the running build used so far.
-fn figures(mounts: &super::sandbox::Mounts, cgroup: Option<&BuildCgroup>) -> Figures {
-    let usage = cgroup.map(BuildCgroup::usage).unwrap_or_default();
+fn figures(mounts: &super::sandbox::Mounts, cgroup: Option<&dyn BuildAccount>) -> Figures {
+    let usage = cgroup.map(BuildAccount::usage).unwrap_or_default();
     Figures {
         input_bytes_fetched: mounts.inputs.stats().bytes_fetched,
         cpu: usage.cpu,
@@ -111,13 +115,10 @@ fn figures(mounts: &super::sandbox::Mounts, cgroup: Option<&BuildCgroup>) -> Fig
 /// Unmounts the overlay, then the inputs; what the inputs' daemon did.
 fn unmount(mounts: super::sandbox::Mounts) -> Result<StatsSnapshot, BuildError> {
     if let Some(o) = mounts.overlay {
-        o.unmount().map_err(BuildError::infra)?;
+        o.unmount()?;
     }
     let stats = mounts.inputs.stats();
-    mounts
-        .inputs
-        .unmount()
-        .map_err(|e| BuildError::infra(format!("unmounting the inputs: {e}")))?;
+    mounts.inputs.into_mounted().unmount()?;
     Ok(stats)
 }
 

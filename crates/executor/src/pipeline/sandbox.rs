@@ -6,12 +6,12 @@
 
 use std::sync::Arc;
 
-use tvix_oci_fuse::{BlobCache, InputsMount, MountOptions};
+use tvix_oci_fuse::{BlobCache, MountOptions};
 use tvix_oci_spec::{BuildRequest, BundleLayout};
 
 use crate::bundle::BundleDir;
-use crate::overlay::Overlay;
 use crate::ro_paths::RoClones;
+use crate::seam::{InputsCall, InputsMounted, Mounted, OverlayCall};
 use crate::{BuildError, Executor};
 
 use super::Prepared;
@@ -20,8 +20,8 @@ use super::Prepared;
 /// overlay, then the inputs under it.
 #[derive(Debug)]
 pub(crate) struct Mounts {
-    pub overlay: Option<Overlay>,
-    pub inputs: InputsMount,
+    pub overlay: Option<Box<dyn Mounted>>,
+    pub inputs: Box<dyn InputsMounted>,
 }
 
 /// A build's bundle with everything mounted in it.
@@ -102,20 +102,22 @@ impl Sandbox {
             ..MountOptions::default()
         };
         let (blobs, dirs) = exec.stores();
-        let inputs = tvix_oci_fuse::mount(
+        let l = &self.layout;
+        let mounts = &exec.host().mounts;
+        let inputs = mounts.inputs(InputsCall {
             blobs,
             dirs,
-            req.inputs().to_vec(),
-            &self.layout.inputs(),
-            &mount_opts,
-        )
-        .map_err(|e| BuildError::infra(format!("mounting the inputs: {e}")))?;
-        let l = &self.layout;
+            inputs: req.inputs().to_vec(),
+            at: &l.inputs(),
+            options: &mount_opts,
+        })?;
         let overlay = match req.inputs_dir_is_scratch() && !rootless {
-            true => Some(
-                Overlay::mount(&l.inputs(), &l.upper(), &l.work(), &l.store())
-                    .map_err(BuildError::infra)?,
-            ),
+            true => Some(mounts.overlay(OverlayCall {
+                lower: &l.inputs(),
+                upper: &l.upper(),
+                work: &l.work(),
+                target: &l.store(),
+            })?),
             false => None,
         };
         Ok(Mounts { overlay, inputs })

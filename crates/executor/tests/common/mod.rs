@@ -100,14 +100,16 @@ impl Env {
     pub fn config(&self) -> ExecutorConfig {
         ExecutorConfig {
             bundle_root: self.tmp.path().join("bundles"),
-            ..ExecutorConfig::default()
+            ..ExecutorConfig::probed()
         }
     }
 
     pub fn executor(&self, f: impl FnOnce(&mut ExecutorConfig)) -> Executor {
         let mut c = self.config();
         f(&mut c);
-        Executor::new(c, self.blobs.clone(), self.dirs.clone())
+        let exec = Executor::new(c, self.blobs.clone(), self.dirs.clone());
+        exec.recover();
+        exec
     }
 
     /// A Nix-like request running `script` with busybox's sh.

@@ -1,0 +1,178 @@
+//! The host seam on Linux: runc through [`crate::runc`], the inputs through
+//! [`tvix_oci_fuse`], the overlay through [`crate::overlay`], cgroups
+//! through [`crate::cgroup`] and the build id pool through
+//! [`crate::idpool`] — each judged or opened once, at the first build that
+//! needs it (until then every build checks again, so a fixed host needs no
+//! restart).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use tvix_oci_fuse::{InputsMount, StatsSnapshot};
+
+use super::{
+    Accounting, BuildAccount, BuildIds, Host, Ids, InputsCall, InputsMounted, Mounted, Mounts,
+    OverlayCall, RunCall, Runtime,
+};
+use crate::BuildError;
+use crate::cgroup::{BuildCgroup, Usage};
+use crate::idpool::{IdPool, IdPoolConfig};
+use crate::overlay::Overlay;
+use crate::runc::{Container, RunOutcome};
+
+pub(super) fn host(config: &crate::ExecutorConfig) -> Host {
+    Host {
+        runtime: Arc::new(Runc::default()),
+        mounts: Arc::new(LinuxMounts),
+        accounting: Arc::new(Cgroups),
+        ids: Arc::new(IdPoolIds {
+            config: config.id_pool.clone(),
+            pool: OnceLock::new(),
+        }),
+    }
+}
+
+/// runc, its version judged once (a warning logged once).
+#[derive(Debug, Default)]
+struct Runc {
+    verdict: OnceLock<Result<(), String>>,
+}
+
+#[async_trait::async_trait]
+impl Runtime for Runc {
+    fn locate(&self, configured: &Path) -> Result<PathBuf, BuildError> {
+        let runc = crate::host::find_runtime(configured)?;
+        let verdict = self.verdict.get_or_init(|| {
+            crate::runtime_version::check(&runc).map(|warning| {
+                if let Some(w) = warning {
+                    tracing::warn!("{w}");
+                }
+            })
+        });
+        verdict.clone().map_err(BuildError::Host)?;
+        Ok(runc)
+    }
+
+    async fn run(&self, call: RunCall<'_>) -> Result<RunOutcome, BuildError> {
+        // Deleted when dropped: at the end of the run, or when this future
+        // is dropped.
+        let mut container = Container::new(call.runtime, call.state_root, call.id);
+        let ran = crate::runc::run(
+            &container,
+            call.bundle,
+            call.logs,
+            call.limits,
+            call.process,
+            call.on_stop,
+        )
+        .await;
+        container.delete();
+        ran
+    }
+}
+
+#[derive(Debug)]
+struct LinuxMounts;
+
+impl Mounts for LinuxMounts {
+    fn inputs(&self, call: InputsCall<'_>) -> Result<Box<dyn InputsMounted>, BuildError> {
+        let m = tvix_oci_fuse::mount(call.blobs, call.dirs, call.inputs, call.at, call.options)
+            .map_err(|e| BuildError::infra(format!("mounting the inputs: {e}")))?;
+        Ok(Box::new(FuseInputs(m)))
+    }
+
+    fn overlay(&self, c: OverlayCall<'_>) -> Result<Box<dyn Mounted>, BuildError> {
+        let o = Overlay::mount(c.lower, c.upper, c.work, c.target).map_err(BuildError::infra)?;
+        Ok(Box::new(o))
+    }
+}
+
+#[derive(Debug)]
+struct FuseInputs(InputsMount);
+
+impl Mounted for FuseInputs {
+    fn unmount(self: Box<Self>) -> Result<(), BuildError> {
+        self.0
+            .unmount()
+            .map_err(|e| BuildError::infra(format!("unmounting the inputs: {e}")))
+    }
+}
+
+impl InputsMounted for FuseInputs {
+    fn abort(&self) {
+        self.0.abort();
+    }
+    fn is_serving(&self) -> bool {
+        self.0.is_serving()
+    }
+    fn store_trouble(&self, stalled: Duration) -> Option<String> {
+        self.0.store_trouble(stalled)
+    }
+    fn stats(&self) -> StatsSnapshot {
+        self.0.stats()
+    }
+    fn into_mounted(self: Box<Self>) -> Box<dyn Mounted> {
+        self
+    }
+}
+
+impl Mounted for Overlay {
+    fn unmount(self: Box<Self>) -> Result<(), BuildError> {
+        Overlay::unmount(*self).map_err(BuildError::infra)
+    }
+}
+
+#[derive(Debug)]
+struct Cgroups;
+
+impl Accounting for Cgroups {
+    fn cgroup(&self, id: &str) -> Option<Box<dyn BuildAccount>> {
+        BuildCgroup::create(id).map(|c| Box::new(c) as Box<dyn BuildAccount>)
+    }
+}
+
+impl BuildAccount for BuildCgroup {
+    fn runc_path(&self) -> PathBuf {
+        BuildCgroup::runc_path(self)
+    }
+    fn usage(&self) -> Usage {
+        BuildCgroup::usage(self)
+    }
+}
+
+/// The build id pool, opened (its range checked against the host's
+/// accounts) at the first build that needs it.
+#[derive(Debug)]
+struct IdPoolIds {
+    config: IdPoolConfig,
+    pool: OnceLock<IdPool>,
+}
+
+impl IdPoolIds {
+    fn pool(&self) -> Result<&IdPool, BuildError> {
+        if let Some(p) = self.pool.get() {
+            return Ok(p);
+        }
+        let p = IdPool::open(self.config.clone()).map_err(|e| BuildError::Host(e.to_string()))?;
+        Ok(self.pool.get_or_init(|| p))
+    }
+}
+
+impl Ids for IdPoolIds {
+    fn check(&self) -> Result<(), BuildError> {
+        self.pool().map(|_| ())
+    }
+
+    fn take(&self) -> Result<BuildIds, BuildError> {
+        let slot = self
+            .pool()?
+            .take()
+            .map_err(|e| BuildError::Host(e.to_string()))?;
+        Ok(BuildIds {
+            mappings: slot.mappings(),
+            rootfs: Some(slot.rootfs()),
+            held: Box::new(slot),
+        })
+    }
+}
