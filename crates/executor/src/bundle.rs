@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use tracing::warn;
 
 use crate::BuildError;
+use crate::faults::HostError;
 use crate::rootless::Rootless;
 
 /// A bundle directory under the bundle root (0700).
@@ -23,8 +24,9 @@ impl BundleDir {
     /// Creates `root/id` (and `root`, 0700, if missing). The root must be
     /// this process's user's: no one else may reach into a bundle.
     pub fn create(root: &Path, id: &str, keep: bool) -> Result<Self, BuildError> {
-        let host = |e: std::io::Error| {
-            BuildError::Host(format!("creating the bundle under {}: {e}", root.display()))
+        let host = |source: std::io::Error| HostError::Bundle {
+            root: root.to_owned(),
+            source,
         };
         std::fs::DirBuilder::new()
             .mode(0o700)
@@ -34,11 +36,12 @@ impl BundleDir {
         let meta = std::fs::symlink_metadata(root).map_err(host)?;
         let me = nix::unistd::geteuid().as_raw();
         if !meta.is_dir() || meta.uid() != me {
-            return Err(BuildError::Host(format!(
-                "the bundle root {} is not a directory of uid {me} (owner {}); choose another",
-                root.display(),
-                meta.uid()
-            )));
+            return Err(HostError::BundleRoot {
+                root: root.to_owned(),
+                me,
+                owner: meta.uid(),
+            }
+            .into());
         }
         let path = std::path::absolute(root).map_err(host)?.join(id);
         std::fs::DirBuilder::new()

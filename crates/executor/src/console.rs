@@ -9,6 +9,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::OnceLock;
 
 use crate::BuildError;
+use crate::faults::InfraError;
 
 /// A pseudo-terminal pair, both ends closed on drop and close-on-exec
 /// (a child gets the slave only through its stdio).
@@ -20,11 +21,12 @@ pub struct Pty {
     pub slave: OwnedFd,
 }
 
-fn os_error(what: &str) -> BuildError {
-    BuildError::infra(format!(
-        "{what} for the build's log: {}",
-        std::io::Error::last_os_error()
-    ))
+fn os_error(what: &'static str) -> BuildError {
+    InfraError::Log {
+        what,
+        source: std::io::Error::last_os_error(),
+    }
+    .into()
 }
 
 impl Pty {
@@ -93,5 +95,5 @@ pub fn become_subreaper() -> Result<(), BuildError> {
         }
     })
     .clone()
-    .map_err(BuildError::infra)
+    .map_err(|e| InfraError::Reaper(e).into())
 }

@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use crate::faults::{HostError, InfraError, StoreFault};
 use crate::ingest::IngestError;
 
 /// Why a build did not produce a result.
@@ -56,14 +57,17 @@ pub enum BuildError {
         "this builder is busy: its {slots} build slots are taken and {queued} builds wait already (--queue); try another builder, or again later"
     )]
     Busy { slots: usize, queued: usize },
+    /// This host cannot run the build until its operator changes
+    /// something.
     #[error("this host cannot run the build: {0}")]
-    Host(String),
+    Host(#[from] HostError),
+    /// This machine failed while it ran the build: worth retrying.
     #[error("infrastructure failure: {0}")]
-    Infrastructure(String),
+    Infrastructure(#[from] InfraError),
     /// The store failed or hung serving the build's inputs: the store's
     /// fault, worth retrying (said as an infrastructure failure).
     #[error("infrastructure failure: {0}")]
-    Store(String),
+    Store(#[from] StoreFault),
 }
 
 fn tail_suffix(tail: &str) -> String {
@@ -105,9 +109,5 @@ impl BuildError {
             BuildError::Output(e) => e.is_store_failure(),
             _ => false,
         }
-    }
-
-    pub(crate) fn infra(what: impl std::fmt::Display) -> Self {
-        BuildError::Infrastructure(what.to_string())
     }
 }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use tvix_oci_spec::BuildRequest;
 
 use crate::BuildError;
+use crate::faults::HostError;
 
 /// This host's system, in Nix's spelling (`x86_64-linux`).
 pub fn host_system() -> String {
@@ -28,22 +29,14 @@ pub fn find_runtime(runtime: &Path) -> Result<PathBuf, BuildError> {
         return if runtime.is_file() {
             Ok(runtime.to_owned())
         } else {
-            Err(BuildError::Host(format!(
-                "the OCI runtime {} does not exist",
-                runtime.display()
-            )))
+            Err(HostError::RuntimeMissing(runtime.to_owned()).into())
         };
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .map(|d| d.join(runtime))
         .find(|p| p.is_file())
-        .ok_or_else(|| {
-            BuildError::Host(format!(
-                "the OCI runtime {:?} is not on PATH (install runc, e.g. apt-get install runc)",
-                runtime
-            ))
-        })
+        .ok_or_else(|| HostError::RuntimeNotOnPath(runtime.to_owned()).into())
 }
 
 /// Refuses a request this host cannot run, saying why.
@@ -51,19 +44,21 @@ pub fn check(req: &BuildRequest) -> Result<(), BuildError> {
     let c = req.constraints();
     let system = host_system();
     if c.system != system {
-        return Err(BuildError::Host(format!(
-            "the build is for {}, this host is {system}",
-            c.system
-        )));
+        return Err(HostError::System {
+            wanted: c.system.clone(),
+            host: system,
+        }
+        .into());
     }
     if c.min_memory > 0
         && let Some(avail) = available_memory()
         && avail < c.min_memory
     {
-        return Err(BuildError::Host(format!(
-            "the build needs {} bytes of memory, {avail} are available",
-            c.min_memory
-        )));
+        return Err(HostError::Memory {
+            needed: c.min_memory,
+            available: avail,
+        }
+        .into());
     }
     // The read-only paths: crate::ro_paths, against the operator's list.
     Ok(())
@@ -76,10 +71,7 @@ pub fn open_files() -> Result<tvix_oci_spec::Rlimit, BuildError> {
     let mut r: libc::rlimit = unsafe { std::mem::zeroed() };
     // SAFETY: a valid resource and a valid pointer.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
-        return Err(BuildError::Host(format!(
-            "reading the executor's open-files limit (RLIMIT_NOFILE): {}",
-            std::io::Error::last_os_error()
-        )));
+        return Err(HostError::OpenFiles(std::io::Error::last_os_error()).into());
     }
     Ok(tvix_oci_spec::Rlimit {
         soft: r.rlim_cur,

@@ -12,6 +12,7 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::BuildError;
+use crate::faults::InfraError;
 use crate::runc::{LogSink, Phase};
 
 /// How often a waiting build looks at its place in line.
@@ -80,7 +81,7 @@ impl Queue {
                 biased;
                 permit = &mut acquire => {
                     drop(in_line);
-                    return permit.map_err(|e| BuildError::infra(format!("waiting for a build slot: {e}")));
+                    return permit.map_err(|e| InfraError::Queue(e).into());
                 }
                 _ = look.tick() => {
                     let position = self.position(ticket);

@@ -31,6 +31,7 @@ use tracing::warn;
 use tvix_oci_spec::{BuildRequest, BundleLayout, RoMount};
 
 use crate::BuildError;
+use crate::faults::{HostError, InfraError};
 
 /// What an allowed path is on the host.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,11 +77,8 @@ pub fn decide(path: &str, allowed: &[PathBuf]) -> Result<Kind, BuildError> {
     {
         return Err(not_allowed(path));
     }
-    let meta = std::fs::symlink_metadata(path).map_err(|_| {
-        BuildError::Host(format!(
-            "constraints.available_ro_paths: {path} does not exist on this host"
-        ))
-    })?;
+    let meta = std::fs::symlink_metadata(path)
+        .map_err(|_| HostError::RoPath(format!("{path} does not exist on this host")))?;
     match std::fs::canonicalize(path) {
         Ok(real) if real.as_os_str().as_bytes() == path.as_bytes() => {}
         Ok(real) => {
@@ -90,9 +88,7 @@ pub fn decide(path: &str, allowed: &[PathBuf]) -> Result<Kind, BuildError> {
             )));
         }
         Err(e) => {
-            return Err(BuildError::Host(format!(
-                "constraints.available_ro_paths: resolving {path}: {e}"
-            )));
+            return Err(HostError::RoPath(format!("resolving {path}: {e}")).into());
         }
     }
     let t = meta.file_type();
@@ -121,10 +117,11 @@ pub fn check(
             let path = p.to_host();
             let kind = decide(&path, allowed)?;
             if root.starts_with(&path) {
-                return Err(BuildError::Host(format!(
-                    "constraints.available_ro_paths: {path} holds this builder's bundle root {}, which no build may see; the operator should allow a path outside it",
+                return Err(HostError::RoPath(format!(
+                    "{path} holds this builder's bundle root {}, which no build may see; the operator should allow a path outside it",
                     root.display()
-                )));
+                ))
+                .into());
             }
             Ok(Allowed { path, kind })
         })
@@ -134,7 +131,7 @@ pub fn check(
 /// Rootless: the host paths themselves, refused where something is
 /// mounted below one (its flags would hold in the build).
 pub fn rootless_mounts(paths: &[Allowed]) -> Result<Vec<RoMount>, BuildError> {
-    let mounts = tvix_oci_sys::mountinfo::mounts().map_err(BuildError::infra)?;
+    let mounts = tvix_oci_sys::mountinfo::mounts().map_err(InfraError::MountTable)?;
     paths
         .iter()
         .map(|a| {
@@ -144,11 +141,12 @@ pub fn rootless_mounts(paths: &[Allowed]) -> Result<Vec<RoMount>, BuildError> {
                 .map(|m| m.mount_point.display().to_string())
                 .collect();
             if !below.is_empty() {
-                return Err(BuildError::Host(format!(
-                    "constraints.available_ro_paths: {} has mounts below it ({}), which a rootless build cannot bind read-only; run as root or allow a path without mounts below it",
+                return Err(HostError::RoPath(format!(
+                    "{} has mounts below it ({}), which a rootless build cannot bind read-only; run as root or allow a path without mounts below it",
                     a.path,
                     below.join(", ")
-                )));
+                ))
+                .into());
             }
             Ok(RoMount {
                 path: a.path.clone(),
@@ -178,16 +176,17 @@ impl RoClones {
             return Ok((clones, mounts));
         }
         let parent = layout.dir().join(BundleLayout::RO);
-        std::fs::create_dir(&parent)
-            .map_err(|e| BuildError::Host(format!("{}: {e}", parent.display())))?;
+        std::fs::create_dir(&parent).map_err(|source| HostError::Io {
+            path: parent.clone(),
+            source,
+        })?;
         for (n, a) in paths.iter().enumerate() {
             let target = layout.ro(n);
-            let fail = |what: &str, e: std::io::Error| {
-                BuildError::Host(format!(
-                    "binding {} read-only at {}: {what}: {e}",
-                    a.path,
-                    target.display()
-                ))
+            let fail = |what: &'static str, source: std::io::Error| HostError::RoBind {
+                path: a.path.clone(),
+                target: target.clone(),
+                what,
+                source,
             };
             let created = match a.kind {
                 Kind::Dir => std::fs::create_dir(&target),
@@ -326,7 +325,7 @@ mod tests {
         assert_eq!(decide(&s(&dir.join("f")), &allowed).unwrap(), Kind::File);
         let err = decide(&s(&dir.join("gone")), &allowed).unwrap_err();
         assert!(
-            matches!(err, BuildError::Host(ref m) if m.contains("gone") && m.contains("does not exist")),
+            matches!(err, BuildError::Host(HostError::RoPath(ref m)) if m.contains("gone") && m.contains("does not exist")),
             "{err}"
         );
     }

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use tvix_oci_spec::{BUILD_UID, IdMapping};
 
 use crate::BuildError;
+use crate::faults::HostError;
 
 /// How a rootless build maps ids and where runc keeps its state.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -139,10 +140,7 @@ pub fn prepare(bundle_root: &Path) -> Result<Rootless, BuildError> {
             subgids,
             runc_root: bundle_root.join(".runc"),
         }),
-        _ => Err(BuildError::Host(format!(
-            "running as uid {uid}, not root, builds run rootless, which needs: {}",
-            missing.join("; ")
-        ))),
+        _ => Err(HostError::Rootless { uid, missing }.into()),
     }
 }
 

@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use crate::BuildError;
+use crate::faults::InfraError;
 use crate::logs::{LogChunks, Tail, pump};
 pub use crate::logs::{LogSink, LogStream, NoLogs, Phase};
 pub use crate::runc_failure::{cwd_failure, exec_failure};
@@ -263,7 +264,7 @@ pub async fn run(
             signal,
             log_tail: log_tail(),
         }),
-        (None, None) => Err(BuildError::infra("the builder ended without a status")),
+        (None, None) => Err(InfraError::NoStatus.into()),
     }
 }
 
@@ -280,7 +281,10 @@ fn start_detached(
         pty.slave
             .try_clone()
             .map(Stdio::from)
-            .map_err(|e| BuildError::infra(format!("duplicating the log's pseudo-terminal: {e}")))
+            .map_err(|source| InfraError::Log {
+                what: "duplicating the pseudo-terminal",
+                source,
+            })
     };
     let mut cmd = container.command();
     cmd.arg("run")
@@ -294,9 +298,10 @@ fn start_detached(
         .stdout(end()?)
         .stderr(end()?);
     no_aslr(&mut cmd);
-    let child = cmd
-        .spawn()
-        .map_err(|e| BuildError::infra(format!("starting {}: {e}", container.runc.display())))?;
+    let child = cmd.spawn().map_err(|source| InfraError::RuntimeStart {
+        runtime: container.runc.clone(),
+        source,
+    })?;
     // Only runc and the builder hold the slave now: the log ends when they
     // all closed it.
     drop(cmd);
@@ -373,8 +378,8 @@ impl<'a> Watch<'a> {
             tokio::select! {
                 res = &mut self.waiter => {
                     let waited = res
-                        .map_err(|e| BuildError::infra(format!("waiting for runc: {e}")))?
-                        .map_err(BuildError::infra)?;
+                        .map_err(|e| InfraError::RuntimeWait(e.to_string()))?
+                        .map_err(|e| InfraError::RuntimeWait(e.to_string()))?;
                     return Ok(Stop::Exited(waited));
                 }
                 msg = self.rx.recv(), if self.log_closed.is_none() => match msg {
@@ -477,9 +482,11 @@ impl<'a> Watch<'a> {
                 problem,
             };
         }
-        BuildError::infra(format!(
-            "{} failed before starting the build ({status}): {said}",
-            self.container.runc.display(),
-        ))
+        InfraError::RuntimeFailed {
+            runtime: self.container.runc.clone(),
+            status,
+            said,
+        }
+        .into()
     }
 }

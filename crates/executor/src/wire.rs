@@ -162,7 +162,7 @@ pub enum CompletedError {
     #[error("Completed has no build")]
     NoBuild,
     #[error("Completed's build: {0}")]
-    Build(#[from] tvix_oci_spec::BuildError),
+    Build(#[from] tvix_oci_spec::InvalidBuild),
     #[error("Completed has {infos} outputs' figures for {outputs} outputs")]
     OutputsCount { infos: usize, outputs: usize },
     #[error("Completed's outputs[{0}].nar_sha256 is not 32 bytes")]

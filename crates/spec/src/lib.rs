@@ -24,7 +24,7 @@ pub use bundle::BundleError;
 pub use bundle::{BundleLayout, scratch_name};
 pub use limits::RequestLimits;
 pub use problems::{Problem, Problems};
-pub use request::{Build, BuildConstraints, BuildError, BuildRequest};
+pub use request::{Build, BuildConstraints, BuildRequest, InvalidBuild};
 pub use spec::{
     BUILD_GID, BUILD_UID, DEFAULT_NOFILE, DEFAULT_PIDS_LIMIT, IdMapping, IdMappings, OCI_VERSION,
     ResourceLimits, Rlimit, RoMount, SpecError, SpecOptions, make_spec, to_config_json,

@@ -171,7 +171,7 @@ impl From<&Build> for proto::Build {
 
 /// Why a wire `Build` is invalid.
 #[derive(Debug, thiserror::Error)]
-pub enum BuildError {
+pub enum InvalidBuild {
     #[error("build_request is missing")]
     NoRequest,
     #[error(transparent)]
@@ -186,20 +186,22 @@ pub enum BuildError {
 }
 
 impl TryFrom<proto::Build> for Build {
-    type Error = BuildError;
+    type Error = InvalidBuild;
 
     /// Validates a wire result: the request, every output node, and one
     /// needles entry per output.
-    fn try_from(p: proto::Build) -> Result<Self, BuildError> {
-        let request = BuildRequest::try_from(p.build_request.ok_or(BuildError::NoRequest)?)?;
+    fn try_from(p: proto::Build) -> Result<Self, InvalidBuild> {
+        let request = BuildRequest::try_from(p.build_request.ok_or(InvalidBuild::NoRequest)?)?;
         let outputs = p
             .outputs
             .into_iter()
             .enumerate()
-            .map(|(index, n)| Node::from_proto(n).map_err(|err| BuildError::Output { index, err }))
+            .map(|(index, n)| {
+                Node::from_proto(n).map_err(|err| InvalidBuild::Output { index, err })
+            })
             .collect::<Result<Vec<_>, _>>()?;
         if outputs.len() != p.outputs_needles.len() {
-            return Err(BuildError::NeedlesCount {
+            return Err(InvalidBuild::NeedlesCount {
                 outputs: outputs.len(),
                 needles: p.outputs_needles.len(),
             });

@@ -9,6 +9,7 @@ use tvix_oci_castore::PathComponent;
 use tvix_oci_spec::{Build, BuildRequest, BundleLayout};
 
 use super::decide::{modified_input, output_location};
+use crate::faults::InfraError;
 use crate::ingest::{Deadline, IngestLimits, OutputAt, ingest_outputs};
 use crate::refscan::Needles;
 use crate::{BuildError, Executor, OutputInfo};
@@ -53,8 +54,11 @@ pub(crate) async fn collect(
         outputs: Vec::new(),
     };
     for (out, got) in req.outputs().iter().zip(ingested) {
-        let name = PathComponent::try_from(out.file_name())
-            .map_err(|e| BuildError::infra(format!("output {out}: {e}")))?;
+        let name =
+            PathComponent::try_from(out.file_name()).map_err(|e| InfraError::OutputName {
+                output: out.to_string(),
+                msg: e.to_string(),
+            })?;
         let b = &mut collected.build;
         b.outputs.push((name, got.node));
         b.outputs_needles
@@ -88,8 +92,10 @@ pub(crate) fn limits_from(
 /// input: the build wrote into, deleted or replaced it.
 fn check_inputs_untouched(layout: &BundleLayout, req: &BuildRequest) -> Result<(), BuildError> {
     let upper = layout.upper();
-    let rd = std::fs::read_dir(&upper)
-        .map_err(|e| BuildError::infra(format!("{}: {e}", upper.display())))?;
+    let rd = std::fs::read_dir(&upper).map_err(|source| InfraError::Io {
+        path: upper.clone(),
+        source,
+    })?;
     let names: Vec<_> = rd.flatten().map(|e| e.file_name()).collect();
     match modified_input(names.iter().map(|n| n.as_os_str()), req.inputs()) {
         Some(name) => Err(BuildError::ModifiedInput(name)),

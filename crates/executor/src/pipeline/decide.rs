@@ -13,6 +13,7 @@ use tvix_oci_spec::path::CleanPath;
 use tvix_oci_spec::{BuildRequest, BundleLayout};
 
 use crate::BuildError;
+use crate::faults::{InfraError, StoreFault};
 use crate::ingest::IngestError;
 use crate::runc::RunOutcome;
 
@@ -42,14 +43,10 @@ pub(crate) fn judge(
     facts: RunFacts,
 ) -> Result<RunOutcome, BuildError> {
     if let Some(t) = facts.store_trouble {
-        return Err(BuildError::Store(format!(
-            "the store failed while the build read its inputs: {t}"
-        )));
+        return Err(StoreFault::Inputs(t).into());
     }
     if !facts.serving && !facts.aborted {
-        return Err(BuildError::infra(
-            "the FUSE connection of the inputs ended mid-build (aborted, or its daemon died)",
-        ));
+        return Err(InfraError::FuseGone.into());
     }
     ran.map_err(|e| match e {
         BuildError::Signaled {

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use tvix_oci_spec::{BuildRequest, ResourceLimits, SpecOptions};
 
+use crate::faults::HostError;
 use crate::ro_paths::Allowed;
 use crate::rootless::Rootless;
 use crate::seam::{BuildAccount, BuildIds};
@@ -97,9 +98,7 @@ impl Executor {
 /// (its pids limit is an rlimit, see `make_spec`).
 pub(crate) fn rootless_limits(limits: &ResourceLimits) -> Result<(), BuildError> {
     if limits.memory_bytes.is_some() || limits.cpus.is_some() {
-        return Err(BuildError::Host(
-            "memory and CPU limits need a cgroup, which a rootless build does not get; run as root or drop the limits".into(),
-        ));
+        return Err(HostError::RootlessLimits.into());
     }
     Ok(())
 }

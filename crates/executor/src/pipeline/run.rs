@@ -14,6 +14,7 @@ use tvix_oci_spec::BuildRequest;
 use super::decide::{RunFacts, judge};
 use super::{Prepared, Sandbox};
 use crate::cgroup::Usage;
+use crate::faults::InfraError;
 use crate::figures::with_progress;
 use crate::runc::{LogSink, Phase, Process, RunLimits, RunOutcome};
 use crate::seam::{BuildAccount, RunCall};
@@ -49,7 +50,7 @@ impl Sandbox {
         logs: &dyn LogSink,
     ) -> Result<Ran, BuildError> {
         let Some(mounts) = self.mounts.take() else {
-            return Err(BuildError::infra("the sandbox was already run"));
+            return Err(InfraError::SandboxReused.into());
         };
         let state_root = prepared.rootless.as_ref().map(|r| r.runc_root.as_path());
         let cwd = format!("/{}", req.working_dir());

@@ -10,6 +10,7 @@ use tvix_oci_fuse::{BlobCache, MountOptions};
 use tvix_oci_spec::{BuildRequest, BundleLayout};
 
 use crate::bundle::BundleDir;
+use crate::faults::HostError;
 use crate::ro_paths::RoClones;
 use crate::seam::{InputsCall, InputsMounted, Mounted, OverlayCall};
 use crate::{BuildError, Executor};
@@ -66,7 +67,7 @@ impl Sandbox {
         };
         layout
             .write_skeleton(req, spec)
-            .map_err(|e| BuildError::Host(e.to_string()))?;
+            .map_err(HostError::Skeleton)?;
         let mut sandbox = Self {
             mounts: None,
             _ro_clones: ro_clones,
@@ -92,9 +93,9 @@ impl Sandbox {
             Some(c) => c.clone(),
             None => {
                 let dir = self.bundle.path().join("blob-cache");
-                Arc::new(BlobCache::open(&dir, u64::MAX).map_err(|e| {
-                    BuildError::Host(format!("making the blob cache {}: {e}", dir.display()))
-                })?)
+                let cache = BlobCache::open(&dir, u64::MAX)
+                    .map_err(|source| HostError::BlobCache { dir, source })?;
+                Arc::new(cache)
             }
         };
         let mount_opts = MountOptions {

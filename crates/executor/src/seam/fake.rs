@@ -16,9 +16,10 @@ use super::{
     Accounting, BuildAccount, BuildIds, Host, Ids, InputsCall, InputsMounted, Mounted, Mounts,
     OverlayCall, RunCall, Runtime,
 };
-use crate::BuildError;
 use crate::cgroup::Usage;
+use crate::idpool::IdPoolError;
 use crate::runc::RunOutcome;
+use crate::{BuildError, HostError, InfraError};
 
 /// A step of the pipeline on the host, as recorded and as made to fail.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -166,11 +167,9 @@ impl FakeHost {
 /// The error the real host gives for a failing `step`, in its class.
 fn fault(step: Step) -> BuildError {
     match step {
-        Step::Locate => BuildError::Host("the OCI runtime \"runc\" is not on PATH (fake)".into()),
-        Step::TakeIds => {
-            BuildError::Host("all 1 slots of the build id pool are busy (fake)".into())
-        }
-        other => BuildError::infra(format!("{other:?} failed (fake)")),
+        Step::Locate => HostError::RuntimeNotOnPath(PathBuf::from("runc")).into(),
+        Step::TakeIds => HostError::IdPool(IdPoolError::Exhausted { slots: 1 }).into(),
+        other => InfraError::Fake(format!("{other:?} failed (fake)")).into(),
     }
 }
 

@@ -15,11 +15,11 @@ use super::{
     Accounting, BuildAccount, BuildIds, Host, Ids, InputsCall, InputsMounted, Mounted, Mounts,
     OverlayCall, RunCall, Runtime,
 };
-use crate::BuildError;
 use crate::cgroup::{BuildCgroup, Usage};
 use crate::idpool::{IdPool, IdPoolConfig};
 use crate::overlay::Overlay;
 use crate::runc::{Container, RunOutcome};
+use crate::{BuildError, HostError, InfraError};
 
 pub(super) fn host(config: &crate::ExecutorConfig) -> Host {
     Host {
@@ -50,7 +50,7 @@ impl Runtime for Runc {
                 }
             })
         });
-        verdict.clone().map_err(BuildError::Host)?;
+        verdict.clone().map_err(HostError::RuntimeUnfit)?;
         Ok(runc)
     }
 
@@ -78,12 +78,12 @@ struct LinuxMounts;
 impl Mounts for LinuxMounts {
     fn inputs(&self, call: InputsCall<'_>) -> Result<Box<dyn InputsMounted>, BuildError> {
         let m = tvix_oci_fuse::mount(call.blobs, call.dirs, call.inputs, call.at, call.options)
-            .map_err(|e| BuildError::infra(format!("mounting the inputs: {e}")))?;
+            .map_err(InfraError::MountInputs)?;
         Ok(Box::new(FuseInputs(m)))
     }
 
     fn overlay(&self, c: OverlayCall<'_>) -> Result<Box<dyn Mounted>, BuildError> {
-        let o = Overlay::mount(c.lower, c.upper, c.work, c.target).map_err(BuildError::infra)?;
+        let o = Overlay::mount(c.lower, c.upper, c.work, c.target).map_err(InfraError::Overlay)?;
         Ok(Box::new(o))
     }
 }
@@ -93,9 +93,7 @@ struct FuseInputs(InputsMount);
 
 impl Mounted for FuseInputs {
     fn unmount(self: Box<Self>) -> Result<(), BuildError> {
-        self.0
-            .unmount()
-            .map_err(|e| BuildError::infra(format!("unmounting the inputs: {e}")))
+        Ok(self.0.unmount().map_err(InfraError::UnmountInputs)?)
     }
 }
 
@@ -119,7 +117,7 @@ impl InputsMounted for FuseInputs {
 
 impl Mounted for Overlay {
     fn unmount(self: Box<Self>) -> Result<(), BuildError> {
-        Overlay::unmount(*self).map_err(BuildError::infra)
+        Ok(Overlay::unmount(*self).map_err(InfraError::Overlay)?)
     }
 }
 
@@ -154,7 +152,7 @@ impl IdPoolIds {
         if let Some(p) = self.pool.get() {
             return Ok(p);
         }
-        let p = IdPool::open(self.config.clone()).map_err(|e| BuildError::Host(e.to_string()))?;
+        let p = IdPool::open(self.config.clone()).map_err(HostError::IdPool)?;
         Ok(self.pool.get_or_init(|| p))
     }
 }
@@ -165,10 +163,7 @@ impl Ids for IdPoolIds {
     }
 
     fn take(&self) -> Result<BuildIds, BuildError> {
-        let slot = self
-            .pool()?
-            .take()
-            .map_err(|e| BuildError::Host(e.to_string()))?;
+        let slot = self.pool()?.take().map_err(HostError::IdPool)?;
         Ok(BuildIds {
             mappings: slot.mappings(),
             rootfs: Some(slot.rootfs()),
