@@ -15,7 +15,7 @@
 //! # Ok(()) }
 //! ```
 
-mod bundle;
+mod bundle_dir;
 mod census;
 pub mod cgroup;
 mod config;

@@ -82,7 +82,7 @@ pub fn cleanup_stale(root: &Path, runc: &Path, rootless: Option<&Rootless>) -> u
             }
         }
         if tvix_oci_sys::mountinfo::mounts_below(&dir).is_ok_and(|m| m.is_empty()) {
-            let removed = crate::bundle::remove_tree(&dir)
+            let removed = crate::bundle_dir::remove_tree(&dir)
                 .or_else(|e| rootless.map_or(Err(e), |r| r.remove_tree(&dir)));
             match removed {
                 Ok(()) => cleaned += 1,

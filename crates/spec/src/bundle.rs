@@ -116,25 +116,24 @@ impl BundleLayout {
     }
 
     /// Where `output` (one of `req`'s outputs) is on the host after the
-    /// build: in the overlay's upper layer when under a writable inputs
-    /// dir, else in its scratch dir. `None` if `output` is under neither
-    /// (validation refuses such requests).
-    pub fn output_path(&self, req: &BuildRequest, output: &CleanPath) -> Option<PathBuf> {
+    /// build, as a directory of the bundle the build cannot replace and
+    /// the path below it: the overlay's upper layer when under a writable
+    /// inputs dir, else its scratch dir. `None` when the build could not
+    /// have written it (under a read-only inputs dir, or under no scratch
+    /// path): it is missing.
+    pub fn output_location<'a>(
+        &self,
+        req: &BuildRequest,
+        output: &'a CleanPath,
+    ) -> Option<(PathBuf, &'a str)> {
         if req.inputs_dir_is_scratch()
             && let Some(rest) = output.strip_prefix(req.inputs_dir())
         {
-            return Some(self.upper().join(rest));
+            return Some((self.upper(), rest));
         }
-        if let Some((s, rest)) = req
-            .scratch_paths()
+        req.scratch_paths()
             .iter()
-            .find_map(|s| output.strip_prefix(s).map(|r| (s, r)))
-        {
-            return Some(self.scratch(s).join(rest));
-        }
-        output
-            .strip_prefix(req.inputs_dir())
-            .map(|rest| self.inputs().join(rest))
+            .find_map(|s| output.strip_prefix(s).map(|rest| (self.scratch(s), rest)))
     }
 
     /// Writes the skeleton of a bundle for `req`: the bundle dir (0700,

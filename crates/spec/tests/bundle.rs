@@ -84,13 +84,11 @@ fn skeleton() {
     // Outputs: under the writable store they are in the upper layer.
     let out = &req.outputs()[0];
     assert_eq!(
-        layout.output_path(&req, out).unwrap(),
-        layout
-            .upper()
-            .join("a6xgw8ck6z7vb3yzrn0m7bl0sfkxwlyk-hello")
+        layout.output_location(&req, out).unwrap(),
+        (layout.upper(), "a6xgw8ck6z7vb3yzrn0m7bl0sfkxwlyk-hello")
     );
     let b = CleanPath::parse("build/out/x").unwrap();
-    assert_eq!(layout.output_path(&req, &b).unwrap(), build.join("out/x"));
+    assert_eq!(layout.output_location(&req, &b).unwrap(), (build, "out/x"));
 }
 
 #[test]

@@ -79,17 +79,10 @@ pub(crate) fn output_location(
     req: &BuildRequest,
     out: &CleanPath,
 ) -> Result<(PathBuf, String), BuildError> {
-    if req.inputs_dir_is_scratch()
-        && let Some(rest) = out.strip_prefix(req.inputs_dir())
-    {
-        return Ok((layout.upper(), rest.to_owned()));
+    match layout.output_location(req, out) {
+        Some((base, rest)) => Ok((base, rest.to_owned())),
+        None => Err(BuildError::Output(IngestError::Missing(out.to_string()))),
     }
-    for s in req.scratch_paths() {
-        if let Some(rest) = out.strip_prefix(s) {
-            return Ok((layout.scratch(s), rest.to_owned()));
-        }
-    }
-    Err(BuildError::Output(IngestError::Missing(out.to_string())))
 }
 
 /// The first name in the overlay's upper layer (`upper`, its top-level

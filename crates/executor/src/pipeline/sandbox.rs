@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tvix_oci_fuse::{BlobCache, MountOptions};
 use tvix_oci_spec::{BuildRequest, BundleLayout};
 
-use crate::bundle::BundleDir;
+use crate::bundle_dir::BundleDir;
 use crate::faults::HostError;
 use crate::ro_paths::RoClones;
 use crate::seam::{InputsCall, InputsMounted, Mounted, OverlayCall};
