@@ -130,35 +130,15 @@ pub fn busybox_sh_request(
     env: &[(&str, &str)],
     outputs: &[&str],
 ) -> Result<tvix_oci_spec::BuildRequest, Box<dyn std::error::Error>> {
-    use tvix_oci_spec::proto::{self, build_request as br};
-    Ok(tvix_oci_spec::BuildRequest::try_from(
-        proto::BuildRequest {
-            inputs,
-            command_args: vec![
-                "/nix/store/busybox/bin/busybox".into(),
-                "sh".into(),
-                "-c".into(),
-                script,
-            ],
-            working_dir: "build".into(),
-            scratch_paths: vec!["build".into()],
-            inputs_dir: "nix/store".into(),
-            outputs: outputs.iter().map(|o| (*o).into()).collect(),
-            environment_vars: env
-                .iter()
-                .map(|(k, v)| br::EnvVar {
-                    key: (*k).into(),
-                    value: v.as_bytes().to_vec().into(),
-                })
-                .collect(),
-            constraints: Some(br::BuildConstraints {
-                system: tvix_oci_executor::host::host_system(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
-    )?)
+    let req = env
+        .iter()
+        .fold(ShRequest::with_inputs(inputs, &script), |r, (k, v)| {
+            r.env(k, v)
+        });
+    Ok(req.outputs(outputs).build()?)
 }
+
+use tvix_oci_testkit::ShRequest;
 
 pub mod copy;
 pub mod eager;

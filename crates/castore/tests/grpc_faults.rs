@@ -5,47 +5,23 @@
 mod common;
 
 use std::io;
-use std::sync::Arc;
 
-use async_trait::async_trait;
+use std::sync::Arc;
+use tvix_oci_testkit::{Fault, FaultyBlobs};
+
 use bytes::Bytes;
 use futures::TryStreamExt;
 use tokio::io::AsyncReadExt;
-use tvix_oci_castore::blobservice::{BlobReader, BlobService, BlobWriter, MemoryBlobService};
+use tvix_oci_castore::blobservice::MemoryBlobService;
 use tvix_oci_castore::directoryservice::MemoryDirectoryService;
-use tvix_oci_castore::{
-    B3Digest, Directory, Node, PathComponent, open_blob_service, open_directory_service,
-};
-
-/// A store that flips the first byte of every blob it serves.
-#[derive(Debug, Default)]
-struct Corrupting(MemoryBlobService);
-
-#[async_trait]
-impl BlobService for Corrupting {
-    async fn has(&self, d: &B3Digest) -> io::Result<bool> {
-        self.0.has(d).await
-    }
-    async fn open_read_at(&self, d: &B3Digest, off: u64) -> io::Result<Option<BlobReader>> {
-        let Some(mut r) = self.0.open_read_at(d, off).await? else {
-            return Ok(None);
-        };
-        let mut buf = Vec::new();
-        r.read_to_end(&mut buf).await?;
-        if let Some(b) = buf.first_mut() {
-            *b ^= 0xff;
-        }
-        Ok(Some(Box::new(io::Cursor::new(buf))))
-    }
-    async fn open_write(&self) -> io::Result<Box<dyn BlobWriter>> {
-        self.0.open_write().await
-    }
-}
+use tvix_oci_castore::{Directory, Node, PathComponent, open_blob_service, open_directory_service};
 
 #[tokio::test]
 async fn corrupted_remote_blob_is_detected() {
     let (url, server) = common::serve_tcp(
-        Arc::new(Corrupting::default()),
+        Arc::new(
+            FaultyBlobs::new(Arc::new(MemoryBlobService::default())).reads(Fault::Corrupt, None),
+        ),
         Arc::new(MemoryDirectoryService::default()),
     )
     .await;

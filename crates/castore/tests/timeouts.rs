@@ -6,19 +6,14 @@
 
 mod common;
 
-use std::io;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tvix_oci_testkit::SleepingStore;
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 use tokio::io::AsyncReadExt;
-use tvix_oci_castore::blobservice::{BlobReader, BlobService, BlobWriter};
-use tvix_oci_castore::directoryservice::{DirectoryPutter, DirectoryService};
-use tvix_oci_castore::{
-    B3Digest, Directory, StoreError, open_blob_service, open_directory_service,
-};
+use tvix_oci_castore::{B3Digest, Directory, open_blob_service, open_directory_service};
 
 /// Accepts connections and holds them, never reading or writing.
 async fn silent_listener() -> (String, tokio::task::JoinHandle<()>) {
@@ -31,55 +26,6 @@ async fn silent_listener() -> (String, tokio::task::JoinHandle<()>) {
         }
     });
     (format!("grpc+http://{addr}"), task)
-}
-
-/// A store that never answers: every call waits forever, except a read,
-/// which sends a few bytes first.
-#[derive(Debug, Default)]
-struct Sleeping {
-    /// The write ends of readers, kept open so they never end.
-    held: Mutex<Vec<tokio::io::DuplexStream>>,
-}
-
-#[async_trait]
-impl BlobService for Sleeping {
-    async fn has(&self, _: &B3Digest) -> io::Result<bool> {
-        futures::future::pending().await
-    }
-    async fn open_read_at(&self, _: &B3Digest, _: u64) -> io::Result<Option<BlobReader>> {
-        let (r, mut w) = tokio::io::duplex(64);
-        tokio::io::AsyncWriteExt::write_all(&mut w, b"the first bytes").await?;
-        self.held.lock().unwrap().push(w);
-        Ok(Some(Box::new(r)))
-    }
-    async fn open_write(&self) -> io::Result<Box<dyn BlobWriter>> {
-        futures::future::pending().await
-    }
-}
-
-#[async_trait]
-impl DirectoryService for Sleeping {
-    async fn get(&self, _: &B3Digest) -> Result<Option<Directory>, StoreError> {
-        futures::future::pending().await
-    }
-    async fn put(&self, _: Directory) -> Result<B3Digest, StoreError> {
-        futures::future::pending().await
-    }
-    fn put_multiple_start(&self) -> Box<dyn DirectoryPutter + '_> {
-        Box::new(SleepingPutter)
-    }
-}
-
-struct SleepingPutter;
-
-#[async_trait]
-impl DirectoryPutter for SleepingPutter {
-    async fn put(&mut self, _: Directory) -> Result<(), StoreError> {
-        futures::future::pending().await
-    }
-    async fn close(&mut self) -> Result<B3Digest, StoreError> {
-        futures::future::pending().await
-    }
 }
 
 /// Runs `f`, which must fail within a few seconds (the store's timeout is
@@ -175,7 +121,7 @@ async fn a_listener_that_never_speaks() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_grpc_server_whose_store_never_answers() {
-    let sleeping = Arc::new(Sleeping::default());
+    let sleeping = Arc::new(SleepingStore::trickling());
     let (url, task) = common::serve_tcp(sleeping.clone(), sleeping).await;
     every_call_times_out(&url, true).await;
     task.abort();

@@ -45,10 +45,7 @@ fn dry_run_prints_a_request_the_file_form_accepts() {
 
 #[test]
 fn both_forms_build_the_same_output() {
-    if let Some(why) = can_build() {
-        println!("SKIPPED: {why}");
-        return;
-    }
+    tvix_oci_testkit::require!(root, fuse, runc, busybox);
     let tmp = tempfile::tempdir().unwrap();
     let script = "echo building; echo made with /nix/store/busybox > /build/hello";
     let out = flags_run(tmp.path(), &[], script);
@@ -149,10 +146,7 @@ fn exit_codes_and_messages() {
 
 #[test]
 fn sigterm_mid_build_leaves_nothing_behind() {
-    if let Some(why) = can_build() {
-        println!("SKIPPED: {why}");
-        return;
-    }
+    tvix_oci_testkit::require!(root, fuse, runc, busybox);
     let tmp = tempfile::tempdir().unwrap();
     let bb = busybox_tree(tmp.path());
     let bundles = tmp.path().join("bundles");
@@ -258,10 +252,7 @@ fn store_tools_import_ls_cat_spec() {
 
 #[test]
 fn mount_in_the_foreground_and_unmount_on_interrupt() {
-    if let Some(why) = can_build() {
-        println!("SKIPPED: {why}");
-        return;
-    }
+    tvix_oci_testkit::require!(root, fuse, runc, busybox);
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let tree = tmp.path().join("tree");
@@ -327,10 +318,7 @@ fn two_builds(tmp: &Path, jobs: &str) -> (Vec<String>, serde_json::Value) {
 
 #[test]
 fn several_requests_run_at_most_jobs_at_once() {
-    if let Some(why) = can_build() {
-        println!("SKIPPED: {why}");
-        return;
-    }
+    tvix_oci_testkit::require!(root, fuse, runc, busybox);
     let tmp = tempfile::tempdir().unwrap();
     let (phases, results) = two_builds(tmp.path(), "1");
     // One result per request, in request order.
@@ -547,10 +535,7 @@ fn a_missing_builder_or_a_symlinked_output_is_the_builds_fault_and_a_missing_imp
 
 #[test]
 fn only_read_only_paths_allowed_with_allow_ro_path_are_bound() {
-    if let Some(why) = can_build() {
-        println!("SKIPPED: {why}");
-        return;
-    }
+    tvix_oci_testkit::require!(root, fuse, runc, busybox);
     let tmp = tempfile::tempdir().unwrap();
     let bundles = tmp.path().join("bundles");
     let dry = flags_run(

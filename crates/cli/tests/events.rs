@@ -10,7 +10,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Serve as Server, busybox_request as request, can_build, cgroups_of, leftovers};
+use common::{Serve as Server, busybox_request as request, cgroups_of, leftovers};
 use tvix_oci_executor::wire::result_of;
 use tvix_oci_spec::proto;
 use tvix_oci_spec::proto::events::build_service_client::BuildServiceClient;
@@ -69,10 +69,7 @@ impl Server {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_build_streams_its_events_in_order() {
-    if let Some(why) = can_build() {
-        println!("SKIPPED: {why}");
-        return;
-    }
+    tvix_oci_testkit::require!(root, fuse, runc, busybox);
     let tmp = tempfile::tempdir().unwrap();
     let bundles = tmp.path().join("bundles");
     let server = Server::start(&tmp.path().join("data"), &bundles, &[]);
@@ -154,10 +151,7 @@ async fn a_build_streams_its_events_in_order() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failing_build_ends_with_failed_and_a_refused_request_sends_nothing() {
-    if let Some(why) = can_build() {
-        println!("SKIPPED: {why}");
-        return;
-    }
+    tvix_oci_testkit::require!(root, fuse, runc, busybox);
     let tmp = tempfile::tempdir().unwrap();
     let bundles = tmp.path().join("bundles");
     let server = Server::start(&tmp.path().join("data"), &bundles, &[]);
@@ -206,10 +200,7 @@ async fn a_failing_build_ends_with_failed_and_a_refused_request_sends_nothing() 
 /// and counted; the lines that come are in order.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_reading_nothing_does_not_slow_the_build() {
-    if let Some(why) = can_build() {
-        println!("SKIPPED: {why}");
-        return;
-    }
+    tvix_oci_testkit::require!(root, fuse, runc, busybox);
     let tmp = tempfile::tempdir().unwrap();
     let bundles = tmp.path().join("bundles");
     let server = Server::start(&tmp.path().join("data"), &bundles, &[]);
@@ -264,10 +255,7 @@ async fn a_client_reading_nothing_does_not_slow_the_build() {
 /// runs once the first is cancelled.
 #[tokio::test(flavor = "multi_thread")]
 async fn dropping_the_stream_cancels_the_build_and_leaves_nothing() {
-    if let Some(why) = can_build() {
-        println!("SKIPPED: {why}");
-        return;
-    }
+    tvix_oci_testkit::require!(root, fuse, runc, busybox);
     let tmp = tempfile::tempdir().unwrap();
     let bundles = tmp.path().join("bundles");
     let server = Server::start(&tmp.path().join("data"), &bundles, &["--jobs", "1"]);

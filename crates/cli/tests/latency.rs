@@ -38,10 +38,7 @@ fn epoch(ts: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "a benchmark: run by hand, see BENCHMARKS.md"]
 async fn first_log_line_latency_over_loopback() {
-    if let Some(why) = common::can_build() {
-        println!("SKIPPED: {why}");
-        return;
-    }
+    tvix_oci_testkit::require!(root, fuse, runc, busybox);
     let tmp = tempfile::tempdir().unwrap();
     let log_path = tmp.path().join("serve.log");
     let log = std::fs::File::create(&log_path).unwrap();

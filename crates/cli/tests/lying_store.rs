@@ -165,17 +165,6 @@ fn export_of_each_lie_exits_3_and_leaves_nothing() {
     }
 }
 
-fn can_mount() -> Option<&'static str> {
-    if !Path::new("/dev/fuse").exists() {
-        return Some("/dev/fuse is absent");
-    }
-    // SAFETY: no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("mounting with allow_other needs root");
-    }
-    None
-}
-
 /// `mount in=ROOT MNT` with `TMPDIR=tmpdir`, once it says it is mounted;
 /// its stderr goes to `log`.
 fn start_mount(
@@ -250,10 +239,7 @@ fn caches_of(pid: u32) -> Vec<PathBuf> {
 
 #[test]
 fn mount_of_a_hung_store_lets_a_sigkilled_reader_die_and_a_killed_mounts_cache_is_swept() {
-    if let Some(why) = can_mount() {
-        println!("SKIPPED: {why}");
-        return;
-    }
+    tvix_oci_testkit::require!(root, fuse);
     let tmp = tempfile::tempdir().unwrap();
     let (server, root, _) = lying_store();
     let mount_point = common::MountPoint::new(tmp.path().join("mnt"));

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{bin, busybox_tree, can_build, leftovers, run_with_busybox};
+use common::{bin, busybox_tree, leftovers, run_with_busybox};
 
 /// A `serve` process, killed when dropped.
 struct Server(Child);
@@ -50,10 +50,7 @@ const SCRIPT: &str = "echo first line; mkdir /nix/store/out; \
 
 #[test]
 fn a_remote_run_prints_what_a_local_run_prints() {
-    if let Some(why) = can_build() {
-        println!("SKIPPED: {why}");
-        return;
-    }
+    tvix_oci_testkit::require!(root, fuse, runc, busybox);
     let tmp = tempfile::tempdir().unwrap();
     let (_server, url) = serve(tmp.path(), &[]);
     let bb = busybox_tree(tmp.path());
@@ -102,10 +99,7 @@ fn a_remote_run_prints_what_a_local_run_prints() {
 
 #[test]
 fn a_failing_remote_build_exits_1_and_a_refused_request_2() {
-    if let Some(why) = can_build() {
-        println!("SKIPPED: {why}");
-        return;
-    }
+    tvix_oci_testkit::require!(root, fuse, runc, busybox);
     let tmp = tempfile::tempdir().unwrap();
     let (_server, url) = serve(tmp.path(), &["--max-outputs", "1"]);
     let bb = busybox_tree(tmp.path());
@@ -163,10 +157,7 @@ fn a_failing_remote_build_exits_1_and_a_refused_request_2() {
 
 #[test]
 fn run_remote_over_a_unix_socket() {
-    if let Some(why) = can_build() {
-        println!("SKIPPED: {why}");
-        return;
-    }
+    tvix_oci_testkit::require!(root, fuse, runc, busybox);
     let tmp = tempfile::tempdir().unwrap();
     let sock = tmp.path().join("tob.sock");
     let child = bin(&tmp.path().join("srv"))
@@ -203,10 +194,7 @@ fn run_remote_over_a_unix_socket() {
 
 #[test]
 fn ctrl_c_cancels_the_remote_build_and_leaves_nothing_on_the_server() {
-    if let Some(why) = can_build() {
-        println!("SKIPPED: {why}");
-        return;
-    }
+    tvix_oci_testkit::require!(root, fuse, runc, busybox);
     let tmp = tempfile::tempdir().unwrap();
     let (_server, url) = serve(tmp.path(), &[]);
     let bundles = tmp.path().join("bundles");

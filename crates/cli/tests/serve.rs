@@ -6,17 +6,14 @@
 
 mod common;
 
-use common::{Serve as Server, assert_nothing_left, busybox_request as request, can_build};
+use common::{Serve as Server, assert_nothing_left, busybox_request as request};
 use tvix_oci_castore::proto::{self as castore_proto, node as proto_node};
 use tvix_oci_castore::{B3Digest, Node};
 use tvix_oci_spec::proto;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn do_build_over_grpc_and_read_the_outputs_back() {
-    if let Some(why) = can_build() {
-        println!("SKIPPED: {why}");
-        return;
-    }
+    tvix_oci_testkit::require!(root, fuse, runc, busybox);
     let tmp = tempfile::tempdir().unwrap();
     let bundles = tmp.path().join("bundles");
     let server = Server::start(&tmp.path().join("data"), &bundles, &[]);
@@ -142,10 +139,7 @@ async fn do_build_over_grpc_and_read_the_outputs_back() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_with_a_build_in_flight_leaves_nothing_behind() {
-    if let Some(why) = can_build() {
-        println!("SKIPPED: {why}");
-        return;
-    }
+    tvix_oci_testkit::require!(root, fuse, runc, busybox);
     let tmp = tempfile::tempdir().unwrap();
     let bundles = tmp.path().join("bundles");
     let mut server = Server::start(&tmp.path().join("data"), &bundles, &[]);
@@ -216,10 +210,7 @@ fn a_build_id_pool_holding_a_host_account_refuses_to_start() {
 /// code of a failed build) and the status answered.
 #[tokio::test(flavor = "multi_thread")]
 async fn each_finished_build_logs_one_line_with_its_outcome() {
-    if let Some(why) = can_build() {
-        println!("SKIPPED: {why}");
-        return;
-    }
+    tvix_oci_testkit::require!(root, fuse, runc, busybox);
     let tmp = tempfile::tempdir().unwrap();
     let bundles = tmp.path().join("bundles");
     let log_path = tmp.path().join("serve.log");
@@ -265,10 +256,7 @@ async fn each_finished_build_logs_one_line_with_its_outcome() {
 /// and taken again once a job is free.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_queue_answers_resource_exhausted_at_once() {
-    if let Some(why) = can_build() {
-        println!("SKIPPED: {why}");
-        return;
-    }
+    tvix_oci_testkit::require!(root, fuse, runc, busybox);
     let tmp = tempfile::tempdir().unwrap();
     let bundles = tmp.path().join("bundles");
     let extra = ["--jobs", "1", "--queue", "0"];

@@ -8,14 +8,14 @@ mod common;
 
 use std::io;
 
+use tvix_oci_testkit::SleepingStore;
+
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::bin;
-use tvix_oci_castore::blobservice::{BlobReader, BlobService, BlobWriter};
-use tvix_oci_castore::directoryservice::{DirectoryPutter, DirectoryService};
-use tvix_oci_castore::{B3Digest, Directory, StoreError};
+use tvix_oci_castore::B3Digest;
 
 /// Accepts connections on a thread and holds them, never reading or
 /// writing; its URL.
@@ -31,47 +31,7 @@ fn silent_listener() -> String {
     url
 }
 
-/// A store whose every call waits forever.
-#[derive(Debug)]
-struct Sleeping;
-
-#[tonic::async_trait]
-impl BlobService for Sleeping {
-    async fn has(&self, _: &B3Digest) -> io::Result<bool> {
-        std::future::pending().await
-    }
-    async fn open_read_at(&self, _: &B3Digest, _: u64) -> io::Result<Option<BlobReader>> {
-        std::future::pending().await
-    }
-    async fn open_write(&self) -> io::Result<Box<dyn BlobWriter>> {
-        std::future::pending().await
-    }
-}
-
-#[tonic::async_trait]
-impl DirectoryService for Sleeping {
-    async fn get(&self, _: &B3Digest) -> Result<Option<Directory>, StoreError> {
-        std::future::pending().await
-    }
-    async fn put(&self, _: Directory) -> Result<B3Digest, StoreError> {
-        std::future::pending().await
-    }
-    fn put_multiple_start(&self) -> Box<dyn DirectoryPutter + '_> {
-        Box::new(Sleeping)
-    }
-}
-
-#[tonic::async_trait]
-impl DirectoryPutter for Sleeping {
-    async fn put(&mut self, _: Directory) -> Result<(), StoreError> {
-        std::future::pending().await
-    }
-    async fn close(&mut self) -> Result<B3Digest, StoreError> {
-        std::future::pending().await
-    }
-}
-
-/// Serves [`Sleeping`] over gRPC on a thread of its own; its URL.
+/// Serves a [`SleepingStore`] over gRPC on a thread of its own; its URL.
 fn sleeping_server() -> String {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("grpc+http://{}", l.local_addr().unwrap());
@@ -82,8 +42,8 @@ fn sleeping_server() -> String {
             let l = tokio::net::TcpListener::from_std(l).unwrap();
             tonic::transport::Server::builder()
                 .add_routes(tvix_oci_castore::grpc::castore_routes(
-                    Arc::new(Sleeping),
-                    Arc::new(Sleeping),
+                    Arc::new(SleepingStore::default()),
+                    Arc::new(SleepingStore::default()),
                 ))
                 .serve_with_incoming(tonic::transport::server::TcpIncoming::from(l))
                 .await

@@ -10,9 +10,7 @@ use crate::BuildError;
 use crate::faults::HostError;
 
 /// This host's system, in Nix's spelling (`x86_64-linux`).
-pub fn host_system() -> String {
-    format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS)
-}
+pub use tvix_oci_spec::host_system;
 
 /// MemAvailable from /proc/meminfo, in bytes.
 fn available_memory() -> Option<u64> {

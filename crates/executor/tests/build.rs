@@ -593,7 +593,7 @@ async fn the_entries_limit_holds_for_all_outputs_before_any_is_stored() {
     // and part of the second were).
     let script = "mkdir -p /build/a /build/b; i=0; while [ $i -lt 600 ]; do : > /build/a/$i; : > /build/b/$i; i=$((i+1)); done";
     let req = e.request(script, &["build/a", "build/b"], |_| {});
-    let blobs = CountingBlobs::new(e.blobs.clone(), WriteFault::None);
+    let blobs = counting_blobs(e.blobs.clone(), Fault::None);
     let mut config = e.config();
     config.ingest_limits.max_entries = 1000;
     let exec = Executor::new(config, blobs.clone(), e.dirs.clone());
@@ -604,7 +604,11 @@ async fn the_entries_limit_holds_for_all_outputs_before_any_is_stored() {
         msg.starts_with("output build/b at ") && msg.ends_with("exceed the limit of 1000 entries"),
         "{msg}"
     );
-    assert_eq!(blobs.writes(), 0, "outputs were stored before the refusal");
+    assert_eq!(
+        blobs.write_count(),
+        0,
+        "outputs were stored before the refusal"
+    );
     drop(exec);
     e.assert_clean();
 }

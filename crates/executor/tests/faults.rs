@@ -6,67 +6,15 @@
 
 mod common;
 
-use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use common::*;
-use tvix_oci_castore::blobservice::{BlobReader, BlobService, BlobWriter, read_to_end};
+use tvix_oci_castore::blobservice::BlobService;
 use tvix_oci_castore::{B3Digest, Node};
 use tvix_oci_executor::runc::NoLogs;
 use tvix_oci_executor::{BuildError, Executor};
-
-/// How the wrapped store misbehaves on one blob.
-#[derive(Debug, Clone, Copy)]
-enum Fault {
-    /// Never answers.
-    Hang,
-    /// Answers with an error.
-    Fail,
-    /// Answers with other bytes of the same length.
-    Corrupt,
-}
-
-/// A store that misbehaves on reads of one blob, and is served to FUSE as
-/// a remote store would be (no local files, no range reads).
-#[derive(Debug)]
-struct Faulty {
-    inner: Arc<dyn BlobService>,
-    target: B3Digest,
-    fault: Fault,
-}
-
-#[async_trait]
-impl BlobService for Faulty {
-    async fn has(&self, d: &B3Digest) -> io::Result<bool> {
-        self.inner.has(d).await
-    }
-    async fn open_read_at(&self, d: &B3Digest, offset: u64) -> io::Result<Option<BlobReader>> {
-        if *d == self.target {
-            match self.fault {
-                Fault::Hang => std::future::pending::<()>().await,
-                Fault::Fail => return Err(io::Error::other("injected: the disk is on fire")),
-                Fault::Corrupt => {
-                    let mut data = read_to_end(&*self.inner, d).await?.unwrap_or_default();
-                    for b in &mut data {
-                        *b ^= 0x55;
-                    }
-                    let data = data.split_off((offset as usize).min(data.len()));
-                    return Ok(Some(Box::new(std::io::Cursor::new(data))));
-                }
-            }
-        }
-        self.inner.open_read_at(d, offset).await
-    }
-    async fn open_write(&self) -> io::Result<Box<dyn BlobWriter>> {
-        self.inner.open_write().await
-    }
-    fn local_path(&self, _: &B3Digest) -> Option<PathBuf> {
-        None
-    }
-}
 
 fn data_digest(e: &Env) -> B3Digest {
     match &e.data {
@@ -76,11 +24,12 @@ fn data_digest(e: &Env) -> B3Digest {
 }
 
 fn faulty_executor(e: &Env, fault: Fault, timeout: Option<Duration>) -> Executor {
-    let blobs = Arc::new(Faulty {
-        inner: e.blobs.clone(),
-        target: data_digest(e),
-        fault,
-    });
+    // Served to FUSE as a remote store is (no local files, no range
+    // reads), so the build's reads go through it.
+    let blobs = FaultyBlobs::new(e.blobs.clone())
+        .reads(fault, Some(data_digest(e)))
+        .remote()
+        .shared();
     let mut config = e.config();
     config.timeout = timeout;
     Executor::new(config, blobs, e.dirs.clone())
@@ -286,7 +235,7 @@ async fn a_full_disk_while_ingesting_leaves_no_partial_blob_or_directory() {
 async fn a_store_hanging_while_outputs_are_stored_is_bounded_by_the_timeout() {
     need_runtime!();
     let e = env().await;
-    let blobs = CountingBlobs::new(e.blobs.clone(), WriteFault::Hang);
+    let blobs = counting_blobs(e.blobs.clone(), Fault::Hang);
     let mut config = e.config();
     config.timeout = Some(Duration::from_secs(4));
     let exec = Executor::new(config, blobs.clone(), e.dirs.clone());

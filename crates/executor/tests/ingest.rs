@@ -361,10 +361,7 @@ async fn past_the_entries_limit_no_file_is_read() {
     // 2,021 entries against a limit of 1,000: refused before any file's
     // bytes are read (before, about 950 files were stored first).
     many_files(&base.join("out"), 20, 100);
-    let blobs = common::CountingBlobs::new(
-        Arc::new(MemoryBlobService::default()),
-        common::WriteFault::None,
-    );
+    let blobs = common::counting_blobs(Arc::new(MemoryBlobService::default()), common::Fault::None);
     let dirs = MemoryDirectoryService::default();
     let limits = IngestLimits {
         max_entries: 1000,
@@ -389,7 +386,7 @@ async fn past_the_entries_limit_no_file_is_read() {
             && msg.ends_with("the build's outputs exceed the limit of 1000 entries"),
         "{msg}"
     );
-    assert_eq!(blobs.writes(), 0, "files were read before the refusal");
+    assert_eq!(blobs.write_count(), 0, "files were read before the refusal");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -399,10 +396,7 @@ async fn past_the_bytes_limit_no_file_is_read() {
     std::fs::create_dir_all(base.join("out")).unwrap();
     std::fs::write(base.join("out/a"), vec![b'a'; 600 << 10]).unwrap();
     std::fs::write(base.join("out/b"), vec![b'b'; 600 << 10]).unwrap();
-    let blobs = common::CountingBlobs::new(
-        Arc::new(MemoryBlobService::default()),
-        common::WriteFault::None,
-    );
+    let blobs = common::counting_blobs(Arc::new(MemoryBlobService::default()), common::Fault::None);
     let dirs = MemoryDirectoryService::default();
     let limits = IngestLimits {
         max_bytes: 1 << 20,
@@ -425,7 +419,7 @@ async fn past_the_bytes_limit_no_file_is_read() {
         err.to_string(),
         "output nix/store/out at b: the build's outputs exceed the limit of 1048576 bytes"
     );
-    assert_eq!(blobs.writes(), 0, "a was read before the refusal");
+    assert_eq!(blobs.write_count(), 0, "a was read before the refusal");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -436,10 +430,7 @@ async fn a_store_failing_blob_writes_is_not_the_builds_fault() {
     std::fs::write(base.join("out/f"), b"data").unwrap();
     // Permission denied by the store's disk: the store's fault, not an
     // output the executor may not read.
-    let blobs = common::CountingBlobs::new(
-        Arc::new(MemoryBlobService::default()),
-        common::WriteFault::Fail,
-    );
+    let blobs = common::counting_blobs(Arc::new(MemoryBlobService::default()), common::Fault::Fail);
     let dirs = MemoryDirectoryService::default();
     let none = Arc::new(Needles::new::<&str>(&[]));
     let err = ingest_output(
@@ -468,7 +459,7 @@ async fn ingestion_ends_by_the_deadline() {
     std::fs::write(base.join("out/f"), b"data").unwrap();
     let none = Arc::new(Needles::new::<&str>(&[]));
     let with = |at, fault| {
-        let blobs = common::CountingBlobs::new(Arc::new(MemoryBlobService::default()), fault);
+        let blobs = common::counting_blobs(Arc::new(MemoryBlobService::default()), fault);
         let (base, none) = (base.clone(), none.clone());
         let limits = IngestLimits {
             deadline: Some(Deadline {
@@ -484,7 +475,7 @@ async fn ingestion_ends_by_the_deadline() {
     };
     // Out of time before the store was asked anything: the build's fault
     // (its run and outputs took the time).
-    let err = with(std::time::Instant::now(), common::WriteFault::None)
+    let err = with(std::time::Instant::now(), common::Fault::None)
         .await
         .unwrap_err();
     assert!(err.is_build_failure(), "{err}");
@@ -495,7 +486,7 @@ async fn ingestion_ends_by_the_deadline() {
     // A store that never answers: its fault, and over at the deadline.
     let t = std::time::Instant::now();
     let soon = t + std::time::Duration::from_millis(500);
-    let err = with(soon, common::WriteFault::Hang).await.unwrap_err();
+    let err = with(soon, common::Fault::Hang).await.unwrap_err();
     assert!(t.elapsed() < std::time::Duration::from_secs(10));
     assert!(!err.is_build_failure(), "{err}");
     assert_eq!(

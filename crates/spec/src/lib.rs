@@ -29,3 +29,9 @@ pub use spec::{
     BUILD_GID, BUILD_UID, DEFAULT_NOFILE, DEFAULT_PIDS_LIMIT, IdMapping, IdMappings, OCI_VERSION,
     ResourceLimits, Rlimit, RoMount, SpecError, SpecOptions, make_spec, to_config_json,
 };
+
+/// This host's system as Nix names it (`x86_64-linux`): what a request's
+/// `constraints.system` must be to run here.
+pub fn host_system() -> String {
+    format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS)
+}

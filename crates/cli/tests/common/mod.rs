@@ -16,36 +16,16 @@ pub fn bin(data: &Path) -> Command {
     c
 }
 
+/// Why builds cannot run here, if they cannot (what
+/// `require!(root, fuse, runc, busybox)` checks), for a test that does
+/// more than build.
 pub fn can_build() -> Option<String> {
-    // SAFETY: no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("needs root".into());
-    }
-    for p in ["/dev/fuse", "/bin/busybox"] {
-        if !Path::new(p).exists() {
-            return Some(format!("{p} is absent"));
-        }
-    }
-    None
+    use tvix_oci_testkit::Need::*;
+    tvix_oci_testkit::missing(&[Root, Fuse, Runc, Busybox])
 }
 
-/// Whether this runs in CI: the variable `CI` set (CI sets `CI=true`),
-/// and not to `false` or `0`.
-pub fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
-}
-
-/// A test skipping because a facility CI installs (Nix, the busybox the
-/// fixtures were made with) is absent or unusable: outside CI it prints
-/// why and the caller returns; in CI (see [`in_ci`]) a skip would pass
-/// unseen, so it panics with the reason instead.
-pub fn skip_or_fail(reason: &str) {
-    assert!(
-        !in_ci(),
-        "CI must run this test, but it would be skipped: {reason}"
-    );
-    println!("SKIPPED: {reason}");
-}
+#[allow(unused_imports)]
+pub use tvix_oci_testkit::skip_or_fail;
 
 /// A dir holding bin/busybox, the build's toolchain.
 pub fn busybox_tree(tmp: &Path) -> std::path::PathBuf {
@@ -264,24 +244,9 @@ pub fn busybox_request(
     outputs: &[&str],
     script: &str,
 ) -> tvix_oci_spec::proto::BuildRequest {
-    use tvix_oci_spec::proto::build_request as br;
-    tvix_oci_spec::proto::BuildRequest {
-        inputs: vec![busybox.to_proto(&"busybox".try_into().unwrap())],
-        command_args: vec![
-            "/nix/store/busybox/bin/busybox".into(),
-            "sh".into(),
-            "-c".into(),
-            script.into(),
-        ],
-        working_dir: "build".into(),
-        scratch_paths: vec!["build".into(), "nix/store".into()],
-        inputs_dir: "nix/store".into(),
-        outputs: outputs.iter().map(|s| s.to_string()).collect(),
-        constraints: Some(br::BuildConstraints {
-            system: tvix_oci_executor::host::host_system(),
-            ..Default::default()
-        }),
-        refscan_needles: vec!["busybox".into()],
-        ..Default::default()
-    }
+    tvix_oci_testkit::ShRequest::new(busybox, script)
+        .store_writable()
+        .outputs(outputs)
+        .needles(&["busybox"])
+        .proto()
 }

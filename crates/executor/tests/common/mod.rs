@@ -17,25 +17,11 @@ use tvix_oci_executor::{BuildError, Executor, ExecutorConfig};
 use tvix_oci_spec::BuildRequest;
 use tvix_oci_spec::proto::{self, build_request as br};
 
+pub use tvix_oci_testkit::{Fault, FaultyBlobs};
+
 pub const BB: &str = "0k9yxm9zqc2dgw2xxbyh3mnbs5ijjc7v-busybox";
 pub const DATA: &str = "1ix2mk3svkrrc1kkwxbflfg6ydfcpxxq-data";
 pub const OUT: &str = "a6xgw8ck6z7vb3yzrn0m7bl0sfkxwlyk-out";
-
-pub fn skip_reason() -> Option<String> {
-    // SAFETY: no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("needs root".into());
-    }
-    for p in ["/dev/fuse", "/bin/busybox"] {
-        if !Path::new(p).exists() {
-            return Some(format!("{p} is absent"));
-        }
-    }
-    if tvix_oci_executor::host::find_runtime(Path::new("runc")).is_err() {
-        return Some("runc is not installed".into());
-    }
-    None
-}
 
 #[macro_export]
 macro_rules! need_runtime {
@@ -44,10 +30,7 @@ macro_rules! need_runtime {
             .with_test_writer()
             .with_env_filter("tvix_oci=debug")
             .try_init();
-        if let Some(why) = $crate::common::skip_reason() {
-            println!("SKIPPED: {why}");
-            return;
-        }
+        tvix_oci_testkit::require!(root, fuse, runc, busybox);
     };
 }
 
@@ -237,70 +220,8 @@ pub fn no_cgroups() -> Option<&'static str> {
     (!made).then_some("no writable cgroup filesystem")
 }
 
-/// What [`CountingBlobs`] does when a blob is opened for writing.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WriteFault {
-    /// Writes it to the inner store.
-    None,
-    /// Fails, as a store whose disk refuses writes does.
-    Fail,
-    /// Never answers.
-    Hang,
-}
-
-/// A blob store over `inner` that counts the blobs opened for writing
-/// (how much of an output ingestion read) and can fail or hang them.
-#[derive(Debug)]
-pub struct CountingBlobs {
-    pub inner: Arc<dyn BlobService>,
-    pub writes: std::sync::atomic::AtomicU64,
-    pub fault: WriteFault,
-}
-
-impl CountingBlobs {
-    pub fn new(inner: Arc<dyn BlobService>, fault: WriteFault) -> Arc<Self> {
-        Arc::new(Self {
-            inner,
-            writes: Default::default(),
-            fault,
-        })
-    }
-
-    pub fn writes(&self) -> u64 {
-        self.writes.load(std::sync::atomic::Ordering::SeqCst)
-    }
-}
-
-#[async_trait::async_trait]
-impl BlobService for CountingBlobs {
-    async fn has(&self, d: &tvix_oci_castore::B3Digest) -> std::io::Result<bool> {
-        self.inner.has(d).await
-    }
-    async fn open_read_at(
-        &self,
-        d: &tvix_oci_castore::B3Digest,
-        offset: u64,
-    ) -> std::io::Result<Option<tvix_oci_castore::blobservice::BlobReader>> {
-        self.inner.open_read_at(d, offset).await
-    }
-    async fn open_write(
-        &self,
-    ) -> std::io::Result<Box<dyn tvix_oci_castore::blobservice::BlobWriter>> {
-        self.writes
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        match self.fault {
-            WriteFault::None => self.inner.open_write().await,
-            WriteFault::Fail => Err(std::io::Error::new(
-                std::io::ErrorKind::PermissionDenied,
-                "injected: the store's disk refuses writes",
-            )),
-            WriteFault::Hang => std::future::pending().await,
-        }
-    }
-    fn range_reads(&self) -> bool {
-        self.inner.range_reads()
-    }
-    fn local_path(&self, d: &tvix_oci_castore::B3Digest) -> Option<PathBuf> {
-        self.inner.local_path(d)
-    }
+/// A store around `inner` that counts its blob writes and makes them
+/// misbehave as `fault` says.
+pub fn counting_blobs(inner: Arc<dyn BlobService>, fault: Fault) -> Arc<FaultyBlobs> {
+    FaultyBlobs::new(inner).writes(fault).shared()
 }

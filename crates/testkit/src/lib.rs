@@ -1,0 +1,16 @@
+//! What the tests and benchmarks of every crate share, so each is written
+//! once: the checks that skip a test where a facility is absent
+//! ([`require!`], failing instead in CI), stores that misbehave on purpose
+//! ([`FaultyBlobs`], [`SleepingStore`]) and a builder of the busybox
+//! requests most tests run ([`ShRequest`]). Not published; a dev-dependency
+//! only.
+
+mod faulty;
+mod requests;
+mod skip;
+mod sleeping;
+
+pub use faulty::{Fault, FaultyBlobs};
+pub use requests::{BUSYBOX, ShRequest};
+pub use skip::{Need, in_ci, missing, skip_or_fail};
+pub use sleeping::SleepingStore;
