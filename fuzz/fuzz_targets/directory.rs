@@ -1,4 +1,4 @@
-//! Fuzz target: see `tvix_oci_tests::directory`.
+//! Fuzz target: see `tvix_oci_fuzz_checks::directory`.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| tvix_oci_tests::directory(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| tvix_oci_fuzz_checks::directory(data));

@@ -1,4 +1,4 @@
-//! Fuzz target: see `tvix_oci_tests::json_request`.
+//! Fuzz target: see `tvix_oci_fuzz_checks::json_request`.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| tvix_oci_tests::json_request(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| tvix_oci_fuzz_checks::json_request(data));

@@ -1,4 +1,4 @@
-//! Fuzz target: see `tvix_oci_tests::node`.
+//! Fuzz target: see `tvix_oci_fuzz_checks::node`.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| tvix_oci_tests::node(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| tvix_oci_fuzz_checks::node(data));

@@ -1,4 +1,4 @@
-//! Fuzz target: see `tvix_oci_tests::refscan`.
+//! Fuzz target: see `tvix_oci_fuzz_checks::refscan`.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| tvix_oci_tests::refscan(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| tvix_oci_fuzz_checks::refscan(data));

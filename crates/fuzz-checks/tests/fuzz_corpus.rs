@@ -6,8 +6,8 @@ use std::path::Path;
 
 #[test]
 fn every_corpus_input_passes_its_check() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
-    for (target, check) in tvix_oci_tests::TARGETS {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus");
+    for (target, check) in tvix_oci_fuzz_checks::TARGETS {
         let dir = root.join(target);
         let mut n = 0;
         for entry in std::fs::read_dir(&dir)
