@@ -130,10 +130,8 @@ impl MountPoint {
 
 impl Drop for MountPoint {
     fn drop(&mut self) {
-        if let Ok(c) = std::ffi::CString::new(self.0.as_os_str().as_encoded_bytes()) {
-            // SAFETY: a valid path; EINVAL when nothing is mounted there.
-            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-        }
+        // Fails (EINVAL) when nothing is mounted there: nothing to do.
+        let _ = tvix_oci_sys::mount::detach(&self.0);
     }
 }
 
