@@ -3,8 +3,12 @@
 //! build that must wait takes a ticket, and its place in line — the
 //! tickets ahead of it still waiting, plus one — goes to its [`LogSink`]
 //! as [`Phase::Queued`] when it starts waiting and whenever it changes.
+//!
+//! Places are ranked once per change of the line (one pass over it), not
+//! once per waiting build and look: with `n` builds waiting, a look costs
+//! each of them a map lookup, not a count of the `n` ahead.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -22,7 +26,42 @@ const LOOK_EVERY: Duration = Duration::from_millis(100);
 #[derive(Debug, Default)]
 pub(crate) struct Queue {
     next: AtomicU64,
-    waiting: Mutex<BTreeSet<u64>>,
+    waiting: Mutex<Line>,
+}
+
+/// The tickets in line, and their places as last ranked.
+#[derive(Debug, Default)]
+struct Line {
+    tickets: BTreeSet<u64>,
+    /// Bumped by every change of `tickets`.
+    changes: u64,
+    /// The places of `tickets` at `ranked_at` changes.
+    places: HashMap<u64, u64>,
+    ranked_at: u64,
+}
+
+impl Line {
+    fn insert(&mut self, ticket: u64) {
+        self.tickets.insert(ticket);
+        self.changes += 1;
+    }
+
+    fn remove(&mut self, ticket: u64) {
+        if self.tickets.remove(&ticket) {
+            self.places.remove(&ticket);
+            self.changes += 1;
+        }
+    }
+
+    /// The place of `ticket` (1 for the first), ranking the line again
+    /// only if it changed since it was last ranked.
+    fn place(&mut self, ticket: u64) -> u64 {
+        if self.ranked_at != self.changes || self.places.len() != self.tickets.len() {
+            self.places = self.tickets.iter().zip(1..).map(|(&t, p)| (t, p)).collect();
+            self.ranked_at = self.changes;
+        }
+        self.places.get(&ticket).copied().unwrap_or(1)
+    }
 }
 
 /// A ticket in line; leaves the line when dropped (the build got its slot
@@ -35,7 +74,7 @@ struct InLine<'a> {
 impl Drop for InLine<'_> {
     fn drop(&mut self) {
         if let Ok(mut w) = self.queue.waiting.lock() {
-            w.remove(&self.ticket);
+            w.remove(self.ticket);
         }
     }
 }
@@ -58,12 +97,13 @@ impl Queue {
         }
         let ticket = self.next.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut w) = self.waiting.lock() {
+            let queued = w.tickets.len();
             if let Some(max) = max_queued
-                && w.len() >= max
+                && queued >= max
             {
                 return Err(BuildError::Busy {
                     slots: total,
-                    queued: w.len(),
+                    queued,
                 });
             }
             w.insert(ticket);
@@ -96,8 +136,30 @@ impl Queue {
 
     /// The place in line of `ticket`: 1 for the first.
     fn position(&self, ticket: u64) -> u64 {
-        self.waiting
-            .lock()
-            .map_or(1, |w| w.range(..ticket).count() as u64 + 1)
+        self.waiting.lock().map_or(1, |mut w| w.place(ticket))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Line;
+
+    #[test]
+    fn places_follow_the_line_as_it_changes() {
+        let mut line = Line::default();
+        for t in [3, 5, 9] {
+            line.insert(t);
+        }
+        assert_eq!([3, 5, 9].map(|t| line.place(t)), [1, 2, 3]);
+        // One ahead leaves (cancelled): those behind move up.
+        line.remove(5);
+        assert_eq!([3, 9].map(|t| line.place(t)), [1, 2]);
+        line.insert(12);
+        line.remove(3);
+        assert_eq!([9, 12].map(|t| line.place(t)), [1, 2]);
+        // Removing a ticket not in line changes nothing.
+        let changes = line.changes;
+        line.remove(42);
+        assert_eq!(line.changes, changes);
     }
 }
