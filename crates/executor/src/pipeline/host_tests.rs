@@ -155,6 +155,10 @@ async fn failing(step: Step, class: fn(&BuildError) -> bool) -> Vec<Step> {
     r.fake.calls()
 }
 
+fn is_infra(e: &BuildError) -> bool {
+    matches!(e, BuildError::Infrastructure(_))
+}
+
 #[tokio::test]
 async fn no_runtime_fails_before_anything_is_made() {
     let calls = failing(Step::Locate, |e| matches!(e, BuildError::Host(_))).await;
@@ -169,30 +173,21 @@ async fn a_busy_id_pool_fails_before_the_bundle() {
 
 #[tokio::test]
 async fn a_failed_inputs_mount_frees_the_cgroup_and_ids() {
-    let calls = failing(Step::MountInputs, |e| {
-        matches!(e, BuildError::Infrastructure(_))
-    })
-    .await;
+    let calls = failing(Step::MountInputs, is_infra).await;
     let want = [&SETUP[..4], &[Step::RemoveCgroup, Step::FreeIds]].concat();
     assert_eq!(calls, want);
 }
 
 #[tokio::test]
 async fn a_failed_overlay_unmounts_the_inputs() {
-    let calls = failing(Step::MountOverlay, |e| {
-        matches!(e, BuildError::Infrastructure(_))
-    })
-    .await;
+    let calls = failing(Step::MountOverlay, is_infra).await;
     let want = [&SETUP[..], &TEARDOWN[1..]].concat();
     assert_eq!(calls, want);
 }
 
 #[tokio::test]
 async fn a_failed_unmount_is_the_hosts_fault_and_the_rest_is_still_undone() {
-    let calls = failing(Step::UnmountOverlay, |e| {
-        matches!(e, BuildError::Infrastructure(_))
-    })
-    .await;
+    let calls = failing(Step::UnmountOverlay, is_infra).await;
     for s in [Step::UnmountInputs, Step::RemoveCgroup, Step::FreeIds] {
         assert!(calls.contains(&s), "{s:?} not undone: {calls:?}");
     }
