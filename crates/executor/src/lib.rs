@@ -47,6 +47,7 @@ mod runc_failure;
 pub mod runtime_version;
 mod stale;
 mod tracing_logs;
+pub mod watch;
 pub mod wire;
 
 pub use config::ExecutorConfig;

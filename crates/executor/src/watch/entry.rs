@@ -1,0 +1,313 @@
+//! [`Entry`]: one build as the [`super::Registry`] keeps it — its summary
+//! (phase, figures, outcome), the last log lines within the limits, and
+//! its watchers, each with a bounded buffer that is never waited on.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+use tokio::sync::mpsc::{self, error::TrySendError};
+
+use super::{WatchEvent, WatchLimits};
+use crate::runc::{LogStream, Phase};
+use crate::{BuildError, BuildResult, Figures};
+
+/// How a build ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Outcome {
+    ok: bool,
+    summary: String,
+    exit_code: Option<i32>,
+    signal: Option<i32>,
+    /// Whose fault a failure was: `build`, `request`, `host`, `store`.
+    fault: Option<&'static str>,
+}
+
+impl Outcome {
+    pub(super) fn of(result: &Result<BuildResult, BuildError>) -> Self {
+        use tvix_oci_spec::proto::events::{build_event::Event, failed::Fault};
+        let e = match result {
+            Ok(r) => {
+                let summary = match r.build.outputs.len() {
+                    1 => "built its output".to_owned(),
+                    n => format!("built its {n} outputs"),
+                };
+                return Self::ended(true, summary);
+            }
+            Err(e) => e,
+        };
+        let mut o = Self::ended(false, crate::grpc::outcome_of(e));
+        if let Event::Failed(f) = crate::wire::failed(e, 0) {
+            (o.exit_code, o.signal) = (f.exit_code, f.signal);
+        }
+        o.fault = Some(match crate::wire::fault_of(e) {
+            Fault::Build => "build",
+            Fault::Request => "request",
+            Fault::Store => "store",
+            Fault::Host | Fault::Unspecified => "host",
+        });
+        o
+    }
+
+    pub(super) fn cancelled() -> Self {
+        Self::ended(
+            false,
+            "cancelled (its client went away, or the server stopped)".into(),
+        )
+    }
+
+    fn ended(ok: bool, summary: String) -> Self {
+        Self {
+            ok,
+            summary,
+            exit_code: None,
+            signal: None,
+            fault: None,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Watcher {
+    tx: mpsc::Sender<WatchEvent>,
+    /// Events dropped since it was last told (shared with its
+    /// subscription, which tells the rest at the end).
+    missed: Arc<AtomicU64>,
+}
+
+/// One build; see the module.
+#[derive(Debug)]
+pub(super) struct Entry {
+    id: u64,
+    peer: String,
+    build_id: Option<String>,
+    phase: Option<Phase>,
+    started_unix_ms: u64,
+    started: Instant,
+    /// Set when it ended.
+    wall: Option<Duration>,
+    figures: Figures,
+    outcome: Option<Outcome>,
+    /// The last lines, each as its text's bytes and its `log` event, and
+    /// the bytes of them all.
+    log: VecDeque<(usize, WatchEvent)>,
+    log_bytes: usize,
+    /// Lines seen in all, and those forgotten to stay within the limits.
+    lines: u64,
+    forgotten: u64,
+    /// The line being written, per stream.
+    partial: [Vec<u8>; 2],
+    watchers: Vec<Watcher>,
+    limits: WatchLimits,
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Entry {
+    pub(super) fn new(id: u64, peer: &str, limits: WatchLimits) -> Self {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        Self {
+            id,
+            peer: peer.to_owned(),
+            build_id: None,
+            phase: None,
+            started_unix_ms: ms(now),
+            started: Instant::now(),
+            wall: None,
+            figures: Figures::default(),
+            outcome: None,
+            log: VecDeque::new(),
+            log_bytes: 0,
+            lines: 0,
+            forgotten: 0,
+            partial: Default::default(),
+            watchers: Vec::new(),
+            limits,
+        }
+    }
+
+    pub(super) fn summary(&self) -> Value {
+        let phase = match self.phase {
+            None => "requested",
+            Some(Phase::Queued { .. }) => "queued",
+            Some(Phase::Mounting) => "mounting",
+            Some(Phase::Running) => "running",
+            Some(Phase::Ingesting) => "ingesting",
+        };
+        let queue_position = match self.phase {
+            Some(Phase::Queued { position }) => Some(position),
+            _ => None,
+        };
+        let f = &self.figures;
+        let outcome = self.outcome.as_ref().map(|o| {
+            json!({"ok": o.ok, "summary": o.summary, "exit_code": o.exit_code,
+                   "signal": o.signal, "fault": o.fault})
+        });
+        json!({
+            "id": self.id,
+            "build_id": self.build_id,
+            "peer": self.peer,
+            "phase": phase,
+            "queue_position": queue_position,
+            "started_unix_ms": self.started_unix_ms,
+            "wall_ms": ms(self.wall.unwrap_or_else(|| self.started.elapsed())),
+            "cpu_ms": f.cpu.map(ms),
+            "peak_memory_bytes": f.peak_memory,
+            "input_bytes_fetched": f.input_bytes_fetched,
+            "log_lines": self.lines,
+            "log_lines_forgotten": self.forgotten,
+            "outcome": outcome,
+        })
+    }
+
+    /// The summary, a note of the lines forgotten, and the lines kept.
+    pub(super) fn backlog(&self) -> Vec<WatchEvent> {
+        let mut events = vec![WatchEvent::new("build", &self.summary())];
+        if self.forgotten > 0 {
+            let note = json!({"lines": self.forgotten, "forgotten": true});
+            events.push(WatchEvent::new("dropped", &note));
+        }
+        events.extend(self.log.iter().map(|(_, e)| e.clone()));
+        events
+    }
+
+    pub(super) fn finished(&self) -> bool {
+        self.outcome.is_some()
+    }
+
+    pub(super) fn watchers(&self) -> usize {
+        self.watchers.len()
+    }
+
+    /// Adds a watcher receiving through `tx`; the count of events it
+    /// missed and was not yet told of.
+    pub(super) fn watch(&mut self, tx: mpsc::Sender<WatchEvent>) -> Arc<AtomicU64> {
+        let missed = Arc::new(AtomicU64::new(0));
+        let watcher = Watcher {
+            tx,
+            missed: missed.clone(),
+        };
+        self.watchers.push(watcher);
+        missed
+    }
+
+    /// Hands `event` to every watcher with room for it (first telling
+    /// one that missed events how many); one without room misses it;
+    /// one gone is forgotten.
+    fn broadcast(&mut self, event: &WatchEvent) {
+        self.watchers.retain(|w| {
+            let missed = w.missed.load(Ordering::Relaxed);
+            if missed > 0 {
+                match w.tx.try_send(missed_note(missed)) {
+                    Ok(()) => w.missed.store(0, Ordering::Relaxed),
+                    Err(TrySendError::Full(_)) => {
+                        w.missed.fetch_add(1, Ordering::Relaxed);
+                        return true;
+                    }
+                    Err(TrySendError::Closed(_)) => return false,
+                }
+            }
+            match w.tx.try_send(event.clone()) {
+                Ok(()) => true,
+                Err(TrySendError::Full(_)) => {
+                    w.missed.fetch_add(1, Ordering::Relaxed);
+                    true
+                }
+                Err(TrySendError::Closed(_)) => false,
+            }
+        });
+    }
+
+    /// The summary changed: watchers get it.
+    fn changed(&mut self) {
+        let event = WatchEvent::new("build", &self.summary());
+        self.broadcast(&event);
+    }
+
+    pub(super) fn started(&mut self, build_id: &str) {
+        self.build_id = Some(build_id.to_owned());
+        self.changed();
+    }
+
+    pub(super) fn phase(&mut self, phase: Phase) {
+        if phase == Phase::Ingesting {
+            self.flush();
+        }
+        self.phase = Some(phase);
+        self.changed();
+    }
+
+    pub(super) fn progress(&mut self, figures: &Figures) {
+        self.figures = *figures;
+        self.changed();
+    }
+
+    pub(super) fn log(&mut self, stream: LogStream, data: &[u8]) {
+        let mut lines = Vec::new();
+        let partial = &mut self.partial[stream as usize];
+        crate::logs::split_lines(partial, data, false, |l| lines.push(l));
+        for line in lines {
+            self.line(stream, &line);
+        }
+    }
+
+    /// What is left of unfinished lines, as lines.
+    fn flush(&mut self) {
+        for stream in [LogStream::Stdout, LogStream::Stderr] {
+            let rest = std::mem::take(&mut self.partial[stream as usize]);
+            if !rest.is_empty() {
+                self.line(stream, &rest);
+            }
+        }
+    }
+
+    fn line(&mut self, stream: LogStream, line: &[u8]) {
+        // The build's pty ends its lines with \r\n.
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let text = String::from_utf8_lossy(line);
+        let stream = match stream {
+            LogStream::Stdout => "stdout",
+            LogStream::Stderr => "stderr",
+        };
+        let event = WatchEvent::new("log", &json!({"stream": stream, "text": text}));
+        self.lines += 1;
+        self.log_bytes += text.len();
+        self.log.push_back((text.len(), event.clone()));
+        while self.log.len() > self.limits.log_lines || self.log_bytes > self.limits.log_bytes {
+            let Some((len, _)) = self.log.pop_front() else {
+                break;
+            };
+            self.log_bytes -= len;
+            self.forgotten += 1;
+        }
+        self.broadcast(&event);
+    }
+
+    /// The build ended as `outcome`, with `result`'s figures when it has
+    /// them; its watchers get their last events and are let go.
+    pub(super) fn end(&mut self, outcome: Outcome, result: Option<&BuildResult>) {
+        self.flush();
+        self.wall = Some(self.started.elapsed());
+        if let Some(r) = result {
+            let a = &r.accounting;
+            self.wall = Some(a.wall);
+            self.figures.cpu = Some(a.cpu);
+            self.figures.peak_memory = a.peak_memory.or(self.figures.peak_memory);
+            self.figures.input_bytes_fetched = a.input_bytes_fetched;
+        }
+        self.outcome = Some(outcome);
+        self.changed();
+        self.watchers.clear();
+    }
+}
+
+/// The `dropped` event telling a watcher it missed `lines` events.
+pub(super) fn missed_note(lines: u64) -> WatchEvent {
+    WatchEvent::new("dropped", &json!({ "lines": lines }))
+}
