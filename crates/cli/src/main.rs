@@ -18,6 +18,7 @@ mod out_link;
 mod progress;
 mod register;
 mod store;
+mod web;
 
 fn main() -> ExitCode {
     let cli = args::Cli::parse();

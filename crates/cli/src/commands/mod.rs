@@ -48,9 +48,13 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Import { paths } => import::import(paths, blobs, &*dirs).await?,
         Command::Serve {
             listen,
+            http,
             upload_idle_timeout,
             exec,
-        } => serve::serve(listen, *upload_idle_timeout, exec, blobs, dirs).await?,
+        } => {
+            let http = http.as_deref();
+            serve::serve(listen, http, *upload_idle_timeout, exec, blobs, dirs).await?
+        }
         Command::Export { digest, dest } => export::export(digest, dest, blobs, &*dirs).await?,
     }
     Ok(())

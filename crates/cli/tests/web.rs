@@ -1,0 +1,272 @@
+//! `serve --http`: the page watching the builds. In a real headless
+//! browser (Debian's chromium): loaded while a build runs, it shows the
+//! build and its log lines, as text (a line of markup stays text). Over
+//! plain HTTP: the list and one build as JSON while a build runs and after,
+//! a build's server-sent events in order (a DoBuild of tvix's, so the
+//! unary call reports too), a failed build's outcome, unknown builds and
+//! foreign hosts refused with a clear message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::http::{events, get, get_as};
+use common::{Serve, busybox_request, can_build, skip_or_fail};
+use serde_json::Value;
+
+/// Polls build `id`'s summary until `ready` says so (at most a minute).
+fn wait_for(web: &str, id: u64, ready: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = get(web, &format!("/api/builds/{id}"));
+        if r.status == 200 {
+            let v: Value = serde_json::from_str(&r.body).unwrap();
+            if ready(&v) {
+                return v;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "build {id} never got ready: {r:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The one running build's id (waiting for it to be listed).
+fn running_id(web: &str) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let list: Value = serde_json::from_str(&get(web, "/api/builds").body).unwrap();
+        if let Some(id) = list["running"][0]["id"].as_u64() {
+            return id;
+        }
+        assert!(Instant::now() < deadline, "no build ever ran: {list}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Starts a tvix DoBuild of `script` on `server`, on `rt`.
+fn start_build(
+    rt: &tokio::runtime::Runtime,
+    server: &Serve,
+    tmp: &Path,
+    script: &str,
+) -> tokio::task::JoinHandle<Result<tvix_oci_spec::proto::Build, tonic::Status>> {
+    let (mut client, busybox) = rt.block_on(async {
+        let busybox = server.upload_busybox(tmp).await;
+        (server.builds().await, busybox)
+    });
+    let req = busybox_request(&busybox, &["build/x"], script);
+    rt.spawn(async move { client.do_build(req).await.map(|r| r.into_inner()) })
+}
+
+const LINES: &str = "for i in $(seq 1 12); do echo \"line $i <b id=injected>x</b>\"; \
+    sleep 0.25; done; echo done > x";
+
+#[test]
+fn a_browser_shows_a_running_build_and_its_log_lines() {
+    if let Some(why) = can_build() {
+        println!("SKIPPED: {why}");
+        return;
+    }
+    if which("chromium").is_none() {
+        return skip_or_fail("chromium is absent (apt-get install chromium)");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (server, web) =
+        Serve::start_watched(&tmp.path().join("data"), &tmp.path().join("bundles"), &[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let build = start_build(&rt, &server, tmp.path(), LINES);
+    let id = running_id(&web);
+    // Loaded while the build runs, its first lines written, not its last.
+    let early = wait_for(&web, id, |b| b["log_lines"].as_u64() >= Some(2));
+    assert!(early["outcome"].is_null(), "{early}");
+
+    let dom = chromium_dom(&format!("{web}/"), tmp.path());
+    rt.block_on(build).unwrap().unwrap();
+    // The page picked the running build, showed it in the list, and its
+    // log: the lines written before it loaded and after, in order, as
+    // text, then how it ended.
+    assert!(dom.contains(&format!("<tr data-build=\"{id}\"")), "{dom}");
+    assert!(
+        dom.contains(&format!("Log <span id=\"watching\">of build {id}</span>")),
+        "{dom}"
+    );
+    let mut at = 0;
+    for i in 1..=12 {
+        let line =
+            format!("<div class=\"line stderr\">line {i} &lt;b id=injected&gt;x&lt;/b&gt;</div>");
+        at += dom[at..]
+            .find(&line)
+            .unwrap_or_else(|| panic!("no {line} after {at}: {dom}"));
+    }
+    assert!(
+        !dom.contains("<b id=\"injected\">"),
+        "markup of the log was run: {dom}"
+    );
+    assert!(dom[at..].contains("— built its output"), "{dom}");
+}
+
+/// The DOM of `url` once chromium rendered it and its scripts ran. The
+/// virtual time budget does not run out while a fetch is pending, so the
+/// page's event stream is read to its end (the build's), then the page
+/// gets 10 s of (virtual) time more. As root, chromium runs only without
+/// its sandbox (`--no-sandbox`): it is loading our own page on loopback.
+fn chromium_dom(url: &str, tmp: &Path) -> String {
+    let profile = tmp.join("chromium-profile");
+    // Its crash reports' dir and caches too under `tmp`, not in $HOME.
+    let mut child = std::process::Command::new("chromium")
+        .env("XDG_CONFIG_HOME", tmp)
+        .env("XDG_CACHE_HOME", tmp)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(["--virtual-time-budget=10000", "--dump-dom", url])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut dom = String::new();
+        std::io::Read::read_to_string(&mut out, &mut dom).map(|_| dom)
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("chromium did not finish rendering {url} in 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    reader.join().unwrap().unwrap()
+}
+
+fn which(cmd: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(cmd))
+        .find(|p| p.is_file())
+}
+
+#[test]
+fn the_builds_as_json_and_a_builds_events_in_order() {
+    if let Some(why) = can_build() {
+        println!("SKIPPED: {why}");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (server, web) =
+        Serve::start_watched(&tmp.path().join("data"), &tmp.path().join("bundles"), &[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let build = start_build(&rt, &server, tmp.path(), LINES);
+    let id = running_id(&web);
+    let running = wait_for(&web, id, |b| b["phase"] == "running");
+    assert!(running["build_id"].as_str().unwrap().starts_with("tob-"));
+    assert!(running["peer"].as_str().unwrap().starts_with("127.0.0.1:"));
+
+    // Watched from the middle of the build to its end: every line once, in
+    // order, then the end.
+    let reply = get(&web, &format!("/api/builds/{id}/events"));
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert!(reply.headers.contains("content-type: text/event-stream"));
+    let evs = events(&reply.body);
+    let lines: Vec<&str> = evs
+        .iter()
+        .filter(|(k, _)| k == "log")
+        .map(|(_, d)| d["text"].as_str().unwrap())
+        .collect();
+    let want: Vec<String> = (1..=12)
+        .map(|i| format!("line {i} <b id=injected>x</b>"))
+        .collect();
+    assert_eq!(lines, want);
+    assert_eq!(evs[0].0, "build");
+    let (kind, end) = evs.last().unwrap();
+    assert_eq!(kind, "end");
+    assert_eq!(end["outcome"]["ok"], true, "{end}");
+    assert_eq!(end["outcome"]["summary"], "built its output");
+    rt.block_on(build).unwrap().unwrap();
+
+    let list: Value = serde_json::from_str(&get(&web, "/api/builds").body).unwrap();
+    assert_eq!(list["running"], serde_json::json!([]));
+    let done = &list["recent"][0];
+    assert_eq!(done["id"], id);
+    assert_eq!(done["log_lines"], 12);
+    assert!(done["wall_ms"].as_u64().unwrap() >= 3000, "{done}");
+    assert!(done["cpu_ms"].is_u64(), "{done}");
+
+    // A failing build: its exit code and whose fault.
+    let failing = start_build(&rt, &server, tmp.path(), "echo bye; exit 3");
+    assert!(rt.block_on(failing).unwrap().is_err());
+    let list: Value = serde_json::from_str(&get(&web, "/api/builds").body).unwrap();
+    let failed = &list["recent"][0]["outcome"];
+    assert_eq!(
+        (&failed["ok"], &failed["exit_code"], &failed["fault"]),
+        (&Value::Bool(false), &Value::from(3), &Value::from("build")),
+        "{failed}"
+    );
+    // A finished build is still watched: its lines, then the end.
+    let evs = events(&get(&web, &format!("/api/builds/{id}/events")).body);
+    assert_eq!(evs.iter().filter(|(k, _)| k == "log").count(), 12);
+    assert_eq!(evs.last().unwrap().0, "end");
+}
+
+#[test]
+fn the_page_its_headers_and_what_it_refuses() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_server, web) =
+        Serve::start_watched(&tmp.path().join("data"), &tmp.path().join("bundles"), &[]);
+    let page = get(&web, "/");
+    assert_eq!(page.status, 200);
+    assert!(
+        page.headers
+            .contains("content-security-policy: default-src 'self'; script-src 'self'")
+    );
+    assert!(
+        page.body.contains("<script src=\"/app.js\""),
+        "{}",
+        page.body
+    );
+    let app = get(&web, "/app.js");
+    assert!(app.headers.contains("content-type: text/javascript"));
+    // Logs are untrusted: the script never writes HTML.
+    assert!(!app.body.contains("innerHTML") && !app.body.contains("insertAdjacentHTML"));
+    let list: Value = serde_json::from_str(&get(&web, "/api/builds").body).unwrap();
+    assert_eq!(list["running"], serde_json::json!([]));
+    assert_eq!(list["recent_kept"], 50);
+
+    for (path, status, msg) in [
+        (
+            "/api/builds/41/events",
+            404,
+            "no build 41 on this server: it never ran here",
+        ),
+        ("/api/builds/41", 404, "no build 41 on this server"),
+        (
+            "/api/builds/x%3Cb%3E/events",
+            404,
+            "a build is named by its number",
+        ),
+        ("/nothing", 404, "no page /nothing here"),
+    ] {
+        let r = get(&web, path);
+        assert_eq!(
+            (r.status, r.body.contains(msg)),
+            (status, true),
+            "{path}: {r:?}"
+        );
+    }
+    // A name that is not ours, as a rebinding page would send.
+    let r = get_as(&web, "/api/builds", "evil.example:80");
+    assert_eq!(r.status, 421, "{r:?}");
+    assert!(r.body.contains("Host \"evil.example:80\" refused"), "{r:?}");
+    assert_eq!(get_as(&web, "/", "localhost:1").status, 200);
+}
