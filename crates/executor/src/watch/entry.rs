@@ -90,9 +90,8 @@ pub(super) struct Entry {
     wall: Option<Duration>,
     figures: Figures,
     outcome: Option<Outcome>,
-    /// The last lines, each as its text's bytes and its `log` event, and
-    /// the bytes of them all.
-    log: VecDeque<(usize, WatchEvent)>,
+    /// The last lines, each its stream and text, and their bytes.
+    log: VecDeque<(&'static str, String)>,
     log_bytes: usize,
     /// Lines seen in all, and those forgotten to stay within the limits.
     lines: u64,
@@ -173,7 +172,7 @@ impl Entry {
             let note = json!({"lines": self.forgotten, "forgotten": true});
             events.push(WatchEvent::new("dropped", &note));
         }
-        events.extend(self.log.iter().map(|(_, e)| e.clone()));
+        events.extend(self.log.iter().map(|(stream, text)| line_event(stream, text)));
         events
     }
 
@@ -226,6 +225,9 @@ impl Entry {
 
     /// The summary changed: watchers get it.
     fn changed(&mut self) {
+        if self.watchers.is_empty() {
+            return;
+        }
         let event = WatchEvent::new("build", &self.summary());
         self.broadcast(&event);
     }
@@ -270,23 +272,26 @@ impl Entry {
     fn line(&mut self, stream: LogStream, line: &[u8]) {
         // The build's pty ends its lines with \r\n.
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let text = String::from_utf8_lossy(line);
+        let text = String::from_utf8_lossy(line).into_owned();
         let stream = match stream {
             LogStream::Stdout => "stdout",
             LogStream::Stderr => "stderr",
         };
-        let event = WatchEvent::new("log", &json!({"stream": stream, "text": text}));
         self.lines += 1;
+        // Its JSON only for watchers there are: a build writing much with
+        // nobody watching pays for the copy kept, no more.
+        if !self.watchers.is_empty() {
+            self.broadcast(&line_event(stream, &text));
+        }
         self.log_bytes += text.len();
-        self.log.push_back((text.len(), event.clone()));
+        self.log.push_back((stream, text));
         while self.log.len() > self.limits.log_lines || self.log_bytes > self.limits.log_bytes {
-            let Some((len, _)) = self.log.pop_front() else {
+            let Some((_, old)) = self.log.pop_front() else {
                 break;
             };
-            self.log_bytes -= len;
+            self.log_bytes -= old.len();
             self.forgotten += 1;
         }
-        self.broadcast(&event);
     }
 
     /// The build ended as `outcome`, with `result`'s figures when it has
@@ -310,4 +315,8 @@ impl Entry {
 /// The `dropped` event telling a watcher it missed `lines` events.
 pub(super) fn missed_note(lines: u64) -> WatchEvent {
     WatchEvent::new("dropped", &json!({ "lines": lines }))
+}
+
+fn line_event(stream: &str, text: &str) -> WatchEvent {
+    WatchEvent::new("log", &json!({"stream": stream, "text": text}))
 }
