@@ -18,6 +18,7 @@ mod out_link;
 mod progress;
 mod register;
 mod store;
+mod upload;
 mod web;
 
 fn main() -> ExitCode {

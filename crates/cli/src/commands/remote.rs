@@ -1,7 +1,8 @@
 //! `tvix-oci-build run --remote URL`: the same `run`, built on a `serve`
 //! at `URL` (`grpc+http://HOST:PORT` or `grpc+unix:///PATH`) through its
 //! streaming `tvix_oci_build.v1.BuildService/Build`. Local `--input` paths
-//! are imported into the server's store first; each build's log streams to
+//! are uploaded into the server's store first, only what it lacks
+//! (`crate::upload`); each build's log streams to
 //! stderr as the server sends it, its phases on the spinner; the result is
 //! the `BuildResult` the `Completed` event carries, printed as a local run
 //! prints it, with the same exit codes. Ctrl-C drops the streams, which
@@ -35,7 +36,7 @@ pub async fn run_remote(args: &RunArgs, url: &str, timeouts: StoreTimeouts) -> a
         .await
         .map_err(host)?;
     let progress = Progress::new();
-    let requests = requests(args, &progress, &blobs, &dirs).await?;
+    let requests = requests(args, &progress, &blobs, &dirs, true).await?;
     if args.dry_run {
         print_requests(&requests);
         return Ok(());
