@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
-use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::sync::mpsc;
 
 use super::{WatchEvent, WatchLimits};
 use crate::runc::{LogStream, Phase};
@@ -172,7 +172,11 @@ impl Entry {
             let note = json!({"lines": self.forgotten, "forgotten": true});
             events.push(WatchEvent::new("dropped", &note));
         }
-        events.extend(self.log.iter().map(|(stream, text)| line_event(stream, text)));
+        events.extend(
+            self.log
+                .iter()
+                .map(|(stream, text)| line_event(stream, text)),
+        );
         events
     }
 
@@ -196,30 +200,34 @@ impl Entry {
         missed
     }
 
-    /// Hands `event` to every watcher with room for it (first telling
-    /// one that missed events how many); one without room misses it;
-    /// one gone is forgotten.
-    fn broadcast(&mut self, event: &WatchEvent) {
+    /// Hands the event `make` makes to every watcher with room for it
+    /// (first telling one that missed events how many); one without room
+    /// misses it; one gone is forgotten. The event is made only if some
+    /// watcher has room: a watcher that reads nothing costs a build
+    /// writing much a counter per line.
+    fn broadcast(&mut self, make: impl FnOnce() -> WatchEvent) {
+        let (mut make, mut event) = (Some(make), None);
         self.watchers.retain(|w| {
+            if w.tx.is_closed() {
+                return false;
+            }
             let missed = w.missed.load(Ordering::Relaxed);
+            // This is the watcher's only sender: the room seen stays.
+            if w.tx.capacity() < 1 + usize::from(missed > 0) {
+                w.missed.fetch_add(1, Ordering::Relaxed);
+                return true;
+            }
             if missed > 0 {
-                match w.tx.try_send(missed_note(missed)) {
-                    Ok(()) => w.missed.store(0, Ordering::Relaxed),
-                    Err(TrySendError::Full(_)) => {
-                        w.missed.fetch_add(1, Ordering::Relaxed);
-                        return true;
-                    }
-                    Err(TrySendError::Closed(_)) => return false,
-                }
+                let _ = w.tx.try_send(missed_note(missed));
+                w.missed.store(0, Ordering::Relaxed);
             }
-            match w.tx.try_send(event.clone()) {
-                Ok(()) => true,
-                Err(TrySendError::Full(_)) => {
-                    w.missed.fetch_add(1, Ordering::Relaxed);
-                    true
-                }
-                Err(TrySendError::Closed(_)) => false,
+            if let Some(make) = make.take() {
+                event = Some(make());
             }
+            if let Some(e) = &event {
+                let _ = w.tx.try_send(e.clone());
+            }
+            true
         });
     }
 
@@ -228,8 +236,8 @@ impl Entry {
         if self.watchers.is_empty() {
             return;
         }
-        let event = WatchEvent::new("build", &self.summary());
-        self.broadcast(&event);
+        let summary = self.summary();
+        self.broadcast(|| WatchEvent::new("build", &summary));
     }
 
     pub(super) fn started(&mut self, build_id: &str) {
@@ -281,7 +289,7 @@ impl Entry {
         // Its JSON only for watchers there are: a build writing much with
         // nobody watching pays for the copy kept, no more.
         if !self.watchers.is_empty() {
-            self.broadcast(&line_event(stream, &text));
+            self.broadcast(|| line_event(stream, &text));
         }
         self.log_bytes += text.len();
         self.log.push_back((stream, text));
