@@ -13,6 +13,9 @@
 
 mod common;
 use common::{assert_nothing_left, bin, can_build, skip_or_fail};
+/// `build --remote` against a local build.
+#[path = "nix_oracle/remote.rs"]
+mod remote;
 /// `--out-link`, `--register`, `--build-inputs` against Nix.
 #[path = "nix_oracle/written.rs"]
 mod written;

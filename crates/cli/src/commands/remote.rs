@@ -41,10 +41,7 @@ pub async fn run_remote(args: &RunArgs, url: &str, timeouts: StoreTimeouts) -> a
         print_requests(&requests);
         return Ok(());
     }
-    let channel = open_channel(url, timeouts).await.map_err(host)?;
-    let client = BuildServiceClient::new(channel)
-        .max_decoding_message_size(MAX_MESSAGE)
-        .max_encoding_message_size(usize::MAX);
+    let client = client(url, timeouts).await?;
     let sinks = build_sinks(&progress, requests.len());
     let builds = futures::future::join_all(
         requests
@@ -61,9 +58,22 @@ pub async fn run_remote(args: &RunArgs, url: &str, timeouts: StoreTimeouts) -> a
     report(results)
 }
 
+/// The client of the event stream of the server at `url`.
+pub(crate) async fn client(
+    url: &str,
+    timeouts: StoreTimeouts,
+) -> anyhow::Result<BuildServiceClient<tonic::transport::Channel>> {
+    let channel = open_channel(url, timeouts)
+        .await
+        .map_err(|e| exit(HOST, format!("--remote {url}: {e}")))?;
+    Ok(BuildServiceClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(usize::MAX))
+}
+
 /// Builds `req` on the server `client` talks to, its events shown on
 /// `sink`; its result, or why there is none.
-async fn build(
+pub(crate) async fn build(
     mut client: BuildServiceClient<tonic::transport::Channel>,
     req: &BuildRequest,
     sink: &BuildProgress,
