@@ -5,7 +5,8 @@
 //! same way: every build of a [`crate::grpc::GrpcBuildServer`] given a
 //! registry ([`crate::grpc::GrpcBuildServer::with_registry`]) — the unary
 //! tvix and snix `DoBuild` and the streaming `Build` alike — reports
-//! through a [`Watched`] sink placed in front of its own [`LogSink`], so
+//! through a [`Watched`] sink placed in front of its own
+//! [`LogSink`](crate::runc::LogSink), so
 //! the page sees the same lines, phases and figures a gRPC client does.
 //! The HTTP side only reads: [`Registry::list`] and
 //! [`Registry::subscribe`].
