@@ -288,6 +288,19 @@ fn nix_conf(tmp: &Path) -> std::path::PathBuf {
     conf
 }
 
+/// `nix-instantiate` of attribute `attr` of the oracle's expression, with
+/// its own Nix configuration under `tmp`: that configuration and the
+/// `.drv`'s path.
+fn instantiate(tmp: &Path, attr: &str) -> (std::path::PathBuf, String) {
+    let conf = nix_conf(tmp);
+    let file = expression(tmp);
+    let drv = nix(
+        &conf,
+        &["nix-instantiate", file.to_str().unwrap(), "-A", attr],
+    );
+    (conf, drv.trim().to_owned())
+}
+
 fn expression(tmp: &Path) -> std::path::PathBuf {
     let bb = tmp.join("bb/bin");
     std::fs::create_dir_all(&bb).unwrap();

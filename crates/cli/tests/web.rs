@@ -63,6 +63,31 @@ fn start_build(
     rt.spawn(async move { client.do_build(req).await.map(|r| r.into_inner()) })
 }
 
+/// A `serve --http` running a build of [`LINES`], seen running.
+struct Watching {
+    server: Serve,
+    /// The page's URL.
+    web: String,
+    rt: tokio::runtime::Runtime,
+    build: tokio::task::JoinHandle<Result<tvix_oci_spec::proto::Build, tonic::Status>>,
+    /// The build's id on the page.
+    id: u64,
+}
+
+fn watch_a_build(tmp: &Path) -> Watching {
+    let (server, web) = Serve::start_watched(&tmp.join("data"), &tmp.join("bundles"), &[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let build = start_build(&rt, &server, tmp, LINES);
+    let id = running_id(&web);
+    Watching {
+        server,
+        web,
+        rt,
+        build,
+        id,
+    }
+}
+
 const LINES: &str = "for i in $(seq 1 12); do echo \"line $i <b id=injected>x</b>\"; \
     sleep 0.25; done; echo done > x";
 
@@ -76,11 +101,9 @@ fn a_browser_shows_a_running_build_and_its_log_lines() {
         return skip_or_fail("chromium is absent (apt-get install chromium)");
     }
     let tmp = tempfile::tempdir().unwrap();
-    let (server, web) =
-        Serve::start_watched(&tmp.path().join("data"), &tmp.path().join("bundles"), &[]);
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let build = start_build(&rt, &server, tmp.path(), LINES);
-    let id = running_id(&web);
+    let Watching {
+        web, rt, build, id, ..
+    } = watch_a_build(tmp.path());
     // Loaded while the build runs, its first lines written, not its last.
     let early = wait_for(&web, id, |b| b["log_lines"].as_u64() >= Some(2));
     assert!(early["outcome"].is_null(), "{early}");
@@ -164,11 +187,13 @@ fn the_builds_as_json_and_a_builds_events_in_order() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let (server, web) =
-        Serve::start_watched(&tmp.path().join("data"), &tmp.path().join("bundles"), &[]);
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let build = start_build(&rt, &server, tmp.path(), LINES);
-    let id = running_id(&web);
+    let Watching {
+        server,
+        web,
+        rt,
+        build,
+        id,
+    } = watch_a_build(tmp.path());
     let running = wait_for(&web, id, |b| b["phase"] == "running");
     assert!(running["build_id"].as_str().unwrap().starts_with("tob-"));
     assert!(running["peer"].as_str().unwrap().starts_with("127.0.0.1:"));

@@ -4,7 +4,7 @@
 //! build imports nothing; nothing is left on the server.
 
 use super::common::{Serve, leftovers};
-use super::{bin, expression, json_of, nix, nix_conf, oracle_absent, ours};
+use super::{bin, instantiate, json_of, nix, oracle_absent, ours};
 
 #[test]
 fn a_remote_build_gives_the_local_outputs_and_imports_its_inputs_once() {
@@ -12,13 +12,8 @@ fn a_remote_build_gives_the_local_outputs_and_imports_its_inputs_once() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let conf = nix_conf(tmp.path());
-    let file = expression(tmp.path());
-    let drv = nix(
-        &conf,
-        &["nix-instantiate", file.to_str().unwrap(), "-A", "dep-b"],
-    );
-    let drv = drv.trim();
+    let (conf, drv) = instantiate(tmp.path(), "dep-b");
+    let drv = drv.as_str();
     // Its inputs (dep-a's output among them) in the Nix store.
     nix(&conf, &["nix-build", "--no-out-link", drv]);
     let server_bundles = tmp.path().join("server-bundles");
