@@ -101,8 +101,13 @@ fn a_browser_shows_a_running_build_and_its_log_lines() {
         return skip_or_fail("chromium is absent (apt-get install chromium)");
     }
     let tmp = tempfile::tempdir().unwrap();
+    // The server lives to the end of the test.
     let Watching {
-        web, rt, build, id, ..
+        server: _server,
+        web,
+        rt,
+        build,
+        id,
     } = watch_a_build(tmp.path());
     // Loaded while the build runs, its first lines written, not its last.
     let early = wait_for(&web, id, |b| b["log_lines"].as_u64() >= Some(2));
