@@ -113,8 +113,13 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
     (headers, body).into_response()
 }
 
+/// A message (which may echo the request's path) as plain text, never
+/// sniffed as anything else.
 fn text(status: StatusCode, msg: String) -> Response {
-    let headers = [(header::CONTENT_TYPE, "text/plain; charset=utf-8")];
+    let headers = [
+        (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+    ];
     (status, headers, msg + "\n").into_response()
 }
 
@@ -122,6 +127,7 @@ fn json(value: &serde_json::Value) -> Response {
     let headers = [
         (header::CONTENT_TYPE, "application/json"),
         (header::CACHE_CONTROL, "no-store"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
     ];
     (headers, value.to_string()).into_response()
 }
