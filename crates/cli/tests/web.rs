@@ -3,7 +3,8 @@
 //! build and its log lines, as text (a line of markup stays text). Over
 //! plain HTTP: the list and one build as JSON while a build runs and after,
 //! a build's server-sent events in order (a DoBuild of tvix's, so the
-//! unary call reports too), a failed build's outcome, unknown builds and
+//! unary call reports too), a failed build's outcome, the event stream's
+//! builds listed too and a dropped one as cancelled, unknown builds and
 //! foreign hosts refused with a clear message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -299,4 +300,51 @@ fn the_page_its_headers_and_what_it_refuses() {
     assert_eq!(r.status, 421, "{r:?}");
     assert!(r.body.contains("Host \"evil.example:80\" refused"), "{r:?}");
     assert_eq!(get_as(&web, "/", "localhost:1").status, 200);
+}
+
+#[test]
+fn the_event_streams_builds_are_listed_too_and_a_dropped_one_as_cancelled() {
+    use tvix_oci_spec::proto::events::build_service_client::BuildServiceClient;
+    if let Some(why) = can_build() {
+        println!("SKIPPED: {why}");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (server, web) =
+        Serve::start_watched(&tmp.path().join("data"), &tmp.path().join("bundles"), &[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let busybox = rt.block_on(server.upload_busybox(tmp.path()));
+    let mut client = rt
+        .block_on(BuildServiceClient::connect(server.http()))
+        .unwrap();
+    // Read to its end: listed as built, with its line.
+    let req = busybox_request(&busybox, &["build/x"], "echo hi; echo > x");
+    rt.block_on(async {
+        let mut events = client.build(req).await.unwrap().into_inner();
+        while events.message().await.unwrap().is_some() {}
+    });
+    let list: Value = serde_json::from_str(&get(&web, "/api/builds").body).unwrap();
+    let built = &list["recent"][0];
+    assert_eq!(
+        (&built["outcome"]["ok"], &built["log_lines"]),
+        (&Value::Bool(true), &Value::from(1)),
+        "{built}"
+    );
+
+    // Dropped while it runs: cancelled, and shown so.
+    let req = busybox_request(&busybox, &["build/x"], "echo started; sleep 60; echo > x");
+    let events = rt.block_on(client.build(req)).unwrap().into_inner();
+    let id = running_id(&web);
+    wait_for(&web, id, |b| b["log_lines"] == 1);
+    drop(events);
+    let gone = wait_for(&web, id, |b| !b["outcome"].is_null());
+    assert_eq!(gone["outcome"]["ok"], false, "{gone}");
+    assert!(
+        gone["outcome"]["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("cancelled"),
+        "{gone}"
+    );
+    // That nothing is left of it: events.rs.
 }
