@@ -5,6 +5,7 @@ use std::path::Path;
 use std::process::Command;
 
 pub mod http;
+pub mod watch;
 
 /// The binary under test: this build's, or `TVIX_OCI_BUILD` (to measure a
 /// release build with the same tests, as the benchmarks take it).

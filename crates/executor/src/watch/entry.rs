@@ -10,64 +10,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
+use super::outcome::Outcome;
 use super::{WatchEvent, WatchLimits};
 use crate::runc::{LogStream, Phase};
-use crate::{BuildError, BuildResult, Figures};
-
-/// How a build ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Outcome {
-    ok: bool,
-    summary: String,
-    exit_code: Option<i32>,
-    signal: Option<i32>,
-    /// Whose fault a failure was: `build`, `request`, `host`, `store`.
-    fault: Option<&'static str>,
-}
-
-impl Outcome {
-    pub(super) fn of(result: &Result<BuildResult, BuildError>) -> Self {
-        use tvix_oci_spec::proto::events::{build_event::Event, failed::Fault};
-        let e = match result {
-            Ok(r) => {
-                let summary = match r.build.outputs.len() {
-                    1 => "built its output".to_owned(),
-                    n => format!("built its {n} outputs"),
-                };
-                return Self::ended(true, summary);
-            }
-            Err(e) => e,
-        };
-        let mut o = Self::ended(false, crate::grpc::outcome_of(e));
-        if let Event::Failed(f) = crate::wire::failed(e, 0) {
-            (o.exit_code, o.signal) = (f.exit_code, f.signal);
-        }
-        o.fault = Some(match crate::wire::fault_of(e) {
-            Fault::Build => "build",
-            Fault::Request => "request",
-            Fault::Store => "store",
-            Fault::Host | Fault::Unspecified => "host",
-        });
-        o
-    }
-
-    pub(super) fn cancelled() -> Self {
-        Self::ended(
-            false,
-            "cancelled (its client went away, or the server stopped)".into(),
-        )
-    }
-
-    fn ended(ok: bool, summary: String) -> Self {
-        Self {
-            ok,
-            summary,
-            exit_code: None,
-            signal: None,
-            fault: None,
-        }
-    }
-}
+use crate::{BuildResult, Figures};
 
 #[derive(Debug)]
 struct Watcher {
@@ -144,10 +90,7 @@ impl Entry {
             _ => None,
         };
         let f = &self.figures;
-        let outcome = self.outcome.as_ref().map(|o| {
-            json!({"ok": o.ok, "summary": o.summary, "exit_code": o.exit_code,
-                   "signal": o.signal, "fault": o.fault})
-        });
+        let outcome = self.outcome.as_ref().map(Outcome::to_json);
         json!({
             "id": self.id,
             "build_id": self.build_id,

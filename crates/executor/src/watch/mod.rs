@@ -18,6 +18,7 @@
 //! is told how many.
 
 mod entry;
+mod outcome;
 mod sink;
 #[cfg(test)]
 mod tests;

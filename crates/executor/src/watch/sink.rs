@@ -7,7 +7,8 @@
 
 use std::sync::{Arc, Mutex};
 
-use super::entry::{Entry, Outcome};
+use super::entry::Entry;
+use super::outcome::Outcome;
 use super::{Registry, lock};
 use crate::runc::{LogSink, LogStream, Phase};
 use crate::{BuildError, BuildResult, Figures};

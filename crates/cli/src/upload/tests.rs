@@ -6,7 +6,10 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tvix_oci_castore::blobservice::MemoryBlobService;
+use std::io;
+
+use async_trait::async_trait;
+use tvix_oci_castore::blobservice::{BlobReader, BlobWriter, MemoryBlobService};
 use tvix_oci_castore::directoryservice::MemoryDirectoryService;
 
 use super::*;
