@@ -68,12 +68,20 @@ pub fn cli_binary() -> io::Result<PathBuf> {
 pub struct Served {
     child: Child,
     addr: SocketAddr,
+    /// Where its page is served (`--http`), if it is.
+    web: Option<SocketAddr>,
 }
 
 impl Served {
     /// Starts `bin serve` with its store under `dir` and waits until it
     /// says where it listens.
     pub fn start(bin: &Path, dir: &Path) -> io::Result<Self> {
+        Self::start_with(bin, dir, &[])
+    }
+
+    /// [`Served::start`] with `extra` flags of `serve`; with `--http`, it
+    /// also waits until it says where its page is.
+    pub fn start_with(bin: &Path, dir: &Path, extra: &[&str]) -> io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let d = dir.display();
         let mut cmd = Command::new(bin);
@@ -94,6 +102,7 @@ impl Served {
             .arg("--directory-service-addr")
             .arg(format!("redb://{d}/dirs.redb"))
             .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -104,6 +113,14 @@ impl Served {
         let mut line = String::new();
         let mut out = BufReader::new(out);
         out.read_line(&mut line)?;
+        let mut web_line = String::new();
+        if extra.contains(&"--http") {
+            out.read_line(&mut web_line)?;
+        }
+        let web = web_line
+            .trim()
+            .strip_prefix("watching on http://")
+            .and_then(|a| a.parse().ok());
         // Whatever it prints later goes on to ours (a closed pipe would
         // fail its writes).
         thread::spawn(move || io::copy(&mut out, &mut io::stdout()));
@@ -112,7 +129,7 @@ impl Served {
             .strip_prefix("listening on grpc+http://")
             .and_then(|a| a.parse().ok());
         match addr {
-            Some(addr) => Ok(Self { child, addr }),
+            Some(addr) => Ok(Self { child, addr, web }),
             None => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -132,6 +149,11 @@ impl Served {
     /// Where it listens.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where its page is served, when started with `--http`.
+    pub fn web(&self) -> Option<SocketAddr> {
+        self.web
     }
 
     /// Copies `nodes`, and everything below them, from the stores `from`

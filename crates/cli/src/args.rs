@@ -138,11 +138,18 @@ pub enum Command {
     /// Examples:
     ///   tvix-oci-build serve --listen 127.0.0.1:8000
     ///   BLOB_SERVICE_ADDR=grpc+http://127.0.0.1:8000 tvix-oci-build import ./src
+    ///   tvix-oci-build serve --http 127.0.0.1:8080   # and open http://127.0.0.1:8080
     Serve {
         /// HOST:PORT to listen on (port 0 picks a free one), or
         /// unix:/path/to.sock. The address is printed once listening.
         #[arg(long, default_value = "127.0.0.1:8000")]
         listen: String,
+        /// Also serve a page to watch the builds (running and recent, with
+        /// their live logs) over HTTP on ADDR (IP:PORT; port 0 picks a
+        /// free one; printed once listening). It has no authentication:
+        /// keep it on loopback, or behind a proxy that has.
+        #[arg(long, value_name = "ADDR")]
+        http: Option<String>,
         /// Seconds an upload (BlobService.Put, DirectoryService.Put) may
         /// send nothing before it is dropped, with what it had sent.
         #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = parse_seconds)]

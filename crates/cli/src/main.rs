@@ -18,6 +18,8 @@ mod out_link;
 mod progress;
 mod register;
 mod store;
+mod upload;
+mod web;
 
 fn main() -> ExitCode {
     let cli = args::Cli::parse();

@@ -13,6 +13,9 @@
 
 mod common;
 use common::{assert_nothing_left, bin, can_build, skip_or_fail};
+/// `build --remote` against a local build.
+#[path = "nix_oracle/remote.rs"]
+mod remote;
 /// `--out-link`, `--register`, `--build-inputs` against Nix.
 #[path = "nix_oracle/written.rs"]
 mod written;
@@ -283,6 +286,19 @@ fn nix_conf(tmp: &Path) -> std::path::PathBuf {
     )
     .unwrap();
     conf
+}
+
+/// `nix-instantiate` of attribute `attr` of the oracle's expression, with
+/// its own Nix configuration under `tmp`: that configuration and the
+/// `.drv`'s path.
+fn instantiate(tmp: &Path, attr: &str) -> (std::path::PathBuf, String) {
+    let conf = nix_conf(tmp);
+    let file = expression(tmp);
+    let drv = nix(
+        &conf,
+        &["nix-instantiate", file.to_str().unwrap(), "-A", attr],
+    );
+    (conf, drv.trim().to_owned())
 }
 
 fn expression(tmp: &Path) -> std::path::PathBuf {

@@ -1,5 +1,6 @@
 //! `run --remote` against a real `serve`: the same JSON outputs as a local
-//! run of the same flags, the log on stderr; exit 1 for a failing build,
+//! run of the same flags, the log on stderr, nothing of the inputs sent
+//! again the second time; exit 1 for a failing build,
 //! 2 for a request the server refuses; over a unix socket too; Ctrl-C
 //! cancels the build on the server, leaving nothing there.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -69,6 +70,19 @@ fn a_remote_run_prints_what_a_local_run_prints() {
     assert!(
         !tmp.path().join("client").exists(),
         "a remote run leaves the local store alone"
+    );
+    // Run again: the server has the input, nothing of it is sent.
+    let mut c = run_with_busybox(&tmp.path().join("client"), &bb);
+    c.args(["-v", "--remote", &url]);
+    flags(&mut c, SCRIPT);
+    let again = c.output().unwrap();
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(again.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "input busybox: sent 0 blobs (0 bytes) and 0 directories; the server had 1 blobs"
+        ),
+        "{stderr}"
     );
 
     let mut c = run_with_busybox(&tmp.path().join("local"), &bb);

@@ -39,6 +39,8 @@ use crate::{BuildError, BuildResult, Executor};
 pub struct GrpcBuildServer {
     exec: Arc<Executor>,
     limits: RequestLimits,
+    /// Where every build reports too, for a page watching the server.
+    registry: Option<crate::watch::Registry>,
 }
 
 impl GrpcBuildServer {
@@ -47,7 +49,15 @@ impl GrpcBuildServer {
         Self {
             exec,
             limits: RequestLimits::default(),
+            registry: None,
         }
+    }
+
+    /// Reports every build, whichever service it came by, into
+    /// `registry` too (see [`crate::watch`]).
+    pub fn with_registry(mut self, registry: crate::watch::Registry) -> Self {
+        self.registry = Some(registry);
+        self
     }
 
     /// Refuses requests over `limits` instead; the largest message decoded
@@ -142,7 +152,12 @@ impl GrpcBuildServer {
         let peer = peer.map_or_else(|| "local".to_owned(), |p| p.to_string());
         tracing::info!(request = n, %peer, "build requested");
         let started = std::time::Instant::now();
+        let watched = self.registry.as_ref().map(|r| r.begin(n, &peer, sink));
+        let sink = watched.as_ref().map_or(sink, |w| w as &dyn LogSink);
         let result = self.exec.build(req, sink).await;
+        if let Some(w) = &watched {
+            w.finish(&result);
+        }
         let (outcome, status) = match &result {
             Ok(r) => (
                 match r.build.outputs.len() {
@@ -286,7 +301,7 @@ fn note_sorted(s: Status, moved: bool) -> Status {
 }
 
 /// The first line of why a build failed, without its log tail.
-fn outcome_of(e: &BuildError) -> String {
+pub(crate) fn outcome_of(e: &BuildError) -> String {
     let text = e.to_string();
     let first = text.lines().next().unwrap_or_default();
     first.trim_end_matches("; last log lines:").to_owned()

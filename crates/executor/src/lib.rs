@@ -50,6 +50,7 @@ pub mod runtime_version;
 pub mod seam;
 mod stale;
 mod tracing_logs;
+pub mod watch;
 pub mod wire;
 
 pub use config::ExecutorConfig;

@@ -5,7 +5,8 @@
 //! output in Nix's terms: store path, NAR hash, NAR size, references.
 //! The outputs can then be written out (`--out-link`) and imported into
 //! the Nix store (`--register`); missing inputs built first
-//! (`--build-inputs`).
+//! (`--build-inputs`). With `--remote URL`, the same on a `serve`: its
+//! stores take the inputs, its event stream runs the build.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -13,15 +14,17 @@ use std::sync::Arc;
 
 use clap::Args;
 use serde_json::json;
-use tvix_oci_castore::Node;
 use tvix_oci_castore::blobservice::BlobService;
 use tvix_oci_castore::directoryservice::DirectoryService;
+use tvix_oci_castore::grpc::StoreTimeouts;
+use tvix_oci_castore::{Node, open_blob_service_with, open_directory_service_with};
 use tvix_oci_executor::{BuildResult, Executor};
 use tvix_oci_nix::Derivation;
 use tvix_oci_nix::checks;
 use tvix_oci_nix::fixed::needs_flat;
 use tvix_oci_nix::request::{NixRequest, RequestOptions, build_request};
 use tvix_oci_nix::result::{BuiltOutput, NixOutput, nix_outputs};
+use tvix_oci_spec::proto::events::build_service_client::BuildServiceClient;
 
 use crate::args::ExecArgs;
 use crate::exit::{HOST, INVALID, exit};
@@ -59,6 +62,14 @@ pub struct BuildArgs {
     /// and register them (as --register does), so the inputs are there.
     #[arg(long, conflicts_with = "dry_run")]
     pub build_inputs: bool,
+    /// Build on the `serve` at URL (grpc+http://HOST:PORT or
+    /// grpc+unix:///PATH) instead of here: the input closure is imported
+    /// into its store (paths imported there before are not), the log
+    /// streams to stderr, the outputs are checked, written out and
+    /// registered from its store. The server's own settings (timeouts,
+    /// limits, sandbox shell) apply, not this command's.
+    #[arg(long, value_name = "URL")]
+    pub remote: Option<String>,
     #[command(flatten)]
     pub exec: ExecArgs,
 }
@@ -93,7 +104,8 @@ pub struct Built {
 }
 
 /// What building needs: the stores, the map of imported Nix paths, the
-/// executor (absent for `--dry-run`).
+/// executor (absent for `--dry-run`), or the server that builds
+/// (`--remote`; the stores are then its).
 pub struct Builder<'a> {
     pub cores: Option<u32>,
     pub map: &'a NixPaths,
@@ -101,7 +113,11 @@ pub struct Builder<'a> {
     pub blobs: Arc<dyn BlobService>,
     pub dirs: Arc<dyn DirectoryService>,
     pub exec: Option<Executor>,
+    pub remote: Option<Remote>,
 }
+
+/// The event stream's client of a build server.
+pub type Remote = BuildServiceClient<tonic::transport::Channel>;
 
 impl Builder<'_> {
     /// The request for the `.drv` at `path`, its inputs imported. Inputs
@@ -155,20 +171,23 @@ impl Builder<'_> {
     /// Runs `p` (the `.drv` at `path`) and makes Nix's checks on its
     /// outputs. A build failure carries exit code 1.
     pub async fn run(&self, path: &Path, p: &Prepared) -> anyhow::Result<Built> {
-        let exec = self
-            .exec
-            .as_ref()
-            .ok_or_else(|| exit(HOST, "no executor to run builds with"))?;
         let sink = self.progress.build(path.display().to_string());
-        let res = tokio::select! {
-            r = exec.build(&p.req.request, &sink) => r,
-            _ = crate::commands::shutdown_signal() => return Err(exit(HOST, "interrupted; the build was stopped and cleaned up")),
+        let res = match (&self.remote, &self.exec) {
+            (Some(client), _) => tokio::select! {
+                r = super::remote::build(client.clone(), &p.req.request, &sink) => r.map_err(|f| exit(f.code, f.msg)),
+                _ = crate::commands::shutdown_signal() => return Err(exit(HOST, "interrupted; the build on the server was cancelled")),
+            },
+            (None, Some(exec)) => tokio::select! {
+                r = exec.build(&p.req.request, &sink) => r.map_err(|e| {
+                    let code = crate::exit::code_of_build(&e);
+                    exit(code, format!("{:#}", anyhow::Error::new(e)))
+                }),
+                _ = crate::commands::shutdown_signal() => return Err(exit(HOST, "interrupted; the build was stopped and cleaned up")),
+            },
+            (None, None) => return Err(exit(HOST, "no executor to run builds with")),
         };
         drop(sink);
-        let res = res.map_err(|e| {
-            let code = crate::exit::code_of_build(&e);
-            exit(code, format!("{:#}", anyhow::Error::new(e)))
-        })?;
+        let res = res?;
         let outputs = nix_result(&p.req, &res)?;
         crate::nix_checks::check_outputs(path, p, &res, &outputs, &*self.blobs, &*self.dirs)
             .await?;
@@ -241,11 +260,31 @@ async fn build_one(
     Ok(j)
 }
 
+/// `build --remote URL`: [`build`] on the server at `url`, with its
+/// stores (and a map of the Nix paths imported there of their own).
+pub async fn build_remote(
+    args: &BuildArgs,
+    url: &str,
+    timeouts: StoreTimeouts,
+) -> anyhow::Result<()> {
+    let host = |e: tvix_oci_castore::StoreError| exit(HOST, format!("--remote {url}: {e}"));
+    let blobs = open_blob_service_with(url, timeouts).await.map_err(host)?;
+    let dirs = open_directory_service_with(url, timeouts)
+        .await
+        .map_err(host)?;
+    let map = NixPaths::new(&crate::store::data_dir(), url, url);
+    let client = super::remote::client(url, timeouts).await?;
+    build(args, &map, blobs, dirs, Some(client)).await
+}
+
+/// Builds `args`'s derivations here, or with `remote` on its server (whose
+/// stores `blobs` and `dirs` are then).
 pub async fn build(
     args: &BuildArgs,
     map: &NixPaths,
     blobs: Arc<dyn BlobService>,
     dirs: Arc<dyn DirectoryService>,
+    remote: Option<Remote>,
 ) -> anyhow::Result<()> {
     if let Some(base) = &args.out_link {
         for (i, d) in args.drvs.iter().enumerate() {
@@ -262,6 +301,7 @@ pub async fn build(
         blobs: blobs.clone(),
         dirs: dirs.clone(),
         exec: None,
+        remote,
     };
     // Up front, so a missing input fails before anything runs; with
     // --build-inputs, only once the inputs were built.
@@ -278,16 +318,18 @@ pub async fn build(
         }
         return Ok(());
     }
-    let config = args.exec.config();
-    if config.sandbox_shell.is_none() {
-        return Err(exit(
-            HOST,
-            "derivations run with /bin/sh, but no sandbox shell was found: install busybox-static or pass --sandbox-shell",
-        ));
+    if b.remote.is_none() {
+        let config = args.exec.config();
+        if config.sandbox_shell.is_none() {
+            return Err(exit(
+                HOST,
+                "derivations run with /bin/sh, but no sandbox shell was found: install busybox-static or pass --sandbox-shell",
+            ));
+        }
+        let exec = Executor::new(config, blobs, dirs);
+        exec.recover();
+        b.exec = Some(exec);
     }
-    let exec = Executor::new(config, blobs, dirs);
-    exec.recover();
-    b.exec = Some(exec);
     let mut out = Vec::new();
     let mut worst = 0u8;
     for (i, (d, p)) in args.drvs.iter().zip(reqs).enumerate() {

@@ -31,6 +31,11 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     {
         return remote::run_remote(args, url, cli.store_timeouts()).await;
     }
+    if let Command::Build(args) = &cli.command
+        && let Some(url) = &args.remote
+    {
+        return build::build_remote(args, url, cli.store_timeouts()).await;
+    }
     let (blobs, dirs) = open_stores(&cli)
         .await
         .map_err(|e| crate::exit::exit(crate::exit::HOST, e))?;
@@ -39,7 +44,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Build(args) => {
             let (b, d) = store_urls(&cli);
             let map = crate::nix_paths::NixPaths::new(&data_dir(), &b, &d);
-            build::build(args, &map, blobs, dirs).await?
+            build::build(args, &map, blobs, dirs, None).await?
         }
         Command::Spec { .. } => {}
         Command::Ls { node } => ls::ls(node, &*blobs, &*dirs).await?,
@@ -48,9 +53,13 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Import { paths } => import::import(paths, blobs, &*dirs).await?,
         Command::Serve {
             listen,
+            http,
             upload_idle_timeout,
             exec,
-        } => serve::serve(listen, *upload_idle_timeout, exec, blobs, dirs).await?,
+        } => {
+            let http = http.as_deref();
+            serve::serve(listen, http, *upload_idle_timeout, exec, blobs, dirs).await?
+        }
         Command::Export { digest, dest } => export::export(digest, dest, blobs, &*dirs).await?,
     }
     Ok(())

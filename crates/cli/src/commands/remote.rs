@@ -1,7 +1,8 @@
 //! `tvix-oci-build run --remote URL`: the same `run`, built on a `serve`
 //! at `URL` (`grpc+http://HOST:PORT` or `grpc+unix:///PATH`) through its
 //! streaming `tvix_oci_build.v1.BuildService/Build`. Local `--input` paths
-//! are imported into the server's store first; each build's log streams to
+//! are uploaded into the server's store first, only what it lacks
+//! (`crate::upload`); each build's log streams to
 //! stderr as the server sends it, its phases on the spinner; the result is
 //! the `BuildResult` the `Completed` event carries, printed as a local run
 //! prints it, with the same exit codes. Ctrl-C drops the streams, which
@@ -35,15 +36,12 @@ pub async fn run_remote(args: &RunArgs, url: &str, timeouts: StoreTimeouts) -> a
         .await
         .map_err(host)?;
     let progress = Progress::new();
-    let requests = requests(args, &progress, &blobs, &dirs).await?;
+    let requests = requests(args, &progress, &blobs, &dirs, true).await?;
     if args.dry_run {
         print_requests(&requests);
         return Ok(());
     }
-    let channel = open_channel(url, timeouts).await.map_err(host)?;
-    let client = BuildServiceClient::new(channel)
-        .max_decoding_message_size(MAX_MESSAGE)
-        .max_encoding_message_size(usize::MAX);
+    let client = client(url, timeouts).await?;
     let sinks = build_sinks(&progress, requests.len());
     let builds = futures::future::join_all(
         requests
@@ -60,9 +58,22 @@ pub async fn run_remote(args: &RunArgs, url: &str, timeouts: StoreTimeouts) -> a
     report(results)
 }
 
+/// The client of the event stream of the server at `url`.
+pub(crate) async fn client(
+    url: &str,
+    timeouts: StoreTimeouts,
+) -> anyhow::Result<BuildServiceClient<tonic::transport::Channel>> {
+    let channel = open_channel(url, timeouts)
+        .await
+        .map_err(|e| exit(HOST, format!("--remote {url}: {e}")))?;
+    Ok(BuildServiceClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(usize::MAX))
+}
+
 /// Builds `req` on the server `client` talks to, its events shown on
 /// `sink`; its result, or why there is none.
-async fn build(
+pub(crate) async fn build(
     mut client: BuildServiceClient<tonic::transport::Channel>,
     req: &BuildRequest,
     sink: &BuildProgress,

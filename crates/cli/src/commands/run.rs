@@ -22,6 +22,7 @@ use super::report::{Failure, report};
 use crate::args::{ExecArgs, RunArgs};
 use crate::exit::{HOST, INVALID, exit};
 use crate::progress::{BuildProgress, Progress};
+use crate::upload::upload_path;
 
 fn invalid(p: Problems) -> anyhow::Error {
     exit(INVALID, p)
@@ -78,12 +79,14 @@ fn split_kv<'a>(s: &'a str, what: &str) -> anyhow::Result<(&'a str, &'a str)> {
     })
 }
 
-/// The request the flags describe, importing the inputs.
+/// The request the flags describe, importing the inputs (to a server,
+/// `remote`: only what it lacks, see [`crate::upload`]).
 async fn request_from_flags(
     args: &RunArgs,
     progress: &Progress,
     blobs: &Arc<dyn BlobService>,
     dirs: &Arc<dyn DirectoryService>,
+    remote: bool,
 ) -> anyhow::Result<BuildRequest> {
     if args.command.is_empty() {
         return Err(exit(
@@ -114,9 +117,21 @@ async fn request_from_flags(
             observer: progress.import(&path),
             ..ImportOptions::default()
         };
-        let node = import_path(blobs.clone(), &**dirs, &path, &opts)
-            .await
-            .with_context(|| format!("importing input {}", path.display()))?;
+        let imported = match remote {
+            false => import_path(blobs.clone(), &**dirs, &path, &opts)
+                .await
+                .map_err(anyhow::Error::from),
+            true => upload_path(&path, &opts, blobs, &**dirs)
+                .await
+                .map(|(node, sent)| {
+                    tracing::info!(
+                        "input {name}: sent {} blobs ({} bytes) and {} directories; the server had {} blobs",
+                        sent.blobs, sent.bytes, sent.dirs, sent.blobs_there
+                    );
+                    node
+                }),
+        };
+        let node = imported.with_context(|| format!("importing input {}", path.display()))?;
         let pc = name
             .as_str()
             .try_into()
@@ -161,15 +176,17 @@ async fn request_from_flags(
 
 /// The requests `args` describe: the request files read and validated,
 /// or the one the flags describe, its inputs imported into `blobs` and
-/// `dirs` (the stores the build reads them from).
+/// `dirs` (the stores the build reads them from; a server's, `remote`).
 pub async fn requests(
     args: &RunArgs,
     progress: &Progress,
     blobs: &Arc<dyn BlobService>,
     dirs: &Arc<dyn DirectoryService>,
+    remote: bool,
 ) -> anyhow::Result<Vec<BuildRequest>> {
     if args.requests.is_empty() {
-        return Ok(vec![request_from_flags(args, progress, blobs, dirs).await?]);
+        let req = request_from_flags(args, progress, blobs, dirs, remote).await?;
+        return Ok(vec![req]);
     }
     if !args.command.is_empty() || !args.input.is_empty() {
         return Err(exit(
@@ -206,7 +223,7 @@ pub async fn run(
     dirs: Arc<dyn DirectoryService>,
 ) -> anyhow::Result<()> {
     let progress = Progress::new();
-    let requests = requests(args, &progress, &blobs, &dirs).await?;
+    let requests = requests(args, &progress, &blobs, &dirs, false).await?;
     if args.dry_run {
         print_requests(&requests);
         return Ok(());

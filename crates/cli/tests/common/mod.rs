@@ -4,6 +4,9 @@
 use std::path::Path;
 use std::process::Command;
 
+pub mod http;
+pub mod watch;
+
 /// The binary under test: this build's, or `TVIX_OCI_BUILD` (to measure a
 /// release build with the same tests, as the benchmarks take it).
 pub fn bin(data: &Path) -> Command {
@@ -149,6 +152,20 @@ pub fn spawn_serve_with_log(
     extra: &[&str],
     log: std::process::Stdio,
 ) -> (std::process::Child, String) {
+    let (child, mut lines) = spawn_serve_lines(data, bundles, extra, log, 1);
+    (child, lines.remove(0))
+}
+
+/// [`spawn_serve_with_log`], reading the first `count` lines it prints
+/// (the store URL, then with `--http` the page's): the child and the URLs
+/// they name.
+pub fn spawn_serve_lines(
+    data: &Path,
+    bundles: &Path,
+    extra: &[&str],
+    log: std::process::Stdio,
+    count: usize,
+) -> (std::process::Child, Vec<String>) {
     use std::io::BufRead;
     let mut child = bin(data)
         .args(["serve", "--listen", "127.0.0.1:0", "--bundle-root"])
@@ -158,16 +175,20 @@ pub fn spawn_serve_with_log(
         .stderr(log)
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_owned();
-    (child, url)
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let urls = (0..count)
+        .map(|_| {
+            let mut line = String::new();
+            out.read_line(&mut line).unwrap();
+            let url = line
+                .trim()
+                .strip_prefix("listening on ")
+                .or_else(|| line.trim().strip_prefix("watching on "));
+            url.unwrap_or_else(|| panic!("unexpected line {line:?}"))
+                .to_owned()
+        })
+        .collect();
+    (child, urls)
 }
 
 /// A `serve` process on a free port, killed and reaped when dropped.
@@ -183,6 +204,17 @@ impl Serve {
     pub fn start(data: &Path, bundles: &Path, extra: &[&str]) -> Serve {
         let (child, url) = spawn_serve(data, bundles, extra);
         Serve { child, url }
+    }
+
+    /// [`Serve::start`] with the page watching it (`--http` on a free
+    /// loopback port); the server and the page's URL (`http://IP:PORT`).
+    pub fn start_watched(data: &Path, bundles: &Path, extra: &[&str]) -> (Serve, String) {
+        let extra = [&["--http", "127.0.0.1:0"], extra].concat();
+        let inherit = std::process::Stdio::inherit();
+        let (child, mut urls) = spawn_serve_lines(data, bundles, &extra, inherit, 2);
+        let web = urls.pop().unwrap();
+        let url = urls.pop().unwrap();
+        (Serve { child, url }, web)
     }
 
     /// Its address as a tonic client takes it.
