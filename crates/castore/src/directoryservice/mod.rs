@@ -17,12 +17,14 @@ mod closure;
 mod grpc;
 mod holder;
 mod memory;
+mod objectstore;
 mod redb;
 
 pub use closure::{LeavesFirst, RootFirst, check_size, entry_of};
 pub use grpc::GrpcDirectoryService;
 pub use holder::{Holder, find_holder};
 pub use memory::MemoryDirectoryService;
+pub use objectstore::{FETCHES_IN_FLIGHT, ObjectStoreDirectoryService, PUTS_IN_FLIGHT};
 pub use redb::RedbDirectoryService;
 
 /// A store of directories. Usable behind `Arc<dyn DirectoryService>`.
