@@ -63,7 +63,11 @@ impl Bucket {
         let (store, prefix, base): (Arc<dyn ObjectStore>, &str, String) = match url.scheme() {
             "objectstore+memory" => {
                 no_params(url)?;
-                (Arc::new(InMemory::new()), url.path(), "objectstore+memory://".into())
+                (
+                    Arc::new(InMemory::new()),
+                    url.path(),
+                    "objectstore+memory://".into(),
+                )
             }
             "objectstore+file" => {
                 no_params(url)?;
@@ -73,21 +77,33 @@ impl Bucket {
                 let fs = LocalFileSystem::new_with_prefix(&dir)
                     .map_err(|e| StoreError::url(raw, e.to_string()))?
                     .with_fsync(true);
-                (Arc::new(fs), "", format!("objectstore+file://{}", dir.display()))
+                (
+                    Arc::new(fs),
+                    "",
+                    format!("objectstore+file://{}", dir.display()),
+                )
             }
             "objectstore+s3" => {
                 let bucket = url.host_str().filter(|h| !h.is_empty()).ok_or_else(|| {
-                    StoreError::url(raw, "expected a bucket, as in objectstore+s3://BUCKET/PREFIX")
+                    StoreError::url(
+                        raw,
+                        "expected a bucket, as in objectstore+s3://BUCKET/PREFIX",
+                    )
                 })?;
                 let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
                 for (k, v) in url.query_pairs() {
-                    let key: AmazonS3ConfigKey = k.to_ascii_lowercase().parse().map_err(|_| {
-                        StoreError::url(raw, format!("unknown S3 parameter {k:?}"))
-                    })?;
+                    let key: AmazonS3ConfigKey = k
+                        .to_ascii_lowercase()
+                        .parse()
+                        .map_err(|_| StoreError::url(raw, format!("unknown S3 parameter {k:?}")))?;
                     b = b.with_config(key, v);
                 }
                 let s3 = b.build().map_err(|e| StoreError::url(raw, e.to_string()))?;
-                (Arc::new(s3), url.path(), format!("objectstore+s3://{bucket}"))
+                (
+                    Arc::new(s3),
+                    url.path(),
+                    format!("objectstore+s3://{bucket}"),
+                )
             }
             other => {
                 return Err(StoreError::url(

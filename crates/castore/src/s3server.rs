@@ -66,7 +66,9 @@ impl S3Server {
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
-                .map_err(|e| io::Error::new(e.kind(), format!("starting {}: {e}", exe.display())))?;
+                .map_err(|e| {
+                    io::Error::new(e.kind(), format!("starting {}: {e}", exe.display()))
+                })?;
             let mut server = S3Server {
                 child,
                 port,

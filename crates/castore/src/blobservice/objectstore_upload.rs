@@ -16,8 +16,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::TryStreamExt;
+use futures::stream::FuturesUnordered;
 use object_store::path::Path;
-use object_store::{ObjectStoreExt, PutPayloadMut, WriteMultipart};
+use object_store::{MultipartUpload, ObjectStoreExt, PutPayloadMut};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 use super::BlobWriter;
@@ -153,26 +155,22 @@ async fn upload_parts(
         .put_multipart(key)
         .await
         .map_err(|e| err("starting upload", e))?;
-    let mut parts = Parts(Some(WriteMultipart::new_with_chunk_size(
-        upload,
-        part_size(len),
-    )));
-    let res = send_parts(&mut parts, &mut file, digest)
-        .await
-        .map_err(|e| match e {
-            Sent::Store(e) => err("uploading", e),
-            Sent::Io(e) => e,
-        });
-    let Some(w) = parts.0.take() else {
-        return Err(io::Error::other(format!("blob {digest}: upload lost")));
+    let mut upload = Unfinished(Some(upload));
+    let res = match send_parts(&mut upload, &mut file, part_size(len), digest).await {
+        Ok(()) => match upload.get()?.complete().await {
+            Ok(_) => {
+                upload.0 = None; // complete: nothing to abort
+                return Ok(());
+            }
+            Err(e) => Err(err("completing upload", e)),
+        },
+        Err(Sent::Store(e)) => Err(err("uploading", e)),
+        Err(Sent::Io(e)) => Err(e),
     };
-    match res {
-        Ok(()) => w.finish().await.map(drop).map_err(|e| err("completing upload", e)),
-        Err(e) => {
-            let _ = w.abort().await;
-            Err(e)
-        }
+    if let Some(mut u) = upload.0.take() {
+        let _ = u.abort().await;
     }
+    res
 }
 
 enum Sent {
@@ -180,53 +178,65 @@ enum Sent {
     Io(io::Error),
 }
 
-/// Reads `file` into the upload's parts, hashing it again: a temp file
-/// whose bytes changed fails the upload before it completes.
+/// Reads `file` into parts of `part` bytes, up to [`PARTS_IN_FLIGHT`] sent
+/// at once, hashing it again: a temp file whose bytes changed fails the
+/// upload before it completes.
 async fn send_parts(
-    parts: &mut Parts,
+    upload: &mut Unfinished,
     file: &mut tokio::fs::File,
+    part: usize,
     digest: &B3Digest,
 ) -> Result<(), Sent> {
-    let w = parts
-        .0
-        .as_mut()
-        .ok_or_else(|| Sent::Io(io::Error::other("upload lost")))?;
     let mut again = blake3::Hasher::new();
-    let mut buf = vec![0u8; 1 << 20];
+    let mut in_flight = FuturesUnordered::new();
     loop {
-        let n = file
-            .read(&mut buf)
+        let mut buf = Vec::with_capacity(part);
+        (&mut *file)
+            .take(part as u64)
+            .read_to_end(&mut buf)
             .await
             .map_err(|e| Sent::Io(spill_err("reading", e)))?;
-        if n == 0 {
+        if buf.is_empty() {
             break;
         }
-        again.update(&buf[..n]);
-        w.wait_for_capacity(PARTS_IN_FLIGHT)
-            .await
-            .map_err(Sent::Store)?;
-        w.write(&buf[..n]);
+        again.update(&buf);
+        while in_flight.len() >= PARTS_IN_FLIGHT {
+            in_flight.try_next().await.map_err(Sent::Store)?;
+        }
+        in_flight.push(upload.get().map_err(Sent::Io)?.put_part(buf.into()));
     }
+    while in_flight.try_next().await.map_err(Sent::Store)?.is_some() {}
     let actual = B3Digest::from(again.finalize());
     if actual != *digest {
         return Err(Sent::Io(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("blob {digest}: its temp file changed before upload (now {actual}); not stored"),
+            format!(
+                "blob {digest}: its temp file changed before upload (now {actual}); not stored"
+            ),
         )));
     }
     Ok(())
 }
 
-/// A multipart upload, aborted when dropped unfinished (a cancelled write).
-struct Parts(Option<WriteMultipart>);
+/// A multipart upload not yet completed: aborted in the background when
+/// dropped (a cancelled write), so its parts do not linger.
+struct Unfinished(Option<Box<dyn MultipartUpload>>);
 
-impl Drop for Parts {
+impl Unfinished {
+    fn get(&mut self) -> io::Result<&mut Box<dyn MultipartUpload>> {
+        self.0
+            .as_mut()
+            .ok_or_else(|| io::Error::other("the multipart upload is gone"))
+    }
+}
+
+impl Drop for Unfinished {
     fn drop(&mut self) {
-        if let Some(w) = self.0.take()
+        if let Some(mut u) = self.0.take()
             && let Ok(rt) = tokio::runtime::Handle::try_current()
         {
             rt.spawn(async move {
-                let _ = w.abort().await;
+                let _ = u.abort().await;
             });
         }
     }

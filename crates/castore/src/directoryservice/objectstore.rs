@@ -56,7 +56,9 @@ impl ObjectStoreDirectoryService {
 
     fn err(&self, digest: &B3Digest, what: &str, e: object_store::Error) -> StoreError {
         let key = self.bucket.key(Kind::Directory, digest);
-        let e = self.bucket.io_err(&format!("directory {digest}: {what}"), &key, e);
+        let e = self
+            .bucket
+            .io_err(&format!("directory {digest}: {what}"), &key, e);
         StoreError::io(format!("directory store {}", self.bucket.show(&key)), e)
     }
 
@@ -70,13 +72,19 @@ impl ObjectStoreDirectoryService {
         };
         let mut stream = got.into_stream();
         let mut buf = Vec::new();
-        while let Some(chunk) = stream.try_next().await.map_err(|e| self.err(digest, "reading", e))? {
+        while let Some(chunk) = stream
+            .try_next()
+            .await
+            .map_err(|e| self.err(digest, "reading", e))?
+        {
             if (buf.len() + chunk.len()) as u64 > MAX_DIRECTORY_BYTES {
                 return Err(StoreError::io(
                     format!("directory store {}", self.directory_url(digest)),
                     std::io::Error::new(
                         std::io::ErrorKind::InvalidData,
-                        format!("directory {digest}: object larger than {MAX_DIRECTORY_BYTES} bytes"),
+                        format!(
+                            "directory {digest}: object larger than {MAX_DIRECTORY_BYTES} bytes"
+                        ),
                     ),
                 ));
             }
@@ -112,7 +120,10 @@ impl DirectoryService for ObjectStoreDirectoryService {
     }
 
     fn get_recursive(&self, root: &B3Digest) -> BoxStream<'_, Result<Directory, StoreError>> {
-        Box::pin(futures::stream::unfold(Fetch::new(self, *root), Fetch::next))
+        Box::pin(futures::stream::unfold(
+            Fetch::new(self, *root),
+            Fetch::next,
+        ))
     }
 
     fn put_multiple_start(&self) -> Box<dyn DirectoryPutter + '_> {

@@ -34,7 +34,10 @@ pub fn s3_server() -> Option<S3Server> {
         None => {
             let reason = "s3s-fs is not installed (.ci/install-deps installs it)";
             let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
-            assert!(!ci, "CI must run this test, but it would be skipped: {reason}");
+            assert!(
+                !ci,
+                "CI must run this test, but it would be skipped: {reason}"
+            );
             println!("SKIPPED: {reason}");
             None
         }
@@ -103,7 +106,7 @@ impl Backend {
                         .unwrap(),
                     _tmp: Some(tmp),
                     _server: None,
-                s3: None,
+                    s3: None,
                 }
             }
             Backend::GrpcTcp | Backend::GrpcSnix => {
@@ -142,7 +145,9 @@ impl Backend {
             }
             Backend::ObjMemory => Stores {
                 blobs: open_blob_service("objectstore+memory:///").await.unwrap(),
-                dirs: open_directory_service("objectstore+memory:///").await.unwrap(),
+                dirs: open_directory_service("objectstore+memory:///")
+                    .await
+                    .unwrap(),
                 _tmp: None,
                 _server: None,
                 s3: None,
