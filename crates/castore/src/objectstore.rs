@@ -43,6 +43,8 @@ use crate::{B3Digest, StoreError};
 #[derive(Clone, Debug)]
 pub(crate) struct Bucket {
     pub(crate) store: Arc<dyn ObjectStore>,
+    /// MiB of multipart upload parts in memory at once (all uploads).
+    pub(crate) part_budget: Arc<tokio::sync::Semaphore>,
     prefix: Path,
     /// The URL without its parameters (they may hold credentials), for
     /// messages.
@@ -114,8 +116,10 @@ impl Bucket {
         };
         let prefix = Path::parse(prefix.trim_matches('/'))
             .map_err(|e| StoreError::url(raw, format!("invalid prefix: {e}")))?;
+        let mib = crate::blobservice::PART_BUDGET_MIB as usize;
         Ok(Self {
             store,
+            part_budget: Arc::new(tokio::sync::Semaphore::new(mib)),
             prefix,
             base,
         })

@@ -47,12 +47,21 @@ pub fn binary() -> Option<PathBuf> {
 }
 
 impl S3Server {
-    /// Starts a server, or `Ok(None)` when `s3s-fs` is not installed.
+    /// Starts a server keeping its data in a temp dir under `$TMPDIR`, or
+    /// `Ok(None)` when `s3s-fs` is not installed.
     pub fn start() -> io::Result<Option<Self>> {
+        Self::start_in(&std::env::temp_dir())
+    }
+
+    /// [`Self::start`] with the data in a temp dir under `parent` (a
+    /// benchmark's disk).
+    pub fn start_in(parent: &std::path::Path) -> io::Result<Option<Self>> {
         let Some(exe) = binary() else {
             return Ok(None);
         };
-        let dir = tempfile::Builder::new().prefix("tob-s3-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("tob-s3-")
+            .tempdir_in(parent)?;
         std::fs::create_dir(dir.path().join(BUCKET))?;
         // A port taken between its probe and the server's bind: try again.
         let mut last = None;
@@ -109,6 +118,28 @@ impl S3Server {
              &region=us-east-1&access_key_id={ACCESS_KEY}&secret_access_key={SECRET_KEY}",
             self.port
         )
+    }
+
+    /// The CPU time the server used so far (user and system, from
+    /// `/proc`; zero where it cannot be read).
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()));
+        // Fields after the command's closing parenthesis; utime and stime
+        // are the 12th and 13th of them, in clock ticks.
+        let ticks: u64 = stat
+            .ok()
+            .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.to_owned()))
+            .map(|rest| {
+                rest.split_whitespace()
+                    .skip(11)
+                    .take(2)
+                    .filter_map(|f| f.parse::<u64>().ok())
+                    .sum()
+            })
+            .unwrap_or(0);
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        Duration::from_millis(ticks * 1000 / u64::try_from(hz).unwrap_or(100).max(1))
     }
 
     /// Where the server keeps the objects of [`BUCKET`] on disk.

@@ -7,7 +7,8 @@
 //! - a larger blob goes to an unnamed temp file (`$TMPDIR`; unlinked from
 //!   the start, so a crash leaves nothing behind), then, unless the key
 //!   holds it already, to the key in a multipart upload of up to
-//!   [`PARTS_IN_FLIGHT`] parts at a time, hashed again as it is read back
+//!   [`PARTS_IN_FLIGHT`] parts at a time (and [`PART_BUDGET_MIB`] of parts
+//!   in memory for all uploads to the store), hashed again as it is read back
 //!   and completed only when that digest matches. An upload that fails or
 //!   is dropped is aborted: its parts were never visible.
 
@@ -16,11 +17,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::TryStreamExt;
-use futures::stream::FuturesUnordered;
 use object_store::path::Path;
 use object_store::{MultipartUpload, ObjectStoreExt, PutPayloadMut};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 
 use super::BlobWriter;
 use crate::B3Digest;
@@ -28,8 +29,10 @@ use crate::objectstore::{Bucket, Kind};
 
 /// The largest blob sent in one PUT; larger ones are multipart uploads.
 pub const SINGLE_PUT_MAX: u64 = 8 << 20;
-/// Parts of a multipart upload sent at once.
+/// Parts of one multipart upload sent at once.
 pub const PARTS_IN_FLIGHT: usize = 4;
+/// MiB of parts held in memory at once by all uploads to one store.
+pub const PART_BUDGET_MIB: u32 = 64;
 /// S3 allows 10,000 parts of at least 5 MiB (but the last).
 const MAX_PARTS: u64 = 10_000;
 
@@ -120,10 +123,13 @@ impl BlobWriter for Upload {
             None => {
                 let mut payload = PutPayloadMut::new();
                 mem.into_iter().for_each(|b| payload.push(b));
-                bucket
-                    .store
-                    .put(&key, payload.freeze())
+                // On the runtime, beside the HTTP connection's task: a
+                // writer driven from a blocking thread (the import's)
+                // would hand every step across threads.
+                let (store, at) = (bucket.store.clone(), key.clone());
+                tokio::spawn(async move { store.put(&at, payload.freeze()).await })
                     .await
+                    .map_err(io::Error::other)?
                     .map_err(|e| bucket.io_err(&format!("blob {digest}: storing"), &key, e))?;
             }
             Some(file) => upload_parts(&bucket, &key, file, len, &digest).await?,
@@ -155,11 +161,22 @@ async fn upload_parts(
         .put_multipart(key)
         .await
         .map_err(|e| err("starting upload", e))?;
-    let mut upload = Unfinished(Some(upload));
-    let res = match send_parts(&mut upload, &mut file, part_size(len), digest).await {
+    let mut upload = Unfinished {
+        upload: Some(upload),
+        parts: JoinSet::new(),
+    };
+    let res = match send_parts(
+        &mut upload,
+        &bucket.part_budget,
+        &mut file,
+        part_size(len),
+        digest,
+    )
+    .await
+    {
         Ok(()) => match upload.get()?.complete().await {
             Ok(_) => {
-                upload.0 = None; // complete: nothing to abort
+                upload.upload = None; // complete: nothing to abort
                 return Ok(());
             }
             Err(e) => Err(err("completing upload", e)),
@@ -167,9 +184,7 @@ async fn upload_parts(
         Err(Sent::Store(e)) => Err(err("uploading", e)),
         Err(Sent::Io(e)) => Err(e),
     };
-    if let Some(mut u) = upload.0.take() {
-        let _ = u.abort().await;
-    }
+    upload.abort().await;
     res
 }
 
@@ -178,18 +193,29 @@ enum Sent {
     Io(io::Error),
 }
 
-/// Reads `file` into parts of `part` bytes, up to [`PARTS_IN_FLIGHT`] sent
-/// at once, hashing it again: a temp file whose bytes changed fails the
-/// upload before it completes.
+/// Reads `file` into parts of `part` bytes, each sent by a task of its
+/// own, up to [`PARTS_IN_FLIGHT`] at once and within the store's
+/// [`PART_BUDGET_MIB`], hashing it again: a temp file whose bytes changed
+/// fails the upload before it completes.
 async fn send_parts(
     upload: &mut Unfinished,
+    budget: &Arc<Semaphore>,
     file: &mut tokio::fs::File,
     part: usize,
     digest: &B3Digest,
 ) -> Result<(), Sent> {
+    let mib =
+        u32::try_from(part.div_ceil(1 << 20)).map_or(PART_BUDGET_MIB, |m| m.min(PART_BUDGET_MIB));
     let mut again = blake3::Hasher::new();
-    let mut in_flight = FuturesUnordered::new();
     loop {
+        while upload.parts.len() >= PARTS_IN_FLIGHT {
+            joined(upload.parts.join_next().await)?;
+        }
+        let permit = budget
+            .clone()
+            .acquire_many_owned(mib)
+            .await
+            .map_err(|e| Sent::Io(io::Error::other(e)))?;
         let mut buf = Vec::with_capacity(part);
         (&mut *file)
             .take(part as u64)
@@ -200,12 +226,16 @@ async fn send_parts(
             break;
         }
         again.update(&buf);
-        while in_flight.len() >= PARTS_IN_FLIGHT {
-            in_flight.try_next().await.map_err(Sent::Store)?;
-        }
-        in_flight.push(upload.get().map_err(Sent::Io)?.put_part(buf.into()));
+        let sent = upload.get().map_err(Sent::Io)?.put_part(buf.into());
+        upload.parts.spawn(async move {
+            let res = sent.await;
+            drop(permit);
+            res
+        });
     }
-    while in_flight.try_next().await.map_err(Sent::Store)?.is_some() {}
+    while let Some(res) = upload.parts.join_next().await {
+        joined(Some(res))?;
+    }
     let actual = B3Digest::from(again.finalize());
     if actual != *digest {
         return Err(Sent::Io(io::Error::new(
@@ -218,26 +248,58 @@ async fn send_parts(
     Ok(())
 }
 
-/// A multipart upload not yet completed: aborted in the background when
-/// dropped (a cancelled write), so its parts do not linger.
-struct Unfinished(Option<Box<dyn MultipartUpload>>);
+/// The outcome of one part's task.
+fn joined(
+    res: Option<Result<object_store::Result<()>, tokio::task::JoinError>>,
+) -> Result<(), Sent> {
+    match res {
+        None | Some(Ok(Ok(()))) => Ok(()),
+        Some(Ok(Err(e))) => Err(Sent::Store(e)),
+        Some(Err(e)) => Err(Sent::Io(io::Error::other(e))),
+    }
+}
+
+/// A multipart upload not yet completed and the tasks sending its parts.
+/// Aborted when dropped (a cancelled write), in the background: the part
+/// tasks finish first (each bounded by the store's request timeouts), so
+/// no part lands after the abort.
+struct Unfinished {
+    upload: Option<Box<dyn MultipartUpload>>,
+    parts: JoinSet<object_store::Result<()>>,
+}
 
 impl Unfinished {
     fn get(&mut self) -> io::Result<&mut Box<dyn MultipartUpload>> {
-        self.0
+        self.upload
             .as_mut()
             .ok_or_else(|| io::Error::other("the multipart upload is gone"))
+    }
+
+    /// Waits for the part tasks, then aborts the upload (best effort: a
+    /// store that fails it keeps the parts until its lifecycle rule
+    /// removes them).
+    async fn abort(&mut self) {
+        stop(std::mem::take(&mut self.parts), self.upload.take()).await;
+    }
+}
+
+async fn stop(
+    mut parts: JoinSet<object_store::Result<()>>,
+    upload: Option<Box<dyn MultipartUpload>>,
+) {
+    // Parts already sent are let finish: one cut off mid-request could
+    // still land on the server after the abort, outliving it.
+    while parts.join_next().await.is_some() {}
+    if let Some(mut u) = upload {
+        let _ = u.abort().await;
     }
 }
 
 impl Drop for Unfinished {
     fn drop(&mut self) {
-        if let Some(mut u) = self.0.take()
-            && let Ok(rt) = tokio::runtime::Handle::try_current()
-        {
-            rt.spawn(async move {
-                let _ = u.abort().await;
-            });
+        let (parts, upload) = (std::mem::take(&mut self.parts), self.upload.take());
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(stop(parts, upload));
         }
     }
 }
