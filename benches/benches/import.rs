@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use tvix_oci_benches::{
-    TreeShape, make_tree, mib_per_s, peak_rss, reset_peak_rss, sync_and_drop_caches, time,
+    TreeShape, cpu_time, make_tree, mib_per_s, peak_rss, reset_peak_rss, sync_and_drop_caches, time,
 };
 use tvix_oci_castore::import::{ImportOptions, import_path};
 use tvix_oci_castore::s3server::S3Server;
@@ -55,6 +55,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         (Duration::MAX, Duration::MAX, Duration::MAX);
     let mut peak = 0;
     let (mut s3_best, mut s3_peak) = (Duration::MAX, 0);
+    let (mut file_best, mut file_peak) = (Duration::MAX, 0);
     let s3 = s3_server(tmp.path())?;
     for i in 0..iterations {
         // cp -a, then the same with the data flushed to disk (the import
@@ -78,6 +79,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let (d_imp, p) = import_once(&rt, &src, &local)?;
         peak = peak.max(p);
         imp_best = imp_best.min(d_imp);
+        std::fs::remove_dir_all(&store)?;
+        // The same layout as S3's, as files: the backend without a server.
+        let url = format!("objectstore+file://{}", store.display());
+        let (d, p) = import_once(&rt, &src, &(url.clone(), url))?;
+        file_peak = file_peak.max(p);
+        file_best = file_best.min(d);
         std::fs::remove_dir_all(&store)?;
         if let Some(s3) = &s3 {
             let url = s3.url(&format!("run-{i}"));
@@ -110,6 +117,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("cp -a", cp_best),
         ("cp -a + sync", cp_sync_best),
         ("import (objects + redb)", imp_best),
+        ("import (objectstore+file)", file_best),
     ];
     if s3.is_some() {
         rows.push(("import (objectstore+s3, s3s-fs) + sync", s3_best));
@@ -122,7 +130,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             d.as_secs_f64() / cp_best.as_secs_f64()
         );
     }
-    println!("peak RSS during import: {:.0} MiB", peak as f64 / 1048576.0);
+    println!(
+        "peak RSS during import: {:.0} MiB (objectstore+file: {:.0} MiB)",
+        peak as f64 / 1048576.0,
+        file_peak as f64 / 1048576.0
+    );
     if s3.is_some() {
         println!(
             "S3 throughput / embedded: {:.2}x (bar: 0.5x); peak RSS during the S3 import: {:.0} MiB",
@@ -134,7 +146,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// Imports `src` into the stores at `urls` (blobs, directories), page
-/// cache dropped first; the time and the peak RSS.
+/// cache dropped first; the time and the peak RSS (the CPU time it took
+/// is printed).
 fn import_once(
     rt: &tokio::runtime::Runtime,
     src: &std::path::Path,
@@ -142,6 +155,7 @@ fn import_once(
 ) -> Result<(Duration, u64), Box<dyn std::error::Error>> {
     sync_and_drop_caches();
     reset_peak_rss();
+    let cpu0 = cpu_time();
     let (res, d) = time(|| {
         rt.block_on(async {
             let blobs = open_blob_service(&urls.0).await?;
@@ -151,6 +165,12 @@ fn import_once(
         })
     });
     res?;
+    println!(
+        "  import into {}: {:.2}s, its CPU time {:.2}s",
+        urls.0.split(':').next().unwrap_or_default(),
+        d.as_secs_f64(),
+        (cpu_time() - cpu0).as_secs_f64()
+    );
     Ok((d, peak_rss()))
 }
 
