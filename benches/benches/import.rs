@@ -179,8 +179,7 @@ fn import_once(
 fn s3_server(dir: &std::path::Path) -> Result<Option<S3Server>, Box<dyn std::error::Error>> {
     let s3 = S3Server::start_in(dir)?;
     if s3.is_none() {
-        let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
-        if ci {
+        if tvix_oci_castore::s3server::in_ci() {
             return Err("s3s-fs is not installed (.ci/install-deps installs it)".into());
         }
         println!("s3s-fs is not installed: no S3 row");

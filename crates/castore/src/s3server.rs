@@ -2,7 +2,8 @@
 //! feature): `s3s-fs`, an S3 implementation on a local directory (SigV4
 //! signatures checked, multipart uploads, ranges), started on a free
 //! loopback port over a temp directory, killed and its data removed when
-//! the [`S3Server`] is dropped. `.ci/install-deps` installs it
+//! the [`S3Server`] is dropped (killed too when the thread that started it
+//! dies, e.g. a test killed by its timeout). `.ci/install-deps` installs it
 //! (`cargo install s3s-fs`); `S3S_FS` names another binary.
 //!
 //! ```ignore
@@ -12,6 +13,7 @@
 
 use std::io;
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -28,6 +30,12 @@ pub struct S3Server {
     port: u16,
     /// The server's root (removed on drop, after the server is gone).
     dir: Option<tempfile::TempDir>,
+}
+
+/// Whether this runs in CI (`CI` set, and not to `false` or `0`): there a
+/// missing `s3s-fs` fails a test instead of skipping it.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
 }
 
 /// The `s3s-fs` binary: `S3S_FS`, else on `PATH`, else in `~/.cargo/bin`.
@@ -67,7 +75,19 @@ impl S3Server {
         let mut last = None;
         for _ in 0..5 {
             let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-            let child = Command::new(&exe)
+            let mut cmd = Command::new(&exe);
+            // SAFETY: prctl is async-signal-safe. The server dies with the
+            // thread that started it (a test's or a benchmark's main
+            // thread), also when that process is killed before any Drop.
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            let child = cmd
                 .args(["--host", "127.0.0.1", "--port", &port.to_string()])
                 .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
                 .arg(dir.path())

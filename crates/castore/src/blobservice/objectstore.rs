@@ -5,7 +5,7 @@
 //! no single process holds.
 //!
 //! The store is not trusted: every read is verified against the digest
-//! ([`VerifyingReader`]), and a read at an offset fetches the blob from its
+//! ([`super::VerifyingReader`]), and a read at an offset fetches the blob from its
 //! start to do so ([`BlobService::range_reads`] is `false`). Writes go to
 //! the digest's key only once the blob is complete and its digest known
 //! (see [`super::objectstore_upload`]), so a key that exists holds the
@@ -17,11 +17,11 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
-use tokio_util::io::StreamReader;
 use url::Url;
 
 use super::objectstore_upload::Upload;
-use super::{BlobReader, BlobService, BlobWriter, VerifyingReader};
+use super::verify::verified_at;
+use super::{BlobReader, BlobService, BlobWriter};
 use crate::objectstore::{Bucket, Kind};
 use crate::{B3Digest, StoreError};
 
@@ -69,13 +69,7 @@ impl BlobService for ObjectStoreBlobService {
         let bytes = got
             .into_stream()
             .map_err(move |e| bucket.io_err(&what, &key, e));
-        let mut reader = VerifyingReader::new(StreamReader::new(bytes), *digest);
-        if offset > 0 {
-            // Verification needs every byte: skip the first `offset`.
-            let mut skip = tokio::io::AsyncReadExt::take(&mut reader, offset);
-            tokio::io::copy(&mut skip, &mut tokio::io::sink()).await?;
-        }
-        Ok(Some(Box::new(reader)))
+        verified_at(bytes, *digest, offset).await.map(Some)
     }
 
     async fn open_write(&self) -> io::Result<Box<dyn BlobWriter>> {

@@ -60,6 +60,28 @@ pub trait DirectoryPutter: Send {
     async fn close(&mut self) -> Result<B3Digest, StoreError>;
 }
 
+/// `dir`, if it is the directory `asked` for: a store answering with
+/// another one is at fault.
+pub(crate) fn expect_digest(dir: Directory, asked: &B3Digest) -> Result<Directory, StoreError> {
+    if dir.digest() != *asked {
+        return Err(StoreError::WrongDigest {
+            expected: *asked,
+            actual: dir.digest(),
+        });
+    }
+    Ok(dir)
+}
+
+/// Decodes the stored encoding of directory `digest`, checking that it is
+/// valid and that directory.
+pub(crate) fn decode_stored(bytes: &[u8], digest: &B3Digest) -> Result<Directory, StoreError> {
+    let dir = Directory::decode(bytes).map_err(|err| StoreError::InvalidDirectory {
+        digest: *digest,
+        err,
+    })?;
+    expect_digest(dir, digest)
+}
+
 /// Breadth-first traversal by `get`, root first, each digest once.
 pub(crate) fn bfs<S: DirectoryService + ?Sized>(
     svc: &S,

@@ -23,7 +23,7 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
 use url::Url;
 
-use super::{BatchPutter, BatchStore, DirectoryPutter, DirectoryService, RootFirst};
+use super::{BatchPutter, BatchStore, DirectoryPutter, DirectoryService, RootFirst, decode_stored};
 use crate::objectstore::{Bucket, Kind};
 use crate::{B3Digest, ClosureError, Directory, StoreError};
 
@@ -100,17 +100,7 @@ impl DirectoryService for ObjectStoreDirectoryService {
         let Some(bytes) = self.fetch(digest).await? else {
             return Ok(None);
         };
-        let dir = Directory::decode(&bytes).map_err(|err| StoreError::InvalidDirectory {
-            digest: *digest,
-            err,
-        })?;
-        if dir.digest() != *digest {
-            return Err(StoreError::WrongDigest {
-                expected: *digest,
-                actual: dir.digest(),
-            });
-        }
-        Ok(Some(dir))
+        decode_stored(&bytes, digest).map(Some)
     }
 
     async fn put(&self, dir: Directory) -> Result<B3Digest, StoreError> {
