@@ -1,6 +1,9 @@
 //! Import of a ~1 GiB tree of mixed files into the embedded local store
-//! (objects + redb), against `cp -a` of the same tree onto the same disk,
-//! side by side in one run; and the peak memory of the import.
+//! (objects + redb) and into S3 (`objectstore+s3://`, an s3s-fs server on
+//! loopback keeping its objects on the same disk), against `cp -a` of the
+//! same tree onto the same disk, side by side in one run; and the peak
+//! memory of each import. Without s3s-fs the S3 row is left out (in CI,
+//! `CI` set, its absence fails).
 //!
 //! Run: `cargo bench -p tvix-oci-benches --bench import`
 //! (`QUICK=1` for a 64 MiB tree; `BENCH_DIR` picks the disk, default
@@ -10,9 +13,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use tvix_oci_benches::{
-    TreeShape, make_tree, mib_per_s, peak_rss, reset_peak_rss, sync_and_drop_caches, time,
+    TreeShape, cpu_time, make_tree, mib_per_s, peak_rss, reset_peak_rss, sync_and_drop_caches, time,
 };
 use tvix_oci_castore::import::{ImportOptions, import_path};
+use tvix_oci_castore::s3server::S3Server;
 use tvix_oci_castore::{open_blob_service, open_directory_service};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -50,6 +54,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (mut cp_best, mut cp_sync_best, mut imp_best) =
         (Duration::MAX, Duration::MAX, Duration::MAX);
     let mut peak = 0;
+    let (mut s3_best, mut s3_peak) = (Duration::MAX, 0);
+    let (mut file_best, mut file_peak) = (Duration::MAX, 0);
+    let s3 = s3_server(tmp.path())?;
     for i in 0..iterations {
         // cp -a, then the same with the data flushed to disk (the import
         // fsyncs every blob, cp does not).
@@ -64,23 +71,38 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         cp_sync_best = cp_sync_best.min(d_cp + d_sync);
         std::fs::remove_dir_all(&dst)?;
 
-        sync_and_drop_caches();
         let store = tmp.path().join(format!("store-{i}"));
-        reset_peak_rss();
-        let (res, d_imp) = time(|| {
-            rt.block_on(async {
-                let blobs =
-                    open_blob_service(&format!("objects://{}/blobs", store.display())).await?;
-                let dirs = open_directory_service(&format!("redb://{}/dirs.redb", store.display()))
-                    .await?;
-                import_path(blobs, &*dirs, &src, &ImportOptions::default()).await?;
-                Ok::<_, Box<dyn std::error::Error>>(())
-            })
-        });
-        res?;
-        peak = peak.max(peak_rss());
+        let local = (
+            format!("objects://{}/blobs", store.display()),
+            format!("redb://{}/dirs.redb", store.display()),
+        );
+        let (d_imp, p) = import_once(&rt, &src, &local)?;
+        peak = peak.max(p);
         imp_best = imp_best.min(d_imp);
         std::fs::remove_dir_all(&store)?;
+        // The same layout as S3's, as files: the backend without a server.
+        let url = format!("objectstore+file://{}", store.display());
+        let (d, p) = import_once(&rt, &src, &(url.clone(), url))?;
+        file_peak = file_peak.max(p);
+        file_best = file_best.min(d);
+        std::fs::remove_dir_all(&store)?;
+        if let Some(s3) = &s3 {
+            let url = s3.url(&format!("run-{i}"));
+            let cpu0 = s3.cpu_time();
+            let (d, p) = import_once(&rt, &src, &(url.clone(), url))?;
+            // s3s-fs does not fsync: flush its writes, as the embedded
+            // store's import does for every blob.
+            let ((), d_sync) = time(|| unsafe { libc::sync() });
+            s3_peak = s3_peak.max(p);
+            s3_best = s3_best.min(d + d_sync);
+            println!(
+                "run {i}: import into S3 {:.2}s (+sync {:.2}s), the server's CPU time {:.2}s",
+                d.as_secs_f64(),
+                d_sync.as_secs_f64(),
+                (s3.cpu_time() - cpu0).as_secs_f64()
+            );
+            std::fs::remove_dir_all(s3.bucket_dir().join(format!("run-{i}")))?;
+        }
         println!(
             "run {i}: cp -a {:.2}s (+sync {:.2}s), import {:.2}s",
             d_cp.as_secs_f64(),
@@ -91,11 +113,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!();
     println!("| operation | best of {iterations} | throughput | ratio to cp -a |");
     println!("| --- | --- | --- | --- |");
-    for (name, d) in [
+    let mut rows = vec![
         ("cp -a", cp_best),
         ("cp -a + sync", cp_sync_best),
         ("import (objects + redb)", imp_best),
-    ] {
+        ("import (objectstore+file)", file_best),
+    ];
+    if s3.is_some() {
+        rows.push(("import (objectstore+s3, s3s-fs) + sync", s3_best));
+    }
+    for (name, d) in rows {
         println!(
             "| {name} | {:.2} s | {:.0} MiB/s | {:.2}x |",
             d.as_secs_f64(),
@@ -103,6 +130,59 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             d.as_secs_f64() / cp_best.as_secs_f64()
         );
     }
-    println!("peak RSS during import: {:.0} MiB", peak as f64 / 1048576.0);
+    println!(
+        "peak RSS during import: {:.0} MiB (objectstore+file: {:.0} MiB)",
+        peak as f64 / 1048576.0,
+        file_peak as f64 / 1048576.0
+    );
+    if s3.is_some() {
+        println!(
+            "S3 throughput / embedded: {:.2}x (bar: 0.5x); peak RSS during the S3 import: {:.0} MiB",
+            imp_best.as_secs_f64() / s3_best.as_secs_f64(),
+            s3_peak as f64 / 1048576.0
+        );
+    }
     Ok(())
+}
+
+/// Imports `src` into the stores at `urls` (blobs, directories), page
+/// cache dropped first; the time and the peak RSS (the CPU time it took
+/// is printed).
+fn import_once(
+    rt: &tokio::runtime::Runtime,
+    src: &std::path::Path,
+    urls: &(String, String),
+) -> Result<(Duration, u64), Box<dyn std::error::Error>> {
+    sync_and_drop_caches();
+    reset_peak_rss();
+    let cpu0 = cpu_time();
+    let (res, d) = time(|| {
+        rt.block_on(async {
+            let blobs = open_blob_service(&urls.0).await?;
+            let dirs = open_directory_service(&urls.1).await?;
+            import_path(blobs, &*dirs, src, &ImportOptions::default()).await?;
+            Ok::<_, Box<dyn std::error::Error>>(())
+        })
+    });
+    res?;
+    println!(
+        "  import into {}: {:.2}s, its CPU time {:.2}s",
+        urls.0.split(':').next().unwrap_or_default(),
+        d.as_secs_f64(),
+        (cpu_time() - cpu0).as_secs_f64()
+    );
+    Ok((d, peak_rss()))
+}
+
+/// The S3 server, its data on the benchmark's disk; `None` when s3s-fs is
+/// not installed (outside CI).
+fn s3_server(dir: &std::path::Path) -> Result<Option<S3Server>, Box<dyn std::error::Error>> {
+    let s3 = S3Server::start_in(dir)?;
+    if s3.is_none() {
+        if tvix_oci_castore::s3server::in_ci() {
+            return Err("s3s-fs is not installed (.ci/install-deps installs it)".into());
+        }
+        println!("s3s-fs is not installed: no S3 row");
+    }
+    Ok(s3)
 }

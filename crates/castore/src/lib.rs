@@ -5,7 +5,7 @@
 //!   validated once at the wire boundary ([`proto`]).
 //! - Stores: [`blobservice::BlobService`] and
 //!   [`directoryservice::DirectoryService`], with in-memory, embedded
-//!   persistent and gRPC backends opened from URLs ([`open_blob_service`],
+//!   persistent, object-storage (S3, files) and gRPC backends opened from URLs ([`open_blob_service`],
 //!   [`open_directory_service`]), and a gRPC server ([`grpc`]).
 //! - [`import::ingest_entries`] ingests a tree from any producer's stream
 //!   of entries, [`import::import_path`] a filesystem tree through it;
@@ -22,9 +22,12 @@ pub mod import;
 #[cfg(feature = "test-util")]
 pub mod lying;
 mod node;
+pub mod objectstore;
 mod open;
 mod path;
 pub mod proto;
+#[cfg(feature = "test-util")]
+pub mod s3server;
 pub mod tempfiles;
 
 pub use digest::{B3_LEN, B3Digest, DigestError};

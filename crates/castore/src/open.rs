@@ -7,29 +7,39 @@
 //! | `redb:///var/lib/x/directories.redb` | — | [`RedbDirectoryService`] |
 //! | `grpc+http://127.0.0.1:8000` | [`GrpcBlobService`] | [`GrpcDirectoryService`] |
 //! | `grpc+unix:///run/x.sock` | [`GrpcBlobService`] | [`GrpcDirectoryService`] |
+//! | `objectstore+s3://BUCKET/PREFIX` | [`ObjectStoreBlobService`] | [`ObjectStoreDirectoryService`] |
+//! | `objectstore+file:///var/lib/x` | [`ObjectStoreBlobService`] | [`ObjectStoreDirectoryService`] |
+//! | `objectstore+memory:///` | [`ObjectStoreBlobService`] | [`ObjectStoreDirectoryService`] |
 //!
 //! gRPC URLs take `?package=snix` to speak `snix.castore.v1` instead of
 //! the default `tvix.castore.v1`, and bounds on their waits in seconds:
 //! `connect_timeout` (default 10), `timeout` (the first answer to a call,
 //! default 30) and `idle_timeout` (silence within a stream, default 30);
 //! see [`StoreTimeouts`]. Each `memory://` opens a new, empty store.
+//! `objectstore+…` URLs and their layout: [`crate::objectstore`].
 
 use std::sync::Arc;
 
 use url::Url;
 
 use crate::StoreError;
-use crate::blobservice::{BlobService, GrpcBlobService, MemoryBlobService, ObjectsBlobService};
+use crate::blobservice::{
+    BlobService, GrpcBlobService, MemoryBlobService, ObjectStoreBlobService, ObjectsBlobService,
+};
 use crate::directoryservice::{
-    DirectoryService, GrpcDirectoryService, MemoryDirectoryService, RedbDirectoryService,
+    DirectoryService, GrpcDirectoryService, MemoryDirectoryService, ObjectStoreDirectoryService,
+    RedbDirectoryService,
 };
 use crate::grpc::StoreTimeouts;
+
+/// The object store schemes, for messages.
+const OBJECTSTORE: &str = "objectstore+s3, objectstore+file, objectstore+memory";
 
 fn parse(url: &str) -> Result<Url, StoreError> {
     Url::parse(url).map_err(|e| StoreError::url(url, e.to_string()))
 }
 
-fn local_path(url: &Url) -> Result<std::path::PathBuf, StoreError> {
+pub(crate) fn local_path(url: &Url) -> Result<std::path::PathBuf, StoreError> {
     if url.host_str().is_some_and(|h| !h.is_empty()) || url.path().len() <= 1 {
         return Err(StoreError::url(
             url.as_str(),
@@ -65,11 +75,12 @@ pub async fn open_blob_service_with(
             )
         }
         "grpc+http" | "grpc+unix" => Arc::new(GrpcBlobService::connect_with(&u, timeouts).await?),
+        s if s.starts_with("objectstore+") => Arc::new(ObjectStoreBlobService::open(&u)?),
         other => {
             return Err(StoreError::url(
                 url,
                 format!(
-                    "unknown blob store scheme {other:?} (memory, objects, grpc+http, grpc+unix)"
+                    "unknown blob store scheme {other:?} (memory, objects, grpc+http, grpc+unix, {OBJECTSTORE})"
                 ),
             ));
         }
@@ -101,11 +112,12 @@ pub async fn open_directory_service_with(
         "grpc+http" | "grpc+unix" => {
             Arc::new(GrpcDirectoryService::connect_with(&u, timeouts).await?)
         }
+        s if s.starts_with("objectstore+") => Arc::new(ObjectStoreDirectoryService::open(&u)?),
         other => {
             return Err(StoreError::url(
                 url,
                 format!(
-                    "unknown directory store scheme {other:?} (memory, redb, grpc+http, grpc+unix)"
+                    "unknown directory store scheme {other:?} (memory, redb, grpc+http, grpc+unix, {OBJECTSTORE})"
                 ),
             ));
         }

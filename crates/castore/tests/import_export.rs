@@ -108,7 +108,7 @@ fn describe(root: &Path) -> BTreeMap<PathBuf, String> {
 }
 
 async fn roundtrip(backend: Backend, tree: &Entry) -> Node {
-    let s = backend.open().await;
+    let s = backend.open().await.expect("backend available");
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
     write(&src, tree);
@@ -154,7 +154,7 @@ async fn roundtrip_over_grpc() {
 
 #[tokio::test]
 async fn refuses_fifo_naming_it() {
-    let s = Backend::Memory.open().await;
+    let s = Backend::Memory.open().await.unwrap();
     let tmp = tempfile::tempdir().unwrap();
     std::fs::create_dir(tmp.path().join("d")).unwrap();
     let fifo = tmp.path().join("d/pipe");
@@ -215,7 +215,7 @@ impl ImportObserver for Recorder {
 
 #[tokio::test]
 async fn observer_sees_bytes_and_targets() {
-    let s = Backend::Memory.open().await;
+    let s = Backend::Memory.open().await.unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let big: Vec<u8> = (0..2_500_000u32).map(|i| (i % 13) as u8).collect();
     std::fs::write(tmp.path().join("big"), &big).unwrap();
@@ -243,7 +243,7 @@ async fn observer_sees_bytes_and_targets() {
 
 #[tokio::test]
 async fn single_file_and_symlink_roots() {
-    let s = Backend::Memory.open().await;
+    let s = Backend::Memory.open().await.unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let f = tmp.path().join("f");
     std::fs::write(&f, b"Hello World!").unwrap();

@@ -12,12 +12,14 @@ use tvix_oci_castore::grpc::{StoreTimeouts, parse_seconds};
 #[command(version, about)]
 pub struct Cli {
     /// Blob store URL (memory://, objects:///path, grpc+http://host:port,
-    /// grpc+unix:///path). Default: the embedded store in the data dir.
+    /// grpc+unix:///path, objectstore+s3://bucket/prefix,
+    /// objectstore+file:///path). Default: the embedded store in the data dir.
     #[arg(long, env = "BLOB_SERVICE_ADDR", global = true)]
     pub blob_service_addr: Option<String>,
 
     /// Directory store URL (memory://, redb:///path, grpc+http://host:port,
-    /// grpc+unix:///path). Default: the embedded store in the data dir.
+    /// grpc+unix:///path, objectstore+s3://bucket/prefix,
+    /// objectstore+file:///path). Default: the embedded store in the data dir.
     #[arg(long, env = "DIRECTORY_SERVICE_ADDR", global = true)]
     pub directory_service_addr: Option<String>,
 

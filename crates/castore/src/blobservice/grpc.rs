@@ -12,11 +12,11 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_util::io::StreamReader;
 use tonic::transport::Channel;
 use url::Url;
 
-use super::{BlobReader, BlobService, BlobWriter, VerifyingReader};
+use super::verify::verified_at;
+use super::{BlobReader, BlobService, BlobWriter};
 use crate::grpc::{Package, StoreTimeouts, Waits, client, connect};
 use crate::proto;
 use crate::{B3Digest, StoreError};
@@ -165,12 +165,7 @@ impl BlobService for GrpcBlobService {
             Ok(Err(s)) => Err(status_io(&url, Some(&d), &s)),
             Err(t) => Err(t.into_io()),
         });
-        let mut reader = VerifyingReader::new(StreamReader::new(bytes), *digest);
-        if offset > 0 {
-            let mut skip = tokio::io::AsyncReadExt::take(&mut reader, offset);
-            tokio::io::copy(&mut skip, &mut tokio::io::sink()).await?;
-        }
-        Ok(Some(Box::new(reader)))
+        verified_at(bytes, *digest, offset).await.map(Some)
     }
 
     async fn open_write(&self) -> io::Result<Box<dyn BlobWriter>> {

@@ -17,11 +17,15 @@ use crate::B3Digest;
 mod grpc;
 mod memory;
 mod objects;
+mod objectstore;
+mod objectstore_upload;
 mod verify;
 
 pub use grpc::GrpcBlobService;
 pub use memory::MemoryBlobService;
 pub use objects::ObjectsBlobService;
+pub use objectstore::ObjectStoreBlobService;
+pub use objectstore_upload::{PART_BUDGET_MIB, PARTS_IN_FLIGHT, SINGLE_PUT_MAX};
 pub use verify::{BlobLie, CheckedReader, VerifyingReader, open_checked, read_checked};
 
 /// A reader of one blob's bytes.

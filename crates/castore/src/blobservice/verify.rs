@@ -226,6 +226,25 @@ pub async fn read_checked(
     Ok(Some(out))
 }
 
+/// A reader of the stream `bytes` of the whole blob `digest`, verified
+/// ([`VerifyingReader`]), starting `offset` bytes in: the bytes before it
+/// are read and hashed too, as verification needs every byte.
+pub(crate) async fn verified_at<S>(
+    bytes: S,
+    digest: B3Digest,
+    offset: u64,
+) -> io::Result<BlobReader>
+where
+    S: futures::Stream<Item = io::Result<bytes::Bytes>> + Send + Unpin + 'static,
+{
+    let mut reader = VerifyingReader::new(tokio_util::io::StreamReader::new(bytes), digest);
+    if offset > 0 {
+        let mut skip = (&mut reader).take(offset);
+        tokio::io::copy(&mut skip, &mut tokio::io::sink()).await?;
+    }
+    Ok(Box::new(reader))
+}
+
 /// Wraps a reader of the whole blob `expected`. The last read (the one that
 /// would return EOF) returns `InvalidData` instead when the bytes read do not
 /// hash to `expected`, so a reader never sees a clean EOF on corrupt data.

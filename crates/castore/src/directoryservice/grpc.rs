@@ -12,7 +12,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use url::Url;
 
-use super::{DirectoryPutter, DirectoryService, LeavesFirst, RootFirst};
+use super::{DirectoryPutter, DirectoryService, LeavesFirst, RootFirst, expect_digest};
 use crate::grpc::{Package, StoreTimeouts, Waits, client, connect};
 use crate::proto;
 use crate::{B3Digest, Directory, StoreError};
@@ -122,14 +122,7 @@ impl DirectoryService for GrpcDirectoryService {
         let Some(first) = stream.next().await else {
             return Ok(None);
         };
-        let dir = self.check(first)?;
-        if dir.digest() != *digest {
-            return Err(StoreError::WrongDigest {
-                expected: *digest,
-                actual: dir.digest(),
-            });
-        }
-        Ok(Some(dir))
+        expect_digest(self.check(first)?, digest).map(Some)
     }
 
     async fn put(&self, dir: Directory) -> Result<B3Digest, StoreError> {

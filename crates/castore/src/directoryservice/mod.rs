@@ -17,12 +17,14 @@ mod closure;
 mod grpc;
 mod holder;
 mod memory;
+mod objectstore;
 mod redb;
 
 pub use closure::{LeavesFirst, RootFirst, check_size, entry_of};
 pub use grpc::GrpcDirectoryService;
 pub use holder::{Holder, find_holder};
 pub use memory::MemoryDirectoryService;
+pub use objectstore::{FETCHES_IN_FLIGHT, ObjectStoreDirectoryService, PUTS_IN_FLIGHT};
 pub use redb::RedbDirectoryService;
 
 /// A store of directories. Usable behind `Arc<dyn DirectoryService>`.
@@ -56,6 +58,28 @@ pub trait DirectoryPutter: Send {
     /// Finishes the closure and returns the root's digest (the last one
     /// sent). Nothing is stored when this fails.
     async fn close(&mut self) -> Result<B3Digest, StoreError>;
+}
+
+/// `dir`, if it is the directory `asked` for: a store answering with
+/// another one is at fault.
+pub(crate) fn expect_digest(dir: Directory, asked: &B3Digest) -> Result<Directory, StoreError> {
+    if dir.digest() != *asked {
+        return Err(StoreError::WrongDigest {
+            expected: *asked,
+            actual: dir.digest(),
+        });
+    }
+    Ok(dir)
+}
+
+/// Decodes the stored encoding of directory `digest`, checking that it is
+/// valid and that directory.
+pub(crate) fn decode_stored(bytes: &[u8], digest: &B3Digest) -> Result<Directory, StoreError> {
+    let dir = Directory::decode(bytes).map_err(|err| StoreError::InvalidDirectory {
+        digest: *digest,
+        err,
+    })?;
+    expect_digest(dir, digest)
 }
 
 /// Breadth-first traversal by `get`, root first, each digest once.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, TableDefinition};
 
-use super::{BatchPutter, BatchStore, DirectoryPutter, DirectoryService};
+use super::{BatchPutter, BatchStore, DirectoryPutter, DirectoryService, decode_stored};
 use crate::{B3Digest, Directory, StoreError};
 
 const DIRECTORIES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("directories");
@@ -77,15 +77,7 @@ impl DirectoryService for RedbDirectoryService {
             let Some(bytes) = table.get(d.as_bytes()).map_err(|e| db_err(path, e))? else {
                 return Ok(None);
             };
-            let dir = Directory::decode(bytes.value())
-                .map_err(|err| StoreError::InvalidDirectory { digest: d, err })?;
-            if dir.digest() != d {
-                return Err(StoreError::WrongDigest {
-                    expected: d,
-                    actual: dir.digest(),
-                });
-            }
-            Ok(Some(dir))
+            decode_stored(bytes.value(), &d).map(Some)
         })
         .await
     }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio_stream::wrappers::UnixListenerStream;
 use tvix_oci_castore::blobservice::{BlobService, MemoryBlobService};
 use tvix_oci_castore::directoryservice::{DirectoryService, MemoryDirectoryService};
+use tvix_oci_castore::s3server::S3Server;
 use tvix_oci_castore::{grpc, open_blob_service, open_directory_service};
 
 /// A backend under test.
@@ -17,6 +18,29 @@ pub enum Backend {
     GrpcTcp,
     GrpcUnix,
     GrpcSnix,
+    /// `objectstore+memory:///`
+    ObjMemory,
+    /// `objectstore+file:///…`
+    ObjFile,
+    /// `objectstore+s3://…` on a real S3 server (s3s-fs) on loopback.
+    ObjS3,
+}
+
+/// The S3 server for a test, or `None` (the test returns) when `s3s-fs`
+/// is not installed outside CI; in CI (`CI` set) its absence fails.
+pub fn s3_server() -> Option<S3Server> {
+    match S3Server::start().unwrap() {
+        Some(s) => Some(s),
+        None => {
+            let reason = "s3s-fs is not installed (.ci/install-deps installs it)";
+            assert!(
+                !tvix_oci_castore::s3server::in_ci(),
+                "CI must run this test, but it would be skipped: {reason}"
+            );
+            println!("SKIPPED: {reason}");
+            None
+        }
+    }
 }
 
 /// Keeps what a backend needs alive (temp dirs, the server task).
@@ -25,6 +49,7 @@ pub struct Stores {
     pub dirs: Arc<dyn DirectoryService>,
     _tmp: Option<tempfile::TempDir>,
     _server: Option<tokio::task::JoinHandle<()>>,
+    pub s3: Option<S3Server>,
 }
 
 impl Drop for Stores {
@@ -55,15 +80,18 @@ pub async fn serve_tcp(
 }
 
 impl Backend {
-    pub async fn open(self) -> Stores {
+    /// The stores, or `None` when the backend's server is not installed
+    /// (see [`s3_server`]).
+    pub async fn open(self) -> Option<Stores> {
         let mem_b: Arc<dyn BlobService> = Arc::new(MemoryBlobService::default());
         let mem_d: Arc<dyn DirectoryService> = Arc::new(MemoryDirectoryService::default());
-        match self {
+        Some(match self {
             Backend::Memory => Stores {
                 blobs: open_blob_service("memory://").await.unwrap(),
                 dirs: open_directory_service("memory://").await.unwrap(),
                 _tmp: None,
                 _server: None,
+                s3: None,
             },
             Backend::Local => {
                 let tmp = tempfile::tempdir().unwrap();
@@ -77,6 +105,7 @@ impl Backend {
                         .unwrap(),
                     _tmp: Some(tmp),
                     _server: None,
+                    s3: None,
                 }
             }
             Backend::GrpcTcp | Backend::GrpcSnix => {
@@ -90,6 +119,7 @@ impl Backend {
                     dirs: open_directory_service(&url).await.unwrap(),
                     _tmp: None,
                     _server: Some(task),
+                    s3: None,
                 }
             }
             Backend::GrpcUnix => {
@@ -109,8 +139,40 @@ impl Backend {
                     dirs: open_directory_service(&url).await.unwrap(),
                     _tmp: Some(tmp),
                     _server: Some(task),
+                    s3: None,
                 }
             }
-        }
+            Backend::ObjMemory => Stores {
+                blobs: open_blob_service("objectstore+memory:///").await.unwrap(),
+                dirs: open_directory_service("objectstore+memory:///")
+                    .await
+                    .unwrap(),
+                _tmp: None,
+                _server: None,
+                s3: None,
+            },
+            Backend::ObjFile => {
+                let tmp = tempfile::tempdir().unwrap();
+                let url = format!("objectstore+file://{}/store", tmp.path().display());
+                Stores {
+                    blobs: open_blob_service(&url).await.unwrap(),
+                    dirs: open_directory_service(&url).await.unwrap(),
+                    _tmp: Some(tmp),
+                    _server: None,
+                    s3: None,
+                }
+            }
+            Backend::ObjS3 => {
+                let s3 = s3_server()?;
+                let url = s3.url("suite");
+                Stores {
+                    blobs: open_blob_service(&url).await.unwrap(),
+                    dirs: open_directory_service(&url).await.unwrap(),
+                    _tmp: None,
+                    _server: None,
+                    s3: Some(s3),
+                }
+            }
+        })
     }
 }
