@@ -16,8 +16,8 @@ use tvix_oci_benches::{
     TreeShape, cpu_time, make_tree, mib_per_s, peak_rss, reset_peak_rss, sync_and_drop_caches, time,
 };
 use tvix_oci_castore::import::{ImportOptions, import_path};
-use tvix_oci_castore::s3server::S3Server;
 use tvix_oci_castore::{open_blob_service, open_directory_service};
+use tvix_oci_testkit::s3server::S3Server;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let quick = std::env::var_os("QUICK").is_some();
@@ -179,7 +179,7 @@ fn import_once(
 fn s3_server(dir: &std::path::Path) -> Result<Option<S3Server>, Box<dyn std::error::Error>> {
     let s3 = S3Server::start_in(dir)?;
     if s3.is_none() {
-        if tvix_oci_castore::s3server::in_ci() {
+        if tvix_oci_testkit::in_ci() {
             return Err("s3s-fs is not installed (.ci/install-deps installs it)".into());
         }
         println!("s3s-fs is not installed: no S3 row");

@@ -26,8 +26,6 @@ pub mod objectstore;
 mod open;
 mod path;
 pub mod proto;
-#[cfg(feature = "test-util")]
-pub mod s3server;
 pub mod tempfiles;
 
 pub use digest::{B3_LEN, B3Digest, DigestError};

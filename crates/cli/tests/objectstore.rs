@@ -10,7 +10,7 @@ mod common;
 
 use common::{bin, busybox_tree, can_build, leftovers, run_with_busybox, skip_or_fail};
 use tvix_oci_castore::B3Digest;
-use tvix_oci_castore::s3server::S3Server;
+use tvix_oci_testkit::s3server::S3Server;
 
 #[test]
 fn a_build_with_its_store_in_s3() {

@@ -2,11 +2,13 @@
 //! once: the checks that skip a test where a facility is absent
 //! ([`require!`], failing instead in CI), stores that misbehave on purpose
 //! ([`FaultyBlobs`], [`SleepingStore`]) and a builder of the busybox
-//! requests most tests run ([`ShRequest`]). Not published; a dev-dependency
+//! requests most tests run ([`ShRequest`]), and a real S3 server on
+//! loopback ([`s3server::S3Server`]). Not published; a dev-dependency
 //! only.
 
 mod faulty;
 mod requests;
+pub mod s3server;
 mod skip;
 mod sleeping;
 

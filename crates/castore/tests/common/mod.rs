@@ -7,8 +7,8 @@ use std::sync::Arc;
 use tokio_stream::wrappers::UnixListenerStream;
 use tvix_oci_castore::blobservice::{BlobService, MemoryBlobService};
 use tvix_oci_castore::directoryservice::{DirectoryService, MemoryDirectoryService};
-use tvix_oci_castore::s3server::S3Server;
 use tvix_oci_castore::{grpc, open_blob_service, open_directory_service};
+use tvix_oci_testkit::s3server::S3Server;
 
 /// A backend under test.
 #[derive(Debug, Clone, Copy)]
@@ -34,7 +34,7 @@ pub fn s3_server() -> Option<S3Server> {
         None => {
             let reason = "s3s-fs is not installed (.ci/install-deps installs it)";
             assert!(
-                !tvix_oci_castore::s3server::in_ci(),
+                !tvix_oci_testkit::in_ci(),
                 "CI must run this test, but it would be skipped: {reason}"
             );
             println!("SKIPPED: {reason}");

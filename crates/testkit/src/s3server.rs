@@ -1,5 +1,4 @@
-//! A real S3 server for tests and benchmarks (behind the `test-util`
-//! feature): `s3s-fs`, an S3 implementation on a local directory (SigV4
+//! A real S3 server for tests and benchmarks: `s3s-fs`, an S3 implementation on a local directory (SigV4
 //! signatures checked, multipart uploads, ranges), started on a free
 //! loopback port over a temp directory, killed and its data removed when
 //! the [`S3Server`] is dropped (killed too when the thread that started it
@@ -30,12 +29,6 @@ pub struct S3Server {
     port: u16,
     /// The server's root (removed on drop, after the server is gone).
     dir: Option<tempfile::TempDir>,
-}
-
-/// Whether this runs in CI (`CI` set, and not to `false` or `0`): there a
-/// missing `s3s-fs` fails a test instead of skipping it.
-pub fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
 }
 
 /// The `s3s-fs` binary: `S3S_FS`, else on `PATH`, else in `~/.cargo/bin`.
