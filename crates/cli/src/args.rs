@@ -219,6 +219,11 @@ pub struct RunArgs {
     /// settings (timeouts, limits, jobs) apply, not this command's.
     #[arg(long, value_name = "URL")]
     pub remote: Option<String>,
+    /// With --remote: how many times a build is tried again when its
+    /// server was busy or unreachable, or failed for its own host's or
+    /// store's fault (never for the build's own failure).
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub retries: u32,
 
     #[command(flatten)]
     pub exec: ExecArgs,

@@ -3,9 +3,11 @@
 //! ([`require!`], failing instead in CI), stores that misbehave on purpose
 //! ([`FaultyBlobs`], [`SleepingStore`]) and a builder of the busybox
 //! requests most tests run ([`ShRequest`]), and a real S3 server on
-//! loopback ([`s3server::S3Server`]). Not published; a dev-dependency
+//! loopback ([`s3server::S3Server`]) with a farm of builders behind nginx
+//! ([`farm::Farm`]). Not published; a dev-dependency
 //! only.
 
+pub mod farm;
 mod faulty;
 mod requests;
 pub mod s3server;

@@ -70,6 +70,11 @@ pub struct BuildArgs {
     /// limits, sandbox shell) apply, not this command's.
     #[arg(long, value_name = "URL")]
     pub remote: Option<String>,
+    /// With --remote: how many times a build is tried again when its
+    /// server was busy or unreachable, or failed for its own host's or
+    /// store's fault (never for the build's own failure).
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub retries: u32,
     #[command(flatten)]
     pub exec: ExecArgs,
 }
@@ -114,6 +119,8 @@ pub struct Builder<'a> {
     pub dirs: Arc<dyn DirectoryService>,
     pub exec: Option<Executor>,
     pub remote: Option<Remote>,
+    /// Tries again of a remote build (`--retries`).
+    pub retries: u32,
 }
 
 /// The event stream's client of a build server.
@@ -174,7 +181,7 @@ impl Builder<'_> {
         let sink = self.progress.build(path.display().to_string());
         let res = match (&self.remote, &self.exec) {
             (Some(client), _) => tokio::select! {
-                r = super::remote::build(client.clone(), &p.req.request, &sink) => r.map_err(|f| exit(f.code, f.msg)),
+                r = super::remote::build(client.clone(), &p.req.request, &sink, self.retries) => r.map_err(|f| exit(f.code, f.msg)),
                 _ = crate::commands::shutdown_signal() => return Err(exit(HOST, "interrupted; the build on the server was cancelled")),
             },
             (None, Some(exec)) => tokio::select! {
@@ -302,6 +309,7 @@ pub async fn build(
         dirs: dirs.clone(),
         exec: None,
         remote,
+        retries: args.retries,
     };
     // Up front, so a missing input fails before anything runs; with
     // --build-inputs, only once the inputs were built.

@@ -7,6 +7,17 @@
 //! the `BuildResult` the `Completed` event carries, printed as a local run
 //! prints it, with the same exit codes. Ctrl-C drops the streams, which
 //! cancels the builds on the server.
+//!
+//! A build is tried again (`--retries`, after 0.5 s, 1 s, 2 s, …) when its
+//! try ended for a reason another builder behind the same address, or the
+//! same one a little later, may not have: refused as busy
+//! (`RESOURCE_EXHAUSTED`, `serve --queue`) or unavailable, its stream
+//! broken or ended without a result (a builder killed mid-build), or a
+//! failure its server calls its host's or its store's. Builds are hermetic,
+//! so running one again is safe; the build's own failures and the
+//! request's are never retried.
+
+use std::time::Duration;
 
 use tokio_stream::StreamExt;
 use tvix_oci_castore::grpc::{StoreTimeouts, open_channel};
@@ -47,7 +58,7 @@ pub async fn run_remote(args: &RunArgs, url: &str, timeouts: StoreTimeouts) -> a
         requests
             .iter()
             .zip(&sinks)
-            .map(|(r, s)| build(client.clone(), r, s)),
+            .map(|(r, s)| build(client.clone(), r, s, args.retries)),
     );
     let results = tokio::select! {
         r = builds => r,
@@ -71,22 +82,59 @@ pub(crate) async fn client(
         .max_encoding_message_size(usize::MAX))
 }
 
+/// How a try of a build ended without a result.
+enum Try {
+    /// For a reason another try may not meet.
+    Again(Failure),
+    /// For good: the build's fault, the request's, or the result's.
+    Final(Failure),
+}
+
 /// Builds `req` on the server `client` talks to, its events shown on
-/// `sink`; its result, or why there is none.
+/// `sink`, trying again up to `retries` times (see the module docs); its
+/// result, or why there is none.
 pub(crate) async fn build(
+    client: BuildServiceClient<tonic::transport::Channel>,
+    req: &BuildRequest,
+    sink: &BuildProgress,
+    retries: u32,
+) -> Result<BuildResult, Failure> {
+    let mut tried = 0;
+    loop {
+        match build_once(client.clone(), req, sink).await {
+            Ok(r) => return Ok(r),
+            Err(Try::Again(f)) if tried < retries => {
+                tried += 1;
+                let wait = Duration::from_millis(500) * (1 << (tried - 1).min(5));
+                let note = format!(
+                    "[{}; trying again in {wait:?} ({tried} of {retries})]\n",
+                    f.msg
+                );
+                sink.log(LogStream::Stderr, note.as_bytes());
+                tokio::time::sleep(wait).await;
+            }
+            Err(Try::Again(f) | Try::Final(f)) => return Err(f),
+        }
+    }
+}
+
+/// One try of [`build`].
+async fn build_once(
     mut client: BuildServiceClient<tonic::transport::Channel>,
     req: &BuildRequest,
     sink: &BuildProgress,
-) -> Result<BuildResult, Failure> {
+) -> Result<BuildResult, Try> {
     let mut events = client
         .build(tvix_oci_spec::proto::BuildRequest::from(req))
         .await
         .map_err(refused)?
         .into_inner();
     while let Some(event) = events.next().await {
-        let event = event.map_err(|s| Failure {
-            code: HOST,
-            msg: format!("the server broke off the build: {}", s.message()),
+        let event = event.map_err(|s| {
+            Try::Again(Failure {
+                code: HOST,
+                msg: format!("the server broke off the build: {}", s.message()),
+            })
         })?;
         match event.event {
             Some(Event::Log(l)) => sink.log(stream_of(&l), &l.data),
@@ -103,19 +151,21 @@ pub(crate) async fn build(
                 sink.log(LogStream::Stderr, note.as_bytes());
             }
             Some(Event::Completed(c)) => {
-                return result_of(c).map_err(|e| Failure {
-                    code: HOST,
-                    msg: format!("the server's result is invalid: {e}"),
+                return result_of(c).map_err(|e| {
+                    Try::Final(Failure {
+                        code: HOST,
+                        msg: format!("the server's result is invalid: {e}"),
+                    })
                 });
             }
             Some(Event::Failed(f)) => return Err(failed(f)),
             Some(Event::Started(_) | Event::Progress(_) | Event::RefscanResult(_)) | None => {}
         }
     }
-    Err(Failure {
+    Err(Try::Again(Failure {
         code: HOST,
         msg: "the server ended the build's stream without its result".into(),
-    })
+    }))
 }
 
 fn stream_of(l: &ev::Log) -> LogStream {
@@ -126,28 +176,37 @@ fn stream_of(l: &ev::Log) -> LogStream {
 }
 
 /// A call the server refused before building: 2 for a request it finds
-/// invalid, 3 otherwise (unreachable, no such service...).
-fn refused(s: tonic::Status) -> Failure {
+/// invalid, 3 otherwise (unreachable, busy, no such service...); worth
+/// another try when it was busy or could not be reached.
+fn refused(s: tonic::Status) -> Try {
     let code = match s.code() {
         tonic::Code::InvalidArgument => INVALID,
         _ => HOST,
     };
-    Failure {
+    let f = Failure {
         code,
         msg: format!("the server refused the build: {}", s.message()),
+    };
+    match s.code() {
+        tonic::Code::Unavailable
+        | tonic::Code::ResourceExhausted
+        | tonic::Code::Unknown
+        | tonic::Code::Internal => Try::Again(f),
+        _ => Try::Final(f),
     }
 }
 
 /// A build that ended in `Failed`: 1 for the build's fault, 2 for the
-/// request's, 3 for the host's or the store's.
-fn failed(f: ev::Failed) -> Failure {
-    let code = match f.fault() {
-        Fault::Build => BUILD_FAILED,
-        Fault::Request => INVALID,
-        Fault::Host | Fault::Store | Fault::Unspecified => HOST,
-    };
-    Failure {
+/// request's, 3 for the host's or the store's (worth another try).
+fn failed(f: ev::Failed) -> Try {
+    let fault = f.fault();
+    let failure = |code| Failure {
         code,
         msg: f.message,
+    };
+    match fault {
+        Fault::Build => Try::Final(failure(BUILD_FAILED)),
+        Fault::Request => Try::Final(failure(INVALID)),
+        Fault::Host | Fault::Store | Fault::Unspecified => Try::Again(failure(HOST)),
     }
 }
