@@ -27,9 +27,11 @@ use crate::cache::BlobCache;
 use crate::inodes::InodeTable;
 use crate::stats::Stats;
 
-/// Directories asked for at most in one recursive Get (a bigger closure is
-/// fetched in further ones, on first look below).
+/// Directories taken at most from one recursive Get (a bigger closure is
+/// fetched in further ones, on first look below)…
 pub(crate) const CLOSURE_DIRS: usize = 4096;
+/// …and entries in them, at most.
+const CLOSURE_ENTRIES: usize = 1 << 20;
 /// Blobs waiting for read-ahead at most; more are dropped (and fetched
 /// when read).
 const READ_AHEAD_QUEUE: usize = 1 << 16;
@@ -50,7 +52,8 @@ pub(crate) struct Fetcher {
     pub(crate) idle: Duration,
     /// Permits for blob fetches for reads.
     limit: tokio::sync::Semaphore,
-    /// Directories received in closures, by their (computed) digest.
+    /// Directories received in closures and not yet looked at, by their
+    /// (computed) digest.
     known_dirs: Mutex<HashMap<B3Digest, Directory>>,
     read_ahead: tokio::sync::mpsc::Sender<(B3Digest, u64)>,
 }
@@ -195,12 +198,12 @@ impl Fetcher {
         size: u64,
         by: String,
     ) -> Result<Directory, StoreError> {
-        let known = self.known_dirs_get(&digest);
+        let known = self.known_dirs_take(&digest);
         let dir = match known {
             Some(d) => d,
             None => {
                 let mut closure = self.dirs.get_recursive(&digest).take(CLOSURE_DIRS);
-                let mut root = None;
+                let (mut root, mut entries) = (None, 0);
                 // Each directory is known by the digest computed here, so
                 // what arrived before a failure is still good; a lie in
                 // the closure fails only where it is, when looked at.
@@ -213,10 +216,15 @@ impl Fetcher {
                         }
                     };
                     let dd = d.digest();
+                    entries += d.len();
                     if dd == digest {
-                        root = Some(d.clone());
+                        root = Some(d);
+                    } else {
+                        self.known_dirs_insert(dd, d);
                     }
-                    self.known_dirs_insert(dd, d);
+                    if entries > CLOSURE_ENTRIES {
+                        break;
+                    }
                 }
                 drop(closure);
                 match root {
@@ -234,9 +242,11 @@ impl Fetcher {
         Ok(dir)
     }
 
-    fn known_dirs_get(&self, d: &B3Digest) -> Option<Directory> {
-        let m = self.known_dirs.lock().unwrap_or_else(|p| p.into_inner());
-        m.get(d).cloned()
+    /// A directory received before, once (a second place with the same
+    /// directory asks the store again): memory goes with what was looked at.
+    fn known_dirs_take(&self, d: &B3Digest) -> Option<Directory> {
+        let mut m = self.known_dirs.lock().unwrap_or_else(|p| p.into_inner());
+        m.remove(d)
     }
 
     fn known_dirs_insert(&self, d: B3Digest, dir: Directory) {
@@ -253,7 +263,17 @@ impl Fetcher {
         offset: u64,
         size: u32,
     ) -> Result<Vec<u8>, Errno> {
-        let mut buf = vec![0u8; size as usize];
+        // No bigger than what is left of the file: the kernel asks for
+        // whole pages and more, and each buffer is zeroed.
+        let declared = match self.inodes.get(ino).map(|i| match i.kind {
+            crate::inodes::InodeKind::File { size, .. } => size,
+            _ => 0,
+        }) {
+            Some(d) => d,
+            None => return Err(Errno::ENOENT),
+        };
+        let len = declared.saturating_sub(offset).min(u64::from(size));
+        let mut buf = vec![0u8; len as usize];
         let n = read_full_at(file, &mut buf, offset).map_err(|e| {
             error!(path = %self.inodes.path(ino).display(), "reading: {e}");
             Errno::EIO
@@ -289,7 +309,7 @@ impl Fetcher {
         let work = queue.for_each_concurrent(concurrency.max(1), |(digest, size)| {
             let me = self.clone();
             async move {
-                if me.blobs.local_path(&digest).is_some() || me.cache.get(&digest).is_some() {
+                if me.blobs.local_path(&digest).is_some() || me.cache.path(&digest).exists() {
                     return;
                 }
                 match me
@@ -327,4 +347,87 @@ fn read_full_at(f: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Resu
         }
     }
     Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use tvix_oci_castore::directoryservice::{DirectoryPutter, MemoryDirectoryService};
+    use tvix_oci_castore::{Node, PathComponent};
+
+    /// A memory store counting the calls it gets.
+    #[derive(Debug, Default)]
+    struct Counting {
+        inner: MemoryDirectoryService,
+        gets: AtomicUsize,
+        recursive: AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl DirectoryService for Counting {
+        async fn get(&self, d: &B3Digest) -> Result<Option<Directory>, StoreError> {
+            self.gets.fetch_add(1, Ordering::SeqCst);
+            self.inner.get(d).await
+        }
+        async fn put(&self, dir: Directory) -> Result<B3Digest, StoreError> {
+            self.inner.put(dir).await
+        }
+        fn get_recursive(
+            &self,
+            root: &B3Digest,
+        ) -> futures::stream::BoxStream<'_, Result<Directory, StoreError>> {
+            self.recursive.fetch_add(1, Ordering::SeqCst);
+            self.inner.get_recursive(root)
+        }
+        fn put_multiple_start(&self) -> Box<dyn DirectoryPutter + '_> {
+            self.inner.put_multiple_start()
+        }
+    }
+
+    fn pc(s: &str) -> PathComponent {
+        PathComponent::try_from(s).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_closure_comes_in_one_call_and_each_size_is_still_checked() {
+        let (mut b, mut a, mut root) = (Directory::new(), Directory::new(), Directory::new());
+        let x = Node::File {
+            digest: B3Digest::of(b"x"),
+            size: 1,
+            executable: false,
+        };
+        b.add(pc("x"), x).unwrap();
+        a.add(pc("b"), b.as_node()).unwrap();
+        root.add(pc("a"), a.as_node()).unwrap();
+        let store = Arc::new(Counting::default());
+        for d in [&b, &a, &root] {
+            store.put(d.clone()).await.unwrap();
+        }
+        let inodes = Arc::new(InodeTable::new(vec![]).unwrap());
+        let cache_dir = tempfile::tempdir().unwrap();
+        let cache = Arc::new(BlobCache::open(cache_dir.path(), 1 << 20).unwrap());
+        let blobs: Arc<dyn BlobService> =
+            Arc::new(tvix_oci_castore::blobservice::MemoryBlobService::default());
+        let (f, _rx) = Fetcher::new(
+            inodes,
+            (blobs, store.clone()),
+            cache,
+            Arc::new(Stats::default()),
+            tokio_util::sync::CancellationToken::new(),
+            (Duration::from_secs(5), Duration::from_secs(5), 4),
+        );
+        let by = || "the test".to_owned();
+        assert_eq!(
+            f.directory(root.digest(), root.size(), by()).await.unwrap(),
+            root
+        );
+        assert_eq!(f.directory(a.digest(), a.size(), by()).await.unwrap(), a);
+        // Received, but declared of another size: the store's lie is found
+        // when looked at, naming who declared it.
+        let err = f.directory(b.digest(), 7, by()).await.unwrap_err();
+        assert!(err.to_string().contains("the test"), "{err}");
+        assert_eq!(store.recursive.load(Ordering::SeqCst), 1);
+        assert_eq!(store.gets.load(Ordering::SeqCst), 0);
+    }
 }
