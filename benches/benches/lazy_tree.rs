@@ -11,7 +11,8 @@
 //! Run (root, /dev/fuse): `TREE=/path/to/ziglang cargo bench -p
 //! tvix-oci-benches --bench lazy_tree` (`TREE`: any directory, e.g. the
 //! `ziglang` dir of PyPI's ziglang 0.17.1 wheel; without it a small
-//! synthetic tree). `WARM_ONLY=1` / `COLD_ONLY=1` run one half.
+//! synthetic tree). `WARM_ONLY=1` / `COLD_ONLY=1` run one half;
+//! `FETCH_CONCURRENCY=N` sets the mount's fetch bound for the cold half.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -222,12 +223,23 @@ fn cold(
             let _ = std::fs::remove_dir_all(&cache_dir);
             let cache = Arc::new(BlobCache::open(&cache_dir, 64 << 30)?);
             tvix_oci_benches::sync_and_drop_caches();
-            let opts = MountOptions {
+            let mut opts = MountOptions {
                 cache: Some(cache),
                 ..MountOptions::default()
             };
+            if let Some(n) = std::env::var("FETCH_CONCURRENCY")
+                .ok()
+                .and_then(|n| n.parse().ok())
+            {
+                opts.fetch_concurrency = n;
+            }
             let m = mount(b.clone(), d.clone(), inputs.to_vec(), mnt, &opts)?;
             let r = measure();
+            if r.is_err()
+                && let Some(t) = m.store_trouble(Duration::ZERO)
+            {
+                eprintln!("the store's trouble: {t}");
+            }
             m.unmount()?;
             let _ = std::fs::remove_dir_all(&cache_dir);
             r

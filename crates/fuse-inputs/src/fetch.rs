@@ -32,6 +32,11 @@ use crate::stats::Stats;
 pub(crate) const CLOSURE_DIRS: usize = 4096;
 /// …and entries in them, at most.
 const CLOSURE_ENTRIES: usize = 1 << 20;
+/// Blob fetches for reads at once, at most, whatever asked (and as many for
+/// read-ahead): 512 streams at once on one connection to `serve` made its
+/// HTTP/2 server refuse the connection ("remotely-reset pending-accept
+/// streams reached limit"), failing every read in flight.
+pub(crate) const MAX_CONCURRENCY: usize = 100;
 /// Blobs waiting for read-ahead at most; more are dropped (and fetched
 /// when read).
 const READ_AHEAD_QUEUE: usize = 1 << 16;
@@ -86,7 +91,7 @@ impl Fetcher {
             closing,
             timeout,
             idle,
-            limit: tokio::sync::Semaphore::new(concurrency.max(1)),
+            limit: tokio::sync::Semaphore::new(concurrency.clamp(1, MAX_CONCURRENCY)),
             known_dirs: Mutex::new(HashMap::new()),
             read_ahead: tx,
         };
@@ -306,28 +311,29 @@ impl Fetcher {
         let queue = futures::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|item| (item, rx))
         });
-        let work = queue.for_each_concurrent(concurrency.max(1), |(digest, size)| {
-            let me = self.clone();
-            async move {
-                if me.blobs.local_path(&digest).is_some() || me.cache.path(&digest).exists() {
-                    return;
-                }
-                match me
-                    .cache
-                    .get_or_fetch(&*me.blobs, &digest, size, me.idle)
-                    .await
-                {
-                    Ok((_, true)) => {
-                        me.stats.blobs_fetched.fetch_add(1, Ordering::Relaxed);
-                        me.stats.bytes_fetched.fetch_add(size, Ordering::Relaxed);
-                        me.stats.bytes_read_ahead.fetch_add(size, Ordering::Relaxed);
+        let work =
+            queue.for_each_concurrent(concurrency.clamp(1, MAX_CONCURRENCY), |(digest, size)| {
+                let me = self.clone();
+                async move {
+                    if me.blobs.local_path(&digest).is_some() || me.cache.path(&digest).exists() {
+                        return;
                     }
-                    Ok((_, false)) => {}
-                    // A read of it will fetch it again, and fail there.
-                    Err(e) => warn!(digest = %digest, "read-ahead: {e}"),
+                    match me
+                        .cache
+                        .get_or_fetch(&*me.blobs, &digest, size, me.idle)
+                        .await
+                    {
+                        Ok((_, true)) => {
+                            me.stats.blobs_fetched.fetch_add(1, Ordering::Relaxed);
+                            me.stats.bytes_fetched.fetch_add(size, Ordering::Relaxed);
+                            me.stats.bytes_read_ahead.fetch_add(size, Ordering::Relaxed);
+                        }
+                        Ok((_, false)) => {}
+                        // A read of it will fetch it again, and fail there.
+                        Err(e) => warn!(digest = %digest, "read-ahead: {e}"),
+                    }
                 }
-            }
-        });
+            });
         tokio::select! {
             _ = work => {}
             _ = self.closing.cancelled() => {}

@@ -66,7 +66,8 @@ pub struct MountOptions {
     /// background, everything below each (e.g. `abc-gcc/lib`).
     pub prefetch: Vec<PathBuf>,
     /// Blob fetches for reads at once, at most (more wait their turn); as
-    /// many again may run for read-ahead.
+    /// many again may run for read-ahead. At most 100 is used: each is a
+    /// stream on the store's connection.
     pub fetch_concurrency: usize,
     /// When a directory is listed, fetch its files from a remote store in
     /// the background (a listed directory's files are likely read next).
