@@ -21,10 +21,9 @@ use std::time::{Duration, Instant};
 
 use tvix_oci_benches::measure::{files_below, read_tree};
 use tvix_oci_benches::remote::{Served, cli_binary, route, stores_at};
-use tvix_oci_benches::{TreeShape, bench_tempdir, local_stores, make_tree, root_entries};
+use tvix_oci_benches::{Imported, TreeShape, bench_tempdir, import_local, make_tree};
 use tvix_oci_castore::blobservice::BlobService;
 use tvix_oci_castore::directoryservice::DirectoryService;
-use tvix_oci_castore::import::{ImportOptions, import_path};
 use tvix_oci_castore::{Node, PathComponent};
 use tvix_oci_fuse::{BlobCache, MountOptions, mount};
 
@@ -91,15 +90,13 @@ fn main() -> Res<()> {
             p
         }
     };
-    let (blobs, dirs) = rt.block_on(local_stores(tmp.path()))?;
     let t = Instant::now();
-    let root = rt.block_on(import_path(
-        blobs.clone(),
-        &*dirs,
-        &src,
-        &ImportOptions::default(),
-    ))?;
-    let inputs = rt.block_on(root_entries(&*dirs, &root))?;
+    let Imported {
+        blobs,
+        dirs,
+        root,
+        inputs,
+    } = rt.block_on(import_local(tmp.path(), &src))?;
     let files = files_below(&src);
     println!(
         "{}: {} entries below, imported in {:.1} s",

@@ -99,21 +99,28 @@ mod tests {
         }
     }
 
+    /// Opens a counted "backing file".
+    fn counted<'a>(alive: &'a AtomicUsize) -> impl FnOnce() -> Result<Counted<'a>, ()> {
+        move || {
+            alive.fetch_add(1, Ordering::SeqCst);
+            Ok(Counted(alive))
+        }
+    }
+
+    /// An open that must not happen: the backing file is there.
+    fn none<'a>() -> Result<Counted<'a>, ()> {
+        unreachable!("a second backing file for one inode")
+    }
+
     #[test]
     fn kept_across_opens_until_forgotten() {
         let alive = AtomicUsize::new(0);
         let b = Backings::new(10);
-        let open = || {
-            alive.fetch_add(1, Ordering::SeqCst);
-            Ok::<_, ()>(Counted(&alive))
-        };
-        let (h, made) = b.get_or_open(7, open).unwrap();
+        let (h, made) = b.get_or_open(7, counted(&alive)).unwrap();
         assert!(made);
         drop(h); // the file is closed: the backing file stays
         assert!(b.get(7).is_some());
-        let (_, made) = b
-            .get_or_open(7, || -> Result<_, ()> { unreachable!() })
-            .unwrap();
+        let (_, made) = b.get_or_open(7, none).unwrap();
         assert!(!made);
         assert_eq!(alive.load(Ordering::SeqCst), 1);
         b.forget(7);
@@ -126,16 +133,10 @@ mod tests {
     fn a_forget_racing_an_open_keeps_the_one_in_use() {
         let alive = AtomicUsize::new(0);
         let b = Backings::new(10);
-        let open = || {
-            alive.fetch_add(1, Ordering::SeqCst);
-            Ok::<_, ()>(Counted(&alive))
-        };
-        let (h, _) = b.get_or_open(3, open).unwrap();
+        let (h, _) = b.get_or_open(3, counted(&alive)).unwrap();
         b.forget(3);
         // Still open: a new open gets the same one, never a second.
-        let (h2, made) = b
-            .get_or_open(3, || -> Result<_, ()> { unreachable!() })
-            .unwrap();
+        let (h2, made) = b.get_or_open(3, none).unwrap();
         assert!(!made && Arc::ptr_eq(&h, &h2));
         drop((h, h2));
         assert_eq!(alive.load(Ordering::SeqCst), 0);
@@ -146,12 +147,7 @@ mod tests {
         let alive = AtomicUsize::new(0);
         let b = Backings::new(2);
         for ino in 0..5 {
-            let (h, _) = b
-                .get_or_open(ino, || {
-                    alive.fetch_add(1, Ordering::SeqCst);
-                    Ok::<_, ()>(Counted(&alive))
-                })
-                .unwrap();
+            let (h, _) = b.get_or_open(ino, counted(&alive)).unwrap();
             drop(h);
         }
         assert_eq!((b.kept(), alive.load(Ordering::SeqCst)), (2, 2));

@@ -21,16 +21,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
-    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+    KernelConfig, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
-use tokio::io::AsyncReadExt;
 use tracing::debug;
 use tvix_oci_castore::B3Digest;
 
-use crate::fetch::{Fetcher, Local};
+use crate::fetch::Fetcher;
+use crate::files::reply_opened;
 use crate::inodes::{Children, Inode, InodeKind, InodeTable};
-use crate::opens::{Handle, OpenBacking, Opens};
+use crate::opens::{Handle, Opens};
 
 /// How long the kernel may cache entries and attributes: content is
 /// immutable for the life of the mount.
@@ -81,8 +81,8 @@ pub(crate) struct InputsFs {
     pub(crate) read_ahead: bool,
     /// Let the kernel open files without asking, where it can.
     pub(crate) want_no_open: bool,
-    no_open: AtomicBool,
-    passthrough: AtomicBool,
+    pub(crate) no_open: AtomicBool,
+    pub(crate) passthrough: AtomicBool,
     /// Whether the kernel opens directories without asking (we answer
     /// ENOSYS to its first `opendir`, which it offered to take as "never
     /// ask again").
@@ -150,21 +150,14 @@ impl InputsFs {
         }
     }
 
-    /// Runs a guarded store call ([`Fetcher::guarded`]) from a FUSE thread.
-    fn block_on<T, E: std::fmt::Display>(
-        &self,
-        what: &str,
-        ino: u64,
-        pid: u32,
-        f: impl Future<Output = Result<T, E>>,
-    ) -> Result<T, Errno> {
-        self.rt.block_on(self.fetcher.guarded(what, ino, pid, f))
-    }
-
     fn children(&self, ino: u64, pid: u32) -> Result<Arc<Children>, Errno> {
         let res = self.inodes.children(ino, |digest, size, by| {
             let what = format!("fetching directory {digest}");
-            let dir = self.block_on(&what, ino, pid, self.fetcher.directory(*digest, size, by))?;
+            let fetch = self.fetcher.directory(*digest, size, by);
+            // On this thread: a lookup has nothing to do until it is here.
+            let dir = self
+                .rt
+                .block_on(self.fetcher.guarded(&what, ino, pid, fetch))?;
             self.fetcher
                 .stats
                 .dirs_fetched
@@ -240,224 +233,6 @@ impl InputsFs {
                     _ => None,
                 });
         f.read_ahead(files);
-    }
-
-    /// The blob and size of file `ino`, if it may be opened with `flags`.
-    fn openable(&self, ino: INodeNo, flags: OpenFlags) -> Result<(B3Digest, u64), Errno> {
-        if flags.acc_mode() != OpenAccMode::O_RDONLY {
-            return Err(Errno::EROFS);
-        }
-        match self.inode(ino)?.kind {
-            InodeKind::File { digest, size, .. } => Ok((digest, size)),
-            _ => Err(Errno::EISDIR),
-        }
-    }
-
-    /// Starts opening a file: answered at once when its blob is local (or
-    /// read in place), else the blob to fetch first. `open_backing`
-    /// registers a backing file with the kernel for passthrough.
-    pub(crate) fn start_open(
-        &self,
-        ino: INodeNo,
-        flags: OpenFlags,
-        open_backing: OpenBacking<'_>,
-    ) -> Result<Opening, Errno> {
-        let (digest, size) = self.openable(ino, flags)?;
-        let (digest, size) = (&digest, &size);
-        let stats = &self.fetcher.stats;
-        stats.opens.fetch_add(1, Ordering::Relaxed);
-        // Opened before: the kernel already has its backing file.
-        if self.passthrough.load(Ordering::Relaxed)
-            && let Some(id) = self.opens.backings.get(ino.0)
-        {
-            let (fh, h) = self.opens.add(Handle::Passthrough(id));
-            return Ok(Opening::Done(fh, h));
-        }
-        // Trusted stores with cheap range reads are read in place.
-        let blobs = &self.fetcher.blobs;
-        if blobs.range_reads() && blobs.local_path(digest).is_none() {
-            let (fh, h) = self.opens.add(Handle::Ranges(*digest, *size));
-            return Ok(Opening::Done(fh, h));
-        }
-        match self.fetcher.local(ino.0, digest, *size)? {
-            Local::File(file) => {
-                let (fh, h) = self.finish_open(ino.0, file, open_backing);
-                Ok(Opening::Done(fh, h))
-            }
-            Local::Absent => Ok(Opening::Fetch(*digest, *size)),
-        }
-    }
-
-    /// Opens the local `file` of inode `ino` ([`Opens::open_local`]).
-    pub(crate) fn finish_open(
-        &self,
-        ino: u64,
-        file: std::fs::File,
-        open_backing: OpenBacking<'_>,
-    ) -> (u64, Arc<Handle>) {
-        let passthrough = self.passthrough.load(Ordering::Relaxed);
-        self.opens.open_local(
-            ino,
-            file,
-            passthrough.then_some(open_backing),
-            &self.fetcher.stats,
-        )
-    }
-
-    /// Opens a file, waiting for its blob if it must be fetched (for
-    /// callers without a kernel: [`crate::handlers`]).
-    pub(crate) fn do_open(
-        &self,
-        ino: INodeNo,
-        flags: OpenFlags,
-        pid: u32,
-        open_backing: OpenBacking<'_>,
-    ) -> Result<(u64, Arc<Handle>), Errno> {
-        match self.start_open(ino, flags, open_backing)? {
-            Opening::Done(fh, h) => Ok((fh, h)),
-            Opening::Fetch(digest, size) => {
-                let file = self
-                    .rt
-                    .block_on(self.fetcher.fetch(ino.0, pid, digest, size))?;
-                Ok(self.finish_open(ino.0, file, open_backing))
-            }
-        }
-    }
-
-    pub(crate) fn do_release(&self, fh: FileHandle) {
-        self.opens.release(fh.0);
-    }
-
-    pub(crate) fn do_read(
-        &self,
-        ino: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        size: u32,
-        pid: u32,
-    ) -> Result<Vec<u8>, Errno> {
-        let handle = self.opens.get(fh.0).ok_or(Errno::EBADF)?;
-        match &*handle {
-            Handle::File(f) => self.fetcher.read_local(ino.0, f, offset, size),
-            Handle::Ranges(digest, declared) => {
-                self.read_range(ino.0, *digest, *declared, offset, size, pid)
-            }
-            Handle::Passthrough(_) => Err(Errno::EIO), // the kernel reads these itself
-        }
-    }
-
-    fn served(&self, buf: Vec<u8>) -> Result<Vec<u8>, Errno> {
-        let stats = &self.fetcher.stats;
-        stats
-            .bytes_served
-            .fetch_add(buf.len() as u64, Ordering::Relaxed);
-        Ok(buf)
-    }
-
-    /// Up to `size` bytes at `offset` of blob `digest` (of `declared`
-    /// bytes), read in place from a store with range reads, never past the
-    /// declared size.
-    fn read_range(
-        &self,
-        ino: u64,
-        d: B3Digest,
-        declared: u64,
-        offset: u64,
-        size: u32,
-        pid: u32,
-    ) -> Result<Vec<u8>, Errno> {
-        let blobs = self.fetcher.blobs.clone();
-        // What stat promised: up to the declared size, no further.
-        let len = declared.saturating_sub(offset).min(u64::from(size)) as usize;
-        let what = format!("reading blob {d}");
-        let data = self.block_on(&what, ino, pid, async move {
-            let mut r = blobs.open_read_at(&d, offset).await?.ok_or_else(|| {
-                std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    format!("blob {d} is not in the store"),
-                )
-            })?;
-            let mut out = Vec::with_capacity(len);
-            (&mut r).take(len as u64).read_to_end(&mut out).await?;
-            if out.len() < len {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!(
-                        "blob {d}: the store has {} bytes, {declared} declared",
-                        offset + out.len() as u64
-                    ),
-                ));
-            }
-            Ok::<_, std::io::Error>(out)
-        })?;
-        self.served(data)
-    }
-
-    /// A read of a file the kernel opened without asking (no-open): from
-    /// the inode's blob file, kept open across reads; when only the store
-    /// has the blob, answered by a task once it is fetched and checked.
-    fn read_unopened(&self, ino: INodeNo, offset: u64, size: u32, pid: u32, reply: ReplyData) {
-        let (digest, declared) = match self.openable(ino, OpenFlags(libc::O_RDONLY)) {
-            Ok(f) => f,
-            Err(e) => return reply.error(e),
-        };
-        let blobs = &self.fetcher.blobs;
-        let (fetcher, opens) = (&self.fetcher, &self.opens);
-        let res = if let Some(f) = opens.files.get(ino.0) {
-            fetcher.read_local(ino.0, &f, offset, size)
-        } else if blobs.range_reads() && blobs.local_path(&digest).is_none() {
-            self.read_range(ino.0, digest, declared, offset, size, pid)
-        } else {
-            match self.fetcher.local(ino.0, &digest, declared) {
-                Ok(Local::File(f)) => read_kept(fetcher, opens, ino.0, f, (offset, size)),
-                Ok(Local::Absent) => {
-                    let (fetcher, opens) = (fetcher.clone(), opens.clone());
-                    self.rt.spawn(async move {
-                        let res = match fetcher.fetch(ino.0, pid, digest, declared).await {
-                            Ok(f) => read_kept(&fetcher, &opens, ino.0, f, (offset, size)),
-                            Err(e) => Err(e),
-                        };
-                        reply_data(reply, res)
-                    });
-                    return;
-                }
-                Err(e) => Err(e),
-            }
-        };
-        reply_data(reply, res)
-    }
-}
-
-/// A read of `ino` from its blob `file`, which is kept open for the next
-/// reads (or the one kept already, if another read raced this one).
-fn read_kept(
-    fetcher: &Fetcher,
-    opens: &Opens,
-    ino: u64,
-    file: std::fs::File,
-    (offset, size): (u64, u32),
-) -> Result<Vec<u8>, Errno> {
-    let (f, _) = opens.files.get_or_open(ino, || Ok::<_, Errno>(file))?;
-    fetcher.read_local(ino, &f, offset, size)
-}
-
-/// Answers a read.
-fn reply_data(reply: ReplyData, res: Result<Vec<u8>, Errno>) {
-    match res {
-        Ok(data) => reply.data(&data),
-        Err(e) => reply.error(e),
-    }
-}
-
-/// Answers an open with `handle`, numbered `fh`.
-fn reply_opened(reply: ReplyOpen, fh: u64, handle: &Handle) {
-    match handle {
-        // The kernel refuses KEEP_CACHE with passthrough: the page cache is
-        // the backing file's own.
-        Handle::Passthrough(id) => {
-            reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), id)
-        }
-        _ => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
     }
 }
 

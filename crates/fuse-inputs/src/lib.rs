@@ -20,6 +20,7 @@
 mod backing;
 mod cache;
 mod fetch;
+mod files;
 mod fs;
 pub mod handlers;
 mod inodes;

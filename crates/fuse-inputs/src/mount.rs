@@ -316,6 +316,53 @@ fn pin_mmap_threshold() {
     }
 }
 
+/// fuser's session settings for `opts`: read-only, no devices or setuid,
+/// permissions checked by the kernel.
+fn session_config(opts: &MountOptions) -> Config {
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::FSName(FSNAME.to_owned()),
+        MountOption::Subtype(FSNAME.to_owned()),
+        MountOption::RO,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+        MountOption::NoAtime,
+        MountOption::DefaultPermissions,
+    ];
+    config.acl = if opts.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    // Not root, fuser has the setuid fusermount3 mount and unmount.
+    config.n_threads = Some(opts.threads.max(1));
+    config.clone_fd = opts.threads > 1;
+    config
+}
+
+/// The mount's blob cache: the one given, or else a private one, made now
+/// (the caches of dead processes are swept first).
+fn cache_for(
+    opts: &MountOptions,
+    path: &Path,
+) -> Result<(Arc<BlobCache>, Option<tempfile::TempDir>), MountError> {
+    Ok(match &opts.cache {
+        Some(c) => (c.clone(), None),
+        None => {
+            let root = private_cache_root();
+            sweep_private_caches(&root);
+            // Where they were kept before, and where they go as a fallback.
+            sweep_private_caches(&std::env::temp_dir());
+            let tmp = tempfile::Builder::new()
+                .prefix(&format!("{PRIVATE_CACHE}{}-", std::process::id()))
+                .tempdir_in(&root)
+                .map_err(at(path))?;
+            let cache = BlobCache::open(tmp.path(), u64::MAX).map_err(at(path))?;
+            (Arc::new(cache), Some(tmp))
+        }
+    })
+}
+
 /// Mounts `inputs` at `mountpoint` (an existing empty directory). Must be
 /// called from within a tokio runtime, whose handle serves store calls.
 pub fn mount(
@@ -339,21 +386,7 @@ pub fn mount(
     {
         return Err(MountError::NotEmpty(path));
     }
-    let (cache, private) = match &opts.cache {
-        Some(c) => (c.clone(), None),
-        None => {
-            let root = private_cache_root();
-            sweep_private_caches(&root);
-            // Where they were kept before, and where they go as a fallback.
-            sweep_private_caches(&std::env::temp_dir());
-            let tmp = tempfile::Builder::new()
-                .prefix(&format!("{PRIVATE_CACHE}{}-", std::process::id()))
-                .tempdir_in(&root)
-                .map_err(at(&path))?;
-            let cache = BlobCache::open(tmp.path(), u64::MAX).map_err(at(&path))?;
-            (Arc::new(cache), Some(tmp))
-        }
-    };
+    let (cache, private) = cache_for(opts, &path)?;
     let roots = inputs.clone();
     let inodes = Arc::new(InodeTable::new(inputs)?);
     let stats = Arc::new(Stats::default());
@@ -378,24 +411,7 @@ pub fn mount(
         ),
         opts.read_ahead,
     );
-    let mut config = Config::default();
-    config.mount_options = vec![
-        MountOption::FSName(FSNAME.to_owned()),
-        MountOption::Subtype(FSNAME.to_owned()),
-        MountOption::RO,
-        MountOption::NoDev,
-        MountOption::NoSuid,
-        MountOption::NoAtime,
-        MountOption::DefaultPermissions,
-    ];
-    config.acl = if opts.allow_other {
-        SessionACL::All
-    } else {
-        SessionACL::Owner
-    };
-    // Not root, fuser has the setuid fusermount3 mount and unmount.
-    config.n_threads = Some(opts.threads.max(1));
-    config.clone_fd = opts.threads > 1;
+    let config = session_config(opts);
     let session = fuser::spawn_mount(fs, &path, &config).map_err(at(&path))?;
     // Ends with the mount (`closing`).
     rt.spawn(fetcher.run_read_ahead(read_ahead, opts.fetch_concurrency));
