@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use tvix_oci_benches::measure::{files_below, first_byte_each, percentile, read_all};
 use tvix_oci_benches::remote::{Served, cli_binary, route, stores_at};
 use tvix_oci_benches::{TreeShape, make_tree, mib_per_s};
-use tvix_oci_castore::import::{ImportOptions, import_path};
 use tvix_oci_fuse::{BlobCache, MountOptions, mount};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
@@ -64,18 +63,18 @@ fn main() -> Res<()> {
 
     let rt = tokio::runtime::Runtime::new()?;
     let _enter = rt.enter();
-    let (blobs, dirs) = rt.block_on(tvix_oci_benches::local_stores(&tmp.path().join("store")))?;
     let t = Instant::now();
-    let root = rt.block_on(import_path(
-        blobs.clone(),
-        &*dirs,
+    let tvix_oci_benches::Imported {
+        blobs,
+        dirs,
+        root,
+        inputs,
+    } = rt.block_on(tvix_oci_benches::import_local(
+        &tmp.path().join("store"),
         &src,
-        &ImportOptions::default(),
     ))?;
     println!("imported in {:.1}s", t.elapsed().as_secs_f64());
-
     // Every top-level package dir is one root input: 5,000 of them.
-    let inputs = rt.block_on(tvix_oci_benches::root_entries(&*dirs, &root))?;
     println!("{} root inputs", inputs.len());
 
     let mnt = tmp.path().join("mnt");

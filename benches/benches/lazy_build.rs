@@ -14,7 +14,6 @@ use tvix_oci_benches::eager::{Eager, export_then_run};
 use tvix_oci_benches::{
     TreeShape, bench_tempdir, busybox_sh_request, make_tree, sync_and_drop_caches,
 };
-use tvix_oci_castore::import::{ImportOptions, import_path};
 use tvix_oci_executor::runc::{LogSink, LogStream};
 use tvix_oci_executor::{Executor, ExecutorConfig};
 
@@ -50,14 +49,12 @@ fn main() -> Res<()> {
     let src = tmp.path().join("src");
     let total = make_tree(&src, shape, 11)?;
     let rt = tokio::runtime::Runtime::new()?;
-    let (blobs, dirs) = rt.block_on(tvix_oci_benches::local_stores(tmp.path()))?;
-    let root = rt.block_on(import_path(
-        blobs.clone(),
-        &*dirs,
-        &src,
-        &ImportOptions::default(),
-    ))?;
-    let mut inputs = rt.block_on(tvix_oci_benches::root_entries(&*dirs, &root))?;
+    let tvix_oci_benches::Imported {
+        blobs,
+        dirs,
+        mut inputs,
+        ..
+    } = rt.block_on(tvix_oci_benches::import_local(tmp.path(), &src))?;
     let bb = rt.block_on(tvix_oci_benches::import_busybox(
         blobs.clone(),
         &*dirs,

@@ -221,3 +221,31 @@ pub async fn root_entries(
         .map(|(n, node)| (n.clone(), node.clone()))
         .collect())
 }
+
+/// A tree on disk imported into the embedded store under `store_dir`.
+#[derive(Debug)]
+pub struct Imported {
+    pub blobs: std::sync::Arc<dyn tvix_oci_castore::blobservice::BlobService>,
+    pub dirs: std::sync::Arc<dyn tvix_oci_castore::directoryservice::DirectoryService>,
+    /// The tree's own node.
+    pub root: tvix_oci_castore::Node,
+    /// Its entries: each one a build input.
+    pub inputs: Vec<(tvix_oci_castore::PathComponent, tvix_oci_castore::Node)>,
+}
+
+/// Imports `src` into a new embedded store under `store_dir`.
+pub async fn import_local(
+    store_dir: &Path,
+    src: &Path,
+) -> Result<Imported, Box<dyn std::error::Error>> {
+    let (blobs, dirs) = local_stores(store_dir).await?;
+    let opts = tvix_oci_castore::import::ImportOptions::default();
+    let root = tvix_oci_castore::import::import_path(blobs.clone(), &*dirs, src, &opts).await?;
+    let inputs = root_entries(&*dirs, &root).await?;
+    Ok(Imported {
+        blobs,
+        dirs,
+        root,
+        inputs,
+    })
+}

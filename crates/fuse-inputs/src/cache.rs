@@ -136,7 +136,13 @@ impl BlobCache {
             .prefix("fetch-")
             .tempfile_in(&tmp_dir)
             .map_err(|e| with_path(&tmp_dir, e))?;
-        let mut buf = vec![0u8; 256 * 1024];
+        // Small blobs are most: no 256 KiB buffer zeroed for each.
+        let mut buf = vec![
+            0u8;
+            usize::try_from(size)
+                .unwrap_or(usize::MAX)
+                .clamp(8 << 10, 256 << 10)
+        ];
         loop {
             let n = reader.read(&mut buf).await?;
             if n == 0 {

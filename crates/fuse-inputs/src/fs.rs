@@ -1,35 +1,36 @@
 //! The FUSE filesystem: thin handlers over [`InputsFs`]'s helpers. Each
-//! helper returns `Result<_, Errno>`; each handler makes exactly one reply.
+//! helper returns `Result<_, Errno>`; each handler makes exactly one reply,
+//! from its worker thread, or — for an open whose blob must be fetched —
+//! from the task that fetched it, so no worker thread waits on the store
+//! for a blob.
 //!
 //! Content never changes, so everything is cached by the kernel for as long
-//! as it likes (long TTLs, `FOPEN_KEEP_CACHE`, `FOPEN_CACHE_DIR`,
-//! readdirplus, cached symlinks). A file whose blob is a local file (the
-//! embedded store, or the blob cache) is opened with FUSE passthrough where
-//! the kernel has it, so reads never reach this process.
+//! as it likes (long TTLs, `FOPEN_KEEP_CACHE`, directories opened without
+//! asking and their listings cached, readdirplus, cached symlinks,
+//! negative entries). A file whose blob is a local file (the embedded
+//! store, or the blob cache) is opened with FUSE passthrough where the
+//! kernel has it, so reads never reach this process; its backing file is
+//! kept across opens ([`crate::backing`]).
 
-use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    InitFlags, KernelConfig, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
-    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
-use tokio::io::AsyncReadExt;
-use tracing::{debug, error, warn};
+use tracing::debug;
 use tvix_oci_castore::B3Digest;
-use tvix_oci_castore::blobservice::BlobService;
-use tvix_oci_castore::directoryservice::DirectoryService;
 
-use crate::cache::BlobCache;
+use crate::fetch::Fetcher;
+use crate::files::reply_opened;
 use crate::inodes::{Children, Inode, InodeKind, InodeTable};
-use crate::stats::Stats;
+use crate::opens::{Handle, Opens};
 
 /// How long the kernel may cache entries and attributes: content is
 /// immutable for the life of the mount.
@@ -59,75 +60,57 @@ fn negative_attr() -> FileAttr {
 /// mtime of everything, as in the Nix store.
 const MTIME: Duration = Duration::from_secs(1);
 
-/// An open file.
-#[derive(Debug)]
-pub(crate) enum Handle {
-    /// Reads go straight to the backing file in the kernel. Shared by all
-    /// opens of one inode: the kernel refuses two backing files for one
-    /// inode at a time (EBUSY, seen by the reader as EIO).
-    Passthrough(Arc<BackingId>),
-    /// Reads come here and are served from a local file.
-    File(std::fs::File),
-    /// Reads come here and are served from the store at an offset, never
-    /// past the declared size.
-    Ranges(B3Digest, u64),
+/// What an open needs next.
+pub(crate) enum Opening {
+    /// Answered: the handle's number and itself.
+    Done(u64, Arc<Handle>),
+    /// The blob is only in the store: fetch it, then [`InputsFs::finish_open`].
+    Fetch(B3Digest, u64),
 }
 
 /// The filesystem state shared by the FUSE worker threads.
 #[derive(Debug)]
 pub(crate) struct InputsFs {
     pub(crate) inodes: Arc<InodeTable>,
-    pub(crate) blobs: Arc<dyn BlobService>,
-    pub(crate) dirs: Arc<dyn DirectoryService>,
-    pub(crate) cache: Arc<BlobCache>,
+    pub(crate) fetcher: Arc<Fetcher>,
     pub(crate) rt: tokio::runtime::Handle,
     pub(crate) uid: u32,
     pub(crate) gid: u32,
     pub(crate) want_passthrough: bool,
-    pub(crate) fetch_timeout: Duration,
-    /// A fetch receiving no byte for this long fails.
-    pub(crate) fetch_idle: Duration,
-    pub(crate) stats: Arc<Stats>,
-    /// Cancelled when the mount is torn down: store calls in flight end.
-    pub(crate) closing: tokio_util::sync::CancellationToken,
-    passthrough: AtomicBool,
-    handles: Mutex<HashMap<u64, Arc<Handle>>>,
-    /// The backing file of each inode open with passthrough.
-    backing: Mutex<HashMap<u64, std::sync::Weak<BackingId>>>,
-    next_fh: AtomicU64,
+    /// Queue directories' files for read-ahead when they are listed.
+    pub(crate) read_ahead: bool,
+    /// Let the kernel open files without asking, where it can.
+    pub(crate) want_no_open: bool,
+    pub(crate) no_open: AtomicBool,
+    pub(crate) passthrough: AtomicBool,
+    /// Whether the kernel opens directories without asking (we answer
+    /// ENOSYS to its first `opendir`, which it offered to take as "never
+    /// ask again").
+    no_opendir: AtomicBool,
+    pub(crate) opens: Arc<Opens>,
 }
 
 impl InputsFs {
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
-        inodes: Arc<InodeTable>,
-        blobs: Arc<dyn BlobService>,
-        dirs: Arc<dyn DirectoryService>,
-        cache: Arc<BlobCache>,
+        fetcher: Arc<Fetcher>,
         rt: tokio::runtime::Handle,
         (uid, gid): (u32, u32),
-        want_passthrough: bool,
-        (fetch_timeout, fetch_idle): (Duration, Duration),
-        stats: Arc<Stats>,
-        closing: tokio_util::sync::CancellationToken,
+        (want_passthrough, want_no_open): (bool, bool),
+        read_ahead: bool,
     ) -> Self {
         Self {
-            inodes,
-            blobs,
-            dirs,
-            cache,
+            inodes: fetcher.inodes.clone(),
+            fetcher,
             rt,
             uid,
             gid,
             want_passthrough,
-            fetch_timeout,
-            fetch_idle,
-            stats,
-            closing,
+            read_ahead,
+            want_no_open,
+            no_open: AtomicBool::new(false),
             passthrough: AtomicBool::new(false),
-            handles: Mutex::new(HashMap::new()),
-            backing: Mutex::new(HashMap::new()),
-            next_fh: AtomicU64::new(1),
+            no_opendir: AtomicBool::new(false),
+            opens: Arc::new(Opens::new()),
         }
     }
 
@@ -167,74 +150,18 @@ impl InputsFs {
         }
     }
 
-    /// Runs a store call for the requester `pid` with the fetch timeout,
-    /// from a FUSE thread. A failure, a timeout or a panic in the store is
-    /// EIO for the reader (logged with the path), never a dead worker
-    /// thread. The call is dropped, and EIO answered, as soon as the
-    /// requester is SIGKILLed or gone ([`crate::reader`]) or the mount goes
-    /// away: a process blocked on a hung store can always be killed.
-    fn block_on<T, E: std::fmt::Display>(
-        &self,
-        what: &str,
-        ino: u64,
-        pid: u32,
-        f: impl Future<Output = Result<T, E>>,
-    ) -> Result<T, Errno> {
-        let timeout = self.fetch_timeout;
-        let closing = self.closing.clone();
-        let run = std::panic::AssertUnwindSafe(|| {
-            self.rt.block_on(async move {
-                tokio::select! {
-                    r = tokio::time::timeout(timeout, f) => Ok(r),
-                    // Unmounting: give up on the store at once.
-                    _ = closing.cancelled() => Err(Some("abandoned, the mount is going away")),
-                    _ = crate::reader::given_up(pid) => Err(None),
-                }
-            })
-        });
-        let path = || self.inodes.path(ino).display().to_string();
-        let started = std::time::Instant::now();
-        let call = self.stats.store_call(|| format!("{what} for {}", path()));
-        let res = std::panic::catch_unwind(run);
-        drop(call);
-        let failure = match res {
-            Ok(Ok(Ok(Ok(v)))) => return Ok(v),
-            Ok(Ok(Ok(Err(e)))) => e.to_string(),
-            Ok(Ok(Err(_))) => format!("timed out after {timeout:?}"),
-            Ok(Err(Some(why))) => why.to_owned(),
-            Ok(Err(None)) => {
-                // Not the store's failure (yet): a call it was slow to
-                // answer, which the reader stopped waiting for.
-                let waited = started.elapsed();
-                debug!(path = %path(), "{what}: abandoned after {waited:?}, the reader was killed");
-                self.stats
-                    .store_abandoned(waited, || format!("{what} for {}", path()));
-                return Err(Errno::EIO);
-            }
-            Err(_) => "the store panicked".to_owned(),
-        };
-        error!(path = %path(), "{what}: {failure}");
-        self.stats
-            .store_failed(|| format!("{what} for {}: {failure}", path()));
-        Err(Errno::EIO)
-    }
-
     fn children(&self, ino: u64, pid: u32) -> Result<Arc<Children>, Errno> {
         let res = self.inodes.children(ino, |digest, size, by| {
-            use tvix_oci_castore::{ClosureError, StoreError};
-            let dirs = self.dirs.clone();
-            let d = *digest;
-            let what = format!("fetching directory {d}");
-            let dir = self.block_on(&what, ino, pid, async move {
-                let dir = dirs
-                    .get(&d)
-                    .await?
-                    .ok_or(StoreError::Closure(ClosureError::Missing(d)))?;
-                // The size its node declares, or the store lies.
-                tvix_oci_castore::directoryservice::check_size(&dir, size, || by)?;
-                Ok::<_, StoreError>(dir)
-            })?;
-            self.stats.dirs_fetched.fetch_add(1, Ordering::Relaxed);
+            let what = format!("fetching directory {digest}");
+            let fetch = self.fetcher.directory(*digest, size, by);
+            // On this thread: a lookup has nothing to do until it is here.
+            let dir = self
+                .rt
+                .block_on(self.fetcher.guarded(&what, ino, pid, fetch))?;
+            self.fetcher
+                .stats
+                .dirs_fetched
+                .fetch_add(1, Ordering::Relaxed);
             Ok::<_, Errno>(dir)
         })?;
         res.ok_or(Errno::ENOTDIR)
@@ -254,7 +181,8 @@ impl InputsFs {
 
     /// `.`, `..` and the children, from `offset` on, with attributes;
     /// lazily, so listing a big directory in many calls stays linear.
-    /// Yields (offset of the next entry, inode, attributes, name).
+    /// Yields (offset of the next entry, inode, attributes, name). A first
+    /// listing queues the directory's files for read-ahead.
     fn listing(
         &self,
         ino: INodeNo,
@@ -263,6 +191,9 @@ impl InputsFs {
     ) -> Result<impl Iterator<Item = (u64, u64, FileAttr, Vec<u8>)> + '_, Errno> {
         let inode = self.inode(ino)?;
         let children = self.children(ino.0, pid)?;
+        if offset == 0 && self.read_ahead {
+            self.queue_files(&children);
+        }
         let parent = self.inode(INodeNo(inode.parent))?;
         let total = children.entries().len() as u64 + 2;
         Ok((offset.min(total)..total).filter_map(move |i| {
@@ -283,182 +214,26 @@ impl InputsFs {
         }))
     }
 
-    /// A local file holding the blob: the store's own (trusted) file, or the
-    /// cache's, fetching and checking it first. Either has the size the
-    /// node declares (what `stat` says), or the open fails.
-    fn local_file(
-        &self,
-        ino: u64,
-        pid: u32,
-        digest: &B3Digest,
-        size: u64,
-    ) -> Result<std::fs::File, Errno> {
-        if let Some(p) = self.blobs.local_path(digest)
-            && let Ok(f) = std::fs::File::open(&p)
-        {
-            let len = f.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
-            if len != size {
-                let failure = format!(
-                    "blob {digest}: the store's file {} has {len} bytes, {size} declared",
-                    p.display()
-                );
-                let path = self.inodes.path(ino).display().to_string();
-                error!(path = %path, "opening: {failure}");
-                self.stats
-                    .store_failed(|| format!("opening {path}: {failure}"));
-                return Err(Errno::EIO);
-            }
-            return Ok(f);
-        }
-        let (cache, blobs, d, idle) = (
-            self.cache.clone(),
-            self.blobs.clone(),
-            *digest,
-            self.fetch_idle,
-        );
-        let what = format!("fetching blob {digest}");
-        let (f, fetched) = self.block_on(&what, ino, pid, async move {
-            cache.get_or_fetch(&*blobs, &d, size, idle).await
-        })?;
-        // Counted once per blob fetched, not per open of a cached one.
-        if fetched {
-            self.stats.blobs_fetched.fetch_add(1, Ordering::Relaxed);
-            self.stats.bytes_fetched.fetch_add(size, Ordering::Relaxed);
-        }
-        Ok(f)
-    }
-
-    /// Opens a file; `open_backing` registers a backing file with the
-    /// kernel for passthrough (only called when passthrough was agreed).
-    pub(crate) fn do_open(
-        &self,
-        ino: INodeNo,
-        flags: OpenFlags,
-        pid: u32,
-        open_backing: &dyn Fn(&std::fs::File) -> std::io::Result<BackingId>,
-    ) -> Result<(u64, Arc<Handle>), Errno> {
-        if flags.acc_mode() != OpenAccMode::O_RDONLY {
-            return Err(Errno::EROFS);
-        }
-        let inode = self.inode(ino)?;
-        let InodeKind::File { digest, size, .. } = &inode.kind else {
-            return Err(Errno::EISDIR);
-        };
-        // Trusted stores with cheap range reads are read in place; anything
-        // else is made a local file first (and then passed through).
-        let handle = if self.blobs.range_reads() && self.blobs.local_path(digest).is_none() {
-            Handle::Ranges(*digest, *size)
-        } else {
-            let file = self.local_file(ino.0, pid, digest, *size)?;
-            if self.passthrough.load(Ordering::Relaxed) {
-                let mut backing = self.backing.lock().unwrap_or_else(|p| p.into_inner());
-                match backing.get(&ino.0).and_then(std::sync::Weak::upgrade) {
-                    Some(id) => Handle::Passthrough(id),
-                    None => match open_backing(&file) {
-                        Ok(id) => {
-                            let id = Arc::new(id);
-                            backing.insert(ino.0, Arc::downgrade(&id));
-                            Handle::Passthrough(id)
-                        }
-                        Err(e) => {
-                            // e.g. a backing file on a stacked filesystem.
-                            warn!(digest = %digest, "passthrough refused, serving reads here: {e}");
-                            Handle::File(file)
-                        }
-                    },
-                }
-            } else {
-                Handle::File(file)
-            }
-        };
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        let handle = Arc::new(handle);
-        self.handles
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(fh, handle.clone());
-        Ok((fh, handle))
-    }
-
-    pub(crate) fn do_release(&self, fh: FileHandle) {
-        self.handles
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&fh.0);
-    }
-
-    pub(crate) fn do_read(
-        &self,
-        ino: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        size: u32,
-        pid: u32,
-    ) -> Result<Vec<u8>, Errno> {
-        let handle = self
-            .handles
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&fh.0)
-            .cloned()
-            .ok_or(Errno::EBADF)?;
-        let mut buf = vec![0u8; size as usize];
-        let n = match &*handle {
-            Handle::File(f) => read_full_at(f, &mut buf, offset).map_err(|e| {
-                error!(path = %self.inodes.path(ino.0).display(), "reading: {e}");
-                Errno::EIO
-            })?,
-            Handle::Ranges(digest, declared) => {
-                let (blobs, d, declared) = (self.blobs.clone(), *digest, *declared);
-                // What stat promised: up to the declared size, no further.
-                let len = declared.saturating_sub(offset).min(buf.len() as u64) as usize;
-                let what = format!("reading blob {d}");
-                let data = self.block_on(&what, ino.0, pid, async move {
-                    let mut r = blobs.open_read_at(&d, offset).await?.ok_or_else(|| {
-                        std::io::Error::new(
-                            std::io::ErrorKind::NotFound,
-                            format!("blob {d} is not in the store"),
-                        )
-                    })?;
-                    let mut out = Vec::with_capacity(len);
-                    (&mut r).take(len as u64).read_to_end(&mut out).await?;
-                    if out.len() < len {
-                        return Err(std::io::Error::new(
-                            std::io::ErrorKind::InvalidData,
-                            format!(
-                                "blob {d}: the store has {} bytes, {declared} declared",
-                                offset + out.len() as u64
-                            ),
-                        ));
+    /// Queues for read-ahead the blobs of the files listed in `children`
+    /// that only the store has.
+    fn queue_files(&self, children: &Children) {
+        let f = &self.fetcher;
+        let files =
+            children
+                .entries()
+                .iter()
+                .filter_map(|(_, ino)| match &self.inodes.get(*ino)?.kind {
+                    InodeKind::File { digest, size, .. }
+                        if *size > 0
+                            && f.blobs.local_path(digest).is_none()
+                            && !f.blobs.range_reads() =>
+                    {
+                        Some((*digest, *size))
                     }
-                    Ok::<_, std::io::Error>(out)
-                })?;
-                let n = data.len();
-                buf[..n].copy_from_slice(&data);
-                n
-            }
-            Handle::Passthrough(_) => return Err(Errno::EIO), // the kernel reads these itself
-        };
-        buf.truncate(n);
-        self.stats
-            .bytes_served
-            .fetch_add(n as u64, Ordering::Relaxed);
-        Ok(buf)
+                    _ => None,
+                });
+        f.read_ahead(files);
     }
-}
-
-/// Reads until `buf` is full or EOF.
-fn read_full_at(f: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-    let mut done = 0;
-    while done < buf.len() {
-        match f.read_at(&mut buf[done..], offset + done as u64) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(done)
 }
 
 impl Filesystem for InputsFs {
@@ -473,16 +248,37 @@ impl Filesystem for InputsFs {
             let _ = config.add_capabilities(flag);
         }
         let _ = config.set_max_readahead(1 << 20);
+        // Directories need no state here: once the kernel may open them
+        // without asking, it stops sending opendir and releasedir (two
+        // round trips per directory a `find` walks).
+        if config
+            .add_capabilities(InitFlags::FUSE_NO_OPENDIR_SUPPORT)
+            .is_ok()
+        {
+            self.no_opendir.store(true, Ordering::Relaxed);
+        }
+        // Files too, where asked: every open of a known file then costs
+        // nothing here, and its pages stay cached by the kernel; reads
+        // come here instead of passing through.
+        if self.want_no_open
+            && config
+                .add_capabilities(InitFlags::FUSE_NO_OPEN_SUPPORT)
+                .is_ok()
+        {
+            self.no_open.store(true, Ordering::Relaxed);
+        }
         // Passthrough needs the kernel's support, and a stacking depth left
         // for the overlay the executor puts on top: FUSE at depth 1, the
         // overlay at 2, the kernel's maximum.
         if self.want_passthrough
+            && !self.no_open.load(Ordering::Relaxed)
             && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
             && config.set_max_stack_depth(1).is_ok()
         {
             self.passthrough.store(true, Ordering::Relaxed);
         }
-        self.stats
+        self.fetcher
+            .stats
             .passthrough
             .store(self.passthrough.load(Ordering::Relaxed), Ordering::Relaxed);
         debug!(
@@ -499,7 +295,10 @@ impl Filesystem for InputsFs {
             // zero node id with a timeout is a negative entry the kernel
             // keeps, so a compiler searching its include path asks once.
             Err(e) if e == Errno::ENOENT => {
-                self.stats.negative_lookups.fetch_add(1, Ordering::Relaxed);
+                self.fetcher
+                    .stats
+                    .negative_lookups
+                    .fetch_add(1, Ordering::Relaxed);
                 reply.entry(&TTL, &negative_attr(), Generation(0))
             }
             Err(e) => reply.error(e),
@@ -528,6 +327,9 @@ impl Filesystem for InputsFs {
             .inode(ino)
             .map(|i| matches!(i.kind, InodeKind::Root(_) | InodeKind::Directory { .. }))
         {
+            // The kernel then opens directories itself, keeping their
+            // listings cached (FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR).
+            Ok(true) if self.no_opendir.load(Ordering::Relaxed) => reply.error(Errno::ENOSYS),
             Ok(true) => reply.opened(
                 FileHandle(0),
                 FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
@@ -535,6 +337,13 @@ impl Filesystem for InputsFs {
             Ok(false) => reply.error(Errno::ENOTDIR),
             Err(e) => reply.error(e),
         }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, _nlookup: u64) {
+        // Evicted by the kernel: no open file of it is left, and a new
+        // lookup makes a new kernel inode. Its backing file may go.
+        self.opens.backings.forget(ino.0);
+        self.opens.files.forget(ino.0);
     }
 
     fn readdir(
@@ -587,15 +396,38 @@ impl Filesystem for InputsFs {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.do_open(ino, flags, req.pid(), &|f| reply.open_backing(f)) {
-            Ok((fh, handle)) => match &*handle {
-                // The kernel refuses KEEP_CACHE with passthrough: the page
-                // cache is the backing file's own.
-                Handle::Passthrough(id) => {
-                    reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), id)
-                }
-                _ => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
-            },
+        if self.no_open.load(Ordering::Relaxed) {
+            // A readable file: "no open needed", and the kernel asks no
+            // more (this open and every later one succeed in the kernel).
+            return match self.openable(ino, flags) {
+                Ok(_) => reply.error(Errno::ENOSYS),
+                Err(e) => reply.error(e),
+            };
+        }
+        match self.start_open(ino, flags, &|f| reply.open_backing(f)) {
+            Ok(Opening::Done(fh, handle)) => reply_opened(reply, fh, &handle),
+            Ok(Opening::Fetch(digest, size)) => {
+                // Answered by the task once the blob is here: this thread
+                // goes on serving other requests meanwhile.
+                let (fetcher, opens) = (self.fetcher.clone(), self.opens.clone());
+                let passthrough = self.passthrough.load(Ordering::Relaxed);
+                let pid = req.pid();
+                self.rt.spawn(async move {
+                    match fetcher.fetch(ino.0, pid, digest, size).await {
+                        Ok(file) => {
+                            let open_backing = |f: &std::fs::File| reply.open_backing(f);
+                            let (fh, handle) = opens.open_local(
+                                ino.0,
+                                file,
+                                passthrough.then_some(&open_backing as _),
+                                &fetcher.stats,
+                            );
+                            reply_opened(reply, fh, &handle)
+                        }
+                        Err(e) => reply.error(e),
+                    }
+                });
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -611,6 +443,9 @@ impl Filesystem for InputsFs {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
+        if fh.0 == 0 && self.no_open.load(Ordering::Relaxed) {
+            return self.read_unopened(ino, offset, size, req.pid(), reply);
+        }
         match self.do_read(ino, fh, offset, size, req.pid()) {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(e),

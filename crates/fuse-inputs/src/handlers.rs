@@ -14,6 +14,7 @@ use tvix_oci_castore::directoryservice::DirectoryService;
 use tvix_oci_castore::{Node, PathComponent};
 
 use crate::cache::BlobCache;
+use crate::fetch::Fetcher;
 use crate::fs::InputsFs;
 use crate::inodes::InodeTable;
 use crate::stats::Stats;
@@ -56,18 +57,15 @@ impl Handlers {
             .tempdir()?;
         let cache = BlobCache::open(cache_dir.path(), u64::MAX)?;
         let inodes = InodeTable::new(inputs).map_err(std::io::Error::other)?;
-        let fs = InputsFs::new(
+        let (fetcher, _read_ahead) = Fetcher::new(
             Arc::new(inodes),
-            blobs,
-            dirs,
+            (blobs, dirs),
             Arc::new(cache),
-            rt,
-            (0, 0),
-            false,
-            (Duration::from_secs(60), Duration::from_secs(30)),
             Arc::new(Stats::default()),
             tokio_util::sync::CancellationToken::new(),
+            (Duration::from_secs(60), Duration::from_secs(30), 64),
         );
+        let fs = InputsFs::new(Arc::new(fetcher), rt, (0, 0), (false, false), false);
         Ok(Self {
             fs,
             _cache_dir: cache_dir,

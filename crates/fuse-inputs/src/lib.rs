@@ -17,11 +17,15 @@
 //! # Ok(()) }
 //! ```
 
+mod backing;
 mod cache;
+mod fetch;
+mod files;
 mod fs;
 pub mod handlers;
 mod inodes;
 mod mount;
+mod opens;
 /// The mount table (kept here for the crates and tests that read it
 /// through this crate).
 pub use tvix_oci_sys::mountinfo;

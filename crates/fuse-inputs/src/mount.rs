@@ -24,6 +24,7 @@ use tvix_oci_castore::directoryservice::DirectoryService;
 use tvix_oci_castore::{Node, PathComponent};
 
 use crate::cache::BlobCache;
+use crate::fetch::Fetcher;
 use crate::fs::InputsFs;
 use crate::inodes::{InodeError, InodeTable};
 use crate::mountinfo;
@@ -45,8 +46,15 @@ pub struct MountOptions {
     pub cache: Option<Arc<BlobCache>>,
     /// FUSE worker threads.
     pub threads: usize,
-    /// Use FUSE passthrough for files on local disk where the kernel can.
+    /// Use FUSE passthrough for files on local disk where the kernel can
+    /// (and `no_open` is off or the kernel lacks it): reads of their bytes
+    /// never reach this process, but every open does.
     pub passthrough: bool,
+    /// Let the kernel open files without asking this process (FUSE
+    /// no-open) where it can: an open of a known file, and a read of its
+    /// cached pages, then cost no round trip; first reads come here (no
+    /// passthrough), and the kernel caches the file's pages for the mount.
+    pub no_open: bool,
     /// Let other users (the build user) read the mount (`allow_other`).
     pub allow_other: bool,
     /// A store call taking longer fails the read with EIO.
@@ -57,6 +65,13 @@ pub struct MountOptions {
     /// Paths below the mount root to fetch into the cache in the
     /// background, everything below each (e.g. `abc-gcc/lib`).
     pub prefetch: Vec<PathBuf>,
+    /// Blob fetches for reads at once, at most (more wait their turn); as
+    /// many again may run for read-ahead. At most 100 is used: each is a
+    /// stream on the store's connection.
+    pub fetch_concurrency: usize,
+    /// When a directory is listed, fetch its files from a remote store in
+    /// the background (a listed directory's files are likely read next).
+    pub read_ahead: bool,
 }
 
 impl Default for MountOptions {
@@ -67,10 +82,13 @@ impl Default for MountOptions {
             cache: None,
             threads: 4,
             passthrough: true,
+            no_open: true,
             allow_other: true,
             fetch_timeout: Duration::from_secs(300),
             fetch_idle: Duration::from_secs(30),
             prefetch: Vec::new(),
+            fetch_concurrency: 64,
+            read_ahead: true,
         }
     }
 }
@@ -298,6 +316,53 @@ fn pin_mmap_threshold() {
     }
 }
 
+/// fuser's session settings for `opts`: read-only, no devices or setuid,
+/// permissions checked by the kernel.
+fn session_config(opts: &MountOptions) -> Config {
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::FSName(FSNAME.to_owned()),
+        MountOption::Subtype(FSNAME.to_owned()),
+        MountOption::RO,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+        MountOption::NoAtime,
+        MountOption::DefaultPermissions,
+    ];
+    config.acl = if opts.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    // Not root, fuser has the setuid fusermount3 mount and unmount.
+    config.n_threads = Some(opts.threads.max(1));
+    config.clone_fd = opts.threads > 1;
+    config
+}
+
+/// The mount's blob cache: the one given, or else a private one, made now
+/// (the caches of dead processes are swept first).
+fn cache_for(
+    opts: &MountOptions,
+    path: &Path,
+) -> Result<(Arc<BlobCache>, Option<tempfile::TempDir>), MountError> {
+    Ok(match &opts.cache {
+        Some(c) => (c.clone(), None),
+        None => {
+            let root = private_cache_root();
+            sweep_private_caches(&root);
+            // Where they were kept before, and where they go as a fallback.
+            sweep_private_caches(&std::env::temp_dir());
+            let tmp = tempfile::Builder::new()
+                .prefix(&format!("{PRIVATE_CACHE}{}-", std::process::id()))
+                .tempdir_in(&root)
+                .map_err(at(path))?;
+            let cache = BlobCache::open(tmp.path(), u64::MAX).map_err(at(path))?;
+            (Arc::new(cache), Some(tmp))
+        }
+    })
+}
+
 /// Mounts `inputs` at `mountpoint` (an existing empty directory). Must be
 /// called from within a tokio runtime, whose handle serves store calls.
 pub fn mount(
@@ -321,57 +386,35 @@ pub fn mount(
     {
         return Err(MountError::NotEmpty(path));
     }
-    let (cache, private) = match &opts.cache {
-        Some(c) => (c.clone(), None),
-        None => {
-            let root = private_cache_root();
-            sweep_private_caches(&root);
-            // Where they were kept before, and where they go as a fallback.
-            sweep_private_caches(&std::env::temp_dir());
-            let tmp = tempfile::Builder::new()
-                .prefix(&format!("{PRIVATE_CACHE}{}-", std::process::id()))
-                .tempdir_in(&root)
-                .map_err(at(&path))?;
-            let cache = BlobCache::open(tmp.path(), u64::MAX).map_err(at(&path))?;
-            (Arc::new(cache), Some(tmp))
-        }
-    };
+    let (cache, private) = cache_for(opts, &path)?;
     let roots = inputs.clone();
     let inodes = Arc::new(InodeTable::new(inputs)?);
     let stats = Arc::new(Stats::default());
     let closing = tokio_util::sync::CancellationToken::new();
-    let fs = InputsFs::new(
+    let (fetcher, read_ahead) = Fetcher::new(
         inodes,
-        blobs.clone(),
-        dirs.clone(),
+        (blobs.clone(), dirs.clone()),
         cache.clone(),
+        stats.clone(),
+        closing.clone(),
+        (opts.fetch_timeout, opts.fetch_idle, opts.fetch_concurrency),
+    );
+    let fetcher = Arc::new(fetcher);
+    let fs = InputsFs::new(
+        fetcher.clone(),
         rt.clone(),
         (opts.uid, opts.gid),
         // Passthrough needs CAP_SYS_ADMIN: not root, the kernel refuses it.
-        opts.passthrough && tvix_oci_sys::process::is_root(),
-        (opts.fetch_timeout, opts.fetch_idle),
-        stats.clone(),
-        closing.clone(),
+        (
+            opts.passthrough && tvix_oci_sys::process::is_root(),
+            opts.no_open,
+        ),
+        opts.read_ahead,
     );
-    let mut config = Config::default();
-    config.mount_options = vec![
-        MountOption::FSName(FSNAME.to_owned()),
-        MountOption::Subtype(FSNAME.to_owned()),
-        MountOption::RO,
-        MountOption::NoDev,
-        MountOption::NoSuid,
-        MountOption::NoAtime,
-        MountOption::DefaultPermissions,
-    ];
-    config.acl = if opts.allow_other {
-        SessionACL::All
-    } else {
-        SessionACL::Owner
-    };
-    // Not root, fuser has the setuid fusermount3 mount and unmount.
-    config.n_threads = Some(opts.threads.max(1));
-    config.clone_fd = opts.threads > 1;
+    let config = session_config(opts);
     let session = fuser::spawn_mount(fs, &path, &config).map_err(at(&path))?;
+    // Ends with the mount (`closing`).
+    rt.spawn(fetcher.run_read_ahead(read_ahead, opts.fetch_concurrency));
     info!(path = %path.display(), inputs = roots.len(), "inputs mounted");
     let prefetch = (!opts.prefetch.is_empty()).then(|| {
         rt.spawn(prefetch(

@@ -25,6 +25,13 @@ pub struct Stats {
     /// Lookups of names that are not there, answered as a negative entry
     /// the kernel keeps (so the same name again does not come here).
     pub negative_lookups: AtomicU64,
+    /// Opens of files answered.
+    pub opens: AtomicU64,
+    /// Passthrough backing files registered with the kernel (one per inode
+    /// opened, kept across its opens).
+    pub backing_files: AtomicU64,
+    /// Bytes of blobs fetched ahead of a read (their directory was listed).
+    pub bytes_read_ahead: AtomicU64,
     /// Store calls that failed, timed out or panicked (each an EIO for a
     /// reader).
     pub store_failures: AtomicU64,
@@ -62,6 +69,9 @@ pub struct StatsSnapshot {
     pub bytes_served: u64,
     pub passthrough: bool,
     pub negative_lookups: u64,
+    pub opens: u64,
+    pub backing_files: u64,
+    pub bytes_read_ahead: u64,
 }
 
 impl Stats {
@@ -129,6 +139,9 @@ impl Stats {
             bytes_served: self.bytes_served.load(Ordering::Relaxed),
             passthrough: self.passthrough.load(Ordering::Relaxed),
             negative_lookups: self.negative_lookups.load(Ordering::Relaxed),
+            opens: self.opens.load(Ordering::Relaxed),
+            backing_files: self.backing_files.load(Ordering::Relaxed),
+            bytes_read_ahead: self.bytes_read_ahead.load(Ordering::Relaxed),
         }
     }
 }

@@ -171,7 +171,14 @@ fn largest(dir: &Path) -> u64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn each_lying_blob_is_eio_named_by_digest_and_never_cached_past_its_size() {
     need_fuse!();
-    let f = setup(None, |_| {}).await;
+    // Fetched for a read (files opened in the kernel), and for an open
+    // (passthrough): each answered from the task that fetched the blob.
+    each_lying_blob_is_eio(|_| {}).await;
+    each_lying_blob_is_eio(|o| o.no_open = false).await;
+}
+
+async fn each_lying_blob_is_eio(opts: impl FnOnce(&mut MountOptions)) {
+    let f = setup(None, opts).await;
     for name in ["endless", "longer", "shorter", "corrupt"] {
         let path = f.path(&format!("in/{name}"));
         // stat says what the node declares.
@@ -345,4 +352,36 @@ async fn a_store_silent_mid_blob_is_eio_at_the_idle_limit() {
     let trouble = f.m().store_trouble(Duration::from_secs(60)).unwrap();
     assert!(trouble.contains(&f.digest("hang").to_hex()), "{trouble}");
     assert!(trouble.contains("no byte"), "{trouble}");
+}
+
+/// A fetch waiting on a hung store holds no FUSE worker thread: with one
+/// thread, another file is read at once meanwhile, for a read (files
+/// opened in the kernel) and for an open (passthrough).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hung_fetch_holds_no_worker_thread() {
+    need_fuse!();
+    for no_open in [true, false] {
+        let f = setup(None, |o| {
+            o.threads = 1;
+            o.no_open = no_open;
+        })
+        .await;
+        let path = f.path("in/hang");
+        let mut child = tokio::task::block_in_place(|| blocked_reader(&f, &path));
+        let started = Instant::now();
+        let honest = f.path("in/honest");
+        let data = tokio::task::spawn_blocking(move || std::fs::read(honest))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(data.len(), SIZE, "no_open: {no_open}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no_open: {no_open}: another read waited {:?} behind the hung fetch",
+            started.elapsed()
+        );
+        child.kill().unwrap();
+        let gone = tokio::task::block_in_place(|| ends_within(&mut child, Duration::from_secs(5)));
+        assert!(gone, "no_open: {no_open}: the SIGKILLed reader still waits");
+    }
 }

@@ -147,15 +147,28 @@ async fn setup(local: bool) -> Fixture {
 impl Fixture {
     /// The fixture mounted as input "tree" with default options.
     fn mount_tree(&self) -> tvix_oci_fuse::InputsMount {
+        self.mount_tree_with(&MountOptions::default())
+    }
+
+    /// The fixture mounted as input "tree".
+    fn mount_tree_with(&self, opts: &MountOptions) -> tvix_oci_fuse::InputsMount {
         let inputs = input("tree", &self.node);
         mount(
             self.blobs.clone(),
             self.dirs.clone(),
             inputs,
             &self.mnt,
-            &MountOptions::default(),
+            opts,
         )
         .unwrap()
+    }
+}
+
+/// Files opened through this process, and passed through where local.
+fn passthrough() -> MountOptions {
+    MountOptions {
+        no_open: false,
+        ..MountOptions::default()
     }
 }
 
@@ -193,9 +206,9 @@ fn random_reads(a: &Path, b: &Path) {
     }
 }
 
-async fn walk_matches_disk(local: bool) {
+async fn walk_matches_disk(local: bool, opts: MountOptions) {
     let f = setup(local).await;
-    let m = f.mount_tree();
+    let m = f.mount_tree_with(&opts);
     let mnt_tree = f.mnt.join("tree");
     let (src, mt) = (f.src.clone(), mnt_tree.clone());
     tokio::task::spawn_blocking(move || {
@@ -242,13 +255,19 @@ async fn walk_matches_disk(local: bool) {
 #[tokio::test(flavor = "multi_thread")]
 async fn walk_matches_disk_local_store() {
     need_fuse!();
-    walk_matches_disk(true).await;
+    walk_matches_disk(true, MountOptions::default()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn walk_matches_disk_local_store_passthrough() {
+    need_fuse!();
+    walk_matches_disk(true, passthrough()).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn walk_matches_disk_memory_store() {
     need_fuse!();
-    walk_matches_disk(false).await;
+    walk_matches_disk(false, MountOptions::default()).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -307,15 +326,20 @@ async fn executables_run_and_mmap() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sixteen_threads_read_the_right_bytes() {
     need_fuse!();
-    // Ranges from the memory store, and passthrough from the local one.
-    for local in [false, true] {
-        sixteen_threads(local).await;
+    // Ranges from the memory store, and files opened in the kernel or
+    // passed through from the local one.
+    for (local, opts) in [
+        (false, MountOptions::default()),
+        (true, MountOptions::default()),
+        (true, passthrough()),
+    ] {
+        sixteen_threads(local, opts).await;
     }
 }
 
-async fn sixteen_threads(local: bool) {
+async fn sixteen_threads(local: bool, opts: MountOptions) {
     let f = setup(local).await;
-    let m = f.mount_tree();
+    let m = f.mount_tree_with(&opts);
     let files = ["big.bin", "a/b/c/deep.txt", "with space.txt", "bin/busybox"];
     let want: Vec<B3Digest> = files
         .iter()
@@ -416,6 +440,84 @@ async fn missing_names_are_asked_once() {
     );
     // A name that is there is still found.
     assert!(std::fs::symlink_metadata(t.join("a/empty")).is_ok());
+    m.unmount().unwrap();
+}
+
+/// By default the kernel opens files without asking: no open reaches the
+/// daemon, and a file read once is read again from the kernel's cache
+/// (nothing more served here), the right bytes each time.
+#[tokio::test(flavor = "multi_thread")]
+async fn files_are_opened_in_the_kernel_and_stay_cached() {
+    need_fuse!();
+    let f = setup(true).await;
+    let m = f.mount_tree();
+    let (t, src) = (f.mnt.join("tree"), f.src.clone());
+    let read_all = move || {
+        for name in ["big.bin", "a/b/c/deep.txt", "bin/busybox"] {
+            assert_eq!(
+                std::fs::read(t.join(name)).unwrap(),
+                std::fs::read(src.join(name)).unwrap(),
+                "{name}"
+            );
+        }
+    };
+    tokio::task::spawn_blocking(read_all).await.unwrap();
+    let first = m.stats();
+    assert!(first.bytes_served >= 64 << 20, "{first:?}");
+    let deep = f.mnt.join("tree/a/b/c/deep.txt");
+    tokio::task::spawn_blocking(move || {
+        for _ in 0..100 {
+            assert_eq!(std::fs::read(&deep).unwrap(), b"deep down\n");
+        }
+    })
+    .await
+    .unwrap();
+    let second = m.stats();
+    assert_eq!((second.opens, second.backing_files), (0, 0), "{second:?}");
+    // 10 bytes a read if each came here; a few re-reads are another
+    // program dropping the page cache meanwhile.
+    assert!(
+        second.bytes_served - first.bytes_served <= 50,
+        "read again from the kernel's cache: {second:?}"
+    );
+    m.unmount().unwrap();
+}
+
+/// A file opened again reuses the backing file its first open registered
+/// (no new one per open), and every open reads the right bytes, at once and
+/// in turn.
+#[tokio::test(flavor = "multi_thread")]
+async fn reopened_files_reuse_their_backing_file() {
+    need_fuse!();
+    let f = setup(true).await;
+    let m = f.mount_tree_with(&passthrough());
+    assert!(m.stats().passthrough, "this kernel has FUSE passthrough");
+    let (t, src) = (f.mnt.join("tree"), f.src.clone());
+    let before = m.stats();
+    tokio::task::spawn_blocking(move || {
+        for _ in 0..20 {
+            for name in ["big.bin", "a/b/c/deep.txt", "with space.txt"] {
+                assert_eq!(
+                    std::fs::read(t.join(name)).unwrap(),
+                    std::fs::read(src.join(name)).unwrap(),
+                    "{name}"
+                );
+            }
+        }
+        // Two opens of one file at once, and a third while they are open.
+        let a = std::fs::File::open(t.join("big.bin")).unwrap();
+        let b = std::fs::File::open(t.join("big.bin")).unwrap();
+        assert_eq!(std::fs::read(t.join("big.bin")).unwrap().len(), 64 << 20);
+        drop((a, b));
+    })
+    .await
+    .unwrap();
+    let after = m.stats();
+    assert!(after.opens - before.opens >= 62, "{after:?}");
+    // One per file (3), unless the kernel dropped its inodes meanwhile
+    // (another program's drop_caches); one per open (63) without keeping.
+    let registered = after.backing_files - before.backing_files;
+    assert!((3..16).contains(&registered), "{after:?}");
     m.unmount().unwrap();
 }
 
@@ -527,7 +629,9 @@ async fn remote_blobs_are_checked_cached_and_corruption_is_eio() {
     m.unmount().unwrap();
     server.abort();
 
-    // A corrupting remote store: EIO, and nothing cached.
+    // A corrupting remote store: EIO, and nothing cached; the blob is
+    // fetched for a read (files opened in the kernel) or for an open
+    // (passthrough).
     let corrupt: Arc<dyn BlobService> = Arc::new(Corrupting(MemoryBlobService::default()));
     corrupt
         .put(bytes::Bytes::from_static(b"precious"))
@@ -540,11 +644,23 @@ async fn remote_blobs_are_checked_cached_and_corruption_is_eio() {
         size: 8,
         executable: false,
     };
-    let m = mount(remote_b, f.dirs.clone(), input("p", &node), &f.mnt, &opts).unwrap();
-    let err = tokio::fs::read(f.mnt.join("p")).await.unwrap_err();
-    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
-    assert!(!cache.path(&B3Digest::of(b"precious")).exists());
-    m.unmount().unwrap();
+    for no_open in [true, false] {
+        let opts = MountOptions {
+            no_open,
+            ..opts.clone()
+        };
+        let inputs = input("p", &node);
+        let m = mount(remote_b.clone(), f.dirs.clone(), inputs, &f.mnt, &opts).unwrap();
+        let err = tokio::fs::read(f.mnt.join("p")).await.unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+        assert!(!cache.path(&B3Digest::of(b"precious")).exists());
+        let trouble = m.store_trouble(std::time::Duration::from_secs(60)).unwrap();
+        assert!(
+            trouble.contains(&B3Digest::of(b"precious").to_hex()),
+            "{trouble}"
+        );
+        m.unmount().unwrap();
+    }
     server.abort();
 }
 
@@ -688,7 +804,7 @@ fn mount_overlay(lower: &Path, upper: &Path, work: &Path, target: &Path) -> std:
 async fn passthrough_works_below_an_overlay() {
     need_fuse!();
     let f = setup(true).await;
-    let m = f.mount_tree();
+    let m = f.mount_tree_with(&passthrough());
     assert!(
         m.stats().passthrough,
         "this kernel has FUSE passthrough; it must be on"

@@ -16,7 +16,7 @@ mod serve;
 mod spec;
 
 pub use build::{BuildArgs, Builder, Built, Prepared, read_drv};
-pub use run::{read_request, shutdown_signal};
+pub use run::{read_request, shutdown_signal, shutdown_signal_now};
 
 use crate::args::{Cli, Command};
 use crate::store::{data_dir, open_stores, store_urls};

@@ -45,9 +45,11 @@ pub async fn mount(
         };
         exit(code, e)
     })?;
+    // Listening before saying so: a Ctrl-C right after the message unmounts.
+    let stop = crate::commands::shutdown_signal_now();
     eprintln!("mounted at {}; Ctrl-C to unmount", m.mountpoint().display());
     let _ = std::io::stderr().flush();
-    crate::commands::shutdown_signal().await;
+    stop.await;
     tokio::task::spawn_blocking(move || m.unmount())
         .await?
         .map_err(|e| exit(HOST, e))?;

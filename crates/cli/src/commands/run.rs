@@ -292,6 +292,28 @@ fn no_sandbox_shell() -> anyhow::Error {
     )
 }
 
+/// Ctrl-C or SIGTERM, listened for from this call on (not from the first
+/// poll, as [`shutdown_signal`]): for a command that says it is ready
+/// before it waits, so a signal sent at once is not the default death.
+pub fn shutdown_signal_now() -> impl Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let handlers = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    );
+    async move {
+        match handlers {
+            (Ok(mut int), Ok(mut term)) => {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            _ => shutdown_signal().await,
+        }
+    }
+}
+
 /// Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {
     let term = async {

@@ -98,8 +98,13 @@ impl Sandbox {
                 Arc::new(cache)
             }
         };
+        // Passthrough, not no-open: each build gets a new mount, whose
+        // first reads no-open would copy through the daemon (and cache a
+        // second time); passthrough reads the blob cache's files at native
+        // speed from the first byte (BENCHMARKS.md, issue 19).
         let mount_opts = MountOptions {
             cache: Some(cache),
+            no_open: false,
             ..MountOptions::default()
         };
         let (blobs, dirs) = exec.stores();
