@@ -20,7 +20,7 @@ use crate::inodes::InodeTable;
 use crate::stats::Stats;
 
 /// The root directory's inode.
-pub const ROOT: u64 = 1;
+pub const ROOT: u64 = crate::inodes::ROOT_INO;
 
 /// The handlers of a filesystem of `inputs`, unmounted. Errors are errno
 /// values, as the kernel would get them.

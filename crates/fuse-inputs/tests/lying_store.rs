@@ -22,27 +22,13 @@ use tvix_oci_fuse::{BlobCache, InputsMount, MountOptions, mount};
 
 const SIZE: usize = 300_001;
 
-fn skip_reason() -> Option<&'static str> {
-    if !Path::new("/dev/fuse").exists() {
-        return Some("/dev/fuse is absent");
-    }
-    // SAFETY: no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("mounting with allow_other needs root");
-    }
-    None
-}
-
 macro_rules! need_fuse {
     () => {
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
             .with_env_filter("tvix_oci_fuse=debug")
             .try_init();
-        if let Some(why) = skip_reason() {
-            println!("SKIPPED: {why}");
-            return;
-        }
+        tvix_oci_testkit::require!(root, fuse);
     };
 }
 

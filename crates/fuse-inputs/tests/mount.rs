@@ -15,18 +15,7 @@ use tvix_oci_castore::directoryservice::{DirectoryService, MemoryDirectoryServic
 use tvix_oci_castore::import::{ImportOptions, import_path};
 use tvix_oci_castore::{B3Digest, Node, PathComponent, open_blob_service, open_directory_service};
 use tvix_oci_fuse::{BlobCache, MountOptions, mount, mountinfo};
-
-/// Why FUSE tests cannot run here, if they cannot.
-fn skip_reason() -> Option<&'static str> {
-    if !Path::new("/dev/fuse").exists() {
-        return Some("/dev/fuse is absent");
-    }
-    // SAFETY: no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("mounting with allow_other needs root");
-    }
-    None
-}
+use tvix_oci_testkit::{Fault, FaultyBlobs};
 
 macro_rules! need_fuse {
     () => {
@@ -34,10 +23,7 @@ macro_rules! need_fuse {
             .with_test_writer()
             .with_env_filter("tvix_oci_fuse=debug")
             .try_init();
-        if let Some(why) = skip_reason() {
-            println!("SKIPPED: {why}");
-            return;
-        }
+        tvix_oci_testkit::require!(root, fuse);
     };
 }
 
@@ -549,38 +535,6 @@ async fn busy_mountpoint_and_bad_inputs_are_refused() {
     assert!(no_fuse_mount_at(&f.mnt.canonicalize().unwrap()));
 }
 
-/// A store that flips the first byte of every blob, served over gRPC.
-#[derive(Debug, Default)]
-struct Corrupting(MemoryBlobService);
-
-#[async_trait::async_trait]
-impl BlobService for Corrupting {
-    async fn has(&self, d: &B3Digest) -> std::io::Result<bool> {
-        self.0.has(d).await
-    }
-    async fn open_read_at(
-        &self,
-        d: &B3Digest,
-        off: u64,
-    ) -> std::io::Result<Option<tvix_oci_castore::blobservice::BlobReader>> {
-        use tokio::io::AsyncReadExt;
-        let Some(mut r) = self.0.open_read_at(d, off).await? else {
-            return Ok(None);
-        };
-        let mut buf = Vec::new();
-        r.read_to_end(&mut buf).await?;
-        if let Some(b) = buf.first_mut() {
-            *b ^= 1;
-        }
-        Ok(Some(Box::new(std::io::Cursor::new(buf))))
-    }
-    async fn open_write(
-        &self,
-    ) -> std::io::Result<Box<dyn tvix_oci_castore::blobservice::BlobWriter>> {
-        self.0.open_write().await
-    }
-}
-
 async fn serve(
     blobs: Arc<dyn BlobService>,
     dirs: Arc<dyn DirectoryService>,
@@ -632,7 +586,9 @@ async fn remote_blobs_are_checked_cached_and_corruption_is_eio() {
     // A corrupting remote store: EIO, and nothing cached; the blob is
     // fetched for a read (files opened in the kernel) or for an open
     // (passthrough).
-    let corrupt: Arc<dyn BlobService> = Arc::new(Corrupting(MemoryBlobService::default()));
+    let corrupt: Arc<dyn BlobService> = Arc::new(
+        FaultyBlobs::new(Arc::new(MemoryBlobService::default())).reads(Fault::Corrupt, None),
+    );
     corrupt
         .put(bytes::Bytes::from_static(b"precious"))
         .await
@@ -769,35 +725,20 @@ async fn abort_unblocks_readers_and_unmount_leaves_nothing() {
     assert!(no_fuse_mount_at(&path));
 }
 
-fn mount_overlay(lower: &Path, upper: &Path, work: &Path, target: &Path) -> std::io::Result<()> {
+fn mount_overlay(
+    lower: &Path,
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+) -> Result<(), tvix_oci_sys::mount::MountError> {
     let opts = format!(
         "lowerdir={},upperdir={},workdir={}",
         lower.display(),
         upper.display(),
         work.display()
     );
-    let c = |s: &str| std::ffi::CString::new(s).unwrap();
-    let (src, dst, typ, data) = (
-        c("overlay"),
-        c(target.to_str().unwrap()),
-        c("overlay"),
-        c(&opts),
-    );
-    // SAFETY: valid NUL-terminated strings.
-    let rc = unsafe {
-        libc::mount(
-            src.as_ptr(),
-            dst.as_ptr(),
-            typ.as_ptr(),
-            0,
-            data.as_ptr().cast(),
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    let flags = tvix_oci_sys::mount::MsFlags::empty();
+    tvix_oci_sys::mount::mount("overlay", target, "overlay", flags, Some(&opts))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -828,9 +769,10 @@ async fn passthrough_works_below_an_overlay() {
         std::fs::write(mg.join("tree/new-file"), b"x").unwrap();
     })
     .await;
-    let merged_c = std::ffi::CString::new(merged.as_os_str().as_bytes()).unwrap();
-    // SAFETY: a valid path.
-    assert_eq!(unsafe { libc::umount2(merged_c.as_ptr(), 0) }, 0);
+    assert!(
+        !tvix_oci_sys::mount::unmount_or_detach(&merged).unwrap(),
+        "the overlay was busy"
+    );
     res.unwrap();
     assert!(upper.join("tree/new-file").exists());
     m.unmount().unwrap();
@@ -867,32 +809,6 @@ async fn prefetch_fills_the_cache_in_the_background() {
     server.abort();
 }
 
-/// A store that never answers a read.
-#[derive(Debug, Default)]
-struct Hanging(MemoryBlobService);
-
-#[async_trait::async_trait]
-impl BlobService for Hanging {
-    async fn has(&self, d: &B3Digest) -> std::io::Result<bool> {
-        self.0.has(d).await
-    }
-    async fn open_read_at(
-        &self,
-        _d: &B3Digest,
-        _off: u64,
-    ) -> std::io::Result<Option<tvix_oci_castore::blobservice::BlobReader>> {
-        std::future::pending().await
-    }
-    async fn open_write(
-        &self,
-    ) -> std::io::Result<Box<dyn tvix_oci_castore::blobservice::BlobWriter>> {
-        self.0.open_write().await
-    }
-    fn range_reads(&self) -> bool {
-        true
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hung_store_does_not_hold_up_the_unmount() {
     need_fuse!();
@@ -907,7 +823,7 @@ async fn a_hung_store_does_not_hold_up_the_unmount() {
         ..Default::default()
     };
     let m = mount(
-        Arc::new(Hanging::default()),
+        Arc::new(FaultyBlobs::new(Arc::new(MemoryBlobService::default())).reads(Fault::Hang, None)),
         f.dirs.clone(),
         input("stuck", &node),
         &f.mnt,
