@@ -61,7 +61,8 @@ pub(crate) enum Kind {
 impl Bucket {
     /// Opens the store an `objectstore+…` URL names (see the module docs).
     pub(crate) fn open(url: &Url) -> Result<Self, StoreError> {
-        let raw = url.as_str();
+        let shown = redacted(url);
+        let raw = shown.as_str();
         let (store, prefix, base): (Arc<dyn ObjectStore>, &str, String) = match url.scheme() {
             "objectstore+memory" => {
                 no_params(url)?;
@@ -146,6 +147,33 @@ impl Bucket {
         let msg = format!("{what} {}: {e}", self.show(key));
         io::Error::new(io::Error::from(e).kind(), msg)
     }
+}
+
+/// `url` for messages: the values of parameters that may be secrets
+/// (keys, tokens, passwords) replaced by `…`.
+fn redacted(url: &Url) -> String {
+    if url.query().is_none() {
+        return url.as_str().to_owned();
+    }
+    let secret = |k: &str| {
+        ["secret", "token", "key", "password"]
+            .iter()
+            .any(|w| k.to_ascii_lowercase().contains(w))
+    };
+    let mut shown = url.clone();
+    let pairs: Vec<(String, String)> = url
+        .query_pairs()
+        .map(|(k, v)| {
+            let v = if secret(&k) {
+                "…".to_owned()
+            } else {
+                v.into_owned()
+            };
+            (k.into_owned(), v)
+        })
+        .collect();
+    shown.query_pairs_mut().clear().extend_pairs(pairs);
+    shown.as_str().to_owned()
 }
 
 fn no_params(url: &Url) -> Result<(), StoreError> {

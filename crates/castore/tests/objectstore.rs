@@ -216,6 +216,10 @@ async fn bad_urls_are_refused_naming_the_fault() {
         let err = open_directory_service(url).await.unwrap_err().to_string();
         assert!(err.contains(says), "{url}: {err}");
     }
+    // A secret in the URL is not repeated in the message.
+    let url = "objectstore+s3://b/p?secret_access_key=hunter2&bogus=1";
+    let err = open_blob_service(url).await.unwrap_err().to_string();
+    assert!(err.contains("bogus") && !err.contains("hunter2"), "{err}");
 }
 
 /// A big blob's upload cancelled at any point leaves nothing at its key,

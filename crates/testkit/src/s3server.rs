@@ -31,7 +31,8 @@ pub struct S3Server {
     dir: Option<tempfile::TempDir>,
 }
 
-/// The `s3s-fs` binary: `S3S_FS`, else on `PATH`, else in `~/.cargo/bin`.
+/// The `s3s-fs` binary: `S3S_FS`, else on `PATH`, else in `$CARGO_HOME/bin`
+/// (`~/.cargo/bin`), where `.ci/install-deps` puts it.
 pub fn binary() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("S3S_FS") {
         return Some(p.into());
@@ -39,7 +40,10 @@ pub fn binary() -> Option<PathBuf> {
     let on_path = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
         .unwrap_or_default();
-    let home = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin"));
+    let cargo = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
+    let home = cargo.map(|c| c.join("bin"));
     on_path
         .into_iter()
         .chain(home)
