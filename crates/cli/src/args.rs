@@ -269,6 +269,12 @@ pub struct ExecArgs {
     /// kernel kills the build.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub memory_limit: Option<u64>,
+    /// serve: the size of the blob cache under the data dir (bytes, or
+    /// with K, M, G), shared by all its builds: a blob of a store that is
+    /// not on local disk (gRPC, S3) is fetched once, then read from there;
+    /// past the size, the least recently used blobs are removed.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "10G")]
+    pub blob_cache_size: u64,
     /// Processes a build may have at once; 0 or none: unlimited.
     #[arg(long, value_name = "N", default_value = "4096", value_parser = parse_pids)]
     pub pids_limit: PidsLimit,

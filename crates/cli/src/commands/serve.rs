@@ -35,7 +35,14 @@ pub async fn serve(
     blobs: Arc<dyn BlobService>,
     dirs: Arc<dyn DirectoryService>,
 ) -> anyhow::Result<()> {
-    let exec = Arc::new(Executor::new(args.config(), blobs.clone(), dirs.clone()));
+    let mut config = args.config();
+    // One cache for all its builds (each build alone would fetch its
+    // inputs again).
+    let cache_dir = crate::store::data_dir().join("blob-cache");
+    let cache = tvix_oci_fuse::BlobCache::open(&cache_dir, args.blob_cache_size)
+        .map_err(|e| exit(HOST, format!("the blob cache {}: {e}", cache_dir.display())))?;
+    config.blob_cache = Some(Arc::new(cache));
+    let exec = Arc::new(Executor::new(config, blobs.clone(), dirs.clone()));
     exec.recover();
     // A clash of the build id pool with a host account refuses to start.
     exec.check_host().map_err(|e| exit(HOST, e))?;
