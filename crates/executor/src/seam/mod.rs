@@ -3,7 +3,7 @@
 //! the [`Mounts`] (the inputs through FUSE, the overlay), the
 //! [`Accounting`] of a build (its cgroup) and the [`Ids`] it runs as (a
 //! slot of the build id pool). [`Host::linux`] is the real host; with the
-//! `fake-host` feature (and in this crate's tests), [`fake::FakeHost`]
+//! `fake-host` feature (and in this crate's tests), `fake::FakeHost`
 //! records every call and can be told to fail any of them or to write
 //! outputs, so the pipeline's decisions run on any machine, without root,
 //! runc or FUSE.
