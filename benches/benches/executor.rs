@@ -22,11 +22,13 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 fn main() -> Res<()> {
-    if unsafe { libc::geteuid() } != 0
-        || !Path::new("/dev/fuse").exists()
-        || !Path::new("/bin/busybox").exists()
-    {
-        println!("SKIPPED: needs root, /dev/fuse, runc and /bin/busybox");
+    if let Some(why) = tvix_oci_testkit::missing(&[
+        tvix_oci_testkit::Need::Root,
+        tvix_oci_testkit::Need::Fuse,
+        tvix_oci_testkit::Need::Runc,
+        tvix_oci_testkit::Need::Busybox,
+    ]) {
+        println!("SKIPPED: {why}");
         return Ok(());
     }
     let rt = tokio::runtime::Runtime::new()?;

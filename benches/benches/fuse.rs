@@ -8,7 +8,7 @@
 //! (`QUICK=1` for a small tree; `BENCH_DIR` picks the disk).
 
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,8 +28,10 @@ fn stat_all(paths: &[PathBuf]) -> Res<Duration> {
 }
 
 fn main() -> Res<()> {
-    if !Path::new("/dev/fuse").exists() || unsafe { libc::geteuid() } != 0 {
-        println!("SKIPPED: the FUSE benchmark needs /dev/fuse and root");
+    if let Some(why) =
+        tvix_oci_testkit::missing(&[tvix_oci_testkit::Need::Root, tvix_oci_testkit::Need::Fuse])
+    {
+        println!("SKIPPED: {why}");
         return Ok(());
     }
     let quick = std::env::var_os("QUICK").is_some();

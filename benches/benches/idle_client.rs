@@ -39,11 +39,13 @@ struct Times {
 }
 
 fn main() {
-    if unsafe { libc::geteuid() } != 0
-        || !Path::new("/dev/fuse").exists()
-        || !Path::new("/bin/busybox").exists()
-    {
-        println!("SKIPPED: needs root, /dev/fuse, runc and /bin/busybox");
+    if let Some(why) = tvix_oci_testkit::missing(&[
+        tvix_oci_testkit::Need::Root,
+        tvix_oci_testkit::Need::Fuse,
+        tvix_oci_testkit::Need::Runc,
+        tvix_oci_testkit::Need::Busybox,
+    ]) {
+        println!("SKIPPED: {why}");
         return;
     }
     let quick = std::env::var_os("QUICK").is_some();

@@ -6,7 +6,6 @@
 //! Run (root, /dev/fuse, runc, /bin/busybox):
 //! `cargo bench -p tvix-oci-benches --bench lazy_build` (`QUICK=1`: 1/10 the size)
 
-use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -29,11 +28,13 @@ impl LogSink for FirstOutput {
 }
 
 fn main() -> Res<()> {
-    if unsafe { libc::geteuid() } != 0
-        || !Path::new("/dev/fuse").exists()
-        || !Path::new("/bin/busybox").exists()
-    {
-        println!("SKIPPED: needs root, /dev/fuse, runc and /bin/busybox");
+    if let Some(why) = tvix_oci_testkit::missing(&[
+        tvix_oci_testkit::Need::Root,
+        tvix_oci_testkit::Need::Fuse,
+        tvix_oci_testkit::Need::Runc,
+        tvix_oci_testkit::Need::Busybox,
+    ]) {
+        println!("SKIPPED: {why}");
         return Ok(());
     }
     let quick = std::env::var_os("QUICK").is_some();

@@ -68,8 +68,10 @@ fn ms(d: Duration) -> String {
 
 fn main() -> Res<()> {
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 || !Path::new("/dev/fuse").exists() {
-        println!("SKIPPED: the lazy_tree benchmark needs root and /dev/fuse");
+    if let Some(why) =
+        tvix_oci_testkit::missing(&[tvix_oci_testkit::Need::Root, tvix_oci_testkit::Need::Fuse])
+    {
+        println!("SKIPPED: {why}");
         return Ok(());
     }
     let tmp = bench_tempdir()?;

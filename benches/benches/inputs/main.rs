@@ -75,8 +75,10 @@ impl Placement {
 
 fn main() -> Res<()> {
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 || !Path::new("/dev/fuse").exists() {
-        println!("SKIPPED: the inputs benchmark needs root and /dev/fuse");
+    if let Some(why) =
+        tvix_oci_testkit::missing(&[tvix_oci_testkit::Need::Root, tvix_oci_testkit::Need::Fuse])
+    {
+        println!("SKIPPED: {why}");
         return Ok(());
     }
     let quick = std::env::var_os("QUICK").is_some();
