@@ -113,7 +113,12 @@ async fn a_build_makes_then_undoes_everything_in_order_and_stores_its_output() {
     });
     let req = request(true, &["build/out"]);
     let result = r.exec.build(&req, &NoLogs).await.unwrap();
-    let want: Vec<Step> = [&SETUP[..], &[Step::Run], &TEARDOWN[..]].concat();
+    let want: Vec<Step> = [
+        &SETUP[..],
+        &[Step::Run, Step::DeleteContainer],
+        &TEARDOWN[..],
+    ]
+    .concat();
     assert_eq!(r.fake.calls(), want);
     let (name, node) = &result.build.outputs[0];
     assert_eq!(name.as_bytes(), b"out");
@@ -312,7 +317,11 @@ async fn a_cancelled_build_undoes_everything() {
     // The executor aborts the inputs' connection first, so a reader stuck
     // on the store dies at once; then every mount and hold goes.
     let after_run = &calls[SETUP.len() + 1..];
-    assert_eq!(after_run[0], Step::AbortInputs, "{calls:?}");
+    assert_eq!(
+        after_run[..2],
+        [Step::AbortInputs, Step::DeleteContainer],
+        "{calls:?}"
+    );
     for s in TEARDOWN {
         assert!(after_run.contains(&s), "{s:?} not undone: {calls:?}");
     }

@@ -25,7 +25,7 @@ mod sandbox;
 
 pub(crate) use collect::{Collected, collect, limits_from};
 pub(crate) use prepare::Prepared;
-pub(crate) use run::Ran;
+pub(crate) use run::{OnDrop, Ran};
 pub(crate) use sandbox::Sandbox;
 
 #[cfg(test)]

@@ -124,10 +124,10 @@ fn unmount(mounts: super::sandbox::Mounts) -> Result<StatsSnapshot, BuildError> 
 }
 
 /// Runs a function when dropped, unless disarmed.
-struct OnDrop<'a>(Option<&'a (dyn Fn() + Sync)>);
+pub(crate) struct OnDrop<'a>(pub(crate) Option<&'a (dyn Fn() + Sync)>);
 
 impl OnDrop<'_> {
-    fn disarm(mut self) {
+    pub(crate) fn disarm(mut self) {
         self.0 = None;
     }
 }

@@ -33,6 +33,7 @@ pub enum Step {
     MountOverlay,
     Run,
     AbortInputs,
+    DeleteContainer,
     UnmountOverlay,
     UnmountInputs,
 }
@@ -182,13 +183,19 @@ impl Runtime for FakeHost {
 
     async fn run(&self, call: RunCall<'_>) -> Result<RunOutcome, BuildError> {
         self.step(Step::Run)?;
+        // As runc's: deleted at the end, and when dropped the inputs are
+        // aborted first.
+        let _deleted = Recorded(self, Step::DeleteContainer);
+        let abort_first = crate::pipeline::OnDrop(Some(call.on_stop));
         if self.read(|s| s.hang) {
             std::future::pending::<()>().await;
         }
-        match self.read(|s| s.play.clone()) {
+        let ran = match self.read(|s| s.play.clone()) {
             Some(play) => play(call.bundle),
             None => Ok(Self::exited_0()),
-        }
+        };
+        abort_first.disarm();
+        ran
     }
 }
 
@@ -209,6 +216,15 @@ impl Mounts for FakeHost {
             unmount: Step::UnmountOverlay,
             live: true,
         }))
+    }
+}
+
+/// Records its step when dropped.
+struct Recorded<'a>(&'a FakeHost, Step);
+
+impl Drop for Recorded<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.step(self.1);
     }
 }
 

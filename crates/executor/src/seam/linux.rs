@@ -18,6 +18,7 @@ use super::{
 use crate::cgroup::{BuildCgroup, Usage};
 use crate::idpool::{IdPool, IdPoolConfig};
 use crate::overlay::Overlay;
+use crate::pipeline::OnDrop;
 use crate::runc::{Container, RunOutcome};
 use crate::{BuildError, HostError, InfraError};
 
@@ -58,6 +59,10 @@ impl Runtime for Runc {
         // Deleted when dropped: at the end of the run, or when this future
         // is dropped.
         let mut container = Container::new(call.runtime, call.state_root, call.id);
+        // Dropped first when this future is: the inputs' connection aborted
+        // before the container is deleted, so a builder blocked on a hung
+        // store dies at once and `runc delete` does not wait on it.
+        let abort_first = OnDrop(Some(call.on_stop));
         let ran = crate::runc::run(
             &container,
             call.bundle,
@@ -67,6 +72,7 @@ impl Runtime for Runc {
             call.on_stop,
         )
         .await;
+        abort_first.disarm();
         container.delete();
         ran
     }

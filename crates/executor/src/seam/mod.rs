@@ -79,7 +79,8 @@ pub trait Runtime: Send + Sync + Debug {
 
     /// Runs the container to its end. Contract: when this returns, or its
     /// future is dropped, the container is gone (deleted, its processes
-    /// killed). The build's own failures (exit code, signal, a limit) are
+    /// killed); when dropped, `on_stop` is called before the container is
+    /// deleted (so a builder blocked on the inputs dies at once). The build's own failures (exit code, signal, a limit) are
     /// its errors, as [`crate::runc::run`] says them.
     async fn run(&self, call: RunCall<'_>) -> Result<RunOutcome, BuildError>;
 }
