@@ -38,6 +38,9 @@ impl BlobCache {
     pub fn open(dir: impl Into<PathBuf>, max_bytes: u64) -> io::Result<Self> {
         let dir = dir.into();
         std::fs::create_dir_all(dir.join("tmp")).map_err(|e| with_path(&dir, e))?;
+        // Only this user reads the inputs it fetched (a private store's).
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| with_path(&dir, e))?;
         // Fetches a dead process left unfinished.
         tvix_oci_castore::tempfiles::remove_stale(
             &dir.join("tmp"),
@@ -63,9 +66,17 @@ impl BlobCache {
         self.dir.join(digest.to_hex())
     }
 
-    /// The cached file of `digest`, opened for reading, if present.
-    pub fn get(&self, digest: &B3Digest) -> Option<std::fs::File> {
-        let f = std::fs::File::open(self.path(digest)).ok()?;
+    /// The cached file of `digest`, opened for reading, if present and of
+    /// the declared `size`. A file of another size (cut short by a crash
+    /// before it reached the disk) is removed, to be fetched again.
+    pub fn get(&self, digest: &B3Digest, size: u64) -> Option<std::fs::File> {
+        let path = self.path(digest);
+        let f = std::fs::File::open(&path).ok()?;
+        if f.metadata().ok()?.len() != size {
+            tracing::warn!(path = %path.display(), "cached blob {digest} is not {size} bytes; fetching it again");
+            let _ = std::fs::remove_file(&path);
+            return None;
+        }
         // Recently used: eviction goes by modification time.
         let _ = f.set_modified(SystemTime::now());
         Some(f)
@@ -85,7 +96,7 @@ impl BlobCache {
         size: u64,
         idle: Duration,
     ) -> io::Result<(std::fs::File, bool)> {
-        if let Some(f) = self.get(digest) {
+        if let Some(f) = self.get(digest, size) {
             return Ok((f, false));
         }
         // Someone else may be fetching it: wait for them, then look again.
@@ -94,7 +105,7 @@ impl BlobCache {
             m.entry(*digest).or_default().clone()
         };
         let guard = lock.lock().await;
-        let res = match self.get(digest) {
+        let res = match self.get(digest, size) {
             Some(f) => Ok((f, false)),
             None => self
                 .fetch(blobs, digest, size, idle)
@@ -153,6 +164,9 @@ impl BlobCache {
         let got = reader.received();
         tmp.as_file()
             .set_permissions(std::fs::Permissions::from_mode(0o444))?;
+        // On disk before its name: a crash never leaves a named file short
+        // (and `get` checks the size too).
+        tmp.as_file().sync_data()?;
         let dest = self.path(digest);
         let file = tmp.persist(&dest).map_err(|e| with_path(&dest, e.error))?;
         let used = self.used.fetch_add(got, Ordering::Relaxed) + got;
@@ -224,8 +238,12 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         // The third fill went past 2500 bytes: the oldest went.
-        assert!(cache.get(&digests[0]).is_none());
-        assert!(cache.get(&digests[2]).is_some());
+        assert!(cache.get(&digests[0], 1000).is_none());
+        assert!(cache.get(&digests[2], 1000).is_some());
+        // A cached file of the wrong size (cut short by a crash) is no hit,
+        // and is removed.
+        assert!(cache.get(&digests[2], 999).is_none());
+        assert!(!cache.path(&digests[2]).exists());
         assert!(cache.used_bytes() <= 2500);
     }
 
@@ -239,7 +257,7 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         assert!(err.to_string().contains(&d.to_hex()));
         assert!(err.to_string().contains("3 bytes, 4 declared"), "{err}");
-        assert!(cache.get(&d).is_none());
+        assert!(cache.get(&d, 4).is_none());
         // No temp file either.
         assert_eq!(
             std::fs::read_dir(tmp.path().join("tmp")).unwrap().count(),

@@ -165,7 +165,10 @@ impl Fetcher {
             }
             return Ok(Local::File(f));
         }
-        Ok(self.cache.get(digest).map_or(Local::Absent, Local::File))
+        Ok(self
+            .cache
+            .get(digest, size)
+            .map_or(Local::Absent, Local::File))
     }
 
     /// The blob fetched into the cache (checked against its digest and

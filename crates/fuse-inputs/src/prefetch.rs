@@ -91,7 +91,7 @@ pub(crate) async fn prefetch(
         .for_each_concurrent(CONCURRENCY, |(digest, size)| {
             let (blobs, cache, stats) = (blobs.clone(), cache.clone(), stats.clone());
             async move {
-                if cache.get(&digest).is_some() {
+                if cache.get(&digest, size).is_some() {
                     return;
                 }
                 match cache.get_or_fetch(&*blobs, &digest, size, idle).await {
