@@ -15,7 +15,9 @@
 //! broken or ended without a result (a builder killed mid-build), or a
 //! failure its server calls its host's or its store's. Builds are hermetic,
 //! so running one again is safe; the build's own failures and the
-//! request's are never retried.
+//! request's are never retried, and a build whose stream broke after it
+//! started running is tried once more only (a build that kills its
+//! builder must not take the farm down one builder after another).
 
 use std::time::Duration;
 
@@ -23,7 +25,7 @@ use tokio_stream::StreamExt;
 use tvix_oci_castore::grpc::{StoreTimeouts, open_channel};
 use tvix_oci_castore::{open_blob_service_with, open_directory_service_with};
 use tvix_oci_executor::BuildResult;
-use tvix_oci_executor::runc::{LogSink, LogStream};
+use tvix_oci_executor::runc::{LogSink, LogStream, Phase};
 use tvix_oci_executor::wire::{phase_of, result_of};
 use tvix_oci_spec::BuildRequest;
 use tvix_oci_spec::proto::events::build_service_client::BuildServiceClient;
@@ -86,6 +88,9 @@ pub(crate) async fn client(
 enum Try {
     /// For a reason another try may not meet.
     Again(Failure),
+    /// As `Again`, but the build had run: tried again only if it is the
+    /// first try.
+    AgainOnce(Failure),
     /// For good: the build's fault, the request's, or the result's.
     Final(Failure),
 }
@@ -105,7 +110,7 @@ pub(crate) async fn build(
             Ok(r) => return Ok(r),
             Err(Try::Again(f)) if tried < retries => {
                 tried += 1;
-                let wait = Duration::from_millis(500) * (1 << (tried - 1).min(5));
+                let wait = backoff(tried);
                 let note = format!(
                     "[{}; trying again in {wait:?} ({tried} of {retries})]\n",
                     f.msg
@@ -113,9 +118,28 @@ pub(crate) async fn build(
                 sink.log(LogStream::Stderr, note.as_bytes());
                 tokio::time::sleep(wait).await;
             }
-            Err(Try::Again(f) | Try::Final(f)) => return Err(f),
+            Err(Try::AgainOnce(f)) if tried == 0 && retries > 0 => {
+                tried += 1;
+                let wait = backoff(tried);
+                let note = format!("[{}; trying once more in {wait:?}]\n", f.msg);
+                sink.log(LogStream::Stderr, note.as_bytes());
+                tokio::time::sleep(wait).await;
+            }
+            Err(Try::Again(f) | Try::AgainOnce(f) | Try::Final(f)) => return Err(f),
         }
     }
+}
+
+/// The wait before try `tried + 1`: 0.5 s doubling to 16 s at most, give
+/// or take a quarter, so clients refused together do not come back
+/// together.
+fn backoff(tried: u32) -> Duration {
+    let base = Duration::from_millis(500) * (1 << tried.saturating_sub(1).min(5));
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    // 0.75x to 1.25x.
+    base.mul_f64(0.75 + f64::from(nanos % 1000) / 2000.0)
 }
 
 /// One try of [`build`].
@@ -129,16 +153,13 @@ async fn build_once(
         .await
         .map_err(refused)?
         .into_inner();
+    let mut running = false;
     while let Some(event) = events.next().await {
-        let event = event.map_err(|s| {
-            Try::Again(Failure {
-                code: HOST,
-                msg: format!("the server broke off the build: {}", s.message()),
-            })
-        })?;
+        let event = event.map_err(|s| broken(&s, running))?;
         match event.event {
             Some(Event::Log(l)) => sink.log(stream_of(&l), &l.data),
             Some(Event::Phase(p)) => {
+                running |= matches!(phase_of(&p), Some(Phase::Running));
                 if let Some(phase) = phase_of(&p) {
                     sink.phase(phase);
                 }
@@ -162,10 +183,33 @@ async fn build_once(
             Some(Event::Started(_) | Event::Progress(_) | Event::RefscanResult(_)) | None => {}
         }
     }
-    Err(Try::Again(Failure {
+    let f = Failure {
         code: HOST,
         msg: "the server ended the build's stream without its result".into(),
-    }))
+    };
+    Err(match running {
+        true => Try::AgainOnce(f),
+        false => Try::Again(f),
+    })
+}
+
+/// A stream that ended in `s` before the build's result: worth another
+/// try only when the connection or the server broke (not, e.g., a result
+/// too large for this client), once only when the build had run.
+fn broken(s: &tonic::Status, running: bool) -> Try {
+    let f = Failure {
+        code: HOST,
+        msg: format!("the server broke off the build: {}", s.message()),
+    };
+    match (s.code(), running) {
+        (tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal, false) => {
+            Try::Again(f)
+        }
+        (tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal, true) => {
+            Try::AgainOnce(f)
+        }
+        _ => Try::Final(f),
+    }
 }
 
 fn stream_of(l: &ev::Log) -> LogStream {
@@ -207,6 +251,7 @@ fn failed(f: ev::Failed) -> Try {
     match fault {
         Fault::Build => Try::Final(failure(BUILD_FAILED)),
         Fault::Request => Try::Final(failure(INVALID)),
-        Fault::Host | Fault::Store | Fault::Unspecified => Try::Again(failure(HOST)),
+        Fault::Host | Fault::Store => Try::Again(failure(HOST)),
+        Fault::Unspecified => Try::Final(failure(HOST)),
     }
 }
