@@ -172,12 +172,14 @@ fn a_builder_killed_mid_build_its_clients_try_again_elsewhere() {
     let url = farm.url.clone();
     let builds = std::thread::scope(|s| {
         let run = s.spawn(|| build_all(tmp.path(), &url, 3, 6, "3"));
-        // Once builder 0 runs one, kill it.
+        // Once every build was sent (every upload done) and builder 0
+        // runs one, kill it.
         let start = Instant::now();
-        while farm.log_lines(0, "build requested") == 0 {
+        let requested = |i| farm.log_lines(i, "build requested");
+        while requested(0) == 0 || (0..3).map(requested).sum::<usize>() < 6 {
             assert!(
                 start.elapsed() < Duration::from_secs(60),
-                "builder 0 got no build"
+                "the builds were not all sent"
             );
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -192,7 +194,7 @@ fn a_builder_killed_mid_build_its_clients_try_again_elsewhere() {
             cat(tmp.path(), &farm.builder_url(1), &digest),
             format!("{n}\n").as_bytes()
         );
-        retried += usize::from(String::from_utf8_lossy(&out.stderr).contains("trying again"));
+        retried += usize::from(String::from_utf8_lossy(&out.stderr).contains("trying once more"));
     }
     assert!(retried >= 1, "no client had to try again");
     assert!(

@@ -229,8 +229,7 @@ fn nginx_conf(prefix: &Path, port: u16, builders: &[Builder]) -> String {
     let p = prefix.display();
     format!(
         "daemon off;
-master_process on;
-worker_processes 1;
+master_process off;
 pid {p}/nginx.pid;
 error_log {p}/error.log warn;
 events {{ worker_connections 1024; }}
