@@ -93,22 +93,28 @@ impl Bucket {
                         "expected a bucket, as in objectstore+s3://BUCKET/PREFIX",
                     )
                 })?;
-                // Bodies are not hashed for the request's signature by
-                // default: every blob is checked against its digest when
-                // read, and TLS guards it on the way; a SHA-256 of every
-                // body is CPU the client and the server spend on top of the
-                // import. `?unsigned_payload=false` (or
-                // `AWS_UNSIGNED_PAYLOAD=false`) signs them.
                 let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
-                if std::env::var_os("AWS_UNSIGNED_PAYLOAD").is_none() {
-                    b = b.with_unsigned_payload(true);
-                }
+                let mut chosen = std::env::var_os("AWS_UNSIGNED_PAYLOAD").is_some();
                 for (k, v) in url.query_pairs() {
                     let key: AmazonS3ConfigKey = k
                         .to_ascii_lowercase()
                         .parse()
                         .map_err(|_| StoreError::url(raw, format!("unknown S3 parameter {k:?}")))?;
+                    chosen |= matches!(key, AmazonS3ConfigKey::UnsignedPayload);
                     b = b.with_config(key, v);
+                }
+                // Over HTTPS, bodies are not hashed for the request's
+                // signature unless asked (`unsigned_payload=false`): TLS
+                // guards them on the way and every read is checked against
+                // its digest, while a SHA-256 of every body is CPU the
+                // client and the server spend on top of the import. Over
+                // plain HTTP they are signed: nothing else would stop a
+                // body changed on the way from being stored.
+                let https = b
+                    .get_config_value(&AmazonS3ConfigKey::Endpoint)
+                    .is_none_or(|e| e.starts_with("https://"));
+                if !chosen && https {
+                    b = b.with_unsigned_payload(true);
                 }
                 let s3 = b.build().map_err(|e| StoreError::url(raw, e.to_string()))?;
                 (
