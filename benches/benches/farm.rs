@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use tvix_oci_benches::remote::cli_binary;
 use tvix_oci_testkit::farm::Farm;
 use tvix_oci_testkit::s3server::S3Server;
-use tvix_oci_testkit::{Need, missing};
+use tvix_oci_testkit::{Need, lacks};
 
 /// All `builds` sent at once by `clients` clients to `url`, each sleeping
 /// `secs`; how long until the last ended.
@@ -68,8 +68,7 @@ fn send_all(
 
 fn main() {
     use Need::*;
-    if let Some(why) = missing(&[Root, Fuse, Runc, Busybox]) {
-        println!("SKIPPED: {why}");
+    if lacks(&[Root, Fuse, Runc, Busybox]) {
         return;
     }
     let quick = std::env::var_os("QUICK").is_some();

@@ -28,10 +28,7 @@ fn stat_all(paths: &[PathBuf]) -> Res<Duration> {
 }
 
 fn main() -> Res<()> {
-    if let Some(why) =
-        tvix_oci_testkit::missing(&[tvix_oci_testkit::Need::Root, tvix_oci_testkit::Need::Fuse])
-    {
-        println!("SKIPPED: {why}");
+    if tvix_oci_testkit::lacks(&[tvix_oci_testkit::Need::Root, tvix_oci_testkit::Need::Fuse]) {
         return Ok(());
     }
     let quick = std::env::var_os("QUICK").is_some();

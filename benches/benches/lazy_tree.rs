@@ -68,10 +68,7 @@ fn ms(d: Duration) -> String {
 
 fn main() -> Res<()> {
     // SAFETY: geteuid has no preconditions.
-    if let Some(why) =
-        tvix_oci_testkit::missing(&[tvix_oci_testkit::Need::Root, tvix_oci_testkit::Need::Fuse])
-    {
-        println!("SKIPPED: {why}");
+    if tvix_oci_testkit::lacks(&[tvix_oci_testkit::Need::Root, tvix_oci_testkit::Need::Fuse]) {
         return Ok(());
     }
     let tmp = bench_tempdir()?;

@@ -18,8 +18,7 @@ struct Server(Child);
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        tvix_oci_testkit::stop(&mut self.0, std::time::Duration::from_secs(10));
     }
 }
 

@@ -201,18 +201,15 @@ impl Drop for Farm {
             let _ = n.child.wait();
         }
         for i in 0..self.builders.len() {
-            // SIGTERM first: serve cleans up and exits.
-            if let Some(c) = &mut self.builders[i].child {
-                let _ = Command::new("kill").arg(c.id().to_string()).status();
-                let start = Instant::now();
-                while start.elapsed() < Duration::from_secs(10) {
-                    if c.try_wait().ok().flatten().is_some() {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                }
+            // A builder killed and not restarted (a test that failed before
+            // it did) comes back once, which removes what it left.
+            if self.builders[i].child.is_none() && !self.builders[i].addr.is_empty() {
+                let _ = self.restart(i);
             }
-            self.kill(i);
+            // SIGTERM first: serve cancels its builds, cleans up and exits.
+            if let Some(mut c) = self.builders[i].child.take() {
+                crate::stop(&mut c, Duration::from_secs(10));
+            }
         }
     }
 }

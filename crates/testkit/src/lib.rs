@@ -9,12 +9,14 @@
 
 pub mod farm;
 mod faulty;
+mod process;
 mod requests;
 pub mod s3server;
 mod skip;
 mod sleeping;
 
 pub use faulty::{Fault, FaultyBlobs};
+pub use process::stop;
 pub use requests::{BUSYBOX, ShRequest};
-pub use skip::{Need, in_ci, missing, skip_or_fail};
+pub use skip::{Need, in_ci, lacks, missing, skip_or_fail};
 pub use sleeping::SleepingStore;

@@ -33,6 +33,14 @@ pub fn missing(needs: &[Need]) -> Option<String> {
     })
 }
 
+/// For a benchmark program: whether the machine lacks one of `needs`,
+/// saying `SKIPPED: why` when it does (a benchmark skips, in CI too).
+pub fn lacks(needs: &[Need]) -> bool {
+    missing(needs)
+        .inspect(|why| println!("SKIPPED: {why}"))
+        .is_some()
+}
+
 fn absent(p: &str) -> Option<String> {
     (!Path::new(p).exists()).then(|| format!("{p} is absent"))
 }

@@ -261,9 +261,10 @@ impl Serve {
 }
 
 impl Drop for Serve {
+    /// SIGTERM first, so a build still running (a test that failed
+    /// mid-build) is cleaned up by the server itself.
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        tvix_oci_testkit::stop(&mut self.child, std::time::Duration::from_secs(10));
     }
 }
 
