@@ -11,7 +11,8 @@
 //! Run (root, /dev/fuse): `TREE=/path/to/ziglang cargo bench -p
 //! tvix-oci-benches --bench lazy_tree` (`TREE`: any directory, e.g. the
 //! `ziglang` dir of PyPI's ziglang 0.17.1 wheel; without it a small
-//! synthetic tree). `WARM_ONLY=1` / `COLD_ONLY=1` run one half;
+//! synthetic tree, whose one large file has `LARGE_MB`, default 64).
+//! `WARM_ONLY=1` / `COLD_ONLY=1` run one half;
 //! `FETCH_CONCURRENCY=N` sets the mount's fetch bound for the cold half.
 
 use std::path::{Path, PathBuf};
@@ -82,7 +83,11 @@ fn main() -> Res<()> {
                 small_files: 5_000,
                 small_avg: 8 * 1024,
                 large_files: 1,
-                large_size: 64 << 20,
+                large_size: std::env::var("LARGE_MB")
+                    .ok()
+                    .and_then(|m| m.parse::<u64>().ok())
+                    .unwrap_or(64)
+                    << 20,
             };
             let p = tmp.path().join("synthetic");
             make_tree(&p, shape, 19)?;
@@ -209,18 +214,23 @@ fn cold(
         "\ncold, from serve (8 readers; first byte of {} bytes):\n",
         largest.0
     );
-    println!("| added round trip | walk | read | total | first byte of the largest file |");
-    println!("| --- | --- | --- | --- | --- |");
+    println!(
+        "| added round trip | walk | read | total | first byte of the largest file: path looked up, then open + read | from the path |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- |");
     for ms_added in list.split(',').filter_map(|s| s.trim().parse::<u64>().ok()) {
         let (url, _proxy) = route(&served, Duration::from_millis(ms_added))?;
         let (b, d) = tokio::runtime::Handle::current().block_on(stores_at(&url))?;
-        let run = |measure: &dyn Fn() -> Res<(Duration, Duration)>| -> Res<(Duration, Duration)> {
+        let run = |measure: &dyn Fn() -> Res<(Duration, Duration)>,
+                   stream_from: u64|
+         -> Res<(Duration, Duration)> {
             let cache_dir = tmp.join("cache");
             let _ = std::fs::remove_dir_all(&cache_dir);
             let cache = Arc::new(BlobCache::open(&cache_dir, 64 << 30)?);
             tvix_oci_benches::sync_and_drop_caches();
             let mut opts = MountOptions {
                 cache: Some(cache),
+                stream_from,
                 ..MountOptions::default()
             };
             if let Some(n) = std::env::var("FETCH_CONCURRENCY")
@@ -240,30 +250,43 @@ fn cold(
             let _ = std::fs::remove_dir_all(&cache_dir);
             r
         };
-        let (walk, read) = run(&|| {
+        let streamed = MountOptions::default().stream_from;
+        let (walk, read) = run(
+            &|| {
+                let t = Instant::now();
+                let files = files_below(mnt);
+                let walk = t.elapsed();
+                let (bytes, read) = read_tree(&files, 8)?;
+                if bytes != native_bytes {
+                    return Err(format!(
+                        "read {bytes} bytes through FUSE, {native_bytes} natively"
+                    )
+                    .into());
+                }
+                Ok((walk, read))
+            },
+            streamed,
+        )?;
+        let first_byte = || {
             let t = Instant::now();
-            let files = files_below(mnt);
-            let walk = t.elapsed();
-            let (bytes, read) = read_tree(&files, 8)?;
-            if bytes != native_bytes {
-                return Err(
-                    format!("read {bytes} bytes through FUSE, {native_bytes} natively").into(),
-                );
-            }
-            Ok((walk, read))
-        })?;
-        let (first, _) = run(&|| {
-            let t = Instant::now();
+            std::fs::metadata(mnt.join(&rel))?;
+            let looked_up = t.elapsed();
             let mut f = std::fs::File::open(mnt.join(&rel))?;
             std::io::Read::read_exact(&mut f, &mut [0u8; 1])?;
-            Ok((t.elapsed(), Duration::ZERO))
-        })?;
+            Ok((t.elapsed() - looked_up, t.elapsed()))
+        };
+        let (first, from_path) = run(&first_byte, streamed)?;
+        let (whole_first, whole_path) = run(&first_byte, u64::MAX)?;
+        let ms1 = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1e3);
         println!(
-            "| {ms_added} ms | {} | {} | {} | {:.1} ms |",
+            "| {ms_added} ms | {} | {} | {} | {} (checked whole first: {}) | {} (checked whole first: {}) |",
             ms(walk),
             ms(read),
             ms(walk + read),
-            first.as_secs_f64() * 1e3
+            ms1(first),
+            ms1(whole_first),
+            ms1(from_path),
+            ms1(whole_path),
         );
     }
     Ok(())

@@ -103,6 +103,42 @@ async fn a_store_serving_corrupted_bytes_is_caught_and_named_by_digest() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_big_blob_read_before_it_was_found_corrupt_fails_a_successful_build() {
+    need_runtime!();
+    let e = env().await;
+    // Big enough to be served as it arrives, before it is verified: the
+    // build reads its head and exits 0 long before the blob is checked.
+    let big: Vec<u8> = (0..4u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 9) as u8)
+        .collect();
+    let digest = e.blobs.put(bytes::Bytes::from(big)).await.unwrap();
+    let node = Node::File {
+        digest,
+        size: 4 << 20,
+        executable: false,
+    };
+    let script = format!("head -c 16 /nix/store/{DATA} > /build/out");
+    let req = e.request(&script, &["build/out"], |p| {
+        let data = e.data.to_proto(&DATA.try_into().unwrap());
+        for i in p.inputs.iter_mut().filter(|i| **i == data) {
+            *i = node.to_proto(&DATA.try_into().unwrap());
+        }
+    });
+    let blobs = FaultyBlobs::new(e.blobs.clone())
+        .reads(Fault::Corrupt, Some(digest))
+        .remote()
+        .shared();
+    let exec = Executor::new(e.config(), blobs, e.dirs.clone());
+    let err = exec.build(&req, &NoLogs).await.unwrap_err();
+    assert!(matches!(err, BuildError::Store(_)), "{err}");
+    assert!(
+        err.to_string().contains(&digest.to_hex()),
+        "names the blob: {err}"
+    );
+    e.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn the_fuse_connection_ending_mid_build_is_an_infrastructure_error() {
     need_runtime!();
     let e = env().await;

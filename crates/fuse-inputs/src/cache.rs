@@ -18,6 +18,8 @@ use tokio::io::AsyncReadExt;
 use tvix_oci_castore::B3Digest;
 use tvix_oci_castore::blobservice::{BlobService, CheckedReader};
 
+use crate::stream::Stream;
+
 /// A bounded, shareable cache of blob files.
 #[derive(Debug)]
 pub struct BlobCache {
@@ -96,6 +98,21 @@ impl BlobCache {
         size: u64,
         idle: Duration,
     ) -> io::Result<(std::fs::File, bool)> {
+        self.get_or_fetch_into(blobs, digest, size, idle, None)
+            .await
+    }
+
+    /// [`Self::get_or_fetch`], telling `stream` of each byte as it is
+    /// written, so its reader may read it before the blob is verified
+    /// ([`crate::stream`]).
+    pub(crate) async fn get_or_fetch_into(
+        &self,
+        blobs: &dyn BlobService,
+        digest: &B3Digest,
+        size: u64,
+        idle: Duration,
+        stream: Option<&Stream>,
+    ) -> io::Result<(std::fs::File, bool)> {
         if let Some(f) = self.get(digest, size) {
             return Ok((f, false));
         }
@@ -108,7 +125,7 @@ impl BlobCache {
         let res = match self.get(digest, size) {
             Some(f) => Ok((f, false)),
             None => self
-                .fetch(blobs, digest, size, idle)
+                .fetch(blobs, digest, size, idle, stream)
                 .await
                 .map(|f| (f, true)),
         };
@@ -126,6 +143,7 @@ impl BlobCache {
         digest: &B3Digest,
         size: u64,
         idle: Duration,
+        stream: Option<&Stream>,
     ) -> io::Result<std::fs::File> {
         let opened = tokio::time::timeout(idle, blobs.open_read(digest))
             .await
@@ -147,6 +165,10 @@ impl BlobCache {
             .prefix("fetch-")
             .tempfile_in(&tmp_dir)
             .map_err(|e| with_path(&tmp_dir, e))?;
+        if let Some(s) = stream {
+            s.started(tmp.reopen().map_err(|e| with_path(tmp.path(), e))?);
+        }
+        let mut written = 0u64;
         // Small blobs are most: no 256 KiB buffer zeroed for each.
         let mut buf = vec![
             0u8;
@@ -160,6 +182,10 @@ impl BlobCache {
                 break;
             }
             tmp.write_all(&buf[..n])?;
+            written += n as u64;
+            if let Some(s) = stream {
+                s.wrote(written);
+            }
         }
         let got = reader.received();
         tmp.as_file()

@@ -26,6 +26,7 @@ use tvix_oci_castore::{B3Digest, ClosureError, Directory, StoreError};
 use crate::cache::BlobCache;
 use crate::inodes::InodeTable;
 use crate::stats::Stats;
+use crate::stream::{Stream, Streams};
 
 /// Directories taken at most from one recursive Get (a bigger closure is
 /// fetched in further ones, on first look below)…
@@ -60,7 +61,14 @@ pub(crate) struct Fetcher {
     /// Directories received in closures and not yet looked at, by their
     /// (computed) digest.
     known_dirs: Mutex<HashMap<B3Digest, Directory>>,
-    read_ahead: tokio::sync::mpsc::Sender<(B3Digest, u64)>,
+    read_ahead: tokio::sync::mpsc::Sender<(u64, B3Digest, u64)>,
+    /// Blobs of at least this many bytes are served as they arrive
+    /// ([`crate::stream`]).
+    pub(crate) stream_from: u64,
+    /// Their fetches running.
+    pub(crate) streams: Arc<Streams>,
+    /// Where fetch tasks run (FUSE threads are not in the runtime).
+    rt: tokio::runtime::Handle,
 }
 
 /// Where a blob's bytes are, without asking the store.
@@ -80,7 +88,8 @@ impl Fetcher {
         stats: Arc<Stats>,
         closing: tokio_util::sync::CancellationToken,
         (timeout, idle, concurrency): (Duration, Duration, usize),
-    ) -> (Self, tokio::sync::mpsc::Receiver<(B3Digest, u64)>) {
+        (stream_from, rt): (u64, tokio::runtime::Handle),
+    ) -> (Self, tokio::sync::mpsc::Receiver<(u64, B3Digest, u64)>) {
         let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD_QUEUE);
         let f = Self {
             inodes,
@@ -94,6 +103,9 @@ impl Fetcher {
             limit: tokio::sync::Semaphore::new(concurrency.clamp(1, MAX_CONCURRENCY)),
             known_dirs: Mutex::new(HashMap::new()),
             read_ahead: tx,
+            stream_from,
+            streams: Arc::new(Streams::default()),
+            rt,
         };
         (f, rx)
     }
@@ -198,6 +210,82 @@ impl Fetcher {
         Ok(f)
     }
 
+    /// Blob `digest` of inode `ino`, served as it arrives: the stream
+    /// fetching it now, or one started here in a task (holding a permit for
+    /// reads). The blob is checked when whole; a failure is the store's,
+    /// recorded with the path.
+    pub(crate) fn stream(self: &Arc<Self>, ino: u64, digest: B3Digest, size: u64) -> Arc<Stream> {
+        let (stream, new) = self.streams.get_or_new(digest, size);
+        if new {
+            let (me, s) = (self.clone(), stream.clone());
+            self.rt.spawn(async move {
+                let what = format!("fetching blob {digest}");
+                // No one reader's death ends it: others may wait for it.
+                let res = me
+                    .guarded(&what, ino, 0, async {
+                        let _permit = me.limit.acquire().await.map_err(std::io::Error::other)?;
+                        me.cache
+                            .get_or_fetch_into(&*me.blobs, &digest, size, me.idle, Some(&s))
+                            .await
+                    })
+                    .await;
+                let file = match res {
+                    Ok((f, fetched)) => {
+                        if fetched {
+                            me.stats.blobs_fetched.fetch_add(1, Ordering::Relaxed);
+                            me.stats.bytes_fetched.fetch_add(size, Ordering::Relaxed);
+                        }
+                        Some(f)
+                    }
+                    Err(_) => None,
+                };
+                s.finish(file);
+                me.streams.ended(&s);
+            });
+        }
+        stream
+    }
+
+    /// Up to `size` bytes at `offset` of `stream` if they are here now
+    /// (counted as served); `None` while they are still to come.
+    pub(crate) fn read_streamed_now(
+        &self,
+        stream: &Stream,
+        offset: u64,
+        size: u32,
+    ) -> Option<Result<Vec<u8>, Errno>> {
+        let res = stream.try_read(offset, size)?;
+        if let Ok(data) = &res {
+            self.stats
+                .bytes_served
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        Some(res)
+    }
+
+    /// Up to `size` bytes at `offset` of `stream`, for reader `pid`, once
+    /// they are here (counted as served); EIO if the reader is killed
+    /// first.
+    pub(crate) async fn read_streamed(
+        &self,
+        stream: &Stream,
+        offset: u64,
+        size: u32,
+        pid: u32,
+    ) -> Result<Vec<u8>, Errno> {
+        if let Some(res) = self.read_streamed_now(stream, offset, size) {
+            return res;
+        }
+        let data = tokio::select! {
+            r = stream.read(offset, size) => r?,
+            _ = crate::reader::given_up(pid) => return Err(Errno::EIO),
+        };
+        self.stats
+            .bytes_served
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        Ok(data)
+    }
+
     /// Directory `digest`, which `by` declares of `size` bytes: from a
     /// closure received before, or else fetched with the closure below it.
     pub(crate) async fn directory(
@@ -293,12 +381,12 @@ impl Fetcher {
         Ok(buf)
     }
 
-    /// Queues blobs to fetch before they are read (a directory was
-    /// listed: its files are likely read next). Never waits: past the
+    /// Queues blobs (inode, digest, size) to fetch before they are read (a
+    /// directory was listed: its files are likely read next). Never waits: past the
     /// queue's length they are left to be fetched when read.
-    pub(crate) fn read_ahead(&self, blobs: impl Iterator<Item = (B3Digest, u64)>) {
-        for (d, size) in blobs {
-            if self.read_ahead.try_send((d, size)).is_err() {
+    pub(crate) fn read_ahead(&self, blobs: impl Iterator<Item = (u64, B3Digest, u64)>) {
+        for item in blobs {
+            if self.read_ahead.try_send(item).is_err() {
                 break;
             }
         }
@@ -308,18 +396,25 @@ impl Fetcher {
     /// goes away.
     pub(crate) async fn run_read_ahead(
         self: Arc<Self>,
-        rx: tokio::sync::mpsc::Receiver<(B3Digest, u64)>,
+        rx: tokio::sync::mpsc::Receiver<(u64, B3Digest, u64)>,
         concurrency: usize,
     ) {
         let queue = futures::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|item| (item, rx))
         });
-        let work =
-            queue.for_each_concurrent(concurrency.clamp(1, MAX_CONCURRENCY), |(digest, size)| {
+        let work = queue.for_each_concurrent(
+            concurrency.clamp(1, MAX_CONCURRENCY),
+            |(ino, digest, size)| {
                 let me = self.clone();
                 async move {
                     if me.blobs.local_path(&digest).is_some() || me.cache.path(&digest).exists() {
                         return;
+                    }
+                    // A big one as a stream, which a read can join.
+                    if size >= me.stream_from {
+                        let s = me.stream(ino, digest, size);
+                        me.stats.bytes_read_ahead.fetch_add(size, Ordering::Relaxed);
+                        return s.until_ended().await;
                     }
                     match me
                         .cache
@@ -336,7 +431,8 @@ impl Fetcher {
                         Err(e) => warn!(digest = %digest, "read-ahead: {e}"),
                     }
                 }
-            });
+            },
+        );
         tokio::select! {
             _ = work => {}
             _ = self.closing.cancelled() => {}
@@ -345,7 +441,11 @@ impl Fetcher {
 }
 
 /// Reads until `buf` is full or EOF.
-fn read_full_at(f: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+pub(crate) fn read_full_at(
+    f: &std::fs::File,
+    buf: &mut [u8],
+    offset: u64,
+) -> std::io::Result<usize> {
     let mut done = 0;
     while done < buf.len() {
         match f.read_at(&mut buf[done..], offset + done as u64) {
@@ -425,6 +525,7 @@ mod tests {
             Arc::new(Stats::default()),
             tokio_util::sync::CancellationToken::new(),
             (Duration::from_secs(5), Duration::from_secs(5), 4),
+            (1 << 20, tokio::runtime::Handle::current()),
         );
         let by = || "the test".to_owned();
         assert_eq!(

@@ -14,6 +14,7 @@ use crate::fetch::{Fetcher, Local};
 use crate::fs::{InputsFs, Opening};
 use crate::inodes::InodeKind;
 use crate::opens::{Handle, OpenBacking, Opens};
+use crate::stream::Stream;
 
 impl InputsFs {
     /// The blob and size of file `ino`, if it may be opened with `flags`.
@@ -48,13 +49,13 @@ impl InputsFs {
         if self.passthrough.load(Ordering::Relaxed)
             && let Some(id) = self.opens.backings.get(ino.0)
         {
-            let (fh, h) = self.opens.add(Handle::Passthrough(id));
+            let (fh, h) = self.opens.add(ino.0, Handle::Passthrough(id));
             return Ok(Opening::Done(fh, h));
         }
         // Trusted stores with cheap range reads are read in place.
         let blobs = &self.fetcher.blobs;
         if blobs.range_reads() && blobs.local_path(digest).is_none() {
-            let (fh, h) = self.opens.add(Handle::Ranges(*digest, *size));
+            let (fh, h) = self.opens.add(ino.0, Handle::Ranges(*digest, *size));
             return Ok(Opening::Done(fh, h));
         }
         match self.fetcher.local(ino.0, digest, *size)? {
@@ -62,7 +63,7 @@ impl InputsFs {
                 let (fh, h) = self.finish_open(ino.0, file, open_backing);
                 Ok(Opening::Done(fh, h))
             }
-            Local::Absent => Ok(Opening::Fetch(*digest, *size)),
+            Local::Absent => Ok(self.open_absent(ino.0, *digest, *size)),
         }
     }
 
@@ -120,6 +121,9 @@ impl InputsFs {
             Handle::Ranges(digest, declared) => {
                 self.read_range(ino.0, *digest, *declared, offset, size, pid)
             }
+            Handle::Streamed(s) => self
+                .rt
+                .block_on(self.fetcher.read_streamed(s, offset, size, pid)),
             Handle::Passthrough(_) => Err(Errno::EIO), // the kernel reads these itself
         }
     }
@@ -199,6 +203,10 @@ impl InputsFs {
         } else {
             match self.fetcher.local(ino.0, &digest, declared) {
                 Ok(Local::File(f)) => read_kept(fetcher, opens, ino.0, f, (offset, size)),
+                Ok(Local::Absent) if declared >= fetcher.stream_from => {
+                    let stream = fetcher.stream(ino.0, digest, declared);
+                    return self.read_stream(stream, offset, size, pid, reply);
+                }
                 Ok(Local::Absent) => {
                     let (fetcher, opens) = (fetcher.clone(), opens.clone());
                     self.rt.spawn(async move {
@@ -214,6 +222,28 @@ impl InputsFs {
             }
         };
         reply_data(reply, res)
+    }
+}
+
+impl InputsFs {
+    /// A read from a blob as it arrives: answered here when the range is
+    /// in, else by a task once it is.
+    pub(crate) fn read_stream(
+        &self,
+        stream: Arc<Stream>,
+        offset: u64,
+        size: u32,
+        pid: u32,
+        reply: ReplyData,
+    ) {
+        if let Some(res) = self.fetcher.read_streamed_now(&stream, offset, size) {
+            return reply_data(reply, res);
+        }
+        let fetcher = self.fetcher.clone();
+        self.rt.spawn(async move {
+            let res = fetcher.read_streamed(&stream, offset, size, pid).await;
+            reply_data(reply, res)
+        });
     }
 }
 

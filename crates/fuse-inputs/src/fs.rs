@@ -68,6 +68,20 @@ pub(crate) enum Opening {
     Fetch(B3Digest, u64),
 }
 
+impl InputsFs {
+    /// How an open of a blob only the store has goes on: a big one is
+    /// opened at once and served as it arrives; a small one is fetched
+    /// (and checked) first.
+    pub(crate) fn open_absent(&self, ino: u64, digest: B3Digest, size: u64) -> Opening {
+        if size < self.fetcher.stream_from {
+            return Opening::Fetch(digest, size);
+        }
+        let stream = self.fetcher.stream(ino, digest, size);
+        let (fh, h) = self.opens.add(ino, crate::opens::Handle::Streamed(stream));
+        Opening::Done(fh, h)
+    }
+}
+
 /// The filesystem state shared by the FUSE worker threads.
 #[derive(Debug)]
 pub(crate) struct InputsFs {
@@ -228,7 +242,7 @@ impl InputsFs {
                             && f.blobs.local_path(digest).is_none()
                             && !f.blobs.range_reads() =>
                     {
-                        Some((*digest, *size))
+                        Some((*ino, *digest, *size))
                     }
                     _ => None,
                 });
@@ -445,6 +459,9 @@ impl Filesystem for InputsFs {
     ) {
         if fh.0 == 0 && self.no_open.load(Ordering::Relaxed) {
             return self.read_unopened(ino, offset, size, req.pid(), reply);
+        }
+        if let Some(stream) = self.opens.streamed(fh.0) {
+            return self.read_stream(stream, offset, size, req.pid(), reply);
         }
         match self.do_read(ino, fh, offset, size, req.pid()) {
             Ok(data) => reply.data(&data),

@@ -64,6 +64,8 @@ impl Handlers {
             Arc::new(Stats::default()),
             tokio_util::sync::CancellationToken::new(),
             (Duration::from_secs(60), Duration::from_secs(30), 64),
+            // Every blob checked whole before it is read.
+            (u64::MAX, rt.clone()),
         );
         let fs = InputsFs::new(Arc::new(fetcher), rt, (0, 0), (false, false), false);
         Ok(Self {

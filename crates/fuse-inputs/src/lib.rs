@@ -32,6 +32,7 @@ pub use tvix_oci_sys::mountinfo;
 mod prefetch;
 mod reader;
 mod stats;
+mod stream;
 
 pub use cache::BlobCache;
 pub use inodes::InodeError;

@@ -72,6 +72,11 @@ pub struct MountOptions {
     /// When a directory is listed, fetch its files from a remote store in
     /// the background (a listed directory's files are likely read next).
     pub read_ahead: bool,
+    /// Blobs from a remote store of at least this many bytes are served as
+    /// they arrive, before they are verified; smaller ones only once
+    /// checked whole. `u64::MAX`: every blob checked whole first. The
+    /// guarantee and its price are in [`InputsMount::settle`].
+    pub stream_from: u64,
 }
 
 impl Default for MountOptions {
@@ -89,6 +94,7 @@ impl Default for MountOptions {
             prefetch: Vec::new(),
             fetch_concurrency: 64,
             read_ahead: true,
+            stream_from: 1 << 20,
         }
     }
 }
@@ -127,6 +133,8 @@ pub struct InputsMount {
     closing: tokio_util::sync::CancellationToken,
     mountpoint: PathBuf,
     stats: Arc<Stats>,
+    /// Blobs being served as they arrive.
+    streams: Arc<crate::stream::Streams>,
     prefetch: Option<tokio::task::JoinHandle<()>>,
     _private_cache: Option<tempfile::TempDir>,
 }
@@ -398,8 +406,10 @@ pub fn mount(
         stats.clone(),
         closing.clone(),
         (opts.fetch_timeout, opts.fetch_idle, opts.fetch_concurrency),
+        (opts.stream_from, rt.clone()),
     );
     let fetcher = Arc::new(fetcher);
+    let streams = fetcher.streams.clone();
     let fs = InputsFs::new(
         fetcher.clone(),
         rt.clone(),
@@ -432,6 +442,7 @@ pub fn mount(
         closing,
         mountpoint: path,
         stats,
+        streams,
         prefetch,
         _private_cache: private,
     })
@@ -454,6 +465,16 @@ impl InputsMount {
     /// everything.
     pub fn store_trouble(&self, stalled: std::time::Duration) -> Option<String> {
         self.stats.store_trouble(stalled)
+    }
+
+    /// Waits until every blob a reader was served bytes of before it was
+    /// verified (`stream_from`) has arrived whole and been checked. Call it
+    /// after the readers are done and before trusting what they produced:
+    /// a blob that turned out corrupt is then in [`Self::store_trouble`].
+    /// Bounded by the fetch timeout; a blob no one read from unverified is
+    /// not waited for.
+    pub async fn settle(&self) {
+        self.streams.settle().await;
     }
 
     /// Whether the FUSE daemon still serves the mount: false once its

@@ -36,12 +36,21 @@ pub(crate) enum Handle {
     /// Reads come here and are served from the store at an offset, never
     /// past the declared size.
     Ranges(B3Digest, u64),
+    /// Reads come here and are served from a blob as it arrives
+    /// ([`crate::stream`]).
+    Streamed(Arc<crate::stream::Stream>),
 }
 
 /// The open files of one mount.
 #[derive(Debug)]
 pub(crate) struct Opens {
-    handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    /// Each open handle and its inode.
+    handles: Mutex<HashMap<u64, (u64, Arc<Handle>)>>,
+    /// Handles open per inode whose reads come here (not passthrough):
+    /// while any is open, the kernel refuses a passthrough open of the
+    /// inode (it fails with EIO: one inode's opens are either all cached
+    /// or all passed through), so later opens are served here too.
+    served_here: Mutex<HashMap<u64, usize>>,
     /// The backing file of each inode opened with passthrough, kept until
     /// the kernel forgets the inode.
     pub(crate) backings: Backings<BackingId>,
@@ -55,6 +64,7 @@ impl Opens {
     pub(crate) fn new() -> Self {
         Self {
             handles: Mutex::new(HashMap::new()),
+            served_here: Mutex::new(HashMap::new()),
             backings: Backings::new(MAX_KEPT_BACKINGS),
             files: Backings::new(MAX_KEPT_FILES),
             next_fh: AtomicU64::new(1),
@@ -73,8 +83,11 @@ impl Opens {
         open_backing: Option<OpenBacking<'_>>,
         stats: &Stats,
     ) -> (u64, Arc<Handle>) {
+        let served_here = self.count(ino) > 0;
         let handle = match open_backing {
             None => Handle::File(file),
+            // Not while the inode is open with reads served here.
+            Some(_) if served_here => Handle::File(file),
             Some(open_backing) => match self.backings.get_or_open(ino, || open_backing(&file)) {
                 Ok((id, made)) => {
                     if made {
@@ -88,28 +101,59 @@ impl Opens {
                 }
             },
         };
-        self.add(handle)
+        self.add(ino, handle)
     }
 
-    /// Registers `handle`; its number and itself.
-    pub(crate) fn add(&self, handle: Handle) -> (u64, Arc<Handle>) {
+    /// Registers `handle` of inode `ino`; its number and itself.
+    pub(crate) fn add(&self, ino: u64, handle: Handle) -> (u64, Arc<Handle>) {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let handle = Arc::new(handle);
-        self.lock().insert(fh, handle.clone());
+        if !matches!(*handle, Handle::Passthrough(_)) {
+            *self.counts().entry(ino).or_default() += 1;
+        }
+        self.lock().insert(fh, (ino, handle.clone()));
         (fh, handle)
+    }
+
+    /// Handles of `ino` open now whose reads come here.
+    fn count(&self, ino: u64) -> usize {
+        self.counts().get(&ino).copied().unwrap_or(0)
+    }
+
+    fn counts(&self) -> std::sync::MutexGuard<'_, HashMap<u64, usize>> {
+        self.served_here.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The handle numbered `fh`.
     pub(crate) fn get(&self, fh: u64) -> Option<Arc<Handle>> {
-        self.lock().get(&fh).cloned()
+        self.lock().get(&fh).map(|(_, h)| h.clone())
+    }
+
+    /// The stream behind handle `fh`, if its reads are streamed.
+    pub(crate) fn streamed(&self, fh: u64) -> Option<Arc<crate::stream::Stream>> {
+        match &*self.lock().get(&fh)?.1 {
+            Handle::Streamed(s) => Some(s.clone()),
+            _ => None,
+        }
     }
 
     /// Forgets the handle numbered `fh` (the file was closed).
     pub(crate) fn release(&self, fh: u64) {
-        self.lock().remove(&fh);
+        let Some((ino, h)) = self.lock().remove(&fh) else {
+            return;
+        };
+        if !matches!(*h, Handle::Passthrough(_)) {
+            let mut counts = self.counts();
+            if let Some(n) = counts.get_mut(&ino) {
+                *n -= 1;
+                if *n == 0 {
+                    counts.remove(&ino);
+                }
+            }
+        }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Handle>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (u64, Arc<Handle>)>> {
         self.handles.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

@@ -25,6 +25,9 @@ pub enum Fault {
     /// (Reads) every byte served is flipped: a blob that is not what its
     /// digest says.
     Corrupt,
+    /// (Reads) the first this many bytes are sent, then nothing more, ever
+    /// (a store that stalls mid-blob).
+    HangAfter(u64),
 }
 
 /// A blob store around `inner` whose reads (of one blob, or all) and
@@ -92,6 +95,19 @@ impl FaultyBlobs {
     }
 }
 
+/// A reader that never sends a byte (and never ends).
+struct Stalled;
+
+impl tokio::io::AsyncRead for Stalled {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        _: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::task::Poll::Pending
+    }
+}
+
 fn injected(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::PermissionDenied, format!("injected: {what}"))
 }
@@ -121,6 +137,17 @@ impl BlobService for FaultyBlobs {
                     );
                     return Ok(Some(Box::new(io::Cursor::new(data))));
                 }
+                Fault::HangAfter(n) => {
+                    let Some(data) = read_to_end(&*self.inner, d).await? else {
+                        return Ok(None);
+                    };
+                    let n = usize::try_from(n).unwrap_or(usize::MAX).min(data.len());
+                    let start = usize::try_from(offset).unwrap_or(usize::MAX).min(n);
+                    let head = io::Cursor::new(data[start..n].to_vec());
+                    return Ok(Some(Box::new(tokio::io::AsyncReadExt::chain(
+                        head, Stalled,
+                    ))));
+                }
             }
         }
         self.inner.open_read_at(d, offset).await
@@ -131,7 +158,7 @@ impl BlobService for FaultyBlobs {
         match self.write {
             Fault::Hang => futures::future::pending().await,
             Fault::Fail => Err(injected("the store's disk refuses writes")),
-            Fault::None | Fault::Corrupt => self.inner.open_write().await,
+            Fault::None | Fault::Corrupt | Fault::HangAfter(_) => self.inner.open_write().await,
         }
     }
 

@@ -83,10 +83,17 @@ impl Sandbox {
         let cgroup = prepared.cgroup.as_deref();
         let ran = with_progress(run, logs, started, || figures(&mounts, cgroup)).await;
         abort_guard.disarm();
+        let aborted = aborted.load(Ordering::Relaxed);
+        // A big input blob the build read as it arrived is checked whole
+        // before the build is judged: a corrupt one is the store's fault,
+        // even if the build succeeded.
+        if !aborted && mounts.inputs.is_serving() {
+            mounts.inputs.settle().await;
+        }
         let usage = cgroup.map(BuildAccount::usage).unwrap_or_default();
         let facts = RunFacts {
             serving: mounts.inputs.is_serving(),
-            aborted: aborted.load(Ordering::Relaxed),
+            aborted,
             store_trouble: mounts.inputs.store_trouble(STORE_STALLED),
             memory_limit: prepared.spec.resources.memory_bytes,
             peak_memory: usage.peak_memory,

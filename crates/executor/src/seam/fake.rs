@@ -259,6 +259,9 @@ impl InputsMounted for FakeMount {
         let aborted = self.host.calls().contains(&Step::AbortInputs);
         !aborted && !self.host.read(|s| s.daemon_dies)
     }
+    fn settle(&self) -> super::Settling<'_> {
+        Box::pin(async {})
+    }
     fn store_trouble(&self, _stalled: Duration) -> Option<String> {
         self.host.read(|s| s.store_trouble.clone())
     }

@@ -110,6 +110,9 @@ impl InputsMounted for FuseInputs {
     fn is_serving(&self) -> bool {
         self.0.is_serving()
     }
+    fn settle(&self) -> super::Settling<'_> {
+        Box::pin(self.0.settle())
+    }
     fn store_trouble(&self, stalled: Duration) -> Option<String> {
         self.0.store_trouble(stalled)
     }

@@ -91,6 +91,9 @@ pub trait Mounted: Send + Sync + Debug {
     fn unmount(self: Box<Self>) -> Result<(), BuildError>;
 }
 
+/// What [`InputsMounted::settle`] returns.
+pub type Settling<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
+
 /// The inputs' FUSE mount, and what its daemon saw.
 pub trait InputsMounted: Mounted {
     /// Aborts the connection: readers get ENOTCONN, nothing waits on the
@@ -98,6 +101,10 @@ pub trait InputsMounted: Mounted {
     fn abort(&self);
     /// Whether the daemon still serves (false once aborted or dead).
     fn is_serving(&self) -> bool;
+    /// Resolves once every blob served to the build before it was
+    /// verified (a big blob read as it arrived) has been checked, so
+    /// [`Self::store_trouble`] tells of a corrupt one.
+    fn settle(&self) -> Settling<'_>;
     /// The first store call that failed, or the oldest pending for at
     /// least `stalled`.
     fn store_trouble(&self, stalled: Duration) -> Option<String>;
