@@ -275,6 +275,12 @@ pub struct ExecArgs {
     /// past the size, the least recently used blobs are removed.
     #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "10G")]
     pub blob_cache_size: u64,
+    /// Learned prefetch: keep in DIR, per build shape (its inputs and
+    /// command), the input blobs each successful build read, and fetch
+    /// them when the next build of that shape mounts its inputs, racing
+    /// the build. Off without it.
+    #[arg(long, value_name = "DIR")]
+    pub prefetch_profiles: Option<PathBuf>,
     /// Processes a build may have at once; 0 or none: unlimited.
     #[arg(long, value_name = "N", default_value = "4096", value_parser = parse_pids)]
     pub pids_limit: PidsLimit,

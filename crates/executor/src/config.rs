@@ -43,6 +43,10 @@ pub struct ExecutorConfig {
     pub ingest_limits: IngestLimits,
     /// Cache for blobs fetched from a remote store.
     pub blob_cache: Option<Arc<BlobCache>>,
+    /// Learned prefetch ([`crate::profiles`]): each build's inputs read are
+    /// kept here under its shape, and fetched at mount time by the next
+    /// build of that shape. `None` (the default): off.
+    pub prefetch_profiles: Option<crate::profiles::ProfileStore>,
     /// Resource limits and the like for the container.
     pub spec: SpecOptions,
     /// Run builds rootless (see [`crate::rootless`]); probed: when the
@@ -94,6 +98,7 @@ impl Default for ExecutorConfig {
             log_limit: 100 << 20,
             ingest_limits: IngestLimits::default(),
             blob_cache: None,
+            prefetch_profiles: None,
             spec: SpecOptions::default(),
             rootless: false,
             allowed_ro_paths: Vec::new(),

@@ -37,6 +37,7 @@ pub mod nar_node;
 mod output_walk;
 mod overlay;
 mod pipeline;
+pub mod profiles;
 mod queue;
 pub mod refscan;
 mod refscan_mask;

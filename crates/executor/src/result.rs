@@ -42,6 +42,11 @@ pub struct Accounting {
     /// daemon itself (passthrough reads of local blobs bypass it).
     pub input_bytes_fetched: u64,
     pub input_bytes_served: u64,
+    /// Learned prefetch: bytes of inputs fetched at mount time from the
+    /// profile of an earlier build of this shape, and of those the bytes
+    /// this build read.
+    pub input_bytes_prefetched: u64,
+    pub input_bytes_prefetched_used: u64,
 }
 
 /// A finished build.
@@ -66,6 +71,8 @@ impl Accounting {
             max_rss: o.max_rss,
             input_bytes_fetched: ran.fuse.bytes_fetched,
             input_bytes_served: ran.fuse.bytes_served,
+            input_bytes_prefetched: ran.prefetched.0,
+            input_bytes_prefetched_used: ran.prefetched.1,
         }
     }
 }
@@ -112,6 +119,8 @@ impl BuildResult {
                 "peak_memory_bytes": a.peak_memory,
                 "input_bytes_fetched": a.input_bytes_fetched,
                 "input_bytes_served": a.input_bytes_served,
+                "input_bytes_prefetched": a.input_bytes_prefetched,
+                "input_bytes_prefetched_used": a.input_bytes_prefetched_used,
             },
         })
     }

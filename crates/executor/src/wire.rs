@@ -110,6 +110,8 @@ pub(crate) fn completed(r: &BuildResult, dropped: u64) -> Vec<Event> {
             max_rss_bytes: a.max_rss,
             input_bytes_fetched: a.input_bytes_fetched,
             input_bytes_served: a.input_bytes_served,
+            input_bytes_prefetched: a.input_bytes_prefetched,
+            input_bytes_prefetched_used: a.input_bytes_prefetched_used,
         }),
         log_lines_dropped: dropped,
     }));
@@ -215,6 +217,8 @@ pub fn result_of(c: ev::Completed) -> Result<BuildResult, CompletedError> {
         max_rss: a.max_rss_bytes,
         input_bytes_fetched: a.input_bytes_fetched,
         input_bytes_served: a.input_bytes_served,
+        input_bytes_prefetched: a.input_bytes_prefetched,
+        input_bytes_prefetched_used: a.input_bytes_prefetched_used,
     };
     Ok(BuildResult {
         build,

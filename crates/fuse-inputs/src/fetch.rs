@@ -69,6 +69,8 @@ pub(crate) struct Fetcher {
     pub(crate) streams: Arc<Streams>,
     /// Where fetch tasks run (FUSE threads are not in the runtime).
     rt: tokio::runtime::Handle,
+    /// The blobs readers used (when recorded), and those fetched ahead.
+    pub(crate) read_log: Arc<crate::learned::ReadLog>,
 }
 
 /// Where a blob's bytes are, without asking the store.
@@ -106,6 +108,7 @@ impl Fetcher {
             stream_from,
             streams: Arc::new(Streams::default()),
             rt,
+            read_log: Arc::default(),
         };
         (f, rx)
     }

@@ -45,6 +45,7 @@ impl InputsFs {
         let (digest, size) = (&digest, &size);
         let stats = &self.fetcher.stats;
         stats.opens.fetch_add(1, Ordering::Relaxed);
+        self.fetcher.read_log.note(digest, *size);
         // Opened before: the kernel already has its backing file.
         if self.passthrough.load(Ordering::Relaxed)
             && let Some(id) = self.opens.backings.get(ino.0)
@@ -194,6 +195,7 @@ impl InputsFs {
             Ok(f) => f,
             Err(e) => return reply.error(e),
         };
+        self.fetcher.read_log.note(&digest, declared);
         let blobs = &self.fetcher.blobs;
         let (fetcher, opens) = (&self.fetcher, &self.opens);
         let res = if let Some(f) = opens.files.get(ino.0) {

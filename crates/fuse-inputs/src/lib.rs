@@ -24,6 +24,7 @@ mod files;
 mod fs;
 pub mod handlers;
 mod inodes;
+mod learned;
 mod mount;
 mod opens;
 /// The mount table (kept here for the crates and tests that read it
@@ -36,6 +37,7 @@ mod stream;
 
 pub use cache::BlobCache;
 pub use inodes::InodeError;
+pub use learned::{MAX_PROFILE_BLOBS, ReadProfile};
 pub use mount::{
     FSNAME, InputsMount, MountError, MountOptions, abort_connection, detach, mount,
     private_cache_root,

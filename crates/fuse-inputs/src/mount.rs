@@ -77,6 +77,13 @@ pub struct MountOptions {
     /// checked whole. `u64::MAX`: every blob checked whole first. The
     /// guarantee and its price are in [`InputsMount::settle`].
     pub stream_from: u64,
+    /// Record which blobs readers open or read, first use first
+    /// ([`InputsMount::read_profile`]): a profile for learned prefetch.
+    pub record_reads: bool,
+    /// Blobs to fetch at mount time, in this order, as many at once as
+    /// `fetch_concurrency`, racing the readers (a profile recorded by an
+    /// earlier mount of the same shape); local ones are skipped.
+    pub prefetch_blobs: Vec<(tvix_oci_castore::B3Digest, u64)>,
 }
 
 impl Default for MountOptions {
@@ -95,6 +102,8 @@ impl Default for MountOptions {
             fetch_concurrency: 64,
             read_ahead: true,
             stream_from: 1 << 20,
+            record_reads: false,
+            prefetch_blobs: Vec::new(),
         }
     }
 }
@@ -135,6 +144,8 @@ pub struct InputsMount {
     stats: Arc<Stats>,
     /// Blobs being served as they arrive.
     streams: Arc<crate::stream::Streams>,
+    /// What readers used, and what was fetched for them ahead.
+    read_log: Arc<crate::learned::ReadLog>,
     prefetch: Option<tokio::task::JoinHandle<()>>,
     _private_cache: Option<tempfile::TempDir>,
 }
@@ -408,6 +419,9 @@ pub fn mount(
         (opts.fetch_timeout, opts.fetch_idle, opts.fetch_concurrency),
         (opts.stream_from, rt.clone()),
     );
+    let mut fetcher = fetcher;
+    let read_log = Arc::new(crate::learned::ReadLog::new(opts.record_reads));
+    fetcher.read_log = read_log.clone();
     let fetcher = Arc::new(fetcher);
     let streams = fetcher.streams.clone();
     let fs = InputsFs::new(
@@ -424,7 +438,19 @@ pub fn mount(
     let config = session_config(opts);
     let session = fuser::spawn_mount(fs, &path, &config).map_err(at(&path))?;
     // Ends with the mount (`closing`).
-    rt.spawn(fetcher.run_read_ahead(read_ahead, opts.fetch_concurrency));
+    rt.spawn(
+        fetcher
+            .clone()
+            .run_read_ahead(read_ahead, opts.fetch_concurrency),
+    );
+    if !opts.prefetch_blobs.is_empty() {
+        // Ends with the mount (`closing`).
+        rt.spawn(fetcher.prefetch_blobs(
+            opts.prefetch_blobs.clone(),
+            read_log.clone(),
+            opts.fetch_concurrency,
+        ));
+    }
     info!(path = %path.display(), inputs = roots.len(), "inputs mounted");
     let prefetch = (!opts.prefetch.is_empty()).then(|| {
         rt.spawn(prefetch(
@@ -443,6 +469,7 @@ pub fn mount(
         mountpoint: path,
         stats,
         streams,
+        read_log,
         prefetch,
         _private_cache: private,
     })
@@ -465,6 +492,13 @@ impl InputsMount {
     /// everything.
     pub fn store_trouble(&self, stalled: std::time::Duration) -> Option<String> {
         self.stats.store_trouble(stalled)
+    }
+
+    /// The blobs readers used so far, first use first (with
+    /// `record_reads`), and what the prefetch of `prefetch_blobs` fetched
+    /// and what of it was used.
+    pub fn read_profile(&self) -> crate::ReadProfile {
+        self.read_log.profile()
     }
 
     /// Waits until every blob a reader was served bytes of before it was

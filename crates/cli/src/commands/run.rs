@@ -276,6 +276,10 @@ impl ExecArgs {
         limits.pids = self.pids_limit.0.map(i64::from);
         limits.cpus = self.cpus;
         config.allowed_ro_paths = self.allow_ro_path.clone();
+        config.prefetch_profiles = self
+            .prefetch_profiles
+            .as_ref()
+            .map(tvix_oci_executor::profiles::ProfileStore::new);
         if let Some((start, count)) = self.id_pool {
             config.id_pool.start = start;
             config.id_pool.count = count;

@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use tracing::info;
+use tracing::{debug, info, warn};
 use tvix_oci_fuse::StatsSnapshot;
 use tvix_oci_spec::BuildRequest;
 
@@ -34,6 +34,9 @@ pub(crate) struct Ran {
     pub usage: Usage,
     /// What the inputs' FUSE daemon fetched and served.
     pub fuse: StatsSnapshot,
+    /// Learned prefetch: bytes of inputs fetched ahead, and of those the
+    /// bytes the build read.
+    pub prefetched: (u64, u64),
 }
 
 impl Sandbox {
@@ -49,7 +52,7 @@ impl Sandbox {
         limits: RunLimits,
         logs: &dyn LogSink,
     ) -> Result<Ran, BuildError> {
-        let Some(mounts) = self.mounts.take() else {
+        let Some(mut mounts) = self.mounts.take() else {
             return Err(InfraError::SandboxReused.into());
         };
         let state_root = prepared.rootless.as_ref().map(|r| r.runc_root.as_path());
@@ -98,13 +101,30 @@ impl Sandbox {
             memory_limit: prepared.spec.resources.memory_bytes,
             peak_memory: usage.peak_memory,
         };
+        let learned = mounts
+            .profile
+            .take()
+            .map(|shape| (shape, mounts.inputs.read_profile()));
         let fuse = unmount(mounts)?;
         let outcome = judge(ran, facts)?;
+        let mut prefetched = (0, 0);
+        if let Some(((key, before), now)) = learned {
+            prefetched = (now.bytes_prefetched, now.bytes_prefetched_used);
+            // What a build that succeeded read is the next one's profile.
+            if let Some(store) = &exec.config().prefetch_profiles {
+                match store.save(&key, &before, &now.read) {
+                    Ok(true) => debug!(key = %key, blobs = now.read.len(), "prefetch profile kept"),
+                    Ok(false) => {}
+                    Err(e) => warn!("{e}"),
+                }
+            }
+        }
         Ok(Ran {
             outcome,
             started,
             usage,
             fuse,
+            prefetched,
         })
     }
 }

@@ -6,11 +6,13 @@
 
 use std::sync::Arc;
 
+use tvix_oci_castore::B3Digest;
 use tvix_oci_fuse::{BlobCache, MountOptions};
 use tvix_oci_spec::{BuildRequest, BundleLayout};
 
 use crate::bundle_dir::BundleDir;
 use crate::faults::HostError;
+use crate::profiles::{Profile, profile_key};
 use crate::ro_paths::RoClones;
 use crate::seam::{InputsCall, InputsMounted, Mounted, OverlayCall};
 use crate::{BuildError, Executor};
@@ -23,6 +25,9 @@ use super::Prepared;
 pub(crate) struct Mounts {
     pub overlay: Option<Box<dyn Mounted>>,
     pub inputs: Box<dyn InputsMounted>,
+    /// With learned prefetch: the build's shape and the profile it was
+    /// given.
+    pub profile: Option<(B3Digest, Profile)>,
 }
 
 /// A build's bundle with everything mounted in it.
@@ -102,11 +107,18 @@ impl Sandbox {
         // first reads no-open would copy through the daemon (and cache a
         // second time); passthrough reads the blob cache's files at native
         // speed from the first byte (BENCHMARKS.md, issue 19).
-        let mount_opts = MountOptions {
+        let mut mount_opts = MountOptions {
             cache: Some(cache),
             no_open: false,
             ..MountOptions::default()
         };
+        let profile = exec.config().prefetch_profiles.as_ref().map(|store| {
+            let key = profile_key(req);
+            let profile = store.load(&key);
+            mount_opts.record_reads = true;
+            mount_opts.prefetch_blobs = profile.clone();
+            (key, profile)
+        });
         let (blobs, dirs) = exec.stores();
         let l = &self.layout;
         let mounts = &exec.host().mounts;
@@ -126,6 +138,10 @@ impl Sandbox {
             })?),
             false => None,
         };
-        Ok(Mounts { overlay, inputs })
+        Ok(Mounts {
+            overlay,
+            inputs,
+            profile,
+        })
     }
 }

@@ -268,6 +268,9 @@ impl InputsMounted for FakeMount {
     fn stats(&self) -> StatsSnapshot {
         StatsSnapshot::default()
     }
+    fn read_profile(&self) -> tvix_oci_fuse::ReadProfile {
+        tvix_oci_fuse::ReadProfile::default()
+    }
     fn into_mounted(self: Box<Self>) -> Box<dyn Mounted> {
         self
     }

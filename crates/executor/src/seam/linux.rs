@@ -119,6 +119,9 @@ impl InputsMounted for FuseInputs {
     fn stats(&self) -> StatsSnapshot {
         self.0.stats()
     }
+    fn read_profile(&self) -> tvix_oci_fuse::ReadProfile {
+        self.0.read_profile()
+    }
     fn into_mounted(self: Box<Self>) -> Box<dyn Mounted> {
         self
     }

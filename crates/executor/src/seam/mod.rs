@@ -110,6 +110,8 @@ pub trait InputsMounted: Mounted {
     fn store_trouble(&self, stalled: Duration) -> Option<String>;
     /// What the daemon fetched and served so far.
     fn stats(&self) -> StatsSnapshot;
+    /// The blobs readers used (when recorded) and what was prefetched.
+    fn read_profile(&self) -> tvix_oci_fuse::ReadProfile;
     /// This mount as a plain [`Mounted`], to unmount it.
     fn into_mounted(self: Box<Self>) -> Box<dyn Mounted>;
 }
