@@ -115,6 +115,11 @@ pub struct E2e {
     pub lazy_local_first: Option<Duration>,
     pub lazy_remote: Duration,
     pub remote_bytes_fetched: u64,
+    /// From `serve` 10 ms away, cold: without a profile, and with the one
+    /// the build before left (learned prefetch).
+    pub lazy_remote10: Duration,
+    pub lazy_remote10_profiled: Duration,
+    pub prefetched: (u64, u64),
     pub toolchain_bytes: u64,
     pub eager_export: Duration,
     pub eager_total: Duration,
@@ -131,6 +136,10 @@ impl E2e {
             "lazy_local_first_instruction_s": self.lazy_local_first.map(s),
             "lazy_remote_1ms_s": s(self.lazy_remote),
             "remote_bytes_fetched": self.remote_bytes_fetched,
+            "lazy_remote_10ms_s": s(self.lazy_remote10),
+            "lazy_remote_10ms_with_profile_s": s(self.lazy_remote10_profiled),
+            "prefetched_bytes": self.prefetched.0,
+            "prefetched_bytes_used": self.prefetched.1,
             "toolchain_bytes": self.toolchain_bytes,
             "eager_export_s": s(self.eager_export),
             "eager_total_s": s(self.eager_total),
@@ -206,6 +215,9 @@ pub fn compile(
         lazy_local_first: last.lazy_local_first,
         lazy_remote: median(|r| r.lazy_remote),
         remote_bytes_fetched: last.remote_bytes_fetched,
+        lazy_remote10: median(|r| r.lazy_remote10),
+        lazy_remote10_profiled: median(|r| r.lazy_remote10_profiled),
+        prefetched: last.prefetched,
         toolchain_bytes,
         eager_export: median(|r| r.eager_export),
         eager_total: median(|r| r.eager_total),
@@ -226,7 +238,7 @@ fn round(
     dirs: &Arc<dyn DirectoryService>,
     served: &Served,
 ) -> Res<E2e> {
-    let lazy = |label: &str, blobs, dirs| -> Res<(Duration, Accounting)> {
+    let lazy = |label: &str, blobs, dirs, config: &ExecutorConfig| -> Res<(Duration, Accounting)> {
         sync_and_drop_caches();
         let exec = Executor::new(config.clone(), blobs, dirs);
         let t = Instant::now();
@@ -235,13 +247,30 @@ fn round(
         println!("  zig cc, lazy ({label}): {:.1} s", wall.as_secs_f64());
         Ok((wall, res.accounting))
     };
-    let (lazy_local, local) = lazy("local store", blobs.clone(), dirs.clone())?;
+    let (lazy_local, local) = lazy("local store", blobs.clone(), dirs.clone(), config)?;
     // From `serve` 1 ms away: whole blobs are fetched into the cache when
     // opened, so the bytes fetched are those of the files the compile
     // opened.
     let (url, _proxy) = route(served, Duration::from_millis(1))?;
     let (rb, rd) = rt.block_on(stores_at(&url))?;
-    let (lazy_remote, remote) = lazy("gRPC, 1 ms", rb, rd)?;
+    let (lazy_remote, remote) = lazy("gRPC, 1 ms", rb, rd, config)?;
+    // From `serve` 10 ms away, each build with its own empty blob cache:
+    // the first leaves a prefetch profile, the second is given it.
+    let (url, _proxy10) = route(served, Duration::from_millis(10))?;
+    let profiles = tmp.join("profiles");
+    let _ = std::fs::remove_dir_all(&profiles);
+    let learning = ExecutorConfig {
+        prefetch_profiles: Some(tvix_oci_executor::profiles::ProfileStore::new(&profiles)),
+        ..config.clone()
+    };
+    let (rb, rd) = rt.block_on(stores_at(&url))?;
+    let (lazy_remote10, _) = lazy("gRPC, 10 ms", rb.clone(), rd.clone(), &learning)?;
+    let (lazy_remote10_profiled, profiled) =
+        lazy("gRPC, 10 ms, with the profile", rb, rd, &learning)?;
+    println!(
+        "    prefetched {} bytes, of which the build read {}",
+        profiled.input_bytes_prefetched, profiled.input_bytes_prefetched_used
+    );
 
     // Eager: export the inputs, then run the same bundle.
     sync_and_drop_caches();
@@ -279,6 +308,12 @@ fn round(
         lazy_local_first: local.to_first_instruction,
         lazy_remote,
         remote_bytes_fetched: remote.input_bytes_fetched,
+        lazy_remote10,
+        lazy_remote10_profiled,
+        prefetched: (
+            profiled.input_bytes_prefetched,
+            profiled.input_bytes_prefetched_used,
+        ),
         toolchain_bytes: 0,
         eager_export: eager.export,
         eager_total: eager.total,

@@ -125,6 +125,14 @@ pub fn write(rows: &[Row], e2e: Option<&E2e>, quick: bool) -> Res<()> {
                 "executor, lazy inputs from a gRPC store at 1 ms",
                 e.lazy_remote,
             ),
+            (
+                "executor, lazy inputs from a gRPC store at 10 ms",
+                e.lazy_remote10,
+            ),
+            (
+                "the same, with the prefetch profile of the build before",
+                e.lazy_remote10_profiled,
+            ),
             ("export the toolchain, then build", e.eager_total),
         ];
         for (how, d) in rows {
@@ -134,13 +142,16 @@ pub fn write(rows: &[Row], e2e: Option<&E2e>, quick: bool) -> Res<()> {
             md,
             "\nThe export alone took {:.2} s. Of the toolchain's {:.0} MiB, the compile opened files \
              totalling {:.0} MiB (fetched whole from the gRPC store). Lazy from the local store was \
-             {:.2}x faster than export-then-build; its first instruction ran after {}.",
+             {:.2}x faster than export-then-build; its first instruction ran after {}. With the \
+             profile, {:.0} MiB were prefetched, of which the build read {:.0} MiB.",
             s(e.eager_export),
             e.toolchain_bytes as f64 / 1048576.0,
             e.remote_bytes_fetched as f64 / 1048576.0,
             s(e.eager_total) / s(e.lazy_local),
             e.lazy_local_first
                 .map_or("—".into(), |d| format!("{:.0} ms", d.as_secs_f64() * 1e3)),
+            e.prefetched.0 as f64 / 1048576.0,
+            e.prefetched.1 as f64 / 1048576.0,
         );
     }
     std::fs::write(dir.join(format!("{name}.md")), &md)?;
