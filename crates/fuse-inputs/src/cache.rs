@@ -2,11 +2,16 @@
 //! blob fetched once from a remote store is read from local disk afterwards,
 //! across mounts and builds. Files are written to a temp file, checked
 //! against their digest, and renamed into place, so two mounts sharing the
-//! cache never see a partial or wrong file. The cache is bounded: past its
-//! size, the least recently used files are removed (an open file stays
+//! cache never see a partial or wrong file. They are not fsynced (one
+//! `fsync` per blob was most of the cost of a cold read of thousands of
+//! small files): instead a file this process did not write itself (one
+//! from before a restart, maybe cut short or zeroed by a crash, or written
+//! by another process) is checked against its digest at its first use
+//! here, and removed if it is not that blob. The cache is bounded: past
+//! its size, the least recently used files are removed (an open file stays
 //! readable until closed).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -28,6 +33,8 @@ pub struct BlobCache {
     used: AtomicU64,
     /// One lock per blob being fetched, so one process fetches it once.
     inflight: Mutex<HashMap<B3Digest, Arc<tokio::sync::Mutex<()>>>>,
+    /// Blobs whose file this process wrote or checked against the digest.
+    known_good: Mutex<HashSet<B3Digest>>,
 }
 
 fn with_path(path: &Path, e: io::Error) -> io::Error {
@@ -60,6 +67,7 @@ impl BlobCache {
             max_bytes,
             used: AtomicU64::new(used),
             inflight: Mutex::new(HashMap::new()),
+            known_good: Mutex::new(HashSet::new()),
         })
     }
 
@@ -68,20 +76,46 @@ impl BlobCache {
         self.dir.join(digest.to_hex())
     }
 
-    /// The cached file of `digest`, opened for reading, if present and of
-    /// the declared `size`. A file of another size (cut short by a crash
-    /// before it reached the disk) is removed, to be fetched again.
+    /// The cached file of `digest`, opened for reading, if present, of the
+    /// declared `size` and (the first time this process uses a file it did
+    /// not write) of that digest. Another file there (cut short or zeroed
+    /// by a crash) is removed, to be fetched again.
     pub fn get(&self, digest: &B3Digest, size: u64) -> Option<std::fs::File> {
         let path = self.path(digest);
-        let f = std::fs::File::open(&path).ok()?;
-        if f.metadata().ok()?.len() != size {
-            tracing::warn!(path = %path.display(), "cached blob {digest} is not {size} bytes; fetching it again");
+        let mut f = std::fs::File::open(&path).ok()?;
+        let bad = |why: &str| {
+            tracing::warn!(path = %path.display(), "cached blob {digest} {why}; fetching it again");
             let _ = std::fs::remove_file(&path);
-            return None;
+            None
+        };
+        if f.metadata().ok()?.len() != size {
+            return bad(&format!("is not {size} bytes"));
+        }
+        if !self.is_known_good(digest) {
+            let mut h = blake3::Hasher::new();
+            let hashed = io::copy(&mut f, &mut h).and_then(|_| {
+                io::Seek::seek(&mut f, io::SeekFrom::Start(0))?;
+                Ok(B3Digest::from(h.finalize()))
+            });
+            match hashed {
+                Ok(d) if d == *digest => self.known_good(*digest),
+                Ok(d) => return bad(&format!("has the content of {d}")),
+                Err(e) => return bad(&format!("cannot be read: {e}")),
+            }
         }
         // Recently used: eviction goes by modification time.
         let _ = f.set_modified(SystemTime::now());
         Some(f)
+    }
+
+    fn is_known_good(&self, d: &B3Digest) -> bool {
+        let good = self.known_good.lock().unwrap_or_else(|p| p.into_inner());
+        good.contains(d)
+    }
+
+    fn known_good(&self, d: B3Digest) {
+        let mut good = self.known_good.lock().unwrap_or_else(|p| p.into_inner());
+        good.insert(d);
     }
 
     /// The cached file of `digest`, fetching it from `blobs` first if
@@ -190,11 +224,11 @@ impl BlobCache {
         let got = reader.received();
         tmp.as_file()
             .set_permissions(std::fs::Permissions::from_mode(0o444))?;
-        // On disk before its name: a crash never leaves a named file short
-        // (and `get` checks the size too).
-        tmp.as_file().sync_data()?;
+        // Not fsynced: checked by the digest, this process trusts it; any
+        // other checks it at first use (`get`).
         let dest = self.path(digest);
         let file = tmp.persist(&dest).map_err(|e| with_path(&dest, e.error))?;
+        self.known_good(*digest);
         let used = self.used.fetch_add(got, Ordering::Relaxed) + got;
         if used > self.max_bytes {
             self.evict(digest);
@@ -271,6 +305,33 @@ mod tests {
         assert!(cache.get(&digests[2], 999).is_none());
         assert!(!cache.path(&digests[2]).exists());
         assert!(cache.used_bytes() <= 2500);
+    }
+
+    #[tokio::test]
+    async fn a_file_from_before_is_checked_at_first_use() {
+        let tmp = tempfile::tempdir().unwrap();
+        let blobs = MemoryBlobService::default();
+        let d = blobs.put(Bytes::from_static(b"abc")).await.unwrap();
+        {
+            let cache = BlobCache::open(tmp.path(), 1 << 20).unwrap();
+            cache.get_or_fetch(&blobs, &d, 3, IDLE).await.unwrap();
+        }
+        // Another process (after a restart) trusts a good file after one
+        // look…
+        let cache = BlobCache::open(tmp.path(), 1 << 20).unwrap();
+        let mut f = cache.get(&d, 3).unwrap();
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut f, &mut s).unwrap();
+        assert_eq!(s, "abc", "read from the start after the check");
+        // …but a file of the right size and the wrong bytes (zeroed by a
+        // crash) is no hit, and is removed.
+        let path = cache.path(&d);
+        let zeroed = blobs.put(Bytes::from_static(b"\0\0\0")).await.unwrap();
+        std::fs::copy(&path, cache.path(&zeroed)).unwrap();
+        let cache = BlobCache::open(tmp.path(), 1 << 20).unwrap();
+        assert!(cache.get(&zeroed, 3).is_none());
+        assert!(!cache.path(&zeroed).exists());
+        assert!(cache.get(&d, 3).is_some());
     }
 
     #[tokio::test]
