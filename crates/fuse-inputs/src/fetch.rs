@@ -114,8 +114,9 @@ impl Fetcher {
     }
 
     /// Runs store call `f` for the requester `pid` on behalf of inode
-    /// `ino`. A failure, a timeout or a panic in the store is EIO for the
-    /// reader (logged with the path, and recorded for the build's report).
+    /// `ino` (0: of no file, for a prefetch). A failure, a timeout or a
+    /// panic in the store is EIO for the reader (logged with the path, and
+    /// recorded for the build's report).
     /// Given up, with EIO, as soon as the requester is SIGKILLed or gone
     /// ([`crate::reader`]) or the mount goes away: a process waiting on a
     /// hung store can always be killed.
@@ -127,7 +128,11 @@ impl Fetcher {
         f: impl Future<Output = Result<T, E>>,
     ) -> Result<T, Errno> {
         let timeout = self.timeout;
-        let path = || self.inodes.path(ino).display().to_string();
+        // Inode 0: no reader's file (a prefetch of a learned profile).
+        let path = || match ino {
+            0 => "a prefetch".to_owned(),
+            _ => self.inodes.path(ino).display().to_string(),
+        };
         let started = std::time::Instant::now();
         let call = self.stats.store_call(|| format!("{what} for {}", path()));
         let res = tokio::select! {
