@@ -250,7 +250,8 @@ fn cold(
             let _ = std::fs::remove_dir_all(&cache_dir);
             r
         };
-        let streamed = MountOptions::default().stream_from;
+        // As the executor mounts inputs.
+        let streamed = 1 << 20;
         let (walk, read) = run(
             &|| {
                 let t = Instant::now();

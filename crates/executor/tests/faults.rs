@@ -106,8 +106,9 @@ async fn a_store_serving_corrupted_bytes_is_caught_and_named_by_digest() {
 async fn a_big_blob_read_before_it_was_found_corrupt_fails_a_successful_build() {
     need_runtime!();
     let e = env().await;
-    // Big enough to be served as it arrives, before it is verified: the
-    // build reads its head and exits 0 long before the blob is checked.
+    // Big enough to be served as it arrives, before it is verified; its
+    // last byte is wrong and its tail comes 2 s late: the build reads its
+    // (right) head and exits 0 long before the blob is found corrupt.
     let big: Vec<u8> = (0..4u32 << 20)
         .map(|i| (i.wrapping_mul(2654435761) >> 9) as u8)
         .collect();
@@ -117,7 +118,7 @@ async fn a_big_blob_read_before_it_was_found_corrupt_fails_a_successful_build() 
         size: 4 << 20,
         executable: false,
     };
-    let script = format!("head -c 16 /nix/store/{DATA} > /build/out");
+    let script = format!("head -c 16 /nix/store/{DATA} > /build/out && echo read the head >&2");
     let req = e.request(&script, &["build/out"], |p| {
         let data = e.data.to_proto(&DATA.try_into().unwrap());
         for i in p.inputs.iter_mut().filter(|i| **i == data) {
@@ -125,11 +126,14 @@ async fn a_big_blob_read_before_it_was_found_corrupt_fails_a_successful_build() 
         }
     });
     let blobs = FaultyBlobs::new(e.blobs.clone())
-        .reads(Fault::Corrupt, Some(digest))
+        .reads(Fault::CorruptSlowTail(2000), Some(digest))
         .remote()
         .shared();
     let exec = Executor::new(e.config(), blobs, e.dirs.clone());
-    let err = exec.build(&req, &NoLogs).await.unwrap_err();
+    let logs = Collect::default();
+    let err = exec.build(&req, &logs).await.unwrap_err();
+    let log = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    assert!(log.contains("read the head"), "the build succeeded: {log}");
     assert!(matches!(err, BuildError::Store(_)), "{err}");
     assert!(
         err.to_string().contains(&digest.to_hex()),

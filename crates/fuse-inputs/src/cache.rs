@@ -81,22 +81,39 @@ impl BlobCache {
     /// not write) of that digest. Another file there (cut short or zeroed
     /// by a crash) is removed, to be fetched again.
     pub fn get(&self, digest: &B3Digest, size: u64) -> Option<std::fs::File> {
+        use std::os::unix::fs::MetadataExt;
         let path = self.path(digest);
         let mut f = std::fs::File::open(&path).ok()?;
+        let meta = f.metadata().ok()?;
         let bad = |why: &str| {
             tracing::warn!(path = %path.display(), "cached blob {digest} {why}; fetching it again");
-            let _ = std::fs::remove_file(&path);
+            // Only the file looked at, not one another fetch put there since.
+            let same = std::fs::symlink_metadata(&path)
+                .is_ok_and(|m| m.ino() == meta.ino() && m.dev() == meta.dev());
+            if same && std::fs::remove_file(&path).is_ok() {
+                let _ = self
+                    .used
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
+                        Some(u.saturating_sub(meta.len()))
+                    });
+            }
             None
         };
-        if f.metadata().ok()?.len() != size {
+        if meta.len() != size {
             return bad(&format!("is not {size} bytes"));
         }
         if !self.is_known_good(digest) {
-            let mut h = blake3::Hasher::new();
-            let hashed = io::copy(&mut f, &mut h).and_then(|_| {
+            let mut hash = || {
+                let mut h = blake3::Hasher::new();
+                io::copy(&mut f, &mut h)?;
                 io::Seek::seek(&mut f, io::SeekFrom::Start(0))?;
-                Ok(B3Digest::from(h.finalize()))
-            });
+                Ok::<_, io::Error>(B3Digest::from(h.finalize()))
+            };
+            // On a runtime's worker: the others go on meanwhile.
+            let hashed = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+                Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(hash),
+                _ => hash(),
+            };
             match hashed {
                 Ok(d) if d == *digest => self.known_good(*digest),
                 Ok(d) => return bad(&format!("has the content of {d}")),

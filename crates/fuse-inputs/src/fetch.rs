@@ -26,7 +26,7 @@ use tvix_oci_castore::{B3Digest, ClosureError, Directory, StoreError};
 use crate::cache::BlobCache;
 use crate::inodes::InodeTable;
 use crate::stats::Stats;
-use crate::stream::{Stream, Streams};
+use crate::stream::Streams;
 
 /// Directories taken at most from one recursive Get (a bigger closure is
 /// fetched in further ones, on first look below)…
@@ -57,7 +57,10 @@ pub(crate) struct Fetcher {
     /// A fetch receiving no byte for this long fails.
     pub(crate) idle: Duration,
     /// Permits for blob fetches for reads.
-    limit: tokio::sync::Semaphore,
+    pub(crate) limit: tokio::sync::Semaphore,
+    /// Permits for fetches no reader waits for yet (read-ahead, prefetch):
+    /// as many again, never taking a reader's.
+    pub(crate) background: tokio::sync::Semaphore,
     /// Directories received in closures and not yet looked at, by their
     /// (computed) digest.
     known_dirs: Mutex<HashMap<B3Digest, Directory>>,
@@ -68,7 +71,7 @@ pub(crate) struct Fetcher {
     /// Their fetches running.
     pub(crate) streams: Arc<Streams>,
     /// Where fetch tasks run (FUSE threads are not in the runtime).
-    rt: tokio::runtime::Handle,
+    pub(crate) rt: tokio::runtime::Handle,
     /// The blobs readers used (when recorded), and those fetched ahead.
     pub(crate) read_log: Arc<crate::learned::ReadLog>,
 }
@@ -103,6 +106,7 @@ impl Fetcher {
             timeout,
             idle,
             limit: tokio::sync::Semaphore::new(concurrency.clamp(1, MAX_CONCURRENCY)),
+            background: tokio::sync::Semaphore::new(concurrency.clamp(1, MAX_CONCURRENCY)),
             known_dirs: Mutex::new(HashMap::new()),
             read_ahead: tx,
             stream_from,
@@ -216,82 +220,6 @@ impl Fetcher {
             self.stats.bytes_fetched.fetch_add(size, Ordering::Relaxed);
         }
         Ok(f)
-    }
-
-    /// Blob `digest` of inode `ino`, served as it arrives: the stream
-    /// fetching it now, or one started here in a task (holding a permit for
-    /// reads). The blob is checked when whole; a failure is the store's,
-    /// recorded with the path.
-    pub(crate) fn stream(self: &Arc<Self>, ino: u64, digest: B3Digest, size: u64) -> Arc<Stream> {
-        let (stream, new) = self.streams.get_or_new(digest, size);
-        if new {
-            let (me, s) = (self.clone(), stream.clone());
-            self.rt.spawn(async move {
-                let what = format!("fetching blob {digest}");
-                // No one reader's death ends it: others may wait for it.
-                let res = me
-                    .guarded(&what, ino, 0, async {
-                        let _permit = me.limit.acquire().await.map_err(std::io::Error::other)?;
-                        me.cache
-                            .get_or_fetch_into(&*me.blobs, &digest, size, me.idle, Some(&s))
-                            .await
-                    })
-                    .await;
-                let file = match res {
-                    Ok((f, fetched)) => {
-                        if fetched {
-                            me.stats.blobs_fetched.fetch_add(1, Ordering::Relaxed);
-                            me.stats.bytes_fetched.fetch_add(size, Ordering::Relaxed);
-                        }
-                        Some(f)
-                    }
-                    Err(_) => None,
-                };
-                s.finish(file);
-                me.streams.ended(&s);
-            });
-        }
-        stream
-    }
-
-    /// Up to `size` bytes at `offset` of `stream` if they are here now
-    /// (counted as served); `None` while they are still to come.
-    pub(crate) fn read_streamed_now(
-        &self,
-        stream: &Stream,
-        offset: u64,
-        size: u32,
-    ) -> Option<Result<Vec<u8>, Errno>> {
-        let res = stream.try_read(offset, size)?;
-        if let Ok(data) = &res {
-            self.stats
-                .bytes_served
-                .fetch_add(data.len() as u64, Ordering::Relaxed);
-        }
-        Some(res)
-    }
-
-    /// Up to `size` bytes at `offset` of `stream`, for reader `pid`, once
-    /// they are here (counted as served); EIO if the reader is killed
-    /// first.
-    pub(crate) async fn read_streamed(
-        &self,
-        stream: &Stream,
-        offset: u64,
-        size: u32,
-        pid: u32,
-    ) -> Result<Vec<u8>, Errno> {
-        if let Some(res) = self.read_streamed_now(stream, offset, size) {
-            return res;
-        }
-        let data = tokio::select! {
-            r = stream.read(offset, size) => r?,
-            _ = crate::reader::given_up(pid) => return Err(Errno::EIO),
-        };
-        self.stats
-            .bytes_served
-            .fetch_add(data.len() as u64, Ordering::Relaxed);
-        Ok(data)
     }
 
     /// Directory `digest`, which `by` declares of `size` bytes: from a
@@ -420,10 +348,16 @@ impl Fetcher {
                     }
                     // A big one as a stream, which a read can join.
                     if size >= me.stream_from {
-                        let s = me.stream(ino, digest, size);
-                        me.stats.bytes_read_ahead.fetch_add(size, Ordering::Relaxed);
-                        return s.until_ended().await;
+                        let (s, started) = me.stream(ino, digest, size, false);
+                        s.until_ended().await;
+                        if started && s.failure().is_none() {
+                            me.stats.bytes_read_ahead.fetch_add(size, Ordering::Relaxed);
+                        }
+                        return;
                     }
+                    let Ok(_permit) = me.background.acquire().await else {
+                        return;
+                    };
                     match me
                         .cache
                         .get_or_fetch(&*me.blobs, &digest, size, me.idle)

@@ -206,7 +206,7 @@ impl InputsFs {
             match self.fetcher.local(ino.0, &digest, declared) {
                 Ok(Local::File(f)) => read_kept(fetcher, opens, ino.0, f, (offset, size)),
                 Ok(Local::Absent) if declared >= fetcher.stream_from => {
-                    let stream = fetcher.stream(ino.0, digest, declared);
+                    let (stream, _) = fetcher.stream(ino.0, digest, declared, true);
                     return self.read_stream(stream, offset, size, pid, reply);
                 }
                 Ok(Local::Absent) => {
@@ -278,6 +278,9 @@ pub(crate) fn reply_opened(reply: ReplyOpen, fh: u64, handle: &Handle) {
         Handle::Passthrough(id) => {
             reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), id)
         }
+        // Not kept: pages of a blob served before it was verified must not
+        // outlive a failed check (an open without KEEP_CACHE drops them).
+        Handle::Streamed(_) => reply.opened(FileHandle(fh), FopenFlags::empty()),
         _ => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
     }
 }

@@ -76,8 +76,8 @@ impl InputsFs {
         if size < self.fetcher.stream_from {
             return Opening::Fetch(digest, size);
         }
-        let stream = self.fetcher.stream(ino, digest, size);
-        let (fh, h) = self.opens.add(ino, crate::opens::Handle::Streamed(stream));
+        let (stream, _) = self.fetcher.stream(ino, digest, size, true);
+        let (fh, h) = self.opens.add_streamed(ino, stream);
         Opening::Done(fh, h)
     }
 }

@@ -94,9 +94,9 @@ impl ReadLog {
 
 impl Fetcher {
     /// Fetches `blobs` into the cache, in their order, as many at once as
-    /// reads may (`fetch_concurrency`), skipping local ones; a big one as a
-    /// stream a reader can join. Failures are left for a read to meet
-    /// (and report).
+    /// reads may (`fetch_concurrency`, on background permits: never a
+    /// reader's), skipping local ones; a big one as a stream a reader can
+    /// join. Failures are left for a read to meet (and report).
     pub(crate) async fn prefetch_blobs(
         self: Arc<Self>,
         blobs: Vec<(B3Digest, u64)>,
@@ -115,10 +115,14 @@ impl Fetcher {
                         return;
                     }
                     let fetched = if size >= me.stream_from {
-                        let s = me.stream(0, digest, size);
+                        // Counted only if started here (not a reader's).
+                        let (s, started) = me.stream(0, digest, size, false);
                         s.until_ended().await;
-                        me.cache.get(&digest, size).is_some()
+                        started && s.failure().is_none()
                     } else {
+                        let Ok(_permit) = me.background.acquire().await else {
+                            return;
+                        };
                         match me
                             .cache
                             .get_or_fetch(&*me.blobs, &digest, size, me.idle)

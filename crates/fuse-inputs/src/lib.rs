@@ -20,6 +20,7 @@
 mod backing;
 mod cache;
 mod fetch;
+mod fetch_stream;
 mod files;
 mod fs;
 pub mod handlers;

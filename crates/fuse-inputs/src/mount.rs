@@ -73,9 +73,11 @@ pub struct MountOptions {
     /// the background (a listed directory's files are likely read next).
     pub read_ahead: bool,
     /// Blobs from a remote store of at least this many bytes are served as
-    /// they arrive, before they are verified; smaller ones only once
-    /// checked whole. `u64::MAX`: every blob checked whole first. The
-    /// guarantee and its price are in [`InputsMount::settle`].
+    /// they arrive, before they are verified (a range reaching a blob's end
+    /// waits for the check); smaller ones only once checked whole. The
+    /// default, `u64::MAX`: every blob checked whole first. Whoever sets it
+    /// must call [`InputsMount::settle`] before trusting what readers made
+    /// (the executor does, with 1 MiB).
     pub stream_from: u64,
     /// Record which blobs readers open or read, first use first
     /// ([`InputsMount::read_profile`]): a profile for learned prefetch.
@@ -101,7 +103,7 @@ impl Default for MountOptions {
             prefetch: Vec::new(),
             fetch_concurrency: 64,
             read_ahead: true,
-            stream_from: 1 << 20,
+            stream_from: u64::MAX,
             record_reads: false,
             prefetch_blobs: Vec::new(),
         }
@@ -508,7 +510,11 @@ impl InputsMount {
     /// Bounded by the fetch timeout; a blob no one read from unverified is
     /// not waited for.
     pub async fn settle(&self) {
-        self.streams.settle().await;
+        // Recorded here too: a settle never returns before the failure it
+        // waited for is told (the fetch's own record may come later).
+        for failure in self.streams.settle().await {
+            self.stats.store_failed(|| failure);
+        }
     }
 
     /// Whether the FUSE daemon still serves the mount: false once its

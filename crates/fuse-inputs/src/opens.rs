@@ -83,7 +83,10 @@ impl Opens {
         open_backing: Option<OpenBacking<'_>>,
         stats: &Stats,
     ) -> (u64, Arc<Handle>) {
-        let served_here = self.count(ino) > 0;
+        // Decided and counted under one lock with `add_streamed`: never a
+        // passthrough open beside a streamed one.
+        let mut counts = self.counts();
+        let served_here = counts.get(&ino).is_some_and(|n| *n > 0);
         let handle = match open_backing {
             None => Handle::File(file),
             // Not while the inode is open with reads served here.
@@ -101,23 +104,46 @@ impl Opens {
                 }
             },
         };
-        self.add(ino, handle)
+        if !matches!(handle, Handle::Passthrough(_)) {
+            *counts.entry(ino).or_default() += 1;
+        }
+        drop(counts);
+        self.insert(ino, handle)
     }
 
-    /// Registers `handle` of inode `ino`; its number and itself.
-    pub(crate) fn add(&self, ino: u64, handle: Handle) -> (u64, Arc<Handle>) {
+    /// Opens inode `ino` to read from `stream` as it arrives; through the
+    /// inode's backing file instead if it has one now (the blob arrived and
+    /// another open passed it through).
+    pub(crate) fn add_streamed(
+        &self,
+        ino: u64,
+        stream: Arc<crate::stream::Stream>,
+    ) -> (u64, Arc<Handle>) {
+        let mut counts = self.counts();
+        let handle = match self.backings.get(ino) {
+            Some(id) => Handle::Passthrough(id),
+            None => {
+                *counts.entry(ino).or_default() += 1;
+                Handle::Streamed(stream)
+            }
+        };
+        drop(counts);
+        self.insert(ino, handle)
+    }
+
+    fn insert(&self, ino: u64, handle: Handle) -> (u64, Arc<Handle>) {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let handle = Arc::new(handle);
-        if !matches!(*handle, Handle::Passthrough(_)) {
-            *self.counts().entry(ino).or_default() += 1;
-        }
         self.lock().insert(fh, (ino, handle.clone()));
         (fh, handle)
     }
 
-    /// Handles of `ino` open now whose reads come here.
-    fn count(&self, ino: u64) -> usize {
-        self.counts().get(&ino).copied().unwrap_or(0)
+    /// Registers `handle` of inode `ino`; its number and itself.
+    pub(crate) fn add(&self, ino: u64, handle: Handle) -> (u64, Arc<Handle>) {
+        if !matches!(handle, Handle::Passthrough(_)) {
+            *self.counts().entry(ino).or_default() += 1;
+        }
+        self.insert(ino, handle)
     }
 
     fn counts(&self) -> std::sync::MutexGuard<'_, HashMap<u64, usize>> {

@@ -2,17 +2,22 @@
 //! first byte of a 200 MiB blob from a store far away costs a round trip,
 //! not the whole transfer.
 //!
-//! **The guarantee.** A blob of at least [`crate::MountOptions::stream_from`]
-//! bytes is written in order into a temp file of the cache while its digest
-//! is computed, and a read is answered from that file as soon as the range
-//! it asks for has arrived: before the blob is verified. When the last byte
-//! is in, the digest is checked. A blob that is not what its digest says
-//! (or a store that stops sending) is the store's fault: every read waiting
-//! and every later one gets EIO, nothing is cached, and the failure is
-//! recorded for the mount's [`crate::InputsMount::store_trouble`]. A build
-//! that read such a blob therefore fails as the store's fault even when it
-//! exited 0: the executor waits with [`crate::InputsMount::settle`] for
-//! every blob served unverified to be checked before it judges the build.
+//! **The guarantee.** With [`crate::MountOptions::stream_from`] set (the
+//! executor sets 1 MiB; the default is off), a blob at least that big is
+//! written in order into a temp file of the cache while its digest is
+//! computed, and a read is answered from that file as soon as the range it
+//! asks for has arrived: before the blob is verified. A range reaching the
+//! blob's end (or EOF) waits for the check, so a reader of a whole blob
+//! never gets it all from a corrupt one; only a reader of part of it can
+//! get bytes of a blob that then fails. A blob that is not what its digest
+//! says (or a store that stops sending) fails every waiting and later read
+//! with EIO, is never cached, and is the store's fault for the mount
+//! ([`crate::InputsMount::store_trouble`]) as soon as a reader met it (a
+//! read answered EIO, or bytes served unverified). The executor waits with
+//! [`crate::InputsMount::settle`] for every blob served unverified to be
+//! checked before it judges a build, so a build that read the head of a
+//! corrupt blob fails as the store's fault even when it exited 0. Handles
+//! of streamed blobs do not keep the kernel's page cache across opens.
 //! Smaller blobs are checked whole before any of their bytes is served.
 
 use std::collections::HashMap;
@@ -45,6 +50,8 @@ pub(crate) struct Stream {
     progress: watch::Sender<Progress>,
     /// Whether a byte was served before the blob was verified.
     served_unverified: AtomicBool,
+    /// Why the fetch failed, once it did.
+    failure: OnceLock<String>,
 }
 
 impl Stream {
@@ -55,6 +62,7 @@ impl Stream {
             file: OnceLock::new(),
             progress: watch::Sender::new(Progress::Have(0)),
             served_unverified: AtomicBool::new(false),
+            failure: OnceLock::new(),
         }
     }
 
@@ -68,21 +76,34 @@ impl Stream {
         self.progress.send_replace(Progress::Have(n));
     }
 
-    /// The fetch ended: with the blob's (verified) file, or failed.
-    pub(crate) fn finish(&self, file: Option<std::fs::File>) {
-        let end = match file {
-            Some(f) => {
-                // A blob found whole in the cache was never streamed here.
-                let _ = self.file.set(f);
-                Progress::Verified
-            }
-            None => Progress::Failed,
-        };
-        self.progress.send_replace(end);
+    /// The fetch ended with the blob's (verified) file.
+    pub(crate) fn finish(&self, file: std::fs::File) {
+        // A blob found whole in the cache was never streamed here.
+        let _ = self.file.set(file);
+        self.progress.send_replace(Progress::Verified);
+    }
+
+    /// The fetch failed, for the reason `why` (which names the blob).
+    pub(crate) fn fail(&self, why: String) {
+        let _ = self.failure.set(why);
+        self.progress.send_replace(Progress::Failed);
+    }
+
+    /// Why the fetch failed, if it did.
+    pub(crate) fn failure(&self) -> Option<&str> {
+        self.failure.get().map(String::as_str)
+    }
+
+    /// Whether a reader was served bytes before the blob was verified.
+    pub(crate) fn served_unverified(&self) -> bool {
+        self.served_unverified.load(Ordering::Relaxed)
     }
 
     /// Up to `size` bytes at `offset`, never past the declared size, if
-    /// they are here now; `None` if they are still to come.
+    /// they are here now; `None` if they are still to come. A range that
+    /// reaches the blob's end (or lies past it) is answered only once the
+    /// blob is verified: a reader of a whole blob never gets its end (or
+    /// EOF) from a blob that turns out corrupt.
     pub(crate) fn try_read(&self, offset: u64, size: u32) -> Option<Result<Vec<u8>, Errno>> {
         let end = self.end_of(offset, size);
         let now = *self.progress.borrow();
@@ -94,7 +115,7 @@ impl Stream {
         let end = self.end_of(offset, size);
         let mut rx = self.progress.subscribe();
         let now = *rx
-            .wait_for(|p| !matches!(p, Progress::Have(n) if *n < end))
+            .wait_for(|p| !matches!(p, Progress::Have(n) if *n < end || end >= self.size))
             .await
             .map_err(|_| Errno::EIO)?;
         self.answer(now, offset, end).unwrap_or(Err(Errno::EIO))
@@ -108,7 +129,7 @@ impl Stream {
         let len = end.saturating_sub(offset);
         match now {
             Progress::Failed => return Some(Err(Errno::EIO)),
-            Progress::Have(n) if n < end => return None,
+            Progress::Have(n) if n < end || end >= self.size => return None,
             Progress::Have(_) if len > 0 => {
                 self.served_unverified.store(true, Ordering::Relaxed);
             }
@@ -144,19 +165,20 @@ impl Stream {
 /// unverified from them (until [`Self::settle`] sees them ended).
 #[derive(Debug, Default)]
 pub(crate) struct Streams {
-    running: Mutex<HashMap<B3Digest, Arc<Stream>>>,
+    running: Mutex<HashMap<(B3Digest, u64), Arc<Stream>>>,
 }
 
 impl Streams {
-    /// The stream of `digest` running now, or a new one and `true` (the
-    /// caller must start its fetch).
+    /// The stream of `digest` declared of `size` bytes running now, or a
+    /// new one and `true` (the caller must start its fetch). Two sizes
+    /// declared for one digest are two streams (one of them fails).
     pub(crate) fn get_or_new(&self, digest: B3Digest, size: u64) -> (Arc<Stream>, bool) {
         let mut m = self.lock();
-        if let Some(s) = m.get(&digest) {
+        if let Some(s) = m.get(&(digest, size)) {
             return (s.clone(), false);
         }
         let s = Arc::new(Stream::new(digest, size));
-        m.insert(digest, s.clone());
+        m.insert((digest, size), s.clone());
         (s, true)
     }
 
@@ -164,17 +186,17 @@ impl Streams {
     /// (or fetch it again).
     pub(crate) fn ended(&self, stream: &Arc<Stream>) {
         let mut m = self.lock();
-        if m.get(&stream.digest)
-            .is_some_and(|s| Arc::ptr_eq(s, stream))
-        {
-            m.remove(&stream.digest);
+        let key = (stream.digest, stream.size);
+        if m.get(&key).is_some_and(|s| Arc::ptr_eq(s, stream)) {
+            m.remove(&key);
         }
     }
 
     /// Waits until every running stream that served a byte unverified has
-    /// ended, verified or failed (a failure is then in the mount's store
-    /// trouble). Each fetch is bounded by the mount's fetch timeout.
-    pub(crate) async fn settle(&self) {
+    /// ended, verified or failed; the failures, for the mount's store
+    /// trouble. Each fetch is bounded by the mount's fetch timeout.
+    pub(crate) async fn settle(&self) -> Vec<String> {
+        let mut failures = Vec::new();
         loop {
             let pending: Vec<Arc<Stream>> = self
                 .lock()
@@ -183,15 +205,16 @@ impl Streams {
                 .cloned()
                 .collect();
             if pending.is_empty() {
-                return;
+                return failures;
             }
             for s in pending {
                 s.until_ended().await;
+                failures.extend(s.failure().map(str::to_owned));
             }
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<B3Digest, Arc<Stream>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(B3Digest, u64), Arc<Stream>>> {
         self.running.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -216,15 +239,28 @@ mod tests {
         s.wrote(4);
         assert_eq!(s.try_read(0, 4).unwrap().unwrap(), b"0123");
         assert!(s.try_read(2, 4).is_none(), "byte 5 is not here yet");
-        let later = s.read(6, 100);
+        let later = s.read(4, 2);
         s.wrote(10);
-        // Never past the declared size.
-        assert_eq!(later.await.unwrap(), b"6789");
-        assert_eq!(s.try_read(10, 4).unwrap().unwrap(), b"");
-        assert!(s.served_unverified.load(Ordering::Relaxed));
-        s.finish(None);
+        assert_eq!(later.await.unwrap(), b"45");
+        // The end (and EOF) only once verified.
+        assert!(s.try_read(6, 100).is_none());
+        assert!(s.try_read(10, 4).is_none());
+        assert!(s.served_unverified());
+        s.fail("blob b3:… is corrupt".into());
+        assert_eq!(s.failure(), Some("blob b3:… is corrupt"));
         assert_eq!(s.try_read(0, 4).unwrap().unwrap_err(), Errno::EIO);
         assert_eq!(s.read(0, 4).await.unwrap_err(), Errno::EIO);
+    }
+
+    #[tokio::test]
+    async fn the_end_of_a_verified_blob_is_served_never_past_its_size() {
+        let (s, _w) = stream_over(b"0123456789");
+        let end = s.read(6, 100);
+        s.wrote(10);
+        s.finish(tempfile::tempfile().unwrap());
+        // Served from the file the bytes were written to.
+        assert_eq!(end.await.unwrap(), b"6789");
+        assert_eq!(s.try_read(10, 4).unwrap().unwrap(), b"");
     }
 
     #[tokio::test]
@@ -235,6 +271,20 @@ mod tests {
         tokio::time::timeout(std::time::Duration::from_secs(5), streams.settle())
             .await
             .unwrap();
+        // The failure of one that served unverified bytes is told.
+        let (bad, _) = streams.get_or_new(B3Digest::of(b"c"), 2);
+        let (s, _w) = stream_over(b"cc");
+        bad.started(s.file.get().unwrap().try_clone().unwrap());
+        bad.wrote(1);
+        bad.try_read(0, 1).unwrap().unwrap();
+        let settling = tokio::spawn({
+            let streams = streams.clone();
+            async move { streams.settle().await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        bad.fail("blob c: corrupt".into());
+        assert_eq!(settling.await.unwrap(), vec!["blob c: corrupt".to_owned()]);
+        streams.ended(&bad);
         let (read, fresh) = streams.get_or_new(B3Digest::of(b"b"), 2);
         assert!(fresh);
         assert!(!streams.get_or_new(B3Digest::of(b"b"), 2).1, "one per blob");
@@ -244,13 +294,14 @@ mod tests {
         w.write_all(b"bb").unwrap();
         read.wrote(2);
         read.try_read(0, 1).unwrap().unwrap();
+        assert!(read.served_unverified());
         let settling = tokio::spawn({
             let streams = streams.clone();
             async move { streams.settle().await }
         });
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         assert!(!settling.is_finished(), "waits for the blob to be checked");
-        read.finish(Some(tempfile::tempfile().unwrap()));
+        read.finish(tempfile::tempfile().unwrap());
         streams.ended(&read);
         tokio::time::timeout(std::time::Duration::from_secs(5), settling)
             .await

@@ -47,6 +47,7 @@ async fn a_recorded_profile_is_fetched_ahead_by_the_next_mount() {
         )),
         record_reads: true,
         read_ahead: false,
+        stream_from: 1 << 20,
         prefetch_blobs: profile,
         ..MountOptions::default()
     };

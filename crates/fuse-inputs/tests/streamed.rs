@@ -54,6 +54,7 @@ async fn mount_big(fault: Fault, no_open: bool) -> (Setup, InputsMount) {
     let opts = MountOptions {
         cache: Some(cache.clone()),
         no_open,
+        stream_from: 1 << 20,
         // A stalled store is given up on only after a minute: a read
         // answered before that was answered from what had arrived.
         fetch_idle: Duration::from_secs(60),
@@ -112,23 +113,115 @@ async fn first_bytes_of_a_big_blob_come_before_the_last() {
 async fn a_big_blob_found_corrupt_at_its_end_is_the_stores_fault() {
     tvix_oci_testkit::require!(root, fuse);
     for no_open in [true, false] {
-        let (s, m) = mount_big(Fault::Corrupt, no_open).await;
+        // Its last byte is wrong, and the last 64 KiB come 2 s late.
+        let (s, m) = mount_big(Fault::CorruptSlowTail(2000), no_open).await;
         let path = s.mnt.join("big.bin");
-        // Served before it is verified: the reader may get bytes…
-        let head = read_at(&path, 0, 16).await;
-        // …but once settled, the mount names the blob as the store's fault.
+        // Served before it is verified: the head arrives, and is right…
+        let t = Instant::now();
+        let head = read_at(&path, 0, 4096).await.unwrap();
+        assert_eq!(head, s.data[..4096]);
+        assert!(
+            t.elapsed() < Duration::from_millis(1500),
+            "{:?}",
+            t.elapsed()
+        );
+        assert_eq!(m.store_trouble(Duration::from_secs(60)), None, "not yet");
+        // …but the end is held until the blob is checked: a reader of the
+        // whole file never gets it (or EOF) from a corrupt blob.
+        let err = read_at(&path, 0, BIG).await.unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
         tokio::time::timeout(Duration::from_secs(30), m.settle())
             .await
             .expect("settles once the blob is checked");
-        let trouble = m.store_trouble(Duration::from_secs(60));
-        let trouble = trouble.unwrap_or_else(|| panic!("no trouble after {head:?}"));
+        let trouble = m.store_trouble(Duration::from_secs(60)).unwrap();
         assert!(trouble.contains(&s.digest.to_hex()), "{trouble}");
-        // Nothing more is served from it, and nothing is cached.
-        let err = read_at(&path, (BIG - 4096) as u64, 4096).await.unwrap_err();
-        assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
         assert!(!s.cache.path(&s.digest).exists());
         m.unmount().unwrap();
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn settle_waits_for_a_blob_read_unverified_and_then_tells() {
+    tvix_oci_testkit::require!(root, fuse);
+    let (s, m) = mount_big(Fault::CorruptSlowTail(2000), false).await;
+    read_at(&s.mnt.join("big.bin"), 0, 16).await.unwrap();
+    // The reader is done; only settling finds the blob corrupt.
+    assert_eq!(m.store_trouble(Duration::from_secs(60)), None);
+    m.settle().await;
+    let trouble = m.store_trouble(Duration::from_secs(60)).unwrap();
+    assert!(trouble.contains(&s.digest.to_hex()), "{trouble}");
+    m.unmount().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn background_fetches_neither_fail_the_mount_nor_hold_up_reads() {
+    tvix_oci_testkit::require!(root, fuse);
+    let tmp = tempfile::tempdir().unwrap();
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let inner = Arc::new(MemoryBlobService::default());
+    let mut dir = tvix_oci_castore::Directory::new();
+    let mut stalled = Vec::new();
+    for name in ["big1"] {
+        let mut data = big();
+        data[0] = name.as_bytes()[3];
+        let d = inner.put(bytes::Bytes::from(data)).await.unwrap();
+        stalled.push(d);
+        let node = Node::File {
+            digest: d,
+            size: BIG as u64,
+            executable: false,
+        };
+        dir.add(PathComponent::try_from(name).unwrap(), node)
+            .unwrap();
+    }
+    let small = inner
+        .put(bytes::Bytes::from_static(b"small"))
+        .await
+        .unwrap();
+    let node = Node::File {
+        digest: small,
+        size: 5,
+        executable: false,
+    };
+    dir.add(PathComponent::try_from("small").unwrap(), node)
+        .unwrap();
+    let dirs: Arc<dyn DirectoryService> = Arc::new(MemoryDirectoryService::default());
+    dirs.put(dir.clone()).await.unwrap();
+    // The big one stalls after 1 MiB.
+    let blobs: Arc<dyn BlobService> = FaultyBlobs::new(inner)
+        .reads(Fault::HangAfter(1 << 20), Some(stalled[0]))
+        .remote()
+        .shared();
+    let opts = MountOptions {
+        stream_from: 1 << 20,
+        // One read and one background fetch at a time.
+        fetch_concurrency: 1,
+        fetch_idle: Duration::from_secs(60),
+        ..MountOptions::default()
+    };
+    let inputs = vec![(PathComponent::try_from("d").unwrap(), dir.as_node())];
+    let m = mount(blobs, dirs, inputs, &mnt, &opts).unwrap();
+    // Listing starts read-ahead of the big one, which stalls holding the
+    // one background permit.
+    std::fs::read_dir(mnt.join("d")).unwrap().for_each(drop);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = Instant::now();
+    let p = mnt.join("d/small");
+    let got = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::task::spawn_blocking(move || std::fs::read(p)),
+    )
+    .await
+    .expect("a read waits behind read-ahead")
+    .unwrap()
+    .unwrap();
+    assert_eq!(got, b"small");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    // No reader waits on the stalled ones: no store trouble.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(m.store_trouble(Duration::from_secs(1)), None);
+    m.unmount().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -28,6 +28,10 @@ pub enum Fault {
     /// (Reads) the first this many bytes are sent, then nothing more, ever
     /// (a store that stalls mid-blob).
     HangAfter(u64),
+    /// (Reads) the blob with its last byte flipped, its last 64 KiB sent
+    /// only after this many milliseconds: the head arrives at once, the
+    /// corruption is found late.
+    CorruptSlowTail(u64),
 }
 
 /// A blob store around `inner` whose reads (of one blob, or all) and
@@ -95,6 +99,25 @@ impl FaultyBlobs {
     }
 }
 
+/// A reader that sends `data` once `sleep` is over.
+struct Late {
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+    data: io::Cursor<Vec<u8>>,
+}
+
+impl tokio::io::AsyncRead for Late {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        if self.sleep.as_mut().poll(cx).is_pending() {
+            return std::task::Poll::Pending;
+        }
+        std::pin::Pin::new(&mut self.data).poll_read(cx, buf)
+    }
+}
+
 /// A reader that never sends a byte (and never ends).
 struct Stalled;
 
@@ -137,6 +160,24 @@ impl BlobService for FaultyBlobs {
                     );
                     return Ok(Some(Box::new(io::Cursor::new(data))));
                 }
+                Fault::CorruptSlowTail(ms) => {
+                    let Some(mut data) = read_to_end(&*self.inner, d).await? else {
+                        return Ok(None);
+                    };
+                    if let Some(last) = data.last_mut() {
+                        *last ^= 0x55;
+                    }
+                    let start = usize::try_from(offset)
+                        .unwrap_or(usize::MAX)
+                        .min(data.len());
+                    let tail = data.len().saturating_sub(64 << 10).max(start);
+                    let head = io::Cursor::new(data[start..tail].to_vec());
+                    let late = Late {
+                        sleep: Box::pin(tokio::time::sleep(std::time::Duration::from_millis(ms))),
+                        data: io::Cursor::new(data[tail..].to_vec()),
+                    };
+                    return Ok(Some(Box::new(tokio::io::AsyncReadExt::chain(head, late))));
+                }
                 Fault::HangAfter(n) => {
                     let Some(data) = read_to_end(&*self.inner, d).await? else {
                         return Ok(None);
@@ -158,7 +199,9 @@ impl BlobService for FaultyBlobs {
         match self.write {
             Fault::Hang => futures::future::pending().await,
             Fault::Fail => Err(injected("the store's disk refuses writes")),
-            Fault::None | Fault::Corrupt | Fault::HangAfter(_) => self.inner.open_write().await,
+            Fault::None | Fault::Corrupt | Fault::HangAfter(_) | Fault::CorruptSlowTail(_) => {
+                self.inner.open_write().await
+            }
         }
     }
 

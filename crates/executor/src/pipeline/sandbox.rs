@@ -19,6 +19,10 @@ use crate::{BuildError, Executor};
 
 use super::Prepared;
 
+/// Remote input blobs of at least this many bytes are served to the build
+/// as they arrive (`MountOptions::stream_from`).
+const STREAM_FROM: u64 = 1 << 20;
+
 /// The mounts of a running build, torn down after its container: the
 /// overlay, then the inputs under it.
 #[derive(Debug)]
@@ -107,9 +111,12 @@ impl Sandbox {
         // first reads no-open would copy through the daemon (and cache a
         // second time); passthrough reads the blob cache's files at native
         // speed from the first byte (BENCHMARKS.md, issue 19).
+        // Big remote blobs are read as they arrive; the run settles before
+        // the build is judged, so a corrupt one is the store's fault.
         let mut mount_opts = MountOptions {
             cache: Some(cache),
             no_open: false,
+            stream_from: STREAM_FROM,
             ..MountOptions::default()
         };
         let profile = exec.config().prefetch_profiles.as_ref().map(|store| {
