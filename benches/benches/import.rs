@@ -7,7 +7,7 @@
 //!
 //! Run: `cargo bench -p tvix-oci-benches --bench import`
 //! (`QUICK=1` for a 64 MiB tree; `BENCH_DIR` picks the disk, default
-//! `target/bench-tmp`.)
+//! `target/bench-tmp`; every tree and store stays there until the end.)
 
 use std::process::Command;
 use std::time::Duration;
@@ -57,6 +57,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (mut s3_best, mut s3_peak) = (Duration::MAX, 0);
     let (mut file_best, mut file_peak) = (Duration::MAX, 0);
     let s3 = s3_server(tmp.path())?;
+    // Nothing is removed before the end: on ext4 without a journal (this
+    // machine's), a file created within 30 s of many deletions makes the
+    // inode allocator step over each recently freed inode, which cost the
+    // import timed after a removed tree several CPU-seconds (see
+    // BENCHMARKS.md). ~4 GiB per iteration.
     for i in 0..iterations {
         // cp -a, then the same with the data flushed to disk (the import
         // fsyncs every blob, cp does not).
@@ -69,7 +74,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let ((), d_sync) = time(|| unsafe { libc::sync() });
         cp_best = cp_best.min(d_cp);
         cp_sync_best = cp_sync_best.min(d_cp + d_sync);
-        std::fs::remove_dir_all(&dst)?;
 
         let store = tmp.path().join(format!("store-{i}"));
         let local = (
@@ -79,13 +83,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let (d_imp, p) = import_once(&rt, &src, &local)?;
         peak = peak.max(p);
         imp_best = imp_best.min(d_imp);
-        std::fs::remove_dir_all(&store)?;
         // The same layout as S3's, as files: the backend without a server.
+        let store = tmp.path().join(format!("file-{i}"));
         let url = format!("objectstore+file://{}", store.display());
         let (d, p) = import_once(&rt, &src, &(url.clone(), url))?;
         file_peak = file_peak.max(p);
         file_best = file_best.min(d);
-        std::fs::remove_dir_all(&store)?;
         if let Some(s3) = &s3 {
             // Unsigned bodies, as over HTTPS (the local server speaks plain
             // HTTP, where they are signed by default): what a farm on a
@@ -104,7 +107,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 d_sync.as_secs_f64(),
                 (s3.cpu_time() - cpu0).as_secs_f64()
             );
-            std::fs::remove_dir_all(s3.bucket_dir().join(format!("run-{i}")))?;
         }
         println!(
             "run {i}: cp -a {:.2}s (+sync {:.2}s), import {:.2}s",
