@@ -94,7 +94,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // A server of its own for each run, as each embedded import gets a
         // new store: s3s-fs keeps the metadata of every object it ever
         // stored in one directory of its root.
-        let s3 = if have_s3 { S3Server::start_in(tmp.path())? } else { None };
+        let s3 = if have_s3 {
+            S3Server::start_in(tmp.path())?
+        } else {
+            None
+        };
         if let Some(mut s3) = s3 {
             // Unsigned bodies, as over HTTPS (the local server speaks plain
             // HTTP, where they are signed by default): what a farm on a

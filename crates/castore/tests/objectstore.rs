@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use common::s3_server;
 use futures::TryStreamExt;
-use tvix_oci_castore::blobservice::{SINGLE_PUT_MAX, read_to_end};
+use tvix_oci_castore::blobservice::{KNOWN_PUT_MAX, SINGLE_PUT_MAX, read_to_end};
 use tvix_oci_castore::directoryservice::DirectoryService;
 use tvix_oci_castore::{
     B3Digest, ClosureError, Directory, Node, PathComponent, StoreError, open_blob_service,
@@ -267,13 +267,14 @@ async fn cancelled_upload_leaves_nothing() {
     );
 }
 
-/// A big file imported from disk is hashed first and sent to its key from
-/// the file (no temp file): it comes back whole, a second import finds it
-/// there, and a writer told a digest its bytes do not have stores nothing.
-async fn big_file_digest_first(url: &str, root: &Path) {
+/// A big file (`len` bytes) imported from disk is hashed first and sent
+/// to its key from the file (no temp file; in one PUT up to
+/// `KNOWN_PUT_MAX`, in parts beyond): it comes back whole, a second import
+/// finds it there, and a writer told a digest its bytes do not have
+/// stores nothing.
+async fn big_file_digest_first(url: &str, root: &Path, len: usize) {
     use tvix_oci_castore::import::{ImportOptions, import_path};
     let tree = tempfile::tempdir().unwrap();
-    let len = 2 * SINGLE_PUT_MAX as usize + 12_345;
     let data: Vec<u8> = (0..len).map(|i| (i * 13 % 253) as u8).collect();
     std::fs::write(tree.path().join("big"), &data).unwrap();
     let digest = B3Digest::of(&data);
@@ -333,6 +334,7 @@ async fn big_file_digest_first_file() {
     big_file_digest_first(
         &format!("objectstore+file://{}", tmp.path().display()),
         tmp.path(),
+        2 * SINGLE_PUT_MAX as usize + 12_345,
     )
     .await;
 }
@@ -340,5 +342,14 @@ async fn big_file_digest_first_file() {
 #[tokio::test]
 async fn big_file_digest_first_s3() {
     let Some(s3) = s3_server() else { return };
-    big_file_digest_first(&s3.url("known/p"), &s3.bucket_dir().join("known/p")).await;
+    for (i, len) in [
+        2 * SINGLE_PUT_MAX as usize + 12_345,
+        KNOWN_PUT_MAX as usize + 12_345,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let prefix = format!("known/p{i}");
+        big_file_digest_first(&s3.url(&prefix), &s3.bucket_dir().join(&prefix), len).await;
+    }
 }

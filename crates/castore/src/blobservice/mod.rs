@@ -25,7 +25,7 @@ pub use grpc::GrpcBlobService;
 pub use memory::MemoryBlobService;
 pub use objects::ObjectsBlobService;
 pub use objectstore::ObjectStoreBlobService;
-pub use objectstore_upload::{PART_BUDGET_MIB, PARTS_IN_FLIGHT, SINGLE_PUT_MAX};
+pub use objectstore_upload::{KNOWN_PUT_MAX, PART_BUDGET_MIB, PARTS_IN_FLIGHT, SINGLE_PUT_MAX};
 pub use verify::{BlobLie, CheckedReader, VerifyingReader, open_checked, read_checked};
 
 /// A reader of one blob's bytes.

@@ -15,9 +15,10 @@
 //! A writer that knows the blob's digest and size before its bytes
 //! ([`KnownUpload`], for a file that can be read twice: once to hash it,
 //! once to send it) needs no temp file: unless the key holds the blob
-//! already, the bytes go straight into the parts of a multipart upload,
-//! hashed on the way, and the upload is completed only when they hash to
-//! that digest.
+//! already, the bytes are hashed on the way and go up to
+//! [`KNOWN_PUT_MAX`] into memory, sent in one PUT once they hash to that
+//! digest, beyond it straight into the parts of a multipart upload,
+//! completed only once they hash to that digest.
 
 use std::io::{self, SeekFrom};
 use std::sync::Arc;
@@ -36,10 +37,16 @@ use crate::objectstore::{Bucket, Kind};
 
 /// The largest blob sent in one PUT; larger ones are multipart uploads.
 pub const SINGLE_PUT_MAX: u64 = 8 << 20;
+/// The largest blob sent in one PUT when its digest is known first
+/// ([`KnownUpload`]): held in memory (within [`PART_BUDGET_MIB`]) and
+/// checked there before it is sent, it saves the server a copy of every
+/// part into the object at the end (rclone's cutoff is 200 MiB).
+pub const KNOWN_PUT_MAX: u64 = 128 << 20;
 /// Parts of one multipart upload sent at once.
 pub const PARTS_IN_FLIGHT: usize = 4;
-/// MiB of parts held in memory at once by all uploads to one store.
-pub const PART_BUDGET_MIB: u32 = 64;
+/// MiB of parts (and of blobs up to [`KNOWN_PUT_MAX`]) held in memory at
+/// once by all uploads to one store.
+pub const PART_BUDGET_MIB: u32 = 128;
 /// S3 allows 10,000 parts of at least 5 MiB (but the last).
 const MAX_PARTS: u64 = 10_000;
 
@@ -153,11 +160,15 @@ pub(super) struct KnownUpload {
     key: Path,
     size: u64,
     part: usize,
+    /// Sent in one PUT (no multipart upload).
+    whole: bool,
     hasher: blake3::Hasher,
     len: u64,
-    /// The part being filled and its share of the store's part budget.
-    filling: Vec<Bytes>,
-    filled: usize,
+    /// The part (or the whole blob) being filled, one allocation of its
+    /// size (freed whole: many 1 MiB chunks held at once would linger
+    /// in the allocator's per-thread arenas), and its share of the
+    /// store's part budget.
+    filling: Vec<u8>,
     permit: Option<OwnedSemaphorePermit>,
     upload: Unfinished,
 }
@@ -177,13 +188,24 @@ impl KnownUpload {
             Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => return Err(err("stat", e)),
         }
-        let upload = bucket
-            .store
-            .put_multipart(&key)
-            .await
-            .map_err(|e| err("starting upload", e))?;
+        let whole = size <= KNOWN_PUT_MAX;
+        let upload = if whole {
+            None
+        } else {
+            let up = bucket
+                .store
+                .put_multipart(&key)
+                .await
+                .map_err(|e| err("starting upload", e))?;
+            Some(up)
+        };
         Ok(Some(Self {
-            part: part_size(size),
+            part: if whole {
+                usize::try_from(size).unwrap_or(usize::MAX)
+            } else {
+                part_size(size)
+            },
+            whole,
             bucket,
             digest,
             key,
@@ -191,10 +213,9 @@ impl KnownUpload {
             hasher: blake3::Hasher::new(),
             len: 0,
             filling: Vec::new(),
-            filled: 0,
             permit: None,
             upload: Unfinished {
-                upload: Some(upload),
+                upload,
                 parts: JoinSet::new(),
             },
         }))
@@ -211,13 +232,9 @@ impl KnownUpload {
         while self.upload.parts.len() >= PARTS_IN_FLIGHT {
             self.joined().await?;
         }
-        let mut payload = PutPayloadMut::new();
-        std::mem::take(&mut self.filling)
-            .into_iter()
-            .for_each(|b| payload.push(b));
-        self.filled = 0;
+        let body = Bytes::from(std::mem::take(&mut self.filling));
         let permit = self.permit.take();
-        let sent = self.upload.get()?.put_part(payload.freeze());
+        let sent = self.upload.get()?.put_part(body.into());
         self.upload.parts.spawn(async move {
             let res = sent.await;
             drop(permit);
@@ -238,7 +255,7 @@ impl KnownUpload {
 
 #[async_trait]
 impl BlobWriter for KnownUpload {
-    async fn write(&mut self, mut data: Bytes) -> io::Result<()> {
+    async fn write(&mut self, data: Bytes) -> io::Result<()> {
         self.hasher.update(&data);
         self.len += data.len() as u64;
         if self.len > self.size {
@@ -250,6 +267,7 @@ impl BlobWriter for KnownUpload {
                 ),
             ));
         }
+        let mut data = &data[..];
         while !data.is_empty() {
             if self.permit.is_none() {
                 let mib = u32::try_from(self.part.div_ceil(1 << 20))
@@ -262,11 +280,13 @@ impl BlobWriter for KnownUpload {
                     .await
                     .map_err(io::Error::other)?;
                 self.permit = Some(permit);
+                self.filling.reserve_exact(self.part);
             }
-            let take = data.len().min(self.part - self.filled);
-            self.filled += take;
-            self.filling.push(data.split_to(take));
-            if self.filled == self.part {
+            let take = data.len().min(self.part - self.filling.len());
+            let (now, rest) = data.split_at(take);
+            self.filling.extend_from_slice(now);
+            data = rest;
+            if self.filling.len() == self.part && !self.whole {
                 self.send_part().await?;
             }
         }
@@ -283,7 +303,28 @@ impl BlobWriter for KnownUpload {
             self.upload.abort().await;
             return Err(io::Error::new(io::ErrorKind::InvalidData, msg));
         }
-        if self.filled > 0 || self.len == 0 {
+        if self.whole {
+            let payload = Bytes::from(std::mem::take(&mut self.filling));
+            // On the runtime, beside the HTTP connection's task (see
+            // `Upload::close`).
+            let (store, at, permit) = (
+                self.bucket.store.clone(),
+                self.key.clone(),
+                self.permit.take(),
+            );
+            let res = tokio::spawn(async move {
+                let res = store.put(&at, payload.into()).await;
+                drop(permit);
+                res
+            })
+            .await
+            .map_err(io::Error::other)?;
+            return match res {
+                Ok(_) => Ok(self.digest),
+                Err(e) => Err(self.err("storing", e)),
+            };
+        }
+        if !self.filling.is_empty() || self.len == 0 {
             self.send_part().await?;
         }
         while !self.upload.parts.is_empty() {
