@@ -7,7 +7,7 @@
 //!
 //! Run: `cargo bench -p tvix-oci-benches --bench import`
 //! (`QUICK=1` for a 64 MiB tree; `BENCH_DIR` picks the disk, default
-//! `target/bench-tmp`.)
+//! `target/bench-tmp`; every tree and store stays there until the end.)
 
 use std::process::Command;
 use std::time::Duration;
@@ -56,7 +56,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut peak = 0;
     let (mut s3_best, mut s3_peak) = (Duration::MAX, 0);
     let (mut file_best, mut file_peak) = (Duration::MAX, 0);
-    let s3 = s3_server(tmp.path())?;
+    let have_s3 = s3_installed()?;
+    // Servers stopped, their data kept until the end.
+    let mut stopped = Vec::new();
+    // Nothing is removed before the end: on ext4 without a journal (this
+    // machine's), a file created within 30 s of many deletions makes the
+    // inode allocator step over each recently freed inode, which cost the
+    // import timed after a removed tree several CPU-seconds (see
+    // BENCHMARKS.md). ~4 GiB per iteration.
     for i in 0..iterations {
         // cp -a, then the same with the data flushed to disk (the import
         // fsyncs every blob, cp does not).
@@ -69,7 +76,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let ((), d_sync) = time(|| unsafe { libc::sync() });
         cp_best = cp_best.min(d_cp);
         cp_sync_best = cp_sync_best.min(d_cp + d_sync);
-        std::fs::remove_dir_all(&dst)?;
 
         let store = tmp.path().join(format!("store-{i}"));
         let local = (
@@ -79,18 +85,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let (d_imp, p) = import_once(&rt, &src, &local)?;
         peak = peak.max(p);
         imp_best = imp_best.min(d_imp);
-        std::fs::remove_dir_all(&store)?;
         // The same layout as S3's, as files: the backend without a server.
+        let store = tmp.path().join(format!("file-{i}"));
         let url = format!("objectstore+file://{}", store.display());
         let (d, p) = import_once(&rt, &src, &(url.clone(), url))?;
         file_peak = file_peak.max(p);
         file_best = file_best.min(d);
-        std::fs::remove_dir_all(&store)?;
-        if let Some(s3) = &s3 {
+        // A server of its own for each run, as each embedded import gets a
+        // new store: s3s-fs keeps the metadata of every object it ever
+        // stored in one directory of its root.
+        let s3 = if have_s3 {
+            S3Server::start_in(tmp.path())?
+        } else {
+            None
+        };
+        if let Some(mut s3) = s3 {
             // Unsigned bodies, as over HTTPS (the local server speaks plain
             // HTTP, where they are signed by default): what a farm on a
             // real S3 pays.
-            let url = s3.url(&format!("run-{i}")) + "&unsigned_payload=true";
+            let url = s3.url("import") + "&unsigned_payload=true";
             let cpu0 = s3.cpu_time();
             let (d, p) = import_once(&rt, &src, &(url.clone(), url))?;
             // s3s-fs does not fsync: flush its writes, as the embedded
@@ -104,7 +117,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 d_sync.as_secs_f64(),
                 (s3.cpu_time() - cpu0).as_secs_f64()
             );
-            std::fs::remove_dir_all(s3.bucket_dir().join(format!("run-{i}")))?;
+            s3.kill();
+            stopped.push(s3);
         }
         println!(
             "run {i}: cp -a {:.2}s (+sync {:.2}s), import {:.2}s",
@@ -122,7 +136,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("import (objects + redb)", imp_best),
         ("import (objectstore+file)", file_best),
     ];
-    if s3.is_some() {
+    if have_s3 {
         rows.push(("import (objectstore+s3, s3s-fs) + sync", s3_best));
     }
     for (name, d) in rows {
@@ -138,7 +152,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         peak as f64 / 1048576.0,
         file_peak as f64 / 1048576.0
     );
-    if s3.is_some() {
+    if have_s3 {
         println!(
             "S3 throughput / embedded: {:.2}x (bar: 0.5x); peak RSS during the S3 import: {:.0} MiB",
             imp_best.as_secs_f64() / s3_best.as_secs_f64(),
@@ -177,15 +191,15 @@ fn import_once(
     Ok((d, peak_rss()))
 }
 
-/// The S3 server, its data on the benchmark's disk; `None` when s3s-fs is
-/// not installed (outside CI).
-fn s3_server(dir: &std::path::Path) -> Result<Option<S3Server>, Box<dyn std::error::Error>> {
-    let s3 = S3Server::start_in(dir)?;
-    if s3.is_none() {
-        if tvix_oci_testkit::in_ci() {
-            return Err("s3s-fs is not installed (.ci/install-deps installs it)".into());
-        }
-        println!("s3s-fs is not installed: no S3 row");
+/// Whether s3s-fs is installed (outside CI, without it there is no S3
+/// row; in CI its absence fails).
+fn s3_installed() -> Result<bool, Box<dyn std::error::Error>> {
+    if tvix_oci_testkit::s3server::binary().is_some() {
+        return Ok(true);
     }
-    Ok(s3)
+    if tvix_oci_testkit::in_ci() {
+        return Err("s3s-fs is not installed (.ci/install-deps installs it)".into());
+    }
+    println!("s3s-fs is not installed: no S3 row");
+    Ok(false)
 }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use common::s3_server;
 use futures::TryStreamExt;
-use tvix_oci_castore::blobservice::{SINGLE_PUT_MAX, read_to_end};
+use tvix_oci_castore::blobservice::{KNOWN_PUT_MAX, SINGLE_PUT_MAX, read_to_end};
 use tvix_oci_castore::directoryservice::DirectoryService;
 use tvix_oci_castore::{
     B3Digest, ClosureError, Directory, Node, PathComponent, StoreError, open_blob_service,
@@ -265,4 +265,91 @@ async fn cancelled_upload_leaves_nothing() {
         "part files left in {}",
         s3.bucket_dir().display()
     );
+}
+
+/// A big file (`len` bytes) imported from disk is hashed first and sent
+/// to its key from the file (no temp file; in one PUT up to
+/// `KNOWN_PUT_MAX`, in parts beyond): it comes back whole, a second import
+/// finds it there, and a writer told a digest its bytes do not have
+/// stores nothing.
+async fn big_file_digest_first(url: &str, root: &Path, len: usize) {
+    use tvix_oci_castore::import::{ImportOptions, import_path};
+    let tree = tempfile::tempdir().unwrap();
+    let data: Vec<u8> = (0..len).map(|i| (i * 13 % 253) as u8).collect();
+    std::fs::write(tree.path().join("big"), &data).unwrap();
+    let digest = B3Digest::of(&data);
+    let blobs = open_blob_service(url).await.unwrap();
+    assert!(blobs.digest_first_from().is_some_and(|f| f <= len as u64));
+    let dirs = open_directory_service(url).await.unwrap();
+    for _ in 0..2 {
+        let node = import_path(
+            blobs.clone(),
+            &*dirs,
+            &tree.path().join("big"),
+            &ImportOptions::default(),
+        )
+        .await
+        .unwrap();
+        assert!(matches!(node, Node::File { digest: d, .. } if d == digest));
+    }
+    assert_eq!(read_to_end(&*blobs, &digest).await.unwrap().unwrap(), data);
+    let file = object_file(root, "blobs/whole", &digest);
+    assert_eq!(std::fs::read(&file).unwrap(), data, "{}", file.display());
+    assert!(
+        blobs
+            .open_write_known(&digest, len as u64)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Other bytes than announced (a file changed between its reads), or
+    // fewer: the close fails naming the digest, nothing is at the key.
+    let mut other = data.clone();
+    other[len / 2] ^= 1;
+    let claimed = B3Digest::of(&other);
+    for bytes in [&data[..], &other[..len - 1]] {
+        let mut w = blobs
+            .open_write_known(&claimed, len as u64)
+            .await
+            .unwrap()
+            .unwrap();
+        for chunk in bytes.chunks(1 << 20) {
+            w.write(Bytes::copy_from_slice(chunk)).await.unwrap();
+        }
+        let err = w.close().await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
+        assert!(err.to_string().contains(&claimed.to_hex()), "{err}");
+        assert!(!blobs.has(&claimed).await.unwrap());
+    }
+    // More bytes than announced fail the write.
+    let mut w = blobs.open_write_known(&claimed, 10).await.unwrap().unwrap();
+    let err = w.write(Bytes::from_static(&[0; 11])).await.unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
+}
+
+#[tokio::test]
+async fn big_file_digest_first_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    big_file_digest_first(
+        &format!("objectstore+file://{}", tmp.path().display()),
+        tmp.path(),
+        2 * SINGLE_PUT_MAX as usize + 12_345,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn big_file_digest_first_s3() {
+    let Some(s3) = s3_server() else { return };
+    for (i, len) in [
+        2 * SINGLE_PUT_MAX as usize + 12_345,
+        KNOWN_PUT_MAX as usize + 12_345,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let prefix = format!("known/p{i}");
+        big_file_digest_first(&s3.url(&prefix), &s3.bucket_dir().join(&prefix), len).await;
+    }
 }

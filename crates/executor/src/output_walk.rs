@@ -12,7 +12,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -226,6 +226,14 @@ impl FileSource for OutputFile {
         in_time(&self.output, &self.rel, self.deadline)?;
         self.file
             .read(buf)
+            .map_err(|e| IngestError::reading(&self.output, &self.rel, e))
+    }
+
+    fn rewind(&mut self) -> Result<bool, IngestError> {
+        in_time(&self.output, &self.rel, self.deadline)?;
+        self.file
+            .seek(SeekFrom::Start(0))
+            .map(|_| true)
             .map_err(|e| IngestError::reading(&self.output, &self.rel, e))
     }
 }

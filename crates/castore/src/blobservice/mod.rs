@@ -25,7 +25,7 @@ pub use grpc::GrpcBlobService;
 pub use memory::MemoryBlobService;
 pub use objects::ObjectsBlobService;
 pub use objectstore::ObjectStoreBlobService;
-pub use objectstore_upload::{PART_BUDGET_MIB, PARTS_IN_FLIGHT, SINGLE_PUT_MAX};
+pub use objectstore_upload::{KNOWN_PUT_MAX, PART_BUDGET_MIB, PARTS_IN_FLIGHT, SINGLE_PUT_MAX};
 pub use verify::{BlobLie, CheckedReader, VerifyingReader, open_checked, read_checked};
 
 /// A reader of one blob's bytes.
@@ -51,6 +51,33 @@ pub trait BlobService: Send + Sync + std::fmt::Debug + 'static {
     /// A writer for a new blob. Nothing is visible in the store until
     /// [`BlobWriter::close`] returns; dropping the writer discards it.
     async fn open_write(&self) -> io::Result<Box<dyn BlobWriter>>;
+
+    /// The size from which a blob is best written with its digest known
+    /// before its bytes ([`Self::open_write_known`]), by a writer that can
+    /// read them twice (a file: once to hash it, once to store it): a
+    /// store that would otherwise keep a big blob aside until its digest
+    /// is known (object storage, whose keys are digests). `None` (the
+    /// default): never.
+    fn digest_first_from(&self) -> Option<u64> {
+        None
+    }
+
+    /// A writer for the blob `digest` of `size` bytes, or `None` when the
+    /// store has it already. Closing it fails with `InvalidData` when the
+    /// bytes written are not those (a file changed between its reads).
+    /// By default [`Self::open_write`], its digest checked on close (a
+    /// mismatch is then stored under its own digest, never under
+    /// `digest`).
+    async fn open_write_known(
+        &self,
+        digest: &B3Digest,
+        _size: u64,
+    ) -> io::Result<Option<Box<dyn BlobWriter>>> {
+        Ok(Some(Box::new(CheckedOnClose {
+            inner: self.open_write().await?,
+            digest: *digest,
+        })))
+    }
 
     /// Stores `data` in one go.
     async fn put(&self, data: Bytes) -> io::Result<B3Digest> {
@@ -84,6 +111,30 @@ pub trait BlobWriter: Send {
     /// Finishes the blob and returns its digest; after this it is in the
     /// store. A writer can be closed once.
     async fn close(self: Box<Self>) -> io::Result<B3Digest>;
+}
+
+/// A writer whose blob must have a given digest.
+struct CheckedOnClose {
+    inner: Box<dyn BlobWriter>,
+    digest: B3Digest,
+}
+
+#[async_trait]
+impl BlobWriter for CheckedOnClose {
+    async fn write(&mut self, data: Bytes) -> io::Result<()> {
+        self.inner.write(data).await
+    }
+
+    async fn close(self: Box<Self>) -> io::Result<B3Digest> {
+        let got = self.inner.close().await?;
+        if got != self.digest {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("blob {}: the bytes written hash to {got}", self.digest),
+            ));
+        }
+        Ok(got)
+    }
 }
 
 /// Reads a whole blob into memory (for small blobs and tests).

@@ -19,7 +19,7 @@ use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
 use url::Url;
 
-use super::objectstore_upload::Upload;
+use super::objectstore_upload::{KnownUpload, SINGLE_PUT_MAX, Upload};
 use super::verify::verified_at;
 use super::{BlobReader, BlobService, BlobWriter};
 use crate::objectstore::{Bucket, Kind};
@@ -74,5 +74,20 @@ impl BlobService for ObjectStoreBlobService {
 
     async fn open_write(&self) -> io::Result<Box<dyn BlobWriter>> {
         Ok(Box::new(Upload::new(self.bucket.clone())))
+    }
+
+    /// A blob past one PUT: known first, it goes to its key without a
+    /// temp file (see [`super::objectstore_upload`]).
+    fn digest_first_from(&self) -> Option<u64> {
+        Some(SINGLE_PUT_MAX + 1)
+    }
+
+    async fn open_write_known(
+        &self,
+        digest: &B3Digest,
+        size: u64,
+    ) -> io::Result<Option<Box<dyn BlobWriter>>> {
+        let up = KnownUpload::start(self.bucket.clone(), *digest, size).await?;
+        Ok(up.map(|u| Box::new(u) as Box<dyn BlobWriter>))
     }
 }

@@ -11,6 +11,14 @@
 //!   in memory for all uploads to the store), hashed again as it is read back
 //!   and completed only when that digest matches. An upload that fails or
 //!   is dropped is aborted: its parts were never visible.
+//!
+//! A writer that knows the blob's digest and size before its bytes
+//! ([`KnownUpload`], for a file that can be read twice: once to hash it,
+//! once to send it) needs no temp file: unless the key holds the blob
+//! already, the bytes are hashed on the way and go up to
+//! [`KNOWN_PUT_MAX`] into memory, sent in one PUT once they hash to that
+//! digest, beyond it straight into the parts of a multipart upload,
+//! completed only once they hash to that digest.
 
 use std::io::{self, SeekFrom};
 use std::sync::Arc;
@@ -20,7 +28,7 @@ use bytes::Bytes;
 use object_store::path::Path;
 use object_store::{MultipartUpload, ObjectStoreExt, PutPayloadMut};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use super::BlobWriter;
@@ -29,10 +37,16 @@ use crate::objectstore::{Bucket, Kind};
 
 /// The largest blob sent in one PUT; larger ones are multipart uploads.
 pub const SINGLE_PUT_MAX: u64 = 8 << 20;
+/// The largest blob sent in one PUT when its digest is known first
+/// ([`KnownUpload`]): held in memory (within [`PART_BUDGET_MIB`]) and
+/// checked there before it is sent, it saves the server a copy of every
+/// part into the object at the end (rclone's cutoff is 200 MiB).
+pub const KNOWN_PUT_MAX: u64 = 128 << 20;
 /// Parts of one multipart upload sent at once.
 pub const PARTS_IN_FLIGHT: usize = 4;
-/// MiB of parts held in memory at once by all uploads to one store.
-pub const PART_BUDGET_MIB: u32 = 64;
+/// MiB of parts (and of blobs up to [`KNOWN_PUT_MAX`]) held in memory at
+/// once by all uploads to one store.
+pub const PART_BUDGET_MIB: u32 = 128;
 /// S3 allows 10,000 parts of at least 5 MiB (but the last).
 const MAX_PARTS: u64 = 10_000;
 
@@ -135,6 +149,194 @@ impl BlobWriter for Upload {
             Some(file) => upload_parts(&bucket, &key, file, len, &digest).await?,
         }
         Ok(digest)
+    }
+}
+
+/// A blob whose digest and size are known before its bytes (see the
+/// module docs): written straight into a multipart upload to its key.
+pub(super) struct KnownUpload {
+    bucket: Arc<Bucket>,
+    digest: B3Digest,
+    key: Path,
+    size: u64,
+    part: usize,
+    /// Sent in one PUT (no multipart upload).
+    whole: bool,
+    hasher: blake3::Hasher,
+    len: u64,
+    /// The part (or the whole blob) being filled, one allocation of its
+    /// size (freed whole: many 1 MiB chunks held at once would linger
+    /// in the allocator's per-thread arenas), and its share of the
+    /// store's part budget.
+    filling: Vec<u8>,
+    permit: Option<OwnedSemaphorePermit>,
+    upload: Unfinished,
+}
+
+impl KnownUpload {
+    /// The writer for the blob `digest` of `size` bytes, or `None` when
+    /// its key holds it already (same digest, same bytes).
+    pub(super) async fn start(
+        bucket: Arc<Bucket>,
+        digest: B3Digest,
+        size: u64,
+    ) -> io::Result<Option<Self>> {
+        let key = bucket.key(Kind::Blob, &digest);
+        let err = |what: &str, e| bucket.io_err(&format!("blob {digest}: {what}"), &key, e);
+        match bucket.store.head(&key).await {
+            Ok(_) => return Ok(None),
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(err("stat", e)),
+        }
+        let whole = size <= KNOWN_PUT_MAX;
+        let upload = if whole {
+            None
+        } else {
+            let up = bucket
+                .store
+                .put_multipart(&key)
+                .await
+                .map_err(|e| err("starting upload", e))?;
+            Some(up)
+        };
+        Ok(Some(Self {
+            part: if whole {
+                usize::try_from(size).unwrap_or(usize::MAX)
+            } else {
+                part_size(size)
+            },
+            whole,
+            bucket,
+            digest,
+            key,
+            size,
+            hasher: blake3::Hasher::new(),
+            len: 0,
+            filling: Vec::new(),
+            permit: None,
+            upload: Unfinished {
+                upload,
+                parts: JoinSet::new(),
+            },
+        }))
+    }
+
+    fn err(&self, what: &str, e: object_store::Error) -> io::Error {
+        self.bucket
+            .io_err(&format!("blob {}: {what}", self.digest), &self.key, e)
+    }
+
+    /// Sends the part filled so far, once fewer than [`PARTS_IN_FLIGHT`]
+    /// are on their way.
+    async fn send_part(&mut self) -> io::Result<()> {
+        while self.upload.parts.len() >= PARTS_IN_FLIGHT {
+            self.joined().await?;
+        }
+        let body = Bytes::from(std::mem::take(&mut self.filling));
+        let permit = self.permit.take();
+        let sent = self.upload.get()?.put_part(body.into());
+        self.upload.parts.spawn(async move {
+            let res = sent.await;
+            drop(permit);
+            res
+        });
+        Ok(())
+    }
+
+    /// Waits for the next part task to end.
+    async fn joined(&mut self) -> io::Result<()> {
+        match joined(self.upload.parts.join_next().await) {
+            Ok(()) => Ok(()),
+            Err(Sent::Store(e)) => Err(self.err("uploading", e)),
+            Err(Sent::Io(e)) => Err(e),
+        }
+    }
+}
+
+#[async_trait]
+impl BlobWriter for KnownUpload {
+    async fn write(&mut self, data: Bytes) -> io::Result<()> {
+        self.hasher.update(&data);
+        self.len += data.len() as u64;
+        if self.len > self.size {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "blob {}: more than its {} bytes written; not stored",
+                    self.digest, self.size
+                ),
+            ));
+        }
+        let mut data = &data[..];
+        while !data.is_empty() {
+            if self.permit.is_none() {
+                let mib = u32::try_from(self.part.div_ceil(1 << 20))
+                    .map_or(PART_BUDGET_MIB, |m| m.min(PART_BUDGET_MIB));
+                let permit = self
+                    .bucket
+                    .part_budget
+                    .clone()
+                    .acquire_many_owned(mib)
+                    .await
+                    .map_err(io::Error::other)?;
+                self.permit = Some(permit);
+                self.filling.reserve_exact(self.part);
+            }
+            let take = data.len().min(self.part - self.filling.len());
+            let (now, rest) = data.split_at(take);
+            self.filling.extend_from_slice(now);
+            data = rest;
+            if self.filling.len() == self.part && !self.whole {
+                self.send_part().await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn close(mut self: Box<Self>) -> io::Result<B3Digest> {
+        let actual = B3Digest::from(self.hasher.finalize());
+        if self.len != self.size || actual != self.digest {
+            let msg = format!(
+                "blob {}: the bytes written ({} bytes, {actual}) are not the {} bytes announced; not stored",
+                self.digest, self.len, self.size
+            );
+            self.upload.abort().await;
+            return Err(io::Error::new(io::ErrorKind::InvalidData, msg));
+        }
+        if self.whole {
+            let payload = Bytes::from(std::mem::take(&mut self.filling));
+            // On the runtime, beside the HTTP connection's task (see
+            // `Upload::close`).
+            let (store, at, permit) = (
+                self.bucket.store.clone(),
+                self.key.clone(),
+                self.permit.take(),
+            );
+            let res = tokio::spawn(async move {
+                let res = store.put(&at, payload.into()).await;
+                drop(permit);
+                res
+            })
+            .await
+            .map_err(io::Error::other)?;
+            return match res {
+                Ok(_) => Ok(self.digest),
+                Err(e) => Err(self.err("storing", e)),
+            };
+        }
+        if !self.filling.is_empty() || self.len == 0 {
+            self.send_part().await?;
+        }
+        while !self.upload.parts.is_empty() {
+            self.joined().await?;
+        }
+        match self.upload.get()?.complete().await {
+            Ok(_) => {
+                self.upload.upload = None; // complete: nothing to abort
+                Ok(self.digest)
+            }
+            Err(e) => Err(self.err("completing upload", e)),
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 //! and sends its entries to [`ingest_entries`]; each file is opened and
 //! read by the consumer's uploads, concurrently, through [`LocalFile`].
 
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -186,6 +186,19 @@ impl FileSource for LocalFile {
                 source,
             }),
             None => Ok(0),
+        }
+    }
+
+    fn rewind(&mut self) -> Result<bool, ImportError> {
+        match &mut self.file {
+            Some(f) => f
+                .seek(SeekFrom::Start(0))
+                .map(|_| true)
+                .map_err(|source| ImportError::Io {
+                    path: self.abs.clone(),
+                    source,
+                }),
+            None => Ok(false),
         }
     }
 }

@@ -99,6 +99,16 @@ pub trait FileSource: Send + 'static {
     fn open(&mut self) -> Result<FileMeta, Self::Error>;
     /// Reads the next bytes into `buf`; 0 at the end.
     fn read(&mut self, buf: &mut [u8]) -> Result<usize, Self::Error>;
+    /// Goes back to the first byte, to read the file once more: whether
+    /// it could (by default it cannot). A store that wants a big blob's
+    /// digest before its bytes ([`BlobService::digest_first_from`]) then
+    /// gets the file hashed first and sent on the second read, checked
+    /// against the first.
+    ///
+    /// [`BlobService::digest_first_from`]: crate::blobservice::BlobService::digest_first_from
+    fn rewind(&mut self) -> Result<bool, Self::Error> {
+        Ok(false)
+    }
 }
 
 /// How [`ingest_entries`] runs.
