@@ -77,7 +77,7 @@ impl BlobService for ObjectStoreBlobService {
     }
 
     /// A blob past one PUT: known first, it goes to its key without a
-    /// temp file (see [`super::objectstore_upload`]).
+    /// temp file (`objectstore_upload.rs`).
     fn digest_first_from(&self) -> Option<u64> {
         Some(SINGLE_PUT_MAX + 1)
     }

@@ -38,7 +38,7 @@ use crate::objectstore::{Bucket, Kind};
 /// The largest blob sent in one PUT; larger ones are multipart uploads.
 pub const SINGLE_PUT_MAX: u64 = 8 << 20;
 /// The largest blob sent in one PUT when its digest is known first
-/// ([`KnownUpload`]): held in memory (within [`PART_BUDGET_MIB`]) and
+/// (`open_write_known`): held in memory (within [`PART_BUDGET_MIB`]) and
 /// checked there before it is sent, it saves the server a copy of every
 /// part into the object at the end (rclone's cutoff is 200 MiB).
 pub const KNOWN_PUT_MAX: u64 = 128 << 20;
