@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use fuser::Errno;
 use futures::{FutureExt, StreamExt};
-use tracing::{debug, error, warn};
+use tracing::{debug, error};
 use tvix_oci_castore::blobservice::BlobService;
 use tvix_oci_castore::directoryservice::DirectoryService;
 use tvix_oci_castore::{B3Digest, ClosureError, Directory, StoreError};
@@ -93,7 +93,7 @@ impl Fetcher {
         stats: Arc<Stats>,
         closing: tokio_util::sync::CancellationToken,
         (timeout, idle, concurrency): (Duration, Duration, usize),
-        (stream_from, rt): (u64, tokio::runtime::Handle),
+        (stream_from, record_reads, rt): (u64, bool, tokio::runtime::Handle),
     ) -> (Self, tokio::sync::mpsc::Receiver<(u64, B3Digest, u64)>) {
         let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD_QUEUE);
         let f = Self {
@@ -112,7 +112,7 @@ impl Fetcher {
             stream_from,
             streams: Arc::new(Streams::default()),
             rt,
-            read_log: Arc::default(),
+            read_log: Arc::new(crate::learned::ReadLog::new(record_reads)),
         };
         (f, rx)
     }
@@ -343,34 +343,8 @@ impl Fetcher {
             |(ino, digest, size)| {
                 let me = self.clone();
                 async move {
-                    if me.blobs.local_path(&digest).is_some() || me.cache.path(&digest).exists() {
-                        return;
-                    }
-                    // A big one as a stream, which a read can join.
-                    if size >= me.stream_from {
-                        let (s, started) = me.stream(ino, digest, size, false);
-                        s.until_ended().await;
-                        if started && s.failure().is_none() {
-                            me.stats.bytes_read_ahead.fetch_add(size, Ordering::Relaxed);
-                        }
-                        return;
-                    }
-                    let Ok(_permit) = me.background.acquire().await else {
-                        return;
-                    };
-                    match me
-                        .cache
-                        .get_or_fetch(&*me.blobs, &digest, size, me.idle)
-                        .await
-                    {
-                        Ok((_, true)) => {
-                            me.stats.blobs_fetched.fetch_add(1, Ordering::Relaxed);
-                            me.stats.bytes_fetched.fetch_add(size, Ordering::Relaxed);
-                            me.stats.bytes_read_ahead.fetch_add(size, Ordering::Relaxed);
-                        }
-                        Ok((_, false)) => {}
-                        // A read of it will fetch it again, and fail there.
-                        Err(e) => warn!(digest = %digest, "read-ahead: {e}"),
+                    if me.fetch_ahead(ino, digest, size).await {
+                        me.stats.bytes_read_ahead.fetch_add(size, Ordering::Relaxed);
                     }
                 }
             },
@@ -378,6 +352,53 @@ impl Fetcher {
         tokio::select! {
             _ = work => {}
             _ = self.closing.cancelled() => {}
+        }
+    }
+}
+
+impl Fetcher {
+    /// Fetches blob `digest` of inode `ino` (0: of none, a prefetch) into
+    /// the cache before any reader asks for it: on a background permit
+    /// (never a reader's), a big one as a stream a read can join. Whether
+    /// it was fetched here (not local already, not joined, not failed). A
+    /// failure is left for a read to meet, and report.
+    pub(crate) async fn fetch_ahead(
+        self: &Arc<Self>,
+        ino: u64,
+        digest: B3Digest,
+        size: u64,
+    ) -> bool {
+        // Present is enough here: a file from before is checked when read.
+        if size == 0
+            || self.blobs.local_path(&digest).is_some()
+            || self.cache.path(&digest).exists()
+        {
+            return false;
+        }
+        if size >= self.stream_from {
+            let (s, started) = self.stream(ino, digest, size, false);
+            s.until_ended().await;
+            return started && s.failure().is_none();
+        }
+        let Ok(_permit) = self.background.acquire().await else {
+            return false;
+        };
+        match self
+            .cache
+            .get_or_fetch(&*self.blobs, &digest, size, self.idle)
+            .await
+        {
+            Ok((_, fetched)) => {
+                if fetched {
+                    self.stats.blobs_fetched.fetch_add(1, Ordering::Relaxed);
+                    self.stats.bytes_fetched.fetch_add(size, Ordering::Relaxed);
+                }
+                fetched
+            }
+            Err(e) => {
+                debug!(digest = %digest, "fetching ahead: {e}");
+                false
+            }
         }
     }
 }
@@ -467,7 +488,7 @@ mod tests {
             Arc::new(Stats::default()),
             tokio_util::sync::CancellationToken::new(),
             (Duration::from_secs(5), Duration::from_secs(5), 4),
-            (1 << 20, tokio::runtime::Handle::current()),
+            (1 << 20, false, tokio::runtime::Handle::current()),
         );
         let by = || "the test".to_owned();
         assert_eq!(

@@ -65,7 +65,7 @@ impl Handlers {
             tokio_util::sync::CancellationToken::new(),
             (Duration::from_secs(60), Duration::from_secs(30), 64),
             // Every blob checked whole before it is read.
-            (u64::MAX, rt.clone()),
+            (u64::MAX, false, rt.clone()),
         );
         let fs = InputsFs::new(Arc::new(fetcher), rt, (0, 0), (false, false), false);
         Ok(Self {

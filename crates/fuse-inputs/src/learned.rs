@@ -4,11 +4,9 @@
 //! the readers, counting what was fetched ahead and what of it was used.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
-use tracing::debug;
 use tvix_oci_castore::B3Digest;
 
 use crate::fetch::Fetcher;
@@ -39,8 +37,8 @@ pub struct ReadProfile {
     /// The blobs the readers opened or read, first use first (empty unless
     /// [`crate::MountOptions::record_reads`]).
     pub read: Vec<(B3Digest, u64)>,
-    /// Bytes fetched by the prefetch of
-    /// [`crate::MountOptions::prefetch_blobs`] (blobs not already local).
+    /// Bytes fetched ahead by a prefetch ([`crate::MountOptions::prefetch_blobs`]
+    /// or [`crate::MountOptions::prefetch`]; blobs not already local).
     pub bytes_prefetched: u64,
     /// Of those, the bytes of blobs a reader then used (needs
     /// `record_reads`).
@@ -93,10 +91,9 @@ impl ReadLog {
 }
 
 impl Fetcher {
-    /// Fetches `blobs` into the cache, in their order, as many at once as
-    /// reads may (`fetch_concurrency`, on background permits: never a
-    /// reader's), skipping local ones; a big one as a stream a reader can
-    /// join. Failures are left for a read to meet (and report).
+    /// Fetches `blobs` into the cache ([`Fetcher::fetch_ahead`]), in their
+    /// order, as many at once as reads may (`concurrency`), until done or
+    /// the mount goes away; each fetched here is logged as prefetched.
     pub(crate) async fn prefetch_blobs(
         self: Arc<Self>,
         blobs: Vec<(B3Digest, u64)>,
@@ -108,40 +105,7 @@ impl Fetcher {
             |(digest, size)| {
                 let (me, log) = (self.clone(), log.clone());
                 async move {
-                    if size == 0
-                        || me.blobs.local_path(&digest).is_some()
-                        || me.cache.get(&digest, size).is_some()
-                    {
-                        return;
-                    }
-                    let fetched = if size >= me.stream_from {
-                        // Counted only if started here (not a reader's).
-                        let (s, started) = me.stream(0, digest, size, false);
-                        s.until_ended().await;
-                        started && s.failure().is_none()
-                    } else {
-                        let Ok(_permit) = me.background.acquire().await else {
-                            return;
-                        };
-                        match me
-                            .cache
-                            .get_or_fetch(&*me.blobs, &digest, size, me.idle)
-                            .await
-                        {
-                            Ok((_, fetched)) => {
-                                if fetched {
-                                    me.stats.blobs_fetched.fetch_add(1, Ordering::Relaxed);
-                                    me.stats.bytes_fetched.fetch_add(size, Ordering::Relaxed);
-                                }
-                                fetched
-                            }
-                            Err(e) => {
-                                debug!(digest = %digest, "prefetch: {e}");
-                                false
-                            }
-                        }
-                    };
-                    if fetched {
+                    if me.fetch_ahead(0, digest, size).await {
                         log.prefetched(digest, size);
                     }
                 }

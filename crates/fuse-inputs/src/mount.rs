@@ -419,12 +419,10 @@ pub fn mount(
         stats.clone(),
         closing.clone(),
         (opts.fetch_timeout, opts.fetch_idle, opts.fetch_concurrency),
-        (opts.stream_from, rt.clone()),
+        (opts.stream_from, opts.record_reads, rt.clone()),
     );
-    let mut fetcher = fetcher;
-    let read_log = Arc::new(crate::learned::ReadLog::new(opts.record_reads));
-    fetcher.read_log = read_log.clone();
     let fetcher = Arc::new(fetcher);
+    let read_log = fetcher.read_log.clone();
     let streams = fetcher.streams.clone();
     let fs = InputsFs::new(
         fetcher.clone(),
@@ -447,7 +445,7 @@ pub fn mount(
     );
     if !opts.prefetch_blobs.is_empty() {
         // Ends with the mount (`closing`).
-        rt.spawn(fetcher.prefetch_blobs(
+        rt.spawn(fetcher.clone().prefetch_blobs(
             opts.prefetch_blobs.clone(),
             read_log.clone(),
             opts.fetch_concurrency,
@@ -456,13 +454,12 @@ pub fn mount(
     info!(path = %path.display(), inputs = roots.len(), "inputs mounted");
     let prefetch = (!opts.prefetch.is_empty()).then(|| {
         rt.spawn(prefetch(
-            blobs,
+            fetcher.clone(),
             dirs,
-            cache,
             roots,
             opts.prefetch.clone(),
-            opts.fetch_idle,
-            stats.clone(),
+            read_log.clone(),
+            opts.fetch_concurrency,
         ))
     });
     Ok(InputsMount {

@@ -41,6 +41,13 @@ pub(crate) enum Handle {
     Streamed(Arc<crate::stream::Stream>),
 }
 
+impl Handle {
+    /// Whether its reads come to this process (not passed through).
+    fn served_here(&self) -> bool {
+        !matches!(self, Handle::Passthrough(_))
+    }
+}
+
 /// The open files of one mount.
 #[derive(Debug)]
 pub(crate) struct Opens {
@@ -85,8 +92,8 @@ impl Opens {
     ) -> (u64, Arc<Handle>) {
         // Decided and counted under one lock with `add_streamed`: never a
         // passthrough open beside a streamed one.
-        let mut counts = self.counts();
-        let served_here = counts.get(&ino).is_some_and(|n| *n > 0);
+        let counts = self.counts();
+        let served_here = counts.contains_key(&ino);
         let handle = match open_backing {
             None => Handle::File(file),
             // Not while the inode is open with reads served here.
@@ -104,11 +111,7 @@ impl Opens {
                 }
             },
         };
-        if !matches!(handle, Handle::Passthrough(_)) {
-            *counts.entry(ino).or_default() += 1;
-        }
-        drop(counts);
-        self.insert(ino, handle)
+        self.insert(counts, ino, handle)
     }
 
     /// Opens inode `ino` to read from `stream` as it arrives; through the
@@ -119,31 +122,35 @@ impl Opens {
         ino: u64,
         stream: Arc<crate::stream::Stream>,
     ) -> (u64, Arc<Handle>) {
-        let mut counts = self.counts();
+        let counts = self.counts();
         let handle = match self.backings.get(ino) {
             Some(id) => Handle::Passthrough(id),
-            None => {
-                *counts.entry(ino).or_default() += 1;
-                Handle::Streamed(stream)
-            }
+            None => Handle::Streamed(stream),
         };
-        drop(counts);
-        self.insert(ino, handle)
-    }
-
-    fn insert(&self, ino: u64, handle: Handle) -> (u64, Arc<Handle>) {
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        let handle = Arc::new(handle);
-        self.lock().insert(fh, (ino, handle.clone()));
-        (fh, handle)
+        self.insert(counts, ino, handle)
     }
 
     /// Registers `handle` of inode `ino`; its number and itself.
     pub(crate) fn add(&self, ino: u64, handle: Handle) -> (u64, Arc<Handle>) {
-        if !matches!(handle, Handle::Passthrough(_)) {
-            *self.counts().entry(ino).or_default() += 1;
+        self.insert(self.counts(), ino, handle)
+    }
+
+    /// Registers `handle` of `ino`, counted in `counts` (held since the
+    /// handle was chosen) if its reads come here.
+    fn insert(
+        &self,
+        mut counts: std::sync::MutexGuard<'_, HashMap<u64, usize>>,
+        ino: u64,
+        handle: Handle,
+    ) -> (u64, Arc<Handle>) {
+        if handle.served_here() {
+            *counts.entry(ino).or_default() += 1;
         }
-        self.insert(ino, handle)
+        drop(counts);
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let handle = Arc::new(handle);
+        self.lock().insert(fh, (ino, handle.clone()));
+        (fh, handle)
     }
 
     fn counts(&self) -> std::sync::MutexGuard<'_, HashMap<u64, usize>> {
@@ -168,7 +175,7 @@ impl Opens {
         let Some((ino, h)) = self.lock().remove(&fh) else {
             return;
         };
-        if !matches!(*h, Handle::Passthrough(_)) {
+        if h.served_here() {
             let mut counts = self.counts();
             if let Some(n) = counts.get_mut(&ino) {
                 *n -= 1;

@@ -1,22 +1,19 @@
-//! Background prefetch: fetch every blob below some paths into the cache
-//! while the build runs, so later opens are local. Only worth it for remote
-//! stores; blobs the store keeps as local files are skipped.
+//! Background prefetch of paths: every blob below some paths is fetched
+//! into the cache while the build runs, so later opens are local — the
+//! same fetches as a learned profile's ([`Fetcher::prefetch_blobs`]), the
+//! paths resolved to blobs first. Blobs the store keeps as local files are
+//! skipped.
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 use tracing::{debug, warn};
-use tvix_oci_castore::blobservice::BlobService;
 use tvix_oci_castore::directoryservice::{DirectoryService, RootFirst};
 use tvix_oci_castore::{B3Digest, Node, PathComponent};
 
-use crate::cache::BlobCache;
-use crate::stats::Stats;
-
-/// Blobs fetched at once.
-const CONCURRENCY: usize = 8;
+use crate::fetch::Fetcher;
+use crate::learned::ReadLog;
 
 /// The node at `path` below the inputs, walking directories by `get`.
 async fn resolve(
@@ -43,15 +40,15 @@ async fn resolve(
     Some(node)
 }
 
-/// Fetches every blob below each of `paths` into `cache`.
+/// Fetches every blob below each of `paths` into the cache, as many at
+/// once as `concurrency`.
 pub(crate) async fn prefetch(
-    blobs: Arc<dyn BlobService>,
+    fetcher: Arc<Fetcher>,
     dirs: Arc<dyn DirectoryService>,
-    cache: Arc<BlobCache>,
     roots: Vec<(PathComponent, Node)>,
     paths: Vec<PathBuf>,
-    idle: std::time::Duration,
-    stats: Arc<Stats>,
+    log: Arc<ReadLog>,
+    concurrency: usize,
 ) {
     let mut files: Vec<(B3Digest, u64)> = Vec::new();
     for p in &paths {
@@ -86,23 +83,5 @@ pub(crate) async fn prefetch(
     }
     files.sort();
     files.dedup();
-    files.retain(|(d, _)| blobs.local_path(d).is_none());
-    futures::stream::iter(files)
-        .for_each_concurrent(CONCURRENCY, |(digest, size)| {
-            let (blobs, cache, stats) = (blobs.clone(), cache.clone(), stats.clone());
-            async move {
-                if cache.get(&digest, size).is_some() {
-                    return;
-                }
-                match cache.get_or_fetch(&*blobs, &digest, size, idle).await {
-                    Ok((_, true)) => {
-                        stats.blobs_fetched.fetch_add(1, Ordering::Relaxed);
-                        stats.bytes_fetched.fetch_add(size, Ordering::Relaxed);
-                    }
-                    Ok((_, false)) => {}
-                    Err(e) => warn!(digest = %digest, "prefetch: {e}"),
-                }
-            }
-        })
-        .await;
+    fetcher.prefetch_blobs(files, log, concurrency).await;
 }
