@@ -206,7 +206,11 @@ mod tests {
             .unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let found = loop {
-            if let Some(h) = find_holder(&file) {
+            // Caught between `sh` opening the file and `exec sleep`, the
+            // process has no command line yet ("unknown"): look again.
+            if let Some(h) = find_holder(&file)
+                && h.command.contains("sleep")
+            {
                 break Some(h);
             }
             if std::time::Instant::now() > deadline {
