@@ -186,6 +186,131 @@ fn warm(src: &Path, mnt: &Path, inputs: &[(PathComponent, Node)], stores: Stores
         }
         eprintln!("{mode}: {stats:?} (the mount read again)");
     }
+    kernel_view_rows(src, mnt, inputs, &stores, rounds)?;
+    Ok(())
+}
+
+/// The kernel view's rows of the warm table (`ViewCache`: overlayfs over
+/// cached metadata trees and the blob store's files, no daemon): alone,
+/// and under a writable overlay as the executor stacks it when the
+/// inputs dir is scratch. Prints what writing the trees cost once, and a
+/// cached plan + mount (what each build pays).
+fn kernel_view_rows(
+    src: &Path,
+    mnt: &Path,
+    inputs: &[(PathComponent, Node)],
+    stores: &Stores,
+    rounds: usize,
+) -> Res<()> {
+    let base = mnt.with_file_name("kernel-view");
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(&base)?;
+    // `VIEW_CACHE`: where the trees go (default: beside the mount).
+    let cache_dir = std::env::var_os("VIEW_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| base.join("cache"));
+    let _ = std::fs::remove_dir_all(&cache_dir);
+    let cache = tvix_oci_fuse::ViewCache::open(&cache_dir)?;
+    let rt = tokio::runtime::Handle::current();
+    let t = Instant::now();
+    let plan = rt.block_on(cache.plan(stores.0.clone(), &*stores.1, inputs))?;
+    let first_plan = t.elapsed();
+    let top = base.join("top");
+    let rw = base.join("rw");
+    // As the executor's writable overlay over the inputs.
+    let mount_rw = |lower: &Path| -> Res<()> {
+        let _ = std::fs::remove_dir_all(&rw);
+        for d in ["upper", "work", "merged"] {
+            std::fs::create_dir_all(rw.join(d))?;
+        }
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={},index=off,metacopy=off,redirect_dir=off",
+            lower.display(),
+            rw.join("upper").display(),
+            rw.join("work").display()
+        );
+        tvix_oci_sys::mount::mount(
+            "overlay",
+            &rw.join("merged"),
+            "overlay",
+            tvix_oci_sys::mount::MsFlags::empty(),
+            Some(&opts),
+        )?;
+        Ok(())
+    };
+    let names = ["find", "read-all, 1 reader", "read-all, 8 readers"];
+    for (mode, writable) in [
+        ("kernel view", false),
+        ("kernel view + writable overlay", true),
+    ] {
+        let dir = if writable {
+            rw.join("merged")
+        } else {
+            mnt.to_owned()
+        };
+        let mount_now = || -> Res<(tvix_oci_fuse::KernelView, Duration)> {
+            let t = Instant::now();
+            let plan = rt.block_on(cache.plan(stores.0.clone(), &*stores.1, inputs))?;
+            let v = plan.mount(&top, mnt)?;
+            if writable {
+                mount_rw(mnt)?;
+            }
+            Ok((v, t.elapsed()))
+        };
+        let unmount = |v: tvix_oci_fuse::KernelView| -> Res<()> {
+            if writable {
+                tvix_oci_sys::mount::unmount_or_detach(&rw.join("merged"))?;
+            }
+            v.unmount()?;
+            Ok(())
+        };
+        warm_pass(src)?;
+        let (v, _) = mount_now()?;
+        warm_pass(&dir)?;
+        let mut native = vec![Vec::new(); 3];
+        let (mut same, mut fresh, mut setup) = (native.clone(), native.clone(), Vec::new());
+        for _ in 0..rounds.max(1) {
+            for (i, d) in warm_pass(src)?.into_iter().enumerate() {
+                native[i].push(d);
+            }
+            for (i, d) in warm_pass(&dir)?.into_iter().enumerate() {
+                same[i].push(d);
+            }
+        }
+        unmount(v)?;
+        for _ in 0..rounds.max(1) {
+            let (v, took) = mount_now()?;
+            setup.push(took);
+            for (i, d) in warm_pass(&dir)?.into_iter().enumerate() {
+                fresh[i].push(d);
+            }
+            unmount(v)?;
+        }
+        for (i, name) in names.iter().enumerate() {
+            let (n, s, f) = (
+                median(native[i].clone()),
+                median(same[i].clone()),
+                median(fresh[i].clone()),
+            );
+            let r = |d: Duration| d.as_secs_f64() / n.as_secs_f64();
+            println!(
+                "| {name} | {} | {mode} | {} | {:.2}x | {} | {:.2}x |",
+                ms(n),
+                ms(s),
+                r(s),
+                ms(f),
+                r(f)
+            );
+        }
+        eprintln!(
+            "{mode}: trees written once in {:.0} ms; a cached plan + mount: {:.1} ms (median)",
+            first_plan.as_secs_f64() * 1e3,
+            median(setup).as_secs_f64() * 1e3
+        );
+    }
+    drop(plan);
+    let _ = std::fs::remove_dir_all(&cache_dir);
+    let _ = std::fs::remove_dir_all(&base);
     Ok(())
 }
 

@@ -112,6 +112,9 @@ pub fn fetch(tmp: &Path) -> Res<Zig> {
 /// The end-to-end figures.
 pub struct E2e {
     pub lazy_local: Duration,
+    /// From the local store as a kernel view (its trees written in the
+    /// first round, as by the first build of these inputs).
+    pub kernel_local: Duration,
     pub lazy_local_first: Option<Duration>,
     pub lazy_remote: Duration,
     pub remote_bytes_fetched: u64,
@@ -133,6 +136,7 @@ impl E2e {
         let s = |d: Duration| d.as_secs_f64();
         json!({
             "lazy_local_s": s(self.lazy_local),
+            "kernel_view_local_s": s(self.kernel_local),
             "lazy_local_first_instruction_s": self.lazy_local_first.map(s),
             "lazy_remote_1ms_s": s(self.lazy_remote),
             "remote_bytes_fetched": self.remote_bytes_fetched,
@@ -212,6 +216,7 @@ pub fn compile(
     let last = rounds.last().ok_or("no round")?;
     Ok(E2e {
         lazy_local: median(|r| r.lazy_local),
+        kernel_local: median(|r| r.kernel_local),
         lazy_local_first: last.lazy_local_first,
         lazy_remote: median(|r| r.lazy_remote),
         remote_bytes_fetched: last.remote_bytes_fetched,
@@ -248,6 +253,18 @@ fn round(
         Ok((wall, res.accounting))
     };
     let (lazy_local, local) = lazy("local store", blobs.clone(), dirs.clone(), config)?;
+    let viewed = ExecutorConfig {
+        kernel_view: Some(Arc::new(tvix_oci_fuse::ViewCache::open(
+            tmp.join("view-cache"),
+        )?)),
+        ..config.clone()
+    };
+    let (kernel_local, _) = lazy(
+        "local store, kernel view",
+        blobs.clone(),
+        dirs.clone(),
+        &viewed,
+    )?;
     // From `serve` 1 ms away: whole blobs are fetched into the cache when
     // opened, so the bytes fetched are those of the files the compile
     // opened.
@@ -305,6 +322,7 @@ fn round(
     std::fs::remove_dir_all(&host_dir)?;
     Ok(E2e {
         lazy_local,
+        kernel_local,
         lazy_local_first: local.to_first_instruction,
         lazy_remote,
         remote_bytes_fetched: remote.input_bytes_fetched,

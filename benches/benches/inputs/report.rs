@@ -121,6 +121,7 @@ pub fn write(rows: &[Row], e2e: Option<&E2e>, quick: bool) -> Res<()> {
         let rows = [
             ("on the host, toolchain on local disk", e.host),
             ("executor, lazy inputs from the local store", e.lazy_local),
+            ("executor, the local store as a kernel view", e.kernel_local),
             (
                 "executor, lazy inputs from a gRPC store at 1 ms",
                 e.lazy_remote,

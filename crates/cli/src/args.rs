@@ -233,6 +233,13 @@ pub struct RunArgs {
     pub command: Vec<String>,
 }
 
+/// `--inputs-view`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum InputsView {
+    Auto,
+    Fuse,
+}
+
 /// How builds are run: shared by `run` and `serve`.
 #[derive(Debug, Args)]
 pub struct ExecArgs {
@@ -281,6 +288,19 @@ pub struct ExecArgs {
     /// the build. Off without it.
     #[arg(long, value_name = "DIR")]
     pub prefetch_profiles: Option<PathBuf>,
+    /// How builds see their inputs. `auto`: as root, inputs whose blobs
+    /// are all files on this machine (the embedded store) are shown by
+    /// overlayfs alone, with no FUSE daemon, at native speed (their
+    /// directories written once as metadata trees under
+    /// --kernel-view-cache); any other inputs through FUSE. `fuse`: always
+    /// through FUSE.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub inputs_view: InputsView,
+    /// Where `--inputs-view auto` keeps its metadata trees (one inode per
+    /// input entry, kept across builds). Default: kernel-view in the data
+    /// dir.
+    #[arg(long, value_name = "DIR")]
+    pub kernel_view_cache: Option<PathBuf>,
     /// Processes a build may have at once; 0 or none: unlimited.
     #[arg(long, value_name = "N", default_value = "4096", value_parser = parse_pids)]
     pub pids_limit: PidsLimit,

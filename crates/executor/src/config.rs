@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tvix_oci_fuse::BlobCache;
+use tvix_oci_fuse::{BlobCache, ViewCache};
 use tvix_oci_spec::SpecOptions;
 
 use crate::idpool::IdPoolConfig;
@@ -47,6 +47,13 @@ pub struct ExecutorConfig {
     /// kept here under its shape, and fetched at mount time by the next
     /// build of that shape. `None` (the default): off.
     pub prefetch_profiles: Option<crate::profiles::ProfileStore>,
+    /// The kernel view of the inputs ([`tvix_oci_fuse::kernel_view`]): with
+    /// a cache for its metadata trees, a build whose input blobs are all
+    /// local files (the embedded `objects://` store) as root sees its
+    /// inputs through overlayfs alone, no FUSE daemon, at native speed
+    /// once its trees are written; any other build, or one whose view
+    /// cannot be made, gets FUSE. `None` (the default): always FUSE.
+    pub kernel_view: Option<Arc<ViewCache>>,
     /// Resource limits and the like for the container.
     pub spec: SpecOptions,
     /// Run builds rootless (see [`crate::rootless`]); probed: when the
@@ -99,6 +106,7 @@ impl Default for ExecutorConfig {
             ingest_limits: IngestLimits::default(),
             blob_cache: None,
             prefetch_profiles: None,
+            kernel_view: None,
             spec: SpecOptions::default(),
             rootless: false,
             allowed_ro_paths: Vec::new(),

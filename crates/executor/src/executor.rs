@@ -123,7 +123,8 @@ impl Executor {
         let started = Instant::now();
         let mut prepared = self.prepare(req, id)?;
         logs.phase(Phase::Mounting);
-        let mut sandbox = Sandbox::create(self, &mut prepared, req, id)?;
+        let view = crate::pipeline::plan_view(self, req, prepared.rootless.is_some()).await;
+        let mut sandbox = Sandbox::create(self, &mut prepared, req, id, view)?;
         let limits = RunLimits {
             timeout: self.config.timeout,
             max_silent: self.config.max_silent_time,

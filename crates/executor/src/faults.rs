@@ -81,6 +81,10 @@ pub enum InfraError {
     MountInputs(#[source] tvix_oci_fuse::MountError),
     #[error("unmounting the inputs: {0}")]
     UnmountInputs(#[source] io::Error),
+    #[error("mounting the inputs' kernel view: {0}")]
+    MountView(#[source] tvix_oci_fuse::ViewUnavailable),
+    #[error("unmounting the inputs' kernel view: {0}")]
+    UnmountView(#[source] io::Error),
     /// Mounting or unmounting the overlay (its error names the path).
     #[error("{0}")]
     Overlay(#[source] io::Error),

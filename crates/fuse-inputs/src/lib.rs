@@ -3,7 +3,9 @@
 //! look, a blob on first open. Local blobs (the embedded store, or the
 //! blob cache once a remote blob was fetched and checked) are opened with
 //! FUSE passthrough where the kernel has it, so warm reads run at native
-//! speed.
+//! speed. For a store whose blobs are all local files, [`kernel_view`]
+//! shows the same tree with no daemon at all (overlayfs over cached
+//! metadata trees and the blob files).
 //!
 //! ```no_run
 //! # async fn f(blobs: std::sync::Arc<dyn tvix_oci_castore::blobservice::BlobService>,
@@ -25,6 +27,7 @@ mod files;
 mod fs;
 pub mod handlers;
 mod inodes;
+pub mod kernel_view;
 mod learned;
 mod mount;
 mod opens;
@@ -38,6 +41,7 @@ mod stream;
 
 pub use cache::BlobCache;
 pub use inodes::InodeError;
+pub use kernel_view::{KernelView, ViewCache, ViewPlan, ViewUnavailable};
 pub use learned::{MAX_PROFILE_BLOBS, ReadProfile};
 pub use mount::{
     FSNAME, InputsMount, MountError, MountOptions, abort_connection, detach, mount,

@@ -100,6 +100,15 @@ pub trait BlobService: Send + Sync + std::fmt::Debug + 'static {
     fn local_path(&self, _digest: &B3Digest) -> Option<PathBuf> {
         None
     }
+
+    /// The directory every path [`Self::local_path`] returns is below, if
+    /// this backend keeps all its blobs as files there, and only there (lets
+    /// callers hand the whole directory to the kernel, e.g. as an overlay's
+    /// data-only layer). Contract: a blob once there stays there, unchanged.
+    /// `None` otherwise (the default).
+    fn local_root(&self) -> Option<PathBuf> {
+        None
+    }
 }
 
 /// Writes one blob. Bytes are hashed as they are written.

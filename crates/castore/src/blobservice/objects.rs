@@ -107,6 +107,10 @@ impl BlobService for ObjectsBlobService {
         let p = self.blob_path(digest);
         p.exists().then_some(p)
     }
+
+    fn local_root(&self) -> Option<PathBuf> {
+        Some(self.root.clone())
+    }
 }
 
 struct ObjectsWriter {

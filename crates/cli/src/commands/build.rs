@@ -327,7 +327,7 @@ pub async fn build(
         return Ok(());
     }
     if b.remote.is_none() {
-        let config = args.exec.config();
+        let config = args.exec.config(&*blobs);
         if config.sandbox_shell.is_none() {
             return Err(exit(
                 HOST,

@@ -228,7 +228,7 @@ pub async fn run(
         print_requests(&requests);
         return Ok(());
     }
-    let config = args.exec.config();
+    let config = args.exec.config(&*blobs);
     if requests.iter().any(|r| r.constraints().provide_bin_sh) && config.sandbox_shell.is_none() {
         return Err(no_sandbox_shell());
     }
@@ -252,8 +252,10 @@ pub async fn run(
 }
 
 impl ExecArgs {
-    /// The executor configuration these flags describe.
-    pub fn config(&self) -> ExecutorConfig {
+    /// The executor configuration these flags describe, for builds whose
+    /// inputs come from `blobs` (the kernel view's cache is opened only
+    /// for a store that keeps its blobs as local files).
+    pub fn config(&self, blobs: &dyn BlobService) -> ExecutorConfig {
         let mut config = ExecutorConfig {
             runtime: self.runtime.clone(),
             keep_bundle: self.keep_bundle,
@@ -280,6 +282,17 @@ impl ExecArgs {
             .prefetch_profiles
             .as_ref()
             .map(tvix_oci_executor::profiles::ProfileStore::new);
+        let viewable = blobs.local_root().is_some();
+        if self.inputs_view == crate::args::InputsView::Auto && !config.rootless && viewable {
+            let dir = self
+                .kernel_view_cache
+                .clone()
+                .unwrap_or_else(|| crate::store::data_dir().join("kernel-view"));
+            match tvix_oci_fuse::ViewCache::open(&dir) {
+                Ok(c) => config.kernel_view = Some(std::sync::Arc::new(c)),
+                Err(e) => tracing::warn!("the inputs go through FUSE: the kernel view cache: {e}"),
+            }
+        }
         if let Some((start, count)) = self.id_pool {
             config.id_pool.start = start;
             config.id_pool.count = count;

@@ -35,7 +35,7 @@ pub async fn serve(
     blobs: Arc<dyn BlobService>,
     dirs: Arc<dyn DirectoryService>,
 ) -> anyhow::Result<()> {
-    let mut config = args.config();
+    let mut config = args.config(&*blobs);
     // One cache for all its builds (each build alone would fetch its
     // inputs again).
     let cache_dir = crate::store::data_dir().join("blob-cache");

@@ -26,7 +26,7 @@ mod sandbox;
 pub(crate) use collect::{Collected, collect, limits_from};
 pub(crate) use prepare::Prepared;
 pub(crate) use run::{OnDrop, Ran};
-pub(crate) use sandbox::Sandbox;
+pub(crate) use sandbox::{Sandbox, plan_view};
 
 #[cfg(test)]
 mod host_tests;

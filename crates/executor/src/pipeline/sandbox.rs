@@ -6,15 +6,16 @@
 
 use std::sync::Arc;
 
+use tracing::{debug, info, warn};
 use tvix_oci_castore::B3Digest;
-use tvix_oci_fuse::{BlobCache, MountOptions};
+use tvix_oci_fuse::{BlobCache, MountOptions, ViewPlan, ViewUnavailable};
 use tvix_oci_spec::{BuildRequest, BundleLayout};
 
 use crate::bundle_dir::BundleDir;
 use crate::faults::HostError;
 use crate::profiles::{Profile, profile_key};
 use crate::ro_paths::RoClones;
-use crate::seam::{InputsCall, InputsMounted, Mounted, OverlayCall};
+use crate::seam::{InputsCall, InputsMounted, Mounted, OverlayCall, ViewCall};
 use crate::{BuildError, Executor};
 
 use super::Prepared;
@@ -50,12 +51,14 @@ pub(crate) struct Sandbox {
 impl Sandbox {
     /// Stage 2: makes build `id`'s bundle under the executor's bundle root,
     /// finishing `prepared.spec` with what depends on its path, and mounts
-    /// the inputs and the overlay. On failure, what was made is removed.
+    /// the inputs (as `view` when there is one and it mounts, else through
+    /// FUSE) and the overlay. On failure, what was made is removed.
     pub(crate) fn create(
         exec: &Executor,
         prepared: &mut Prepared,
         req: &BuildRequest,
         id: &str,
+        view: Option<ViewPlan>,
     ) -> Result<Self, BuildError> {
         let config = exec.config();
         let mut bundle = BundleDir::create(&config.bundle_root, id, config.keep_bundle)?;
@@ -83,7 +86,7 @@ impl Sandbox {
             layout,
             bundle,
         };
-        sandbox.mounts = Some(sandbox.mount(exec, req, prepared.rootless.is_some())?);
+        sandbox.mounts = Some(sandbox.mount(exec, req, prepared.rootless.is_some(), view)?);
         Ok(sandbox)
     }
 
@@ -95,7 +98,52 @@ impl Sandbox {
         exec: &Executor,
         req: &BuildRequest,
         rootless: bool,
+        view: Option<ViewPlan>,
     ) -> Result<Mounts, BuildError> {
+        let l = &self.layout;
+        let mounts = &exec.host().mounts;
+        let viewed = view.and_then(|plan| {
+            let call = ViewCall {
+                plan: &plan,
+                top: &self.bundle.path().join("inputs-top"),
+                at: &l.inputs(),
+            };
+            mounts
+                .view(call)
+                .inspect_err(|e| warn!("the inputs go through FUSE: {e}"))
+                .ok()
+        });
+        let (inputs, profile) = match viewed {
+            Some(v) => {
+                debug!("the inputs are a kernel view");
+                (v, None)
+            }
+            None => self.mount_fuse(exec, req)?,
+        };
+        let overlay = match req.inputs_dir_is_scratch() && !rootless {
+            true => Some(mounts.overlay(OverlayCall {
+                lower: &l.inputs(),
+                upper: &l.upper(),
+                work: &l.work(),
+                target: &l.store(),
+            })?),
+            false => None,
+        };
+        Ok(Mounts {
+            overlay,
+            inputs,
+            profile,
+        })
+    }
+
+    /// The inputs through FUSE, with the profile of learned prefetch when
+    /// it is on.
+    #[allow(clippy::type_complexity)]
+    fn mount_fuse(
+        &self,
+        exec: &Executor,
+        req: &BuildRequest,
+    ) -> Result<(Box<dyn InputsMounted>, Option<(B3Digest, Profile)>), BuildError> {
         // Without a shared cache, the build's own lives in its bundle, so
         // it goes with the bundle, even after a crash (the stale cleanup).
         let cache = match &exec.config().blob_cache {
@@ -127,28 +175,40 @@ impl Sandbox {
             (key, profile)
         });
         let (blobs, dirs) = exec.stores();
-        let l = &self.layout;
-        let mounts = &exec.host().mounts;
-        let inputs = mounts.inputs(InputsCall {
+        let inputs = exec.host().mounts.inputs(InputsCall {
             blobs,
             dirs,
             inputs: req.inputs().to_vec(),
-            at: &l.inputs(),
+            at: &self.layout.inputs(),
             options: &mount_opts,
         })?;
-        let overlay = match req.inputs_dir_is_scratch() && !rootless {
-            true => Some(mounts.overlay(OverlayCall {
-                lower: &l.inputs(),
-                upper: &l.upper(),
-                work: &l.work(),
-                target: &l.store(),
-            })?),
-            false => None,
-        };
-        Ok(Mounts {
-            overlay,
-            inputs,
-            profile,
-        })
+        Ok((inputs, profile))
+    }
+}
+
+/// The kernel view of `req`'s inputs, its trees written, when the executor
+/// has a view cache and the build runs as root; `None` (the build then
+/// gets FUSE) when it cannot be made, saying why where that is news.
+pub(crate) async fn plan_view(
+    exec: &Executor,
+    req: &BuildRequest,
+    rootless: bool,
+) -> Option<ViewPlan> {
+    let cache = exec.config().kernel_view.as_ref()?;
+    if rootless {
+        return None;
+    }
+    let (blobs, dirs) = exec.stores();
+    match cache.plan(blobs, &*dirs, req.inputs()).await {
+        Ok(plan) => Some(plan),
+        // The usual reasons: a remote store, or a kernel without it.
+        Err(e @ (ViewUnavailable::NoLocalFiles | ViewUnavailable::Unsupported(_))) => {
+            debug!("the inputs go through FUSE: {e}");
+            None
+        }
+        Err(e) => {
+            info!("the inputs go through FUSE: {e}");
+            None
+        }
     }
 }

@@ -199,14 +199,25 @@ impl Runtime for FakeHost {
     }
 }
 
-impl Mounts for FakeHost {
-    fn inputs(&self, _call: InputsCall<'_>) -> Result<Box<dyn InputsMounted>, BuildError> {
+impl FakeHost {
+    /// The inputs mounted, through FUSE or as a kernel view alike.
+    fn inputs_step(&self) -> Result<Box<dyn InputsMounted>, BuildError> {
         self.step(Step::MountInputs)?;
         Ok(Box::new(FakeMount {
             host: self.clone(),
             unmount: Step::UnmountInputs,
             live: true,
         }))
+    }
+}
+
+impl Mounts for FakeHost {
+    fn inputs(&self, _call: InputsCall<'_>) -> Result<Box<dyn InputsMounted>, BuildError> {
+        self.inputs_step()
+    }
+
+    fn view(&self, _call: super::ViewCall<'_>) -> Result<Box<dyn InputsMounted>, BuildError> {
+        self.inputs_step()
     }
 
     fn overlay(&self, _call: OverlayCall<'_>) -> Result<Box<dyn Mounted>, BuildError> {

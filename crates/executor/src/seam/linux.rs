@@ -9,11 +9,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use tvix_oci_fuse::{InputsMount, StatsSnapshot};
+use tvix_oci_fuse::{InputsMount, KernelView, StatsSnapshot};
 
 use super::{
     Accounting, BuildAccount, BuildIds, Host, Ids, InputsCall, InputsMounted, Mounted, Mounts,
-    OverlayCall, RunCall, Runtime,
+    OverlayCall, RunCall, Runtime, ViewCall,
 };
 use crate::cgroup::{BuildCgroup, Usage};
 use crate::idpool::{IdPool, IdPoolConfig};
@@ -88,6 +88,11 @@ impl Mounts for LinuxMounts {
         Ok(Box::new(FuseInputs(m)))
     }
 
+    fn view(&self, c: ViewCall<'_>) -> Result<Box<dyn InputsMounted>, BuildError> {
+        let v = c.plan.mount(c.top, c.at).map_err(InfraError::MountView)?;
+        Ok(Box::new(View(v)))
+    }
+
     fn overlay(&self, c: OverlayCall<'_>) -> Result<Box<dyn Mounted>, BuildError> {
         let o = Overlay::mount(c.lower, c.upper, c.work, c.target).map_err(InfraError::Overlay)?;
         Ok(Box::new(o))
@@ -121,6 +126,39 @@ impl InputsMounted for FuseInputs {
     }
     fn read_profile(&self) -> tvix_oci_fuse::ReadProfile {
         self.0.read_profile()
+    }
+    fn into_mounted(self: Box<Self>) -> Box<dyn Mounted> {
+        self
+    }
+}
+
+/// The inputs as a kernel view: no daemon, so nothing to abort, wait for
+/// or count, and the store cannot fail under the build.
+#[derive(Debug)]
+struct View(KernelView);
+
+impl Mounted for View {
+    fn unmount(self: Box<Self>) -> Result<(), BuildError> {
+        Ok(self.0.unmount().map_err(InfraError::UnmountView)?)
+    }
+}
+
+impl InputsMounted for View {
+    fn abort(&self) {}
+    fn is_serving(&self) -> bool {
+        true
+    }
+    fn settle(&self) -> super::Settling<'_> {
+        Box::pin(async {})
+    }
+    fn store_trouble(&self, _stalled: Duration) -> Option<String> {
+        None
+    }
+    fn stats(&self) -> StatsSnapshot {
+        StatsSnapshot::default()
+    }
+    fn read_profile(&self) -> tvix_oci_fuse::ReadProfile {
+        tvix_oci_fuse::ReadProfile::default()
     }
     fn into_mounted(self: Box<Self>) -> Box<dyn Mounted> {
         self

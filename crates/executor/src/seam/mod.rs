@@ -20,7 +20,7 @@ use std::time::Duration;
 use tvix_oci_castore::blobservice::BlobService;
 use tvix_oci_castore::directoryservice::DirectoryService;
 use tvix_oci_castore::{Node, PathComponent};
-use tvix_oci_fuse::{MountOptions, StatsSnapshot};
+use tvix_oci_fuse::{MountOptions, StatsSnapshot, ViewPlan};
 use tvix_oci_spec::IdMappings;
 
 use crate::BuildError;
@@ -135,6 +135,16 @@ impl Debug for InputsCall<'_> {
     }
 }
 
+/// A kernel view of the inputs, ready to mount.
+#[derive(Clone, Copy, Debug)]
+pub struct ViewCall<'a> {
+    pub plan: &'a ViewPlan,
+    /// Where its top layer is written (must not exist).
+    pub top: &'a Path,
+    /// An existing empty directory.
+    pub at: &'a Path,
+}
+
 /// The overlay's directories.
 #[derive(Clone, Copy, Debug)]
 pub struct OverlayCall<'a> {
@@ -148,6 +158,10 @@ pub struct OverlayCall<'a> {
 pub trait Mounts: Send + Sync + Debug {
     /// Mounts the inputs lazily (must be called within a tokio runtime).
     fn inputs(&self, call: InputsCall<'_>) -> Result<Box<dyn InputsMounted>, BuildError>;
+    /// Mounts the inputs as a kernel view (no daemon: nothing to abort,
+    /// settle or count). An error is the view's alone: the caller may
+    /// mount them through FUSE instead.
+    fn view(&self, call: ViewCall<'_>) -> Result<Box<dyn InputsMounted>, BuildError>;
     /// Mounts the overlay that makes the inputs dir writable.
     fn overlay(&self, call: OverlayCall<'_>) -> Result<Box<dyn Mounted>, BuildError>;
 }

@@ -1,0 +1,156 @@
+//! The metadata layer of a kernel view, written to disk: a castore
+//! directory as real directories, symlinks and empty (sparse) files of the
+//! right size, each file marked as overlayfs "metacopy" with a redirect to
+//! its blob in the data-only layer. Everything gets the attributes the
+//! FUSE view shows: root's, mode 0444/0555 (0555 for directories), mtime
+//! 1 s after the epoch, as in the Nix store.
+//!
+//! Written with plain file system calls, no daemon and no image format:
+//! the kernel then answers every lookup, stat and open from its own caches.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs::{File, FileTimes, Permissions};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tvix_oci_castore::{B3Digest, Directory, Node};
+use xattr::FileExt;
+
+use super::{DataLayer, ViewUnavailable};
+
+/// The mtime of everything in the view, as in the Nix store: 1 s.
+const MTIME_SECS: u64 = 1;
+
+const METACOPY: &str = "trusted.overlay.metacopy";
+const REDIRECT: &str = "trusted.overlay.redirect";
+
+fn at<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(io::Error) -> ViewUnavailable + 'a {
+    move |source| ViewUnavailable::Io {
+        what,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Gives `path` (opened as `f`) the view's times and `mode`.
+fn finish(f: &File, path: &Path, mode: u32) -> Result<(), ViewUnavailable> {
+    f.set_permissions(Permissions::from_mode(mode))
+        .map_err(at(path, "setting the mode of"))?;
+    let t: SystemTime = UNIX_EPOCH + Duration::from_secs(MTIME_SECS);
+    f.set_times(FileTimes::new().set_accessed(t).set_modified(t))
+        .map_err(at(path, "setting the times of"))
+}
+
+/// Writes a directory at `path` standing for the castore directory whose
+/// redirect is `redirect` (an absolute path in a lower layer), empty.
+pub(crate) fn redirect_dir(path: &Path, redirect: &[u8]) -> Result<(), ViewUnavailable> {
+    std::fs::create_dir(path).map_err(at(path, "creating"))?;
+    let f = File::open(path).map_err(at(path, "opening"))?;
+    f.set_xattr(REDIRECT, redirect)
+        .map_err(at(path, "setting the overlay redirect of"))?;
+    finish(&f, path, 0o555)
+}
+
+/// Writes the metadata-only file for a blob of `size` bytes at `path`.
+pub(crate) fn meta_file(
+    path: &Path,
+    size: u64,
+    executable: bool,
+    redirect: &[u8],
+) -> Result<(), ViewUnavailable> {
+    let f = File::options()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(at(path, "creating"))?;
+    f.set_len(size).map_err(at(path, "sizing"))?;
+    f.set_xattr(METACOPY, b"")
+        .map_err(at(path, "marking metacopy"))?;
+    f.set_xattr(REDIRECT, redirect)
+        .map_err(at(path, "setting the overlay redirect of"))?;
+    finish(&f, path, if executable { 0o555 } else { 0o444 })
+}
+
+/// Writes a symlink to `target` at `path`, with the view's times.
+pub(crate) fn symlink(path: &Path, target: &[u8]) -> Result<(), ViewUnavailable> {
+    std::os::unix::fs::symlink(OsStr::from_bytes(target), path).map_err(at(path, "creating"))?;
+    let t = nix::sys::time::TimeSpec::from_duration(Duration::from_secs(MTIME_SECS));
+    nix::sys::stat::utimensat(
+        nix::fcntl::AT_FDCWD,
+        path,
+        &t,
+        &t,
+        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+    )
+    .map_err(|e| at(path, "setting the times of")(e.into()))
+}
+
+/// Sets a directory's final mode and times once its entries are written.
+pub(crate) fn seal_dir(path: &Path) -> Result<(), ViewUnavailable> {
+    let f = File::open(path).map_err(at(path, "opening"))?;
+    finish(&f, path, 0o555)
+}
+
+/// What a tree walk does next.
+enum Step {
+    Enter(PathBuf, B3Digest),
+    Seal(PathBuf),
+}
+
+/// Writes the castore directory `root` (found, with everything below it,
+/// in `closure`) at `dest`, which must not exist. At most `max_entries`
+/// entries are written (a directory met twice is written twice): past
+/// that, [`ViewUnavailable::TooLarge`]. Iterative, so no tree is too deep
+/// for the stack (one too deep for `PATH_MAX` fails as IO).
+pub(crate) fn write_tree(
+    closure: &HashMap<B3Digest, Directory>,
+    root: B3Digest,
+    dest: &Path,
+    data: &DataLayer,
+    max_entries: u64,
+) -> Result<u64, ViewUnavailable> {
+    let mut written = 0u64;
+    let mut steps = vec![Step::Enter(dest.to_owned(), root)];
+    while let Some(step) = steps.pop() {
+        let (path, digest) = match step {
+            Step::Seal(path) => {
+                seal_dir(&path)?;
+                continue;
+            }
+            Step::Enter(path, digest) => (path, digest),
+        };
+        let dir = closure
+            .get(&digest)
+            .ok_or(ViewUnavailable::MissingDirectory(digest))?;
+        std::fs::create_dir(&path).map_err(at(&path, "creating"))?;
+        steps.push(Step::Seal(path.clone()));
+        for (name, node) in dir.nodes() {
+            written += 1;
+            if written > max_entries {
+                return Err(ViewUnavailable::TooLarge {
+                    root,
+                    max: max_entries,
+                });
+            }
+            let child = path.join(OsStr::from_bytes(name.as_bytes()));
+            match node {
+                Node::Directory { digest, .. } => steps.push(Step::Enter(child, *digest)),
+                Node::File {
+                    digest,
+                    size,
+                    executable,
+                } => {
+                    let redirect = data.redirect(digest, *size)?;
+                    meta_file(&child, *size, *executable, &redirect)?;
+                }
+                Node::Symlink { target } => symlink(&child, target.as_bytes())?,
+            }
+        }
+    }
+    Ok(written)
+}

@@ -1,0 +1,295 @@
+//! The kernel view against the FUSE view of the same inputs, on real
+//! mounts: the same names, types, modes, owners, times, sizes, bytes and
+//! link targets; read-only; nothing left mounted; and each reason it is
+//! refused (the caller then uses FUSE). Needs root and /dev/fuse (CI has
+//! both); skips saying why elsewhere.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tvix_oci_castore::blobservice::{BlobService, MemoryBlobService};
+use tvix_oci_castore::directoryservice::{DirectoryService, MemoryDirectoryService};
+use tvix_oci_castore::import::{ImportOptions, import_path};
+use tvix_oci_castore::{B3Digest, Node, PathComponent, open_blob_service};
+use tvix_oci_fuse::{MountOptions, ViewCache, ViewUnavailable, mount, mountinfo};
+
+macro_rules! need_root {
+    () => {
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter("tvix_oci_fuse=debug")
+            .try_init();
+        tvix_oci_testkit::require!(root, fuse);
+    };
+}
+
+/// Nested and empty dirs, empty and executable files, symlinks (relative,
+/// absolute, dangling), odd names, a directory met twice.
+fn fixture(root: &Path) {
+    std::fs::create_dir_all(root.join("a/b/c")).unwrap();
+    std::fs::create_dir_all(root.join("empty dir")).unwrap();
+    std::fs::write(root.join("a/empty"), b"").unwrap();
+    std::fs::write(root.join("a/b/c/deep.txt"), b"deep down\n").unwrap();
+    std::fs::write(root.join("a/b/c/again.txt"), b"deep down\n").unwrap();
+    std::fs::write(root.join("big.bin"), vec![7u8; 3 << 20]).unwrap();
+    std::fs::write(root.join(OsStr::from_bytes(b"bytes-\xff sp")), b"odd").unwrap();
+    std::fs::write(root.join("tool"), b"#!/bin/sh\necho hi\n").unwrap();
+    std::fs::set_permissions(root.join("tool"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::symlink("tool", root.join("rel")).unwrap();
+    std::os::unix::fs::symlink("/nix/store/nowhere", root.join("absolute")).unwrap();
+    std::os::unix::fs::symlink("missing", root.join("dangling")).unwrap();
+    // The same directory twice (one tree, written twice in the view).
+    std::fs::create_dir_all(root.join("twin1/x")).unwrap();
+    std::fs::create_dir_all(root.join("twin2/x")).unwrap();
+    std::fs::write(root.join("twin1/x/f"), b"same").unwrap();
+    std::fs::write(root.join("twin2/x/f"), b"same").unwrap();
+}
+
+/// Everything a build could see of a tree, but inode numbers and link
+/// counts: path -> kind, mode, owner, mtime, size, bytes or target.
+fn describe(root: &Path) -> BTreeMap<PathBuf, String> {
+    let mut out = BTreeMap::new();
+    for e in walkdir::WalkDir::new(root)
+        .follow_links(false)
+        .sort_by_file_name()
+    {
+        let e = e.unwrap();
+        let rel = e.path().strip_prefix(root).unwrap().to_owned();
+        let m = std::fs::symlink_metadata(e.path()).unwrap();
+        let what = if m.is_symlink() {
+            format!("link {:?}", std::fs::read_link(e.path()).unwrap())
+        } else if m.is_file() {
+            let data = std::fs::read(e.path()).unwrap();
+            format!("file {}", B3Digest::of(&data))
+        } else {
+            "dir".to_owned()
+        };
+        let mode = if m.is_symlink() { 0 } else { m.mode() & 0o7777 };
+        out.insert(
+            rel,
+            format!(
+                "{what} mode={mode:o} uid={} gid={} mtime={} size={}",
+                m.uid(),
+                m.gid(),
+                m.mtime(),
+                if m.is_dir() { 0 } else { m.len() }
+            ),
+        );
+    }
+    out
+}
+
+struct Stores {
+    _dir: tempfile::TempDir,
+    blobs: Arc<dyn BlobService>,
+    dirs: Arc<dyn DirectoryService>,
+    inputs: Vec<(PathComponent, Node)>,
+    cache: PathBuf,
+    scratch: PathBuf,
+}
+
+/// The fixture imported into an embedded `objects://` blob store, and
+/// offered as three inputs: the tree, one of its files, one symlink.
+async fn stores() -> Stores {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    fixture(&src);
+    let url = format!("objects://{}", dir.path().join("blobs").display());
+    let blobs = open_blob_service(&url).await.unwrap();
+    let dirs: Arc<dyn DirectoryService> = Arc::new(MemoryDirectoryService::default());
+    let tree = import_path(blobs.clone(), &*dirs, &src, &ImportOptions::default())
+        .await
+        .unwrap();
+    let file = import_path(
+        blobs.clone(),
+        &*dirs,
+        &src.join("tool"),
+        &ImportOptions::default(),
+    )
+    .await
+    .unwrap();
+    let name = |n: &str| PathComponent::try_from(n).unwrap();
+    let link = Node::Symlink {
+        target: b"tree/tool".as_slice().try_into().unwrap(),
+    };
+    let scratch = dir.path().join("scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
+    Stores {
+        blobs,
+        dirs,
+        inputs: vec![
+            (name("tree"), tree),
+            (name("file"), file),
+            (name("link"), link),
+        ],
+        cache: dir.path().join("view-cache"),
+        scratch,
+        _dir: dir,
+    }
+}
+
+fn mounted_below(p: &Path) -> usize {
+    mountinfo::mounts_below(p).unwrap().len()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shows_what_fuse_shows_read_only_and_leaves_nothing() {
+    need_root!();
+    let s = stores().await;
+    let (fuse_at, view_at) = (s.scratch.join("fuse"), s.scratch.join("view"));
+    std::fs::create_dir_all(&fuse_at).unwrap();
+    std::fs::create_dir_all(&view_at).unwrap();
+    let fuse = mount(
+        s.blobs.clone(),
+        s.dirs.clone(),
+        s.inputs.clone(),
+        &fuse_at,
+        &MountOptions::default(),
+    )
+    .unwrap();
+    let cache = ViewCache::open(&s.cache).unwrap();
+    let plan = cache
+        .plan(s.blobs.clone(), &*s.dirs, &s.inputs)
+        .await
+        .unwrap();
+    let top = s.scratch.join("top");
+    let view = plan.mount(&top, &view_at).unwrap();
+
+    let (want, got) = (describe(&fuse_at), describe(&view_at));
+    assert!(want.len() > 15, "{want:#?}");
+    assert_eq!(want, got, "the kernel view differs from FUSE's");
+    // The exec bit and mode are as FUSE shows them, and nothing of the
+    // overlay's own xattrs shows through.
+    let tool = view_at.join("tree/tool");
+    assert_eq!(std::fs::metadata(&tool).unwrap().mode() & 0o7777, 0o555);
+    assert_eq!(xattr::list(&tool).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read(view_at.join("link")).unwrap(),
+        b"#!/bin/sh\necho hi\n"
+    );
+    // Read-only, as the inputs are.
+    let err = std::fs::write(view_at.join("tree/new"), b"x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+    // The trees' dir of the cache is not visible.
+    assert!(!view_at.join("t").exists());
+
+    view.unmount().unwrap();
+    fuse.unmount().unwrap();
+    assert_eq!(mounted_below(&s.scratch), 0);
+    assert!(!top.exists(), "the top layer is removed with the view");
+    // One tree cached, by the tree's digest; nothing half-written.
+    let Node::Directory { digest, .. } = &s.inputs[0].1 else {
+        panic!()
+    };
+    let trees: Vec<_> = std::fs::read_dir(s.cache.join("layer/t"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(trees, vec![OsStr::new(&digest.to_hex()).to_owned()]);
+    assert_eq!(std::fs::read_dir(s.cache.join("tmp")).unwrap().count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cached_tree_is_reused_and_an_input_named_t_hides_nothing_it_should_not() {
+    need_root!();
+    let mut s = stores().await;
+    let cache = ViewCache::open(&s.cache).unwrap();
+    cache
+        .plan(s.blobs.clone(), &*s.dirs, &s.inputs)
+        .await
+        .unwrap();
+    let Node::Directory { digest, .. } = &s.inputs[0].1 else {
+        panic!()
+    };
+    let tree = s.cache.join("layer/t").join(digest.to_hex());
+    let ino = std::fs::metadata(&tree).unwrap().ino();
+    // A second plan (a new cache handle, as a restarted builder) writes
+    // nothing: the tree is the same inode.
+    let again = ViewCache::open(&s.cache).unwrap();
+    s.inputs
+        .push((PathComponent::try_from("t").unwrap(), s.inputs[0].1.clone()));
+    let plan = again
+        .plan(s.blobs.clone(), &*s.dirs, &s.inputs)
+        .await
+        .unwrap();
+    assert_eq!(std::fs::metadata(&tree).unwrap().ino(), ino);
+    let at = s.scratch.join("view");
+    std::fs::create_dir_all(&at).unwrap();
+    let view = plan.mount(&s.scratch.join("top"), &at).unwrap();
+    assert_eq!(
+        std::fs::read(at.join("t/a/b/c/deep.txt")).unwrap(),
+        b"deep down\n"
+    );
+    let names: Vec<_> = std::fs::read_dir(&at)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(names, ["file", "link", "t", "tree"]);
+    drop(view);
+    assert_eq!(mounted_below(&s.scratch), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn is_refused_naming_why() {
+    need_root!();
+    let s = stores().await;
+    // A store without local files.
+    let mem: Arc<dyn BlobService> = Arc::new(MemoryBlobService::default());
+    let cache = ViewCache::open(&s.cache).unwrap();
+    let e = cache.plan(mem, &*s.dirs, &s.inputs).await.unwrap_err();
+    assert!(matches!(e, ViewUnavailable::NoLocalFiles), "{e}");
+
+    // A tree larger than the cap: nothing of it stays in the cache.
+    let small = ViewCache::open(&s.cache).unwrap().with_max_entries(5);
+    let e = small
+        .plan(s.blobs.clone(), &*s.dirs, &s.inputs)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ViewUnavailable::TooLarge { max: 5, .. }), "{e}");
+    assert!(e.to_string().contains("more than 5 entries"), "{e}");
+    assert_eq!(
+        std::fs::read_dir(s.cache.join("layer/t")).unwrap().count(),
+        0
+    );
+    assert_eq!(std::fs::read_dir(s.cache.join("tmp")).unwrap().count(), 0);
+
+    // A file whose blob is not in the store, named by its digest.
+    let absent = B3Digest::of(b"not stored");
+    let lone = vec![(
+        PathComponent::try_from("lone").unwrap(),
+        Node::File {
+            digest: absent,
+            size: 10,
+            executable: false,
+        },
+    )];
+    let e = cache
+        .plan(s.blobs.clone(), &*s.dirs, &lone)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains(&absent.to_string()), "{e}");
+
+    // A directory not in the directory store.
+    let missing = vec![(
+        PathComponent::try_from("gone").unwrap(),
+        Node::Directory {
+            digest: absent,
+            size: 1,
+        },
+    )];
+    let e = cache
+        .plan(s.blobs.clone(), &*s.dirs, &missing)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, ViewUnavailable::MissingDirectory(d) if d == absent),
+        "{e}"
+    );
+}
