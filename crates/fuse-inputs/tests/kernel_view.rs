@@ -293,3 +293,48 @@ async fn is_refused_naming_why() {
         "{e}"
     );
 }
+
+/// The redirect (in the cache's metadata layer) of file `rel` of the tree.
+fn redirect_of(s: &Stores, rel: &str) -> Vec<u8> {
+    let Node::Directory { digest, .. } = &s.inputs[0].1 else {
+        panic!()
+    };
+    let f = s.cache.join("layer/t").join(digest.to_hex()).join(rel);
+    xattr::get(&f, "trusted.overlay.redirect").unwrap().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_is_redirected_by_a_short_name_unless_another_file_holds_it() {
+    need_root!();
+    let s = stores().await;
+    // Another file squats the short name of `tool`'s blob: that blob is
+    // then reached by its long path in the store, never by the squatter.
+    let tool = std::fs::read(s.scratch.parent().unwrap().join("src/tool")).unwrap();
+    let tool_hex = B3Digest::of(&tool).to_hex();
+    let links = s.cache.join("data");
+    std::fs::create_dir_all(&links).unwrap();
+    std::fs::write(links.join(&tool_hex[..22]), b"#!/bin/sh\necho evil\n").unwrap();
+
+    let cache = ViewCache::open(&s.cache).unwrap();
+    let plan = cache
+        .plan(s.blobs.clone(), &*s.dirs, &s.inputs)
+        .await
+        .unwrap();
+    // A short name fits the file's xattrs in its inode (24 bytes at most).
+    let deep = redirect_of(&s, "a/b/c/deep.txt");
+    assert!(deep.len() <= 24, "{:?}", String::from_utf8_lossy(&deep));
+    let long = redirect_of(&s, "tool");
+    assert_eq!(long, format!("/{}/{tool_hex}", &tool_hex[..2]).into_bytes());
+
+    let at = s.scratch.join("view");
+    std::fs::create_dir_all(&at).unwrap();
+    let view = plan.mount(&s.scratch.join("top"), &at).unwrap();
+    assert_eq!(std::fs::read(at.join("tree/tool")).unwrap(), tool);
+    assert_eq!(std::fs::read(at.join("file")).unwrap(), tool);
+    assert_eq!(
+        std::fs::read(at.join("tree/a/b/c/deep.txt")).unwrap(),
+        b"deep down\n"
+    );
+    drop(view);
+    assert_eq!(mounted_below(&s.scratch), 0);
+}

@@ -10,7 +10,10 @@
 //!   for each file an empty sparse file of its size marked overlayfs
 //!   `metacopy`, redirected to its blob;
 //! - the blob store's own directory as a **data-only layer** (below `::`),
-//!   never listed, only reached through those redirects;
+//!   never listed, only reached through those redirects; above it, as the
+//!   first data-only layer, short names for the same files (hard links in
+//!   `<cache>/data`, where the cache and the store share a file system),
+//!   so a file's redirect fits in its inode;
 //! - a tiny **top layer** per mount: one entry per input (a directory
 //!   redirected to its cached tree, a file redirected to its blob, a
 //!   symlink), and a whiteout hiding the cache's `t`.
@@ -32,6 +35,7 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -53,6 +57,14 @@ const LAYER: &str = "layer";
 /// The name of the trees' directory in the metadata layer, hidden by a
 /// whiteout in each view.
 const TREES: &str = "t";
+/// The cache's directory of short names for blob files (hard links), the
+/// first data-only layer.
+const LINKS: &str = "data";
+/// Hex digits of a blob's digest its short name has: a redirect of at most
+/// 24 bytes leaves a file's two overlay xattrs in its ext4 inode (256
+/// bytes); the long one, `/ab/<64 hex>`, costs each file a 4 KiB block
+/// and an extra read at each first lookup (BENCHMARKS.md, issue 19).
+const SHORT_HEX: usize = 22;
 
 /// Why a kernel view was not made (the caller then serves the inputs
 /// through FUSE), naming what is at fault.
@@ -96,11 +108,15 @@ impl ViewUnavailable {
 pub(crate) struct DataLayer {
     root: PathBuf,
     blobs: Arc<dyn BlobService>,
+    /// The short names' directory.
+    links: PathBuf,
 }
 
 impl DataLayer {
-    /// The redirect (absolute in this layer) to blob `digest`, checked to
-    /// be a file of `size` bytes there.
+    /// The redirect (absolute in the data-only layers) to blob `digest`,
+    /// checked to be a file of `size` bytes: its short name, linked to the
+    /// blob's file if need be, or else (another file holds that name, or
+    /// the store is on another file system) its path in the store.
     pub(crate) fn redirect(
         &self,
         digest: &B3Digest,
@@ -112,12 +128,25 @@ impl DataLayer {
         };
         let path = self.blobs.local_path(digest).ok_or_else(missing)?;
         let rel = path.strip_prefix(&self.root).map_err(|_| missing())?;
-        match std::fs::metadata(&path) {
-            Ok(m) if m.is_file() && m.len() == size => {}
+        let blob = match std::fs::metadata(&path) {
+            Ok(m) if m.is_file() && m.len() == size => m,
             _ => return Err(missing()),
-        }
+        };
+        let short = &digest.to_hex()[..SHORT_HEX];
+        let link = self.links.join(short);
+        let same = |m: &std::fs::Metadata| m.dev() == blob.dev() && m.ino() == blob.ino();
+        let linked = match std::fs::symlink_metadata(&link) {
+            Ok(m) => same(&m),
+            Err(_) => {
+                std::fs::hard_link(&path, &link).is_ok()
+                    || std::fs::symlink_metadata(&link).is_ok_and(|m| same(&m))
+            }
+        };
         let mut r = b"/".to_vec();
-        r.extend_from_slice(rel.as_os_str().as_bytes());
+        match linked {
+            true => r.extend_from_slice(short.as_bytes()),
+            false => r.extend_from_slice(rel.as_os_str().as_bytes()),
+        }
         Ok(r)
     }
 }
@@ -141,6 +170,8 @@ enum TopEntry {
 pub struct ViewPlan {
     /// The metadata layer.
     layer: PathBuf,
+    /// The short names of blob files.
+    links: PathBuf,
     data: PathBuf,
     entries: Vec<(PathComponent, TopEntry)>,
 }
@@ -168,7 +199,11 @@ impl ViewCache {
     /// what writers that died left half-written.
     pub fn open(root: impl Into<PathBuf>) -> io::Result<Self> {
         let root = std::path::absolute(root.into())?;
-        for d in [root.join(LAYER).join(TREES), root.join("tmp")] {
+        for d in [
+            root.join(LAYER).join(TREES),
+            root.join(LINKS),
+            root.join("tmp"),
+        ] {
             std::fs::create_dir_all(&d)
                 .map_err(|e| io::Error::new(e.kind(), format!("creating {}: {e}", d.display())))?;
         }
@@ -214,6 +249,7 @@ impl ViewCache {
         let data = DataLayer {
             root: data_root.clone(),
             blobs,
+            links: self.root.join(LINKS),
         };
         let mut entries = Vec::with_capacity(inputs.len());
         for (name, node) in inputs {
@@ -237,6 +273,7 @@ impl ViewCache {
         }
         Ok(ViewPlan {
             layer: self.root.join(LAYER),
+            links: self.root.join(LINKS),
             data: data_root,
             entries,
         })
@@ -396,9 +433,10 @@ impl ViewPlan {
     pub fn mount(&self, top: &Path, at: &Path) -> Result<KernelView, ViewUnavailable> {
         let r = self.write_top(top).and_then(|()| {
             let opts = format!(
-                "lowerdir={}:{}::{},metacopy=on,redirect_dir=follow",
+                "lowerdir={}:{}::{}::{},metacopy=on,redirect_dir=follow",
                 opt_path(top)?,
                 opt_path(&self.layer)?,
+                opt_path(&self.links)?,
                 opt_path(&self.data)?
             );
             mount_overlay(at, &opts)
