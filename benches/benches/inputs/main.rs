@@ -24,7 +24,8 @@
 //! `cargo bench -p tvix-oci-benches --bench inputs`. `QUICK=1`: a small
 //! synthetic tree, local and 0 ms only, no Zig (CI runs this).
 //! `ZIG_DIR=/path/with/wheel-and-sdist` reuses downloads; `E2E_ONLY=1`
-//! runs only the end-to-end compile.
+//! runs only the end-to-end compile; `MUSL=1` only the musl compile
+//! (host, FUSE and kernel view, cold and warm: `musl.rs`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -43,6 +44,7 @@ use tvix_oci_castore::{Node, PathComponent};
 use tvix_oci_fuse::{BlobCache, MountOptions, mount};
 
 mod e2e;
+mod musl;
 mod report;
 
 use report::Row;
@@ -115,6 +117,10 @@ fn main() -> Res<()> {
         ]
     };
 
+    if std::env::var_os("MUSL").is_some() {
+        let z = zig.as_ref().ok_or("MUSL=1 needs the Zig toolchain")?;
+        return musl::musl(&rt, tmp.path(), z, &blobs, &dirs);
+    }
     let mut rows = Vec::new();
     // E2E_ONLY=1: only the end-to-end compile.
     if std::env::var_os("E2E_ONLY").is_some() {
