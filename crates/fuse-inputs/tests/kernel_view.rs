@@ -260,6 +260,53 @@ async fn is_refused_naming_why() {
     );
     assert_eq!(std::fs::read_dir(s.cache.join("tmp")).unwrap().count(), 0);
 
+    // A small closure expanding to 2^40 entries (each level names the one
+    // below twice): refused from its sizes, before anything is written.
+    let blob = s
+        .blobs
+        .put(bytes::Bytes::from_static(b"leaf"))
+        .await
+        .unwrap();
+    let mut below = tvix_oci_castore::Directory::new();
+    below
+        .add(
+            PathComponent::try_from("f").unwrap(),
+            Node::File {
+                digest: blob,
+                size: 4,
+                executable: false,
+            },
+        )
+        .unwrap();
+    let mut put = s.dirs.put_multiple_start();
+    put.put(below.clone()).await.unwrap();
+    for _ in 0..40 {
+        let mut d = tvix_oci_castore::Directory::new();
+        for n in ["a", "b"] {
+            d.add(PathComponent::try_from(n).unwrap(), below.as_node())
+                .unwrap();
+        }
+        put.put(d.clone()).await.unwrap();
+        below = d;
+    }
+    let bomb = put.close().await.unwrap();
+    let bombs = vec![(
+        PathComponent::try_from("bomb").unwrap(),
+        Node::Directory {
+            digest: bomb,
+            size: below.size(),
+        },
+    )];
+    let e = cache
+        .plan(s.blobs.clone(), &*s.dirs, &bombs)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, ViewUnavailable::TooLarge { root, .. } if root == bomb),
+        "{e}"
+    );
+    assert_eq!(std::fs::read_dir(s.cache.join("tmp")).unwrap().count(), 0);
+
     // A file whose blob is not in the store, named by its digest.
     let absent = B3Digest::of(b"not stored");
     let lone = vec![(

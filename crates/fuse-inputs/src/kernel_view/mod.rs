@@ -80,6 +80,15 @@ pub enum ViewUnavailable {
     MissingDirectory(B3Digest),
     #[error("directory {root} has more than {max} entries below it")]
     TooLarge { root: B3Digest, max: u64 },
+    #[error(
+        "directory {parent} gives its entry {name:?} size {claimed}, but that directory has size {actual}"
+    )]
+    WrongSize {
+        parent: B3Digest,
+        name: String,
+        claimed: u64,
+        actual: u64,
+    },
     #[error("path {0} cannot be named in an overlay's options (it holds ',', ':' or '\\')")]
     UnsafePath(PathBuf),
     #[error("the directory store: {0}")]
@@ -292,6 +301,14 @@ impl ViewCache {
         }
         let started = std::time::Instant::now();
         let closure = fetch_closure(dirs, root, self.max_entries).await?;
+        // Known before anything is written, so a small closure expanding
+        // to a huge tree (a directory met many times) costs no disk.
+        if expanded_entries(&closure, root)? > self.max_entries {
+            return Err(ViewUnavailable::TooLarge {
+                root,
+                max: self.max_entries,
+            });
+        }
         let tmp = self.root.join("tmp").join(format!(
             "{}-{}-{}",
             std::process::id(),
@@ -355,6 +372,35 @@ async fn fetch_closure(
         return Err(ViewUnavailable::MissingDirectory(root));
     }
     Ok(closure)
+}
+
+/// The entries of the tree `root` once every directory met is written
+/// out, from the sizes its closure gives (twice the entries below each
+/// directory), checked to agree with one another.
+fn expanded_entries(
+    closure: &HashMap<B3Digest, Directory>,
+    root: B3Digest,
+) -> Result<u64, ViewUnavailable> {
+    for (digest, dir) in closure {
+        for (name, child, claimed) in dir.directories() {
+            let actual = closure
+                .get(child)
+                .ok_or(ViewUnavailable::MissingDirectory(*child))?
+                .size();
+            if actual != claimed {
+                return Err(ViewUnavailable::WrongSize {
+                    parent: *digest,
+                    name: name.to_string(),
+                    claimed,
+                    actual,
+                });
+            }
+        }
+    }
+    let root = closure
+        .get(&root)
+        .ok_or(ViewUnavailable::MissingDirectory(root))?;
+    Ok(root.size() / 2)
 }
 
 /// Removes a tree written here (its directories are read-only; root may
