@@ -63,6 +63,28 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
+/// The warm table's rows for `mode`: each measure's median natively, on
+/// a mount read before and on a new mount, with their ratios to native.
+fn print_rows(mode: &str, [native, same, fresh]: [&[Vec<Duration>]; 3]) {
+    let names = ["find", "read-all, 1 reader", "read-all, 8 readers"];
+    for (i, name) in names.iter().enumerate() {
+        let (n, s, f) = (
+            median(native[i].clone()),
+            median(same[i].clone()),
+            median(fresh[i].clone()),
+        );
+        let r = |d: Duration| d.as_secs_f64() / n.as_secs_f64();
+        println!(
+            "| {name} | {} | {mode} | {} | {:.2}x | {} | {:.2}x |",
+            ms(n),
+            ms(s),
+            r(s),
+            ms(f),
+            r(f)
+        );
+    }
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.0} ms", d.as_secs_f64() * 1e3)
 }
@@ -167,23 +189,7 @@ fn warm(src: &Path, mnt: &Path, inputs: &[(PathComponent, Node)], stores: Stores
             }
             m.unmount()?;
         }
-        let names = ["find", "read-all, 1 reader", "read-all, 8 readers"];
-        for (i, name) in names.iter().enumerate() {
-            let (n, s, f) = (
-                median(native[i].clone()),
-                median(same[i].clone()),
-                median(fresh[i].clone()),
-            );
-            let r = |d: Duration| d.as_secs_f64() / n.as_secs_f64();
-            println!(
-                "| {name} | {} | {mode} | {} | {:.2}x | {} | {:.2}x |",
-                ms(n),
-                ms(s),
-                r(s),
-                ms(f),
-                r(f)
-            );
-        }
+        print_rows(mode, [&native, &same, &fresh]);
         eprintln!("{mode}: {stats:?} (the mount read again)");
     }
     kernel_view_rows(src, mnt, inputs, &stores, rounds)?;
@@ -238,7 +244,6 @@ fn kernel_view_rows(
         )?;
         Ok(())
     };
-    let names = ["find", "read-all, 1 reader", "read-all, 8 readers"];
     for (mode, writable) in [
         ("kernel view", false),
         ("kernel view + writable overlay", true),
@@ -286,22 +291,7 @@ fn kernel_view_rows(
             }
             unmount(v)?;
         }
-        for (i, name) in names.iter().enumerate() {
-            let (n, s, f) = (
-                median(native[i].clone()),
-                median(same[i].clone()),
-                median(fresh[i].clone()),
-            );
-            let r = |d: Duration| d.as_secs_f64() / n.as_secs_f64();
-            println!(
-                "| {name} | {} | {mode} | {} | {:.2}x | {} | {:.2}x |",
-                ms(n),
-                ms(s),
-                r(s),
-                ms(f),
-                r(f)
-            );
-        }
+        print_rows(mode, [&native, &same, &fresh]);
         eprintln!(
             "{mode}: trees written once in {:.0} ms; a cached plan + mount: {:.1} ms (median)",
             first_plan.as_secs_f64() * 1e3,
