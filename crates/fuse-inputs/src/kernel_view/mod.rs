@@ -204,19 +204,24 @@ fn opt_path(p: &Path) -> Result<&str, ViewUnavailable> {
 }
 
 impl ViewCache {
-    /// Opens (creating, closed to others) the cache at `root`, removing
-    /// what writers that died left half-written.
+    /// Opens (creating) the cache at `root`, its own directories closed
+    /// to others (`root` itself is left as it is: it may be shared),
+    /// removing what writers that died left half-written.
     pub fn open(root: impl Into<PathBuf>) -> io::Result<Self> {
         let root = std::path::absolute(root.into())?;
-        for d in [
-            root.join(LAYER).join(TREES),
-            root.join(LINKS),
-            root.join("tmp"),
-        ] {
+        for d in [LAYER, LINKS, "tmp"].map(|d| root.join(d)) {
             std::fs::create_dir_all(&d)
+                .and_then(|()| {
+                    std::fs::set_permissions(
+                        &d,
+                        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+                    )
+                })
                 .map_err(|e| io::Error::new(e.kind(), format!("creating {}: {e}", d.display())))?;
         }
-        std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+        let trees = root.join(LAYER).join(TREES);
+        std::fs::create_dir_all(&trees)
+            .map_err(|e| io::Error::new(e.kind(), format!("creating {}: {e}", trees.display())))?;
         sweep_tmp(&root.join("tmp"));
         Ok(Self {
             root,
