@@ -97,6 +97,30 @@ pub fn sweep(dir: &Path) -> usize {
         .count()
 }
 
+/// Removes the directories in `dir` named `KIND.PID.HOST.…` for `kind`
+/// (see [`owned_prefix`]) whose owner is gone, by the rules of [`sweep`];
+/// anything else in `dir` is left alone. Returns how many were removed.
+pub fn sweep_owned_dirs(dir: &Path, kind: &str) -> usize {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let now = SystemTime::now();
+    let here = host_tag();
+    let ours = format!("{kind}.");
+    rd.flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with(&ours)
+                && match owner_of(&name) {
+                    Some((pid, host)) if host == here => !alive(pid),
+                    _ => older_than(e, now, STALE_AFTER),
+                }
+        })
+        .filter(|e| std::fs::remove_dir_all(e.path()).is_ok())
+        .count()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -307,6 +307,42 @@ async fn is_refused_naming_why() {
     );
     assert_eq!(std::fs::read_dir(s.cache.join("tmp")).unwrap().count(), 0);
 
+    // 18 levels naming the one below twice: 262,142 entries from 37
+    // distinct ones, under the cap but refused as repetitive.
+    let mut below = tvix_oci_castore::Directory::new();
+    below
+        .add(
+            PathComponent::try_from("f").unwrap(),
+            Node::File {
+                digest: blob,
+                size: 4,
+                executable: false,
+            },
+        )
+        .unwrap();
+    let mut put = s.dirs.put_multiple_start();
+    put.put(below.clone()).await.unwrap();
+    for _ in 0..17 {
+        let mut d = tvix_oci_castore::Directory::new();
+        for n in ["a", "b"] {
+            d.add(PathComponent::try_from(n).unwrap(), below.as_node())
+                .unwrap();
+        }
+        put.put(d.clone()).await.unwrap();
+        below = d;
+    }
+    let doubled = put.close().await.unwrap();
+    let doubles = vec![(PathComponent::try_from("doubled").unwrap(), below.as_node())];
+    let e = cache
+        .plan(s.blobs.clone(), &*s.dirs, &doubles)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, ViewUnavailable::Repetitive { root, distinct: 35, .. } if root == doubled),
+        "{e}"
+    );
+    assert_eq!(std::fs::read_dir(s.cache.join("tmp")).unwrap().count(), 0);
+
     // A file whose blob is not in the store, named by its digest.
     let absent = B3Digest::of(b"not stored");
     let lone = vec![(
@@ -384,4 +420,27 @@ async fn a_file_is_redirected_by_a_short_name_unless_another_file_holds_it() {
     );
     drop(view);
     assert_eq!(mounted_below(&s.scratch), 0);
+}
+
+#[test]
+fn opening_removes_dead_writers_scratch_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    // A writer that died (no such pid) in this boot and pid namespace, and
+    // a directory that is not a writer's at all.
+    let tag = tvix_oci_castore::tempfiles::host_tag();
+    let dead = tmp.join(format!("tree.2147483646.{tag}.abc"));
+    std::fs::create_dir_all(dead.join("tree/x")).unwrap();
+    let foreign = tmp.join("not-ours");
+    std::fs::create_dir_all(&foreign).unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o7777;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    ViewCache::open(dir.path()).unwrap();
+    assert!(!dead.exists());
+    assert!(foreign.exists());
+    // The directory given keeps its mode (as /tmp would); the cache's
+    // own are closed.
+    assert_eq!(mode(dir.path()), 0o1777);
+    assert_eq!(mode(&tmp), 0o700);
 }

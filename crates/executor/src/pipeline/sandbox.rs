@@ -113,20 +113,35 @@ impl Sandbox {
                 .inspect_err(|e| warn!("the inputs go through FUSE: {e}"))
                 .ok()
         });
-        let (inputs, profile) = match viewed {
+        let is_view = viewed.is_some();
+        let (mut inputs, mut profile) = match viewed {
             Some(v) => {
                 debug!("the inputs are a kernel view");
                 (v, None)
             }
             None => self.mount_fuse(exec, req)?,
         };
-        let overlay = match req.inputs_dir_is_scratch() && !rootless {
-            true => Some(mounts.overlay(OverlayCall {
-                lower: &l.inputs(),
-                upper: &l.upper(),
-                work: &l.work(),
-                target: &l.store(),
-            })?),
+        let writable = req.inputs_dir_is_scratch() && !rootless;
+        let overlay_call = OverlayCall {
+            lower: &l.inputs(),
+            upper: &l.upper(),
+            work: &l.work(),
+            target: &l.store(),
+        };
+        let overlay = match writable {
+            true => match mounts.overlay(overlay_call) {
+                Ok(o) => Some(o),
+                // A kernel view may not take a second overlay where
+                // FUSE does (an overlay already below the cache: too
+                // deep a stack): the inputs go through FUSE instead.
+                Err(e) if is_view => {
+                    warn!("the inputs go through FUSE: the overlay over their kernel view: {e}");
+                    inputs.into_mounted().unmount()?;
+                    (inputs, profile) = self.mount_fuse(exec, req)?;
+                    Some(mounts.overlay(overlay_call)?)
+                }
+                Err(e) => return Err(e),
+            },
             false => None,
         };
         Ok(Mounts {

@@ -37,11 +37,11 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use futures::TryStreamExt;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 use tvix_oci_castore::blobservice::BlobService;
 use tvix_oci_castore::directoryservice::DirectoryService;
 use tvix_oci_castore::{B3Digest, Directory, Node, PathComponent};
@@ -50,6 +50,17 @@ use tvix_oci_sys::mount::MsFlags;
 /// Entries one input tree may have in a kernel view by default (each is
 /// an inode on disk, written once): far more than any toolchain.
 pub const DEFAULT_MAX_ENTRIES: u64 = 2_000_000;
+/// How many times over a tree may name its distinct entries (a directory
+/// met twice is written twice) before it is refused, past
+/// [`REPEAT_FREE`] entries: so the trees' disk stays within a small
+/// multiple of what the store holds.
+const MAX_REPEAT: u64 = 4;
+const REPEAT_FREE: u64 = 100_000;
+/// The kind (see `tvix_oci_castore::tempfiles`) of scratch dirs trees are
+/// written in.
+const SCRATCH: &str = "tree";
+/// The kind of the probe's scratch dir.
+const PROBE: &str = "probe";
 
 /// The cache's directory that is the views' metadata layer: it holds
 /// only [`TREES`] (scratch work goes beside it, never into it).
@@ -80,6 +91,16 @@ pub enum ViewUnavailable {
     MissingDirectory(B3Digest),
     #[error("directory {root} has more than {max} entries below it")]
     TooLarge { root: B3Digest, max: u64 },
+    #[error(
+        "directory {root} has {expanded} entries below it, but only {distinct} distinct ones (its directories repeat too often to be written out)"
+    )]
+    Repetitive {
+        root: B3Digest,
+        expanded: u64,
+        distinct: u64,
+    },
+    #[error("the build was cancelled while its inputs' trees were written")]
+    Cancelled,
     #[error(
         "directory {parent} gives its entry {name:?} size {claimed}, but that directory has size {actual}"
     )]
@@ -192,7 +213,17 @@ pub struct ViewCache {
     max_entries: u64,
     /// Whether this kernel mounts data-only layers, found once.
     supported: OnceLock<Result<(), String>>,
-    tmp_seq: AtomicU64,
+    /// The trees being written by this process, one writer each.
+    writing: Mutex<HashMap<B3Digest, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Tells a tree's writer to stop when dropped.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 /// The overlay option value for `p`, refused if it would need escaping.
@@ -227,7 +258,7 @@ impl ViewCache {
             root,
             max_entries: DEFAULT_MAX_ENTRIES,
             supported: OnceLock::new(),
-            tmp_seq: AtomicU64::new(0),
+            writing: Mutex::default(),
         })
     }
 
@@ -293,7 +324,10 @@ impl ViewCache {
         })
     }
 
-    /// The tree of directory `root` in the cache, written if not there.
+    /// The tree of directory `root` in the cache, written if not there:
+    /// by one caller at a time in this process (others wait, then find
+    /// it), into a scratch dir of its own, renamed into place whole. The
+    /// write stops when this future is dropped (its build cancelled).
     async fn ensure_tree(
         &self,
         data: &DataLayer,
@@ -304,39 +338,70 @@ impl ViewCache {
         if dest.is_dir() {
             return Ok(());
         }
+        let lock = self
+            .writing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(root)
+            .or_default()
+            .clone();
+        let held = lock.lock().await;
+        let r = self.write_once(data, dirs, root, &dest).await;
+        drop(held);
+        let mut writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        if Arc::strong_count(&lock) <= 2 {
+            writing.remove(&root);
+        }
+        r
+    }
+
+    async fn write_once(
+        &self,
+        data: &DataLayer,
+        dirs: &dyn DirectoryService,
+        root: B3Digest,
+        dest: &Path,
+    ) -> Result<(), ViewUnavailable> {
+        if dest.is_dir() {
+            return Ok(());
+        }
         let started = std::time::Instant::now();
         let closure = fetch_closure(dirs, root, self.max_entries).await?;
-        // Known before anything is written, so a small closure expanding
-        // to a huge tree (a directory met many times) costs no disk.
-        if expanded_entries(&closure, root)? > self.max_entries {
+        // Known before anything is written: a tree too large, or a small
+        // closure naming its directories over and over (which would
+        // cost the disk far more than the store), costs no disk.
+        let (expanded, distinct) = expanded_entries(&closure, root)?;
+        if expanded > self.max_entries {
             return Err(ViewUnavailable::TooLarge {
                 root,
                 max: self.max_entries,
             });
         }
-        let tmp = self.root.join("tmp").join(format!(
-            "{}-{}-{}",
-            std::process::id(),
-            self.tmp_seq.fetch_add(1, Ordering::Relaxed),
-            root.to_hex()
-        ));
-        let (data, max) = (data.clone(), self.max_entries);
-        let written = tokio::task::spawn_blocking(move || {
-            let r = tree::write_tree(&closure, root, &tmp, &data, max).and_then(|n| {
-                match std::fs::rename(&tmp, &dest) {
-                    Ok(()) => Ok(n),
-                    // Written meanwhile by another build: the same tree.
-                    Err(_) if dest.is_dir() => {
-                        remove_tree(&tmp);
-                        Ok(n)
-                    }
-                    Err(e) => Err(ViewUnavailable::io("renaming a tree to", &dest, e)),
-                }
+        if expanded > (MAX_REPEAT * distinct).max(REPEAT_FREE) {
+            return Err(ViewUnavailable::Repetitive {
+                root,
+                expanded,
+                distinct,
             });
-            if r.is_err() {
-                remove_tree(&tmp);
+        }
+        let scratch = tempfile::Builder::new()
+            .prefix(&tvix_oci_castore::tempfiles::owned_prefix(SCRATCH))
+            .tempdir_in(self.root.join("tmp"))
+            .map_err(|e| ViewUnavailable::io("making a scratch dir in", &self.root, e))?;
+        let (data, max, dest) = (data.clone(), self.max_entries, dest.to_owned());
+        let cancel = Arc::new(AtomicBool::new(false));
+        let _cancel_on_drop = CancelOnDrop(cancel.clone());
+        let written = tokio::task::spawn_blocking(move || {
+            // Removed with everything in it when this returns, unless
+            // renamed into place; nothing else writes in it.
+            let tmp = scratch.path().join("tree");
+            let n = tree::write_tree(&closure, root, &tmp, &data, max, &cancel)?;
+            match std::fs::rename(&tmp, &dest) {
+                Ok(()) => Ok(n),
+                // Written meanwhile by another process: the same tree.
+                Err(_) if dest.is_dir() => Ok(n),
+                Err(e) => Err(ViewUnavailable::io("renaming a tree to", &dest, e)),
             }
-            r
         })
         .await
         .map_err(|e| ViewUnavailable::io("writing a tree", &self.root, io::Error::other(e)))??;
@@ -381,12 +446,15 @@ async fn fetch_closure(
 
 /// The entries of the tree `root` once every directory met is written
 /// out, from the sizes its closure gives (twice the entries below each
-/// directory), checked to agree with one another.
+/// directory), checked to agree with one another; and the entries of its
+/// distinct directories.
 fn expanded_entries(
     closure: &HashMap<B3Digest, Directory>,
     root: B3Digest,
-) -> Result<u64, ViewUnavailable> {
+) -> Result<(u64, u64), ViewUnavailable> {
+    let mut distinct = 0u64;
     for (digest, dir) in closure {
+        distinct += dir.len() as u64;
         for (name, child, claimed) in dir.directories() {
             let actual = closure
                 .get(child)
@@ -405,7 +473,7 @@ fn expanded_entries(
     let root = closure
         .get(&root)
         .ok_or(ViewUnavailable::MissingDirectory(root))?;
-    Ok(root.size() / 2)
+    Ok((root.size() / 2, distinct))
 }
 
 /// Removes a tree written here (its directories are read-only; root may
@@ -418,29 +486,21 @@ fn remove_tree(p: &Path) {
     }
 }
 
-/// Removes half-written trees of processes no longer alive.
+/// Removes the scratch dirs of writers no longer alive (and nothing else
+/// a shared directory may hold).
 fn sweep_tmp(tmp: &Path) {
-    let Ok(rd) = std::fs::read_dir(tmp) else {
-        return;
-    };
-    for e in rd.flatten() {
-        let name = e.file_name();
-        let pid = name
-            .to_str()
-            .and_then(|n| n.split('-').next())
-            .and_then(|p| p.parse::<u32>().ok());
-        if pid.is_none_or(|p| !tvix_oci_sys::process::alive(p)) {
-            remove_tree(&e.path());
-        }
+    for kind in [SCRATCH, PROBE] {
+        tvix_oci_castore::tempfiles::sweep_owned_dirs(tmp, kind);
     }
 }
 
 /// Mounts a one-file view in a scratch dir of `cache` and reads it back.
 fn probe(cache: &Path) -> Result<(), ViewUnavailable> {
-    let dir = cache
-        .join("tmp")
-        .join(format!("{}-probe", std::process::id()));
-    remove_tree(&dir);
+    let scratch = tempfile::Builder::new()
+        .prefix(&tvix_oci_castore::tempfiles::owned_prefix(PROBE))
+        .tempdir_in(cache.join("tmp"))
+        .map_err(|e| ViewUnavailable::io("making a scratch dir in", cache, e))?;
+    let dir = scratch.path();
     let r = (|| {
         let (top, data, mnt) = (dir.join("top"), dir.join("data"), dir.join("mnt"));
         for d in [&top, &data, &mnt] {
@@ -465,9 +525,8 @@ fn probe(cache: &Path) -> Result<(), ViewUnavailable> {
             Err(e) => Err(ViewUnavailable::io("reading through", &mnt, e)),
         }
     })();
-    remove_tree(&dir);
     if let Err(e) = &r {
-        debug!("kernel view probe: {e}");
+        warn!("inputs go through FUSE: the kernel view cannot be mounted here: {e}");
     }
     r
 }

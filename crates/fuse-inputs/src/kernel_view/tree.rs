@@ -15,6 +15,7 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tvix_oci_castore::{B3Digest, Directory, Node};
@@ -105,14 +106,16 @@ enum Step {
 /// Writes the castore directory `root` (found, with everything below it,
 /// in `closure`) at `dest`, which must not exist. At most `max_entries`
 /// entries are written (a directory met twice is written twice): past
-/// that, [`ViewUnavailable::TooLarge`]. Iterative, so no tree is too deep
-/// for the stack (one too deep for `PATH_MAX` fails as IO).
+/// that, [`ViewUnavailable::TooLarge`]. Stops when `cancel` is set.
+/// Iterative, so no tree is too deep for the stack (one too deep for
+/// `PATH_MAX` fails as IO).
 pub(crate) fn write_tree(
     closure: &HashMap<B3Digest, Directory>,
     root: B3Digest,
     dest: &Path,
     data: &DataLayer,
     max_entries: u64,
+    cancel: &AtomicBool,
 ) -> Result<u64, ViewUnavailable> {
     let mut written = 0u64;
     let mut steps = vec![Step::Enter(dest.to_owned(), root)];
@@ -131,6 +134,9 @@ pub(crate) fn write_tree(
         steps.push(Step::Seal(path.clone()));
         for (name, node) in dir.nodes() {
             written += 1;
+            if written.is_multiple_of(1024) && cancel.load(Ordering::Relaxed) {
+                return Err(ViewUnavailable::Cancelled);
+            }
             if written > max_entries {
                 return Err(ViewUnavailable::TooLarge {
                     root,
