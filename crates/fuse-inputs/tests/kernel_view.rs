@@ -236,6 +236,37 @@ async fn a_cached_tree_is_reused_and_an_input_named_t_hides_nothing_it_should_no
     assert_eq!(mounted_below(&s.scratch), 0);
 }
 
+/// A directory of one file, and `levels` directories above it each naming
+/// the one below twice (`a`, `b`): stored, its digest and node.
+async fn doubling(s: &Stores, levels: usize) -> (B3Digest, Node) {
+    let blob = s
+        .blobs
+        .put(bytes::Bytes::from_static(b"leaf"))
+        .await
+        .unwrap();
+    let mut below = tvix_oci_castore::Directory::new();
+    let leaf = Node::File {
+        digest: blob,
+        size: 4,
+        executable: false,
+    };
+    below
+        .add(PathComponent::try_from("f").unwrap(), leaf)
+        .unwrap();
+    let mut put = s.dirs.put_multiple_start();
+    put.put(below.clone()).await.unwrap();
+    for _ in 0..levels {
+        let mut d = tvix_oci_castore::Directory::new();
+        for n in ["a", "b"] {
+            d.add(PathComponent::try_from(n).unwrap(), below.as_node())
+                .unwrap();
+        }
+        put.put(d.clone()).await.unwrap();
+        below = d;
+    }
+    (put.close().await.unwrap(), below.as_node())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn is_refused_naming_why() {
     need_root!();
@@ -262,41 +293,8 @@ async fn is_refused_naming_why() {
 
     // A small closure expanding to 2^40 entries (each level names the one
     // below twice): refused from its sizes, before anything is written.
-    let blob = s
-        .blobs
-        .put(bytes::Bytes::from_static(b"leaf"))
-        .await
-        .unwrap();
-    let mut below = tvix_oci_castore::Directory::new();
-    below
-        .add(
-            PathComponent::try_from("f").unwrap(),
-            Node::File {
-                digest: blob,
-                size: 4,
-                executable: false,
-            },
-        )
-        .unwrap();
-    let mut put = s.dirs.put_multiple_start();
-    put.put(below.clone()).await.unwrap();
-    for _ in 0..40 {
-        let mut d = tvix_oci_castore::Directory::new();
-        for n in ["a", "b"] {
-            d.add(PathComponent::try_from(n).unwrap(), below.as_node())
-                .unwrap();
-        }
-        put.put(d.clone()).await.unwrap();
-        below = d;
-    }
-    let bomb = put.close().await.unwrap();
-    let bombs = vec![(
-        PathComponent::try_from("bomb").unwrap(),
-        Node::Directory {
-            digest: bomb,
-            size: below.size(),
-        },
-    )];
+    let (bomb, node) = doubling(&s, 40).await;
+    let bombs = vec![(PathComponent::try_from("bomb").unwrap(), node)];
     let e = cache
         .plan(s.blobs.clone(), &*s.dirs, &bombs)
         .await
@@ -307,32 +305,10 @@ async fn is_refused_naming_why() {
     );
     assert_eq!(std::fs::read_dir(s.cache.join("tmp")).unwrap().count(), 0);
 
-    // 18 levels naming the one below twice: 262,142 entries from 37
+    // 18 levels naming the one below twice: 262,142 entries from 35
     // distinct ones, under the cap but refused as repetitive.
-    let mut below = tvix_oci_castore::Directory::new();
-    below
-        .add(
-            PathComponent::try_from("f").unwrap(),
-            Node::File {
-                digest: blob,
-                size: 4,
-                executable: false,
-            },
-        )
-        .unwrap();
-    let mut put = s.dirs.put_multiple_start();
-    put.put(below.clone()).await.unwrap();
-    for _ in 0..17 {
-        let mut d = tvix_oci_castore::Directory::new();
-        for n in ["a", "b"] {
-            d.add(PathComponent::try_from(n).unwrap(), below.as_node())
-                .unwrap();
-        }
-        put.put(d.clone()).await.unwrap();
-        below = d;
-    }
-    let doubled = put.close().await.unwrap();
-    let doubles = vec![(PathComponent::try_from("doubled").unwrap(), below.as_node())];
+    let (doubled, node) = doubling(&s, 17).await;
+    let doubles = vec![(PathComponent::try_from("doubled").unwrap(), node)];
     let e = cache
         .plan(s.blobs.clone(), &*s.dirs, &doubles)
         .await
