@@ -57,11 +57,12 @@ async fn a_build_sees_through_the_kernel_view_what_it_sees_through_fuse() {
     assert!(listing.contains(" 1\n1982256\n"), "{listing}");
     assert_eq!(listing, seen(&by_fuse, 1).await, "the views differ");
     assert_eq!(by_view.accounting.input_bytes_fetched, 0);
-    // The busybox tree was written once, under its digest.
-    let Node::Directory { digest, .. } = &e.bb else {
+    // The busybox tree was written once, under its digest and size.
+    let Node::Directory { digest, size } = &e.bb else {
         panic!()
     };
-    assert!(cache_dir.join("layer/t").join(digest.to_hex()).is_dir());
+    let tree = format!("layer/t/{}.{size}", digest.to_hex());
+    assert!(cache_dir.join(tree).is_dir());
     e.assert_clean();
 }
 

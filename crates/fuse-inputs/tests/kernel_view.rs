@@ -182,15 +182,13 @@ async fn shows_what_fuse_shows_read_only_and_leaves_nothing() {
     fuse.unmount().unwrap();
     assert_eq!(mounted_below(&s.scratch), 0);
     assert!(!top.exists(), "the top layer is removed with the view");
-    // One tree cached, by the tree's digest; nothing half-written.
-    let Node::Directory { digest, .. } = &s.inputs[0].1 else {
-        panic!()
-    };
+    // One tree cached, by the tree's digest and size; nothing
+    // half-written.
     let trees: Vec<_> = std::fs::read_dir(s.cache.join("layer/t"))
         .unwrap()
-        .map(|e| e.unwrap().file_name())
+        .map(|e| e.unwrap().path())
         .collect();
-    assert_eq!(trees, vec![OsStr::new(&digest.to_hex()).to_owned()]);
+    assert_eq!(trees, vec![tree_dir(&s)]);
     assert_eq!(std::fs::read_dir(s.cache.join("tmp")).unwrap().count(), 0);
 }
 
@@ -203,10 +201,7 @@ async fn a_cached_tree_is_reused_and_an_input_named_t_hides_nothing_it_should_no
         .plan(s.blobs.clone(), &*s.dirs, &s.inputs)
         .await
         .unwrap();
-    let Node::Directory { digest, .. } = &s.inputs[0].1 else {
-        panic!()
-    };
-    let tree = s.cache.join("layer/t").join(digest.to_hex());
+    let tree = tree_dir(&s);
     let ino = std::fs::metadata(&tree).unwrap().ino();
     // A second plan (a new cache handle, as a restarted builder) writes
     // nothing: the tree is the same inode.
@@ -319,6 +314,31 @@ async fn is_refused_naming_why() {
     );
     assert_eq!(std::fs::read_dir(s.cache.join("tmp")).unwrap().count(), 0);
 
+    // The tree's node with a wrong size: refused (FUSE refuses it at its
+    // first look), and no tree made under that size.
+    let Node::Directory { digest, size } = s.inputs[0].1.clone() else {
+        panic!()
+    };
+    let lying = vec![(
+        PathComponent::try_from("lying").unwrap(),
+        Node::Directory {
+            digest,
+            size: size + 2,
+        },
+    )];
+    let e = cache
+        .plan(s.blobs.clone(), &*s.dirs, &lying)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, ViewUnavailable::NodeSize { claimed, actual, .. } if claimed == size + 2 && actual == size),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read_dir(s.cache.join("layer/t")).unwrap().count(),
+        0
+    );
+
     // A file whose blob is not in the store, named by its digest.
     let absent = B3Digest::of(b"not stored");
     let lone = vec![(
@@ -353,12 +373,20 @@ async fn is_refused_naming_why() {
     );
 }
 
-/// The redirect (in the cache's metadata layer) of file `rel` of the tree.
-fn redirect_of(s: &Stores, rel: &str) -> Vec<u8> {
-    let Node::Directory { digest, .. } = &s.inputs[0].1 else {
+/// Where the cache keeps the fixture tree's metadata tree: by its digest
+/// and size.
+fn tree_dir(s: &Stores) -> PathBuf {
+    let Node::Directory { digest, size } = &s.inputs[0].1 else {
         panic!()
     };
-    let f = s.cache.join("layer/t").join(digest.to_hex()).join(rel);
+    s.cache
+        .join("layer/t")
+        .join(format!("{}.{size}", digest.to_hex()))
+}
+
+/// The redirect (in the cache's metadata layer) of file `rel` of the tree.
+fn redirect_of(s: &Stores, rel: &str) -> Vec<u8> {
+    let f = tree_dir(s).join(rel);
     xattr::get(&f, "trusted.overlay.redirect").unwrap().unwrap()
 }
 

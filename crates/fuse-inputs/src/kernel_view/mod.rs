@@ -6,7 +6,7 @@
 //! does, with a directory tree in place of its EROFS image:
 //!
 //! - a **metadata layer**, one tree per castore directory, cached here by
-//!   its digest (`<cache>/layer/t/<hex>`): real directories and symlinks, and
+//!   its digest and size (`<cache>/layer/t/<hex>.<size>`): real directories and symlinks, and
 //!   for each file an empty sparse file of its size marked overlayfs
 //!   `metacopy`, redirected to its blob;
 //! - the blob store's own directory as a **data-only layer** (below `::`),
@@ -99,6 +99,12 @@ pub enum ViewUnavailable {
         expanded: u64,
         distinct: u64,
     },
+    #[error("directory {digest} has size {actual}, not the {claimed} its input node gives")]
+    NodeSize {
+        digest: B3Digest,
+        claimed: u64,
+        actual: u64,
+    },
     #[error("the build was cancelled while its inputs' trees were written")]
     Cancelled,
     #[error(
@@ -184,8 +190,8 @@ impl DataLayer {
 /// One entry of a view's top layer.
 #[derive(Clone, Debug)]
 enum TopEntry {
-    /// Redirected to the cached tree of this directory.
-    Dir(B3Digest),
+    /// Redirected to the cached tree of this directory (its name).
+    Dir(String),
     File {
         redirect: Vec<u8>,
         size: u64,
@@ -273,8 +279,15 @@ impl ViewCache {
         &self.root
     }
 
-    fn tree(&self, d: &B3Digest) -> PathBuf {
-        self.root.join(LAYER).join(TREES).join(d.to_hex())
+    /// The name of the tree of directory `d` whose node says `size`: both,
+    /// so a node giving a wrong size never finds a tree (it is refused
+    /// when one would be written, as FUSE refuses it at its first look).
+    fn tree_name(d: &B3Digest, size: u64) -> String {
+        format!("{}.{size}", d.to_hex())
+    }
+
+    fn tree(&self, name: &str) -> PathBuf {
+        self.root.join(LAYER).join(TREES).join(name)
     }
 
     /// Makes everything a kernel view of `inputs` needs: the tree of each
@@ -299,9 +312,8 @@ impl ViewCache {
         let mut entries = Vec::with_capacity(inputs.len());
         for (name, node) in inputs {
             let e = match node {
-                Node::Directory { digest, .. } => {
-                    self.ensure_tree(&data, dirs, *digest).await?;
-                    TopEntry::Dir(*digest)
+                Node::Directory { digest, size } => {
+                    TopEntry::Dir(self.ensure_tree(&data, dirs, *digest, *size).await?)
                 }
                 Node::File {
                     digest,
@@ -333,10 +345,12 @@ impl ViewCache {
         data: &DataLayer,
         dirs: &dyn DirectoryService,
         root: B3Digest,
-    ) -> Result<(), ViewUnavailable> {
-        let dest = self.tree(&root);
+        size: u64,
+    ) -> Result<String, ViewUnavailable> {
+        let name = Self::tree_name(&root, size);
+        let dest = self.tree(&name);
         if dest.is_dir() {
-            return Ok(());
+            return Ok(name);
         }
         let lock = self
             .writing
@@ -346,13 +360,13 @@ impl ViewCache {
             .or_default()
             .clone();
         let held = lock.lock().await;
-        let r = self.write_once(data, dirs, root, &dest).await;
+        let r = self.write_once(data, dirs, root, size, &dest).await;
         drop(held);
         let mut writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
         if Arc::strong_count(&lock) <= 2 {
             writing.remove(&root);
         }
-        r
+        r.map(|()| name)
     }
 
     async fn write_once(
@@ -360,6 +374,7 @@ impl ViewCache {
         data: &DataLayer,
         dirs: &dyn DirectoryService,
         root: B3Digest,
+        size: u64,
         dest: &Path,
     ) -> Result<(), ViewUnavailable> {
         if dest.is_dir() {
@@ -367,6 +382,17 @@ impl ViewCache {
         }
         let started = std::time::Instant::now();
         let closure = fetch_closure(dirs, root, self.max_entries).await?;
+        let actual = closure
+            .get(&root)
+            .ok_or(ViewUnavailable::MissingDirectory(root))?
+            .size();
+        if actual != size {
+            return Err(ViewUnavailable::NodeSize {
+                digest: root,
+                claimed: size,
+                actual,
+            });
+        }
         // Known before anything is written: a tree too large, or a small
         // closure naming its directories over and over (which would
         // cost the disk far more than the store), costs no disk.
@@ -568,8 +594,8 @@ impl ViewPlan {
             hides_trees |= name.as_bytes() == TREES.as_bytes();
             let p = top.join(OsStr::from_bytes(name.as_bytes()));
             match e {
-                TopEntry::Dir(d) => {
-                    let redirect = format!("/{TREES}/{}", d.to_hex());
+                TopEntry::Dir(tree) => {
+                    let redirect = format!("/{TREES}/{tree}");
                     tree::redirect_dir(&p, redirect.as_bytes())?
                 }
                 TopEntry::File {
