@@ -83,18 +83,20 @@ pub fn sweep(dir: &Path) -> usize {
         return 0;
     };
     let now = SystemTime::now();
-    let here = host_tag();
     rd.flatten()
         .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-        .filter(|e| {
-            let name = e.file_name();
-            match owner_of(&name.to_string_lossy()) {
-                Some((pid, host)) if host == here => !alive(pid),
-                _ => older_than(e, now, STALE_AFTER),
-            }
-        })
+        .filter(|e| owner_gone(e, now))
         .filter(|e| std::fs::remove_file(e.path()).is_ok())
         .count()
+}
+
+/// Whether the owner its name records of temp entry `e` is gone (see the
+/// module docs).
+fn owner_gone(e: &std::fs::DirEntry, now: SystemTime) -> bool {
+    match owner_of(&e.file_name().to_string_lossy()) {
+        Some((pid, host)) if host == host_tag() => !alive(pid),
+        _ => older_than(e, now, STALE_AFTER),
+    }
 }
 
 /// Removes the directories in `dir` named `KIND.PID.HOST.…` for `kind`
@@ -105,18 +107,11 @@ pub fn sweep_owned_dirs(dir: &Path, kind: &str) -> usize {
         return 0;
     };
     let now = SystemTime::now();
-    let here = host_tag();
     let ours = format!("{kind}.");
     rd.flatten()
         .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .filter(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            name.starts_with(&ours)
-                && match owner_of(&name) {
-                    Some((pid, host)) if host == here => !alive(pid),
-                    _ => older_than(e, now, STALE_AFTER),
-                }
-        })
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&ours))
+        .filter(|e| owner_gone(e, now))
         .filter(|e| std::fs::remove_dir_all(e.path()).is_ok())
         .count()
 }

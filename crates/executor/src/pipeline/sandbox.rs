@@ -35,6 +35,10 @@ pub(crate) struct Mounts {
     pub profile: Option<(B3Digest, Profile)>,
 }
 
+/// The inputs mounted through FUSE, and the prefetch profile they were
+/// given (build shape, profile).
+type FuseInputs = (Box<dyn InputsMounted>, Option<(B3Digest, Profile)>);
+
 /// A build's bundle with everything mounted in it.
 #[derive(Debug)]
 pub(crate) struct Sandbox {
@@ -153,12 +157,7 @@ impl Sandbox {
 
     /// The inputs through FUSE, with the profile of learned prefetch when
     /// it is on.
-    #[allow(clippy::type_complexity)]
-    fn mount_fuse(
-        &self,
-        exec: &Executor,
-        req: &BuildRequest,
-    ) -> Result<(Box<dyn InputsMounted>, Option<(B3Digest, Profile)>), BuildError> {
+    fn mount_fuse(&self, exec: &Executor, req: &BuildRequest) -> Result<FuseInputs, BuildError> {
         // Without a shared cache, the build's own lives in its bundle, so
         // it goes with the bundle, even after a crash (the stale cleanup).
         let cache = match &exec.config().blob_cache {
