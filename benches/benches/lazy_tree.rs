@@ -196,11 +196,11 @@ fn warm(src: &Path, mnt: &Path, inputs: &[(PathComponent, Node)], stores: Stores
     Ok(())
 }
 
-/// The kernel view's rows of the warm table (`ViewCache`: overlayfs over
-/// cached metadata trees and the blob store's files, no daemon): alone,
-/// and under a writable overlay as the executor stacks it when the
-/// inputs dir is scratch. Prints what writing the trees cost once, and a
-/// cached plan + mount (what each build pays).
+/// The kernel view's rows of the warm table (`ViewCache`: cached trees of
+/// hard links to the blob store's files, no daemon): read-only (clones of
+/// the trees), and writable (one overlay over them, as the executor mounts
+/// it when the inputs dir is scratch). Prints what writing the trees cost
+/// once, and a cached plan + mount (what each build pays).
 fn kernel_view_rows(
     src: &Path,
     mnt: &Path,
@@ -221,51 +221,26 @@ fn kernel_view_rows(
     let t = Instant::now();
     let plan = rt.block_on(cache.plan(stores.0.clone(), &*stores.1, inputs))?;
     let first_plan = t.elapsed();
-    let top = base.join("top");
     let rw = base.join("rw");
-    // As the executor's writable overlay over the inputs.
-    let mount_rw = |lower: &Path| -> Res<()> {
-        let _ = std::fs::remove_dir_all(&rw);
-        for d in ["upper", "work", "merged"] {
-            std::fs::create_dir_all(rw.join(d))?;
-        }
-        let opts = format!(
-            "lowerdir={},upperdir={},workdir={},index=off,metacopy=off,redirect_dir=off",
-            lower.display(),
-            rw.join("upper").display(),
-            rw.join("work").display()
-        );
-        tvix_oci_sys::mount::mount(
-            "overlay",
-            &rw.join("merged"),
-            "overlay",
-            tvix_oci_sys::mount::MsFlags::empty(),
-            Some(&opts),
-        )?;
-        Ok(())
-    };
-    for (mode, writable) in [
-        ("kernel view", false),
-        ("kernel view + writable overlay", true),
-    ] {
-        let dir = if writable {
-            rw.join("merged")
-        } else {
-            mnt.to_owned()
-        };
+    for (mode, writable) in [("kernel view", false), ("kernel view, writable", true)] {
+        let dir = mnt.to_owned();
         let mount_now = || -> Res<(tvix_oci_fuse::KernelView, Duration)> {
             let t = Instant::now();
             let plan = rt.block_on(cache.plan(stores.0.clone(), &*stores.1, inputs))?;
-            let v = plan.mount(&top, mnt)?;
-            if writable {
-                mount_rw(mnt)?;
-            }
+            let v = match writable {
+                true => {
+                    // A new upper layer each time, as each build gets.
+                    let _ = std::fs::remove_dir_all(&rw);
+                    let (upper, work) = (rw.join("upper"), rw.join("work"));
+                    std::fs::create_dir_all(&upper)?;
+                    std::fs::create_dir_all(&work)?;
+                    plan.mount_writable(mnt, &upper, &work)?
+                }
+                false => plan.mount(mnt)?,
+            };
             Ok((v, t.elapsed()))
         };
         let unmount = |v: tvix_oci_fuse::KernelView| -> Res<()> {
-            if writable {
-                tvix_oci_sys::mount::unmount_or_detach(&rw.join("merged"))?;
-            }
             v.unmount()?;
             Ok(())
         };

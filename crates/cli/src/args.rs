@@ -289,16 +289,15 @@ pub struct ExecArgs {
     #[arg(long, value_name = "DIR")]
     pub prefetch_profiles: Option<PathBuf>,
     /// How builds see their inputs. `auto`: as root, inputs whose blobs
-    /// are all files on this machine (the embedded store) are shown by
-    /// overlayfs alone, with no FUSE daemon, at native speed (their
-    /// directories written once as metadata trees under
-    /// --kernel-view-cache); any other inputs through FUSE. `fuse`: always
-    /// through FUSE.
+    /// are all files on this machine (the embedded store) are shown with
+    /// no FUSE daemon, at native speed (their directories written once as
+    /// trees of hard links to the blob files under --kernel-view-cache);
+    /// any other inputs through FUSE. `fuse`: always through FUSE.
     #[arg(long, value_enum, default_value = "auto")]
     pub inputs_view: InputsView,
-    /// Where `--inputs-view auto` keeps its metadata trees (one inode per
-    /// input entry, kept across builds). Default: kernel-view in the data
-    /// dir.
+    /// Where `--inputs-view auto` keeps its trees (one inode per input
+    /// directory, kept across builds); it must be on the blob store's file
+    /// system. Default: kernel-view in the data dir.
     #[arg(long, value_name = "DIR")]
     pub kernel_view_cache: Option<PathBuf>,
     /// Processes a build may have at once; 0 or none: unlimited.

@@ -48,10 +48,10 @@ pub struct ExecutorConfig {
     /// build of that shape. `None` (the default): off.
     pub prefetch_profiles: Option<crate::profiles::ProfileStore>,
     /// The kernel view of the inputs ([`tvix_oci_fuse::kernel_view`]): with
-    /// a cache for its metadata trees, a build whose input blobs are all
-    /// local files (the embedded `objects://` store) as root sees its
-    /// inputs through overlayfs alone, no FUSE daemon, at native speed
-    /// once its trees are written; any other build, or one whose view
+    /// a cache for its trees (on the blob store's file system), a build
+    /// whose input blobs are all local files (the embedded `objects://`
+    /// store) as root sees its inputs as hard-linked trees, no FUSE
+    /// daemon, at native speed once its trees are written; any other build, or one whose view
     /// cannot be made, gets FUSE. `None` (the default): always FUSE.
     pub kernel_view: Option<Arc<ViewCache>>,
     /// Resource limits and the like for the container.

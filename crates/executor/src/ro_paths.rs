@@ -21,8 +21,6 @@
 //! path with anything mounted below it is refused there, one without is
 //! bound `rbind,ro,nosuid,nodev` (no `nodev` for a device) from the host.
 
-use std::ffi::{CString, c_uint};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
@@ -193,9 +191,11 @@ impl RoClones {
                 _ => std::fs::File::create_new(&target).map(drop),
             };
             created.map_err(|e| fail("creating the mount point", e))?;
-            let tree = open_tree_clone(&a.path).map_err(|e| fail("open_tree", e))?;
-            set_read_only(&tree, a.kind == Kind::Device).map_err(|e| fail("mount_setattr", e))?;
-            move_mount(&tree, &target).map_err(|e| fail("move_mount", e))?;
+            let tree = tvix_oci_sys::mount::clone_tree(Path::new(&a.path))
+                .map_err(|e| fail("open_tree", e))?;
+            tvix_oci_sys::mount::set_read_only(&tree, a.kind == Kind::Device)
+                .map_err(|e| fail("mount_setattr", e))?;
+            tvix_oci_sys::mount::attach(&tree, &target).map_err(|e| fail("move_mount", e))?;
             clones.attached.push(target);
             mounts.push(RoMount {
                 path: a.path.clone(),
@@ -216,77 +216,6 @@ impl Drop for RoClones {
             }
         }
     }
-}
-
-fn cstring(p: impl AsRef<Path>) -> std::io::Result<CString> {
-    CString::new(p.as_ref().as_os_str().as_bytes()).map_err(std::io::Error::other)
-}
-
-fn check_rc(rc: libc::c_long) -> std::io::Result<libc::c_long> {
-    if rc < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(rc)
-    }
-}
-
-/// A detached copy of the mount tree at `path` (gone if never attached).
-fn open_tree_clone(path: &str) -> std::io::Result<OwnedFd> {
-    let p = cstring(path)?;
-    let flags = libc::OPEN_TREE_CLONE
-        | libc::OPEN_TREE_CLOEXEC
-        | libc::AT_RECURSIVE as c_uint
-        | libc::AT_SYMLINK_NOFOLLOW as c_uint;
-    // SAFETY: p is a valid C string; the kernel returns a new fd or -1.
-    let fd =
-        check_rc(unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, p.as_ptr(), flags) })?;
-    // SAFETY: fd is a new descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
-}
-
-/// Every mount of `tree` read-only, nosuid, nodev (unless `device`), private.
-fn set_read_only(tree: &OwnedFd, device: bool) -> std::io::Result<()> {
-    let mut set = libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID;
-    if !device {
-        set |= libc::MOUNT_ATTR_NODEV;
-    }
-    // c_ulong is 32 bits on some targets.
-    #[allow(clippy::unnecessary_cast)]
-    let attr = libc::mount_attr {
-        attr_set: set,
-        attr_clr: 0,
-        propagation: libc::MS_PRIVATE as u64,
-        userns_fd: 0,
-    };
-    // SAFETY: attr lives across the call and its size is passed.
-    check_rc(unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            tree.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH | libc::AT_RECURSIVE,
-            &attr as *const libc::mount_attr,
-            std::mem::size_of::<libc::mount_attr>(),
-        )
-    })
-    .map(drop)
-}
-
-/// Attaches `tree` at `target`.
-fn move_mount(tree: &OwnedFd, target: &Path) -> std::io::Result<()> {
-    let t = cstring(target)?;
-    // SAFETY: t is a valid C string, tree an open_tree fd.
-    check_rc(unsafe {
-        libc::syscall(
-            libc::SYS_move_mount,
-            tree.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_FDCWD,
-            t.as_ptr(),
-            libc::MOVE_MOUNT_F_EMPTY_PATH,
-        )
-    })
-    .map(drop)
 }
 
 #[cfg(test)]

@@ -4,8 +4,8 @@
 //! blob cache once a remote blob was fetched and checked) are opened with
 //! FUSE passthrough where the kernel has it, so warm reads run at native
 //! speed. For a store whose blobs are all local files, [`kernel_view`]
-//! shows the same tree with no daemon at all (overlayfs over cached
-//! metadata trees and the blob files).
+//! shows the same tree with no daemon at all (cached trees of hard links
+//! to the blob files, mounted read-only).
 //!
 //! ```no_run
 //! # async fn f(blobs: std::sync::Arc<dyn tvix_oci_castore::blobservice::BlobService>,
@@ -41,7 +41,7 @@ mod stream;
 
 pub use cache::BlobCache;
 pub use inodes::InodeError;
-pub use kernel_view::{KernelView, ViewCache, ViewPlan, ViewUnavailable};
+pub use kernel_view::{KernelView, MAX_CLONED_TREES, ViewCache, ViewPlan, ViewUnavailable};
 pub use learned::{MAX_PROFILE_BLOBS, ReadProfile};
 pub use mount::{
     FSNAME, InputsMount, MountError, MountOptions, abort_connection, detach, mount,

@@ -133,6 +133,15 @@ async fn stores() -> Stores {
     }
 }
 
+/// A new, empty upper layer and work dir for a writable view.
+fn upper_and_work(s: &Stores) -> (PathBuf, PathBuf) {
+    let rw = tempfile::tempdir_in(&s.scratch).unwrap().keep();
+    let (upper, work) = (rw.join("upper"), rw.join("work"));
+    std::fs::create_dir_all(&upper).unwrap();
+    std::fs::create_dir_all(&work).unwrap();
+    (upper, work)
+}
+
 fn mounted_below(p: &Path) -> usize {
     mountinfo::mounts_below(p).unwrap().len()
 }
@@ -157,12 +166,18 @@ async fn shows_what_fuse_shows_read_only_and_leaves_nothing() {
         .plan(s.blobs.clone(), &*s.dirs, &s.inputs)
         .await
         .unwrap();
-    let top = s.scratch.join("top");
-    let view = plan.mount(&top, &view_at).unwrap();
+    let view = plan.mount(&view_at).unwrap();
 
-    let (want, got) = (describe(&fuse_at), describe(&view_at));
+    let want = describe(&fuse_at);
     assert!(want.len() > 15, "{want:#?}");
-    assert_eq!(want, got, "the kernel view differs from FUSE's");
+    assert_eq!(
+        want,
+        describe(&view_at),
+        "the kernel view differs from FUSE's"
+    );
+    // Every mount of it is read-only (the top and each tree).
+    let below = mountinfo::mounts_below(&s.scratch).unwrap();
+    assert_eq!(below.len(), 3, "fuse, the view's top, its tree: {below:?}");
     // The exec bit and mode are as FUSE shows them, and nothing of the
     // overlay's own xattrs shows through.
     let tool = view_at.join("tree/tool");
@@ -175,13 +190,58 @@ async fn shows_what_fuse_shows_read_only_and_leaves_nothing() {
     // Read-only, as the inputs are.
     let err = std::fs::write(view_at.join("tree/new"), b"x").unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
-    // The trees' dir of the cache is not visible.
+    let err = std::fs::write(view_at.join("new"), b"x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
     assert!(!view_at.join("t").exists());
-
     view.unmount().unwrap();
+
+    // The writable form (one overlay over the trees, the caller's upper
+    // layer) shows the same and hides the cache's trees' dir; every write
+    // stays in the upper layer, and an input directory renamed is copied
+    // there (`rename` is EXDEV), never left as a redirect into the cache.
+    let (upper, work) = upper_and_work(&s);
+    let view = plan.mount_writable(&view_at, &upper, &work).unwrap();
+    // Its root is the upper layer's own (the caller's to make).
+    let below_root = |mut d: BTreeMap<PathBuf, String>| {
+        d.remove(Path::new(""));
+        d
+    };
+    assert_eq!(
+        below_root(want.clone()),
+        below_root(describe(&view_at)),
+        "the writable view differs from FUSE's"
+    );
+    assert!(!view_at.join("t").exists());
+    std::fs::write(view_at.join("tree/new"), b"x").unwrap();
+    let err = std::fs::rename(view_at.join("tree/a"), view_at.join("moved")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EXDEV), "{err}");
+    let mv = std::process::Command::new("mv")
+        .arg(view_at.join("tree/a"))
+        .arg(view_at.join("moved"))
+        .status()
+        .unwrap();
+    assert!(mv.success());
+    view.unmount().unwrap();
+    assert_eq!(std::fs::read(upper.join("tree/new")).unwrap(), b"x");
+    let moved = upper.join("moved");
+    assert_eq!(
+        std::fs::read(moved.join("b/c/deep.txt")).unwrap(),
+        b"deep down\n"
+    );
+    assert!(
+        xattr::get(&moved, "trusted.overlay.redirect")
+            .unwrap()
+            .is_none()
+    );
+    let tree = tree_dir(&s);
+    assert_eq!(
+        std::fs::read(tree.join("a/b/c/deep.txt")).unwrap(),
+        b"deep down\n"
+    );
+    assert!(!tree.join("new").exists());
+
     fuse.unmount().unwrap();
     assert_eq!(mounted_below(&s.scratch), 0);
-    assert!(!top.exists(), "the top layer is removed with the view");
     // One tree cached, by the tree's digest and size; nothing
     // half-written.
     let trees: Vec<_> = std::fs::read_dir(s.cache.join("layer/t"))
@@ -189,6 +249,7 @@ async fn shows_what_fuse_shows_read_only_and_leaves_nothing() {
         .map(|e| e.unwrap().path())
         .collect();
     assert_eq!(trees, vec![tree_dir(&s)]);
+    // The top directories went with their views.
     assert_eq!(std::fs::read_dir(s.cache.join("tmp")).unwrap().count(), 0);
 }
 
@@ -215,20 +276,35 @@ async fn a_cached_tree_is_reused_and_an_input_named_t_hides_nothing_it_should_no
     assert_eq!(std::fs::metadata(&tree).unwrap().ino(), ino);
     let at = s.scratch.join("view");
     std::fs::create_dir_all(&at).unwrap();
-    let view = plan.mount(&s.scratch.join("top"), &at).unwrap();
-    assert_eq!(
-        std::fs::read(at.join("t/a/b/c/deep.txt")).unwrap(),
-        b"deep down\n"
-    );
-    let names: Vec<_> = std::fs::read_dir(&at)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    assert_eq!(names, ["file", "link", "t", "tree"]);
-    drop(view);
-    assert_eq!(mounted_below(&s.scratch), 0);
+    // In both forms: the writable one hides the cache's own `t`.
+    for writable in [false, true] {
+        let view = match writable {
+            true => {
+                let (upper, work) = upper_and_work(&s);
+                plan.mount_writable(&at, &upper, &work).unwrap()
+            }
+            false => plan.mount(&at).unwrap(),
+        };
+        assert_eq!(
+            std::fs::read(at.join("t/a/b/c/deep.txt")).unwrap(),
+            b"deep down\n"
+        );
+        let names: Vec<_> = std::fs::read_dir(&at)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        assert_eq!(names, ["file", "link", "t", "tree"], "writable: {writable}");
+        // `t` is the input, not the cache's trees' dir.
+        assert_eq!(
+            describe(&at.join("t")),
+            describe(&at.join("tree")),
+            "writable: {writable}"
+        );
+        drop(view);
+        assert_eq!(mounted_below(&s.scratch), 0);
+    }
 }
 
 /// A directory of one file, and `levels` directories above it each naming
@@ -355,6 +431,51 @@ async fn is_refused_naming_why() {
         .unwrap_err();
     assert!(e.to_string().contains(&absent.to_string()), "{e}");
 
+    // A blob whose store file is a symlink (to a file of the right size):
+    // never followed.
+    let secret = s.scratch.join("secret");
+    std::fs::write(&secret, b"0123456789").unwrap();
+    let planted = B3Digest::of(b"planted");
+    let planted_path = s.blobs.local_root().unwrap().join(&planted.to_hex()[..2]);
+    std::fs::create_dir_all(&planted_path).unwrap();
+    std::os::unix::fs::symlink(&secret, planted_path.join(planted.to_hex())).unwrap();
+    let file = |digest, size, name: &str| {
+        let node = Node::File {
+            digest,
+            size,
+            executable: false,
+        };
+        vec![(PathComponent::try_from(name).unwrap(), node)]
+    };
+    let e = cache
+        .plan(s.blobs.clone(), &*s.dirs, &file(planted, 10, "planted"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, ViewUnavailable::MissingBlob { digest, .. } if digest == planted),
+        "{e}"
+    );
+    assert_eq!(std::fs::metadata(&secret).unwrap().mode() & 0o777, 0o644);
+
+    // A store file another account owns whose bytes were changed: copied
+    // only if it hashes to its digest.
+    let odd = store_file(&s, b"odd");
+    std::fs::set_permissions(&odd, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(&odd, b"bad").unwrap();
+    std::os::unix::fs::chown(&odd, Some(1000), Some(1000)).unwrap();
+    let e = cache
+        .plan(
+            s.blobs.clone(),
+            &*s.dirs,
+            &file(B3Digest::of(b"odd"), 3, "odd"),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, ViewUnavailable::CorruptBlob { digest } if digest == B3Digest::of(b"odd")),
+        "{e}"
+    );
+
     // A directory not in the directory store.
     let missing = vec![(
         PathComponent::try_from("gone").unwrap(),
@@ -384,46 +505,250 @@ fn tree_dir(s: &Stores) -> PathBuf {
         .join(format!("{}.{size}", digest.to_hex()))
 }
 
-/// The redirect (in the cache's metadata layer) of file `rel` of the tree.
-fn redirect_of(s: &Stores, rel: &str) -> Vec<u8> {
-    let f = tree_dir(s).join(rel);
-    xattr::get(&f, "trusted.overlay.redirect").unwrap().unwrap()
+/// The store's file of the blob of `bytes`.
+fn store_file(s: &Stores, bytes: &[u8]) -> PathBuf {
+    s.blobs.local_path(&B3Digest::of(bytes)).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_file_is_redirected_by_a_short_name_unless_another_file_holds_it() {
+async fn files_are_the_stores_own_but_executables_and_foreign_ones_are_copies() {
     need_root!();
     let s = stores().await;
-    // Another file squats the short name of `tool`'s blob: that blob is
-    // then reached by its long path in the store, never by the squatter.
-    let tool = std::fs::read(s.scratch.parent().unwrap().join("src/tool")).unwrap();
-    let tool_hex = B3Digest::of(&tool).to_hex();
-    let links = s.cache.join("data");
-    std::fs::create_dir_all(&links).unwrap();
-    std::fs::write(links.join(&tool_hex[..22]), b"#!/bin/sh\necho evil\n").unwrap();
+    let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
+    // A blob file from before the store wrote mtime 1 (and made writable
+    // since): it gets the view's mode and mtime, its bytes unchanged.
+    let deep = store_file(&s, b"deep down\n");
+    std::fs::set_permissions(&deep, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::File::options()
+        .append(true)
+        .open(&deep)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now())
+        .unwrap();
+    // A blob file another account owns: never changed, copied.
+    let odd = store_file(&s, b"odd");
+    std::os::unix::fs::chown(&odd, Some(1000), Some(1000)).unwrap();
 
+    let cache = ViewCache::open(&s.cache).unwrap();
+    cache
+        .plan(s.blobs.clone(), &*s.dirs, &s.inputs)
+        .await
+        .unwrap();
+    let tree = tree_dir(&s);
+    let m = std::fs::metadata(&deep).unwrap();
+    assert_eq!((m.mode() & 0o7777, m.mtime()), (0o444, 1));
+    assert_eq!(std::fs::read(&deep).unwrap(), b"deep down\n");
+    // Both of its entries are the store's file.
+    assert_eq!(ino(&tree.join("a/b/c/deep.txt")), ino(&deep));
+    assert_eq!(ino(&tree.join("a/b/c/again.txt")), ino(&deep));
+    assert_eq!(
+        ino(&tree.join("big.bin")),
+        ino(&store_file(&s, &[7u8; 3 << 20]))
+    );
+    // The executable is a 0555 copy, the store's file left 0444.
+    let tool = store_file(&s, b"#!/bin/sh\necho hi\n");
+    assert_ne!(ino(&tree.join("tool")), ino(&tool));
+    assert_eq!(std::fs::metadata(&tool).unwrap().mode() & 0o7777, 0o444);
+    // The foreign one is a copy; the store's file keeps its owner.
+    let odd_entry = tree.join(OsStr::from_bytes(b"bytes-\xff sp"));
+    assert_ne!(ino(&odd_entry), ino(&odd));
+    assert_eq!(std::fs::metadata(&odd).unwrap().uid(), 1000);
+    let copies: std::collections::BTreeSet<_> = std::fs::read_dir(s.cache.join("data"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    let hex = |b: &[u8]| B3Digest::of(b).to_hex();
+    assert_eq!(
+        copies,
+        [format!("{}.x", hex(b"#!/bin/sh\necho hi\n")), hex(b"odd")].into()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_blob_met_more_often_than_its_file_system_links_is_copied_past_that() {
+    need_root!();
+    let s = stores().await;
+    // One directory of 65,100 entries of one blob: ext4 allows 65,000
+    // links to a file.
+    let blob = s.blobs.put(bytes::Bytes::from_static(b"x")).await.unwrap();
+    let mut d = tvix_oci_castore::Directory::new();
+    for i in 0..65_100 {
+        let f = Node::File {
+            digest: blob,
+            size: 1,
+            executable: false,
+        };
+        d.add(PathComponent::try_from(format!("{i}").as_str()).unwrap(), f)
+            .unwrap();
+    }
+    let node = d.as_node();
+    let mut put = s.dirs.put_multiple_start();
+    put.put(d).await.unwrap();
+    let Node::Directory { digest, size } = node.clone() else {
+        panic!()
+    };
+    put.close().await.unwrap();
+    let cache = ViewCache::open(&s.cache).unwrap();
+    let inputs = vec![(PathComponent::try_from("many").unwrap(), node)];
+    cache
+        .plan(s.blobs.clone(), &*s.dirs, &inputs)
+        .await
+        .unwrap();
+    let tree = s
+        .cache
+        .join("layer/t")
+        .join(format!("{}.{size}", digest.to_hex()));
+    let store = s.blobs.local_path(&blob).unwrap();
+    let store_ino = std::fs::metadata(&store).unwrap().ino();
+    let mut inodes = std::collections::BTreeMap::<u64, u64>::new();
+    for i in 0..65_100 {
+        let p = tree.join(i.to_string());
+        assert_eq!(std::fs::read(&p).unwrap(), b"x", "{}", p.display());
+        let m = std::fs::metadata(&p).unwrap();
+        assert_eq!((m.mode() & 0o7777, m.mtime()), (0o444, 1));
+        *inodes.entry(m.ino()).or_default() += 1;
+    }
+    if inodes.len() == 1 {
+        println!("skipped: this file system took 65,100 links to one file, so no copy was made");
+        return;
+    }
+    // The store's file up to the limit, then one shared copy for the rest
+    // (not a copy per entry).
+    assert_eq!(inodes.len(), 2, "{inodes:?}");
+    let copy_entries: u64 = inodes
+        .iter()
+        .filter(|(i, _)| **i != store_ino)
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(copy_entries, 65_100 - inodes[&store_ino]);
+    let copy = s.cache.join("data").join(blob.to_hex());
+    assert_eq!(std::fs::read(&copy).unwrap(), b"x");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_build_cannot_change_the_stores_files_through_either_form() {
+    need_root!();
+    let s = stores().await;
     let cache = ViewCache::open(&s.cache).unwrap();
     let plan = cache
         .plan(s.blobs.clone(), &*s.dirs, &s.inputs)
         .await
         .unwrap();
-    // A short name fits the file's xattrs in its inode (24 bytes at most).
-    let deep = redirect_of(&s, "a/b/c/deep.txt");
-    assert!(deep.len() <= 24, "{:?}", String::from_utf8_lossy(&deep));
-    let long = redirect_of(&s, "tool");
-    assert_eq!(long, format!("/{}/{tool_hex}", &tool_hex[..2]).into_bytes());
-
+    let store = store_file(&s, b"deep down\n");
+    let before = |p: &Path| {
+        let m = std::fs::metadata(p).unwrap();
+        (
+            std::fs::read(p).unwrap(),
+            m.mode(),
+            m.mtime(),
+            m.ino(),
+            m.uid(),
+        )
+    };
+    let was = before(&store);
     let at = s.scratch.join("view");
     std::fs::create_dir_all(&at).unwrap();
-    let view = plan.mount(&s.scratch.join("top"), &at).unwrap();
-    assert_eq!(std::fs::read(at.join("tree/tool")).unwrap(), tool);
-    assert_eq!(std::fs::read(at.join("file")).unwrap(), tool);
+    let input = at.join("tree/a/b/c/deep.txt");
+    let times = std::fs::FileTimes::new().set_modified(std::time::SystemTime::now());
+
+    // Read-only: every change is EROFS, as root too.
+    let view = plan.mount(&at).unwrap();
+    let rofs = |r: std::io::Result<()>| {
+        let e = r.unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+    };
+    rofs(std::fs::set_permissions(
+        &input,
+        std::fs::Permissions::from_mode(0o777),
+    ));
+    rofs(std::os::unix::fs::chown(&input, Some(1), Some(1)));
+    rofs(std::fs::File::options().append(true).open(&input).map(drop));
+    rofs(std::fs::hard_link(&input, at.join("tree/link")));
+    let e = std::fs::hard_link(&input, s.scratch.join("out-link")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EXDEV), "{e}");
+    drop(view);
+
+    // Writable: root's changes go to the upper layer (copied up), never
+    // to the store's file.
+    let (upper, work) = upper_and_work(&s);
+    let view = plan.mount_writable(&at, &upper, &work).unwrap();
+    std::fs::set_permissions(&input, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::os::unix::fs::chown(&input, Some(1), Some(1)).unwrap();
+    let f = std::fs::File::options().append(true).open(&input).unwrap();
+    f.set_times(times).unwrap();
+    std::io::Write::write_all(&mut &f, b"more").unwrap();
+    drop(f);
+    std::fs::File::options()
+        .write(true)
+        .open(at.join("tree/a/b/c/again.txt"))
+        .unwrap()
+        .set_len(1)
+        .unwrap();
+    let e = std::fs::hard_link(at.join("tree/big.bin"), s.scratch.join("out-link")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EXDEV), "{e}");
+    assert_eq!(std::fs::read(&input).unwrap(), b"deep down\nmore");
+    drop(view);
+    assert_eq!(before(&store), was, "the store's blob file changed");
     assert_eq!(
-        std::fs::read(at.join("tree/a/b/c/deep.txt")).unwrap(),
+        std::fs::read(upper.join("tree/a/b/c/deep.txt")).unwrap(),
+        b"deep down\nmore"
+    );
+    assert_eq!(mounted_below(&s.scratch), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn many_input_directories_are_one_overlay_not_a_mount_each() {
+    need_root!();
+    let s = stores().await;
+    let n = tvix_oci_fuse::MAX_CLONED_TREES + 1;
+    let inputs: Vec<_> = (0..n)
+        .map(|i| {
+            let name = PathComponent::try_from(format!("in{i}").as_str()).unwrap();
+            (name, s.inputs[0].1.clone())
+        })
+        .collect();
+    let cache = ViewCache::open(&s.cache).unwrap();
+    let plan = cache
+        .plan(s.blobs.clone(), &*s.dirs, &inputs)
+        .await
+        .unwrap();
+    let at = s.scratch.join("view");
+    std::fs::create_dir_all(&at).unwrap();
+    let view = plan.mount(&at).unwrap();
+    assert_eq!(mounted_below(&s.scratch), 1);
+    assert_eq!(
+        std::fs::read_dir(&at).unwrap().count(),
+        n,
+        "the trees' dir is hidden"
+    );
+    assert_eq!(
+        std::fs::read(at.join(format!("in{}/a/b/c/deep.txt", n - 1))).unwrap(),
         b"deep down\n"
     );
+    let e = std::fs::write(at.join("in0/new"), b"x").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
     drop(view);
     assert_eq!(mounted_below(&s.scratch), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cache_elsewhere_than_the_store_is_refused() {
+    need_root!();
+    let s = stores().await;
+    let shm = Path::new("/dev/shm");
+    let dev = |p: &Path| std::fs::metadata(p).unwrap().dev();
+    if !shm.is_dir() || dev(shm) == dev(s.cache.parent().unwrap()) {
+        println!("skipped: no other file system at /dev/shm");
+        return;
+    }
+    let elsewhere = tempfile::tempdir_in(shm).unwrap();
+    let cache = ViewCache::open(elsewhere.path()).unwrap();
+    let e = cache
+        .plan(s.blobs.clone(), &*s.dirs, &s.inputs)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ViewUnavailable::OtherFileSystem { .. }), "{e}");
+    assert!(e.to_string().contains("/dev/shm/"), "{e}");
 }
 
 #[test]
@@ -440,7 +765,12 @@ fn opening_removes_dead_writers_scratch_and_nothing_else() {
     std::fs::create_dir_all(&foreign).unwrap();
     let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o7777;
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    // A cache of the older layout (metacopy trees, no version): emptied.
+    let old_tree = dir.path().join("layer/t/abc.1/f");
+    std::fs::create_dir_all(&old_tree).unwrap();
     ViewCache::open(dir.path()).unwrap();
+    assert!(!old_tree.exists());
+    assert!(dir.path().join("layer/t").is_dir());
     assert!(!dead.exists());
     assert!(foreign.exists());
     // The directory given keeps its mode (as /tmp would); the cache's

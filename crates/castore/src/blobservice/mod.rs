@@ -103,8 +103,8 @@ pub trait BlobService: Send + Sync + std::fmt::Debug + 'static {
 
     /// The directory every path [`Self::local_path`] returns is below, if
     /// this backend keeps all its blobs as files there, and only there (lets
-    /// callers hand the whole directory to the kernel, e.g. as an overlay's
-    /// data-only layer). Contract: a blob once there stays there, unchanged.
+    /// callers hand its files to the kernel, e.g. as hard links in a kernel
+    /// view). Contract: a blob once there stays there, its bytes unchanged.
     /// `None` otherwise (the default).
     fn local_root(&self) -> Option<PathBuf> {
         None

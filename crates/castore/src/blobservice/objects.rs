@@ -1,5 +1,6 @@
 //! The embedded persistent blob store (`objects:///path`): one plain file per
-//! blob at `<root>/<first 2 hex digits>/<64 hex digits>`, read-only, written
+//! blob at `<root>/<first 2 hex digits>/<64 hex digits>`, read-only (mtime
+//! 1 s, as in the Nix store), written
 //! atomically (temp file in `<root>/tmp`, fsync, rename), so a blob that is
 //! there is complete and a crash leaves no partial one under its name. Temp
 //! files are named after the process writing them, and those of processes
@@ -159,14 +160,19 @@ impl BlobWriter for ObjectsWriter {
     }
 }
 
+/// Read-only, with the Nix store's mtime (1 s): so a kernel view of the
+/// inputs can link the file as it is (`tvix_oci_fuse::kernel_view`). The
+/// mtime is set once the file has its name (a temp file's is its age to
+/// a sweep).
 fn persist(file: std::fs::File, path: tempfile::TempPath, dest: &Path) -> io::Result<()> {
     file.set_permissions(std::fs::Permissions::from_mode(0o444))?;
-    drop(file);
     if dest.exists() {
         return Ok(()); // same bytes already there; `path` deletes the temp file
     }
     if let Some(parent) = dest.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    path.persist(dest).map_err(|e| e.error)
+    path.persist(dest).map_err(|e| e.error)?;
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1);
+    file.set_times(std::fs::FileTimes::new().set_accessed(t).set_modified(t))
 }

@@ -25,7 +25,8 @@ use super::Prepared;
 const STREAM_FROM: u64 = 1 << 20;
 
 /// The mounts of a running build, torn down after its container: the
-/// overlay, then the inputs under it.
+/// overlay, then the inputs under it (a kernel view where the store dir is
+/// writable is both: `inputs`, mounted as the overlay).
 #[derive(Debug)]
 pub(crate) struct Mounts {
     pub overlay: Option<Box<dyn Mounted>>,
@@ -106,25 +107,6 @@ impl Sandbox {
     ) -> Result<Mounts, BuildError> {
         let l = &self.layout;
         let mounts = &exec.host().mounts;
-        let viewed = view.and_then(|plan| {
-            let call = ViewCall {
-                plan: &plan,
-                top: &self.bundle.path().join("inputs-top"),
-                at: &l.inputs(),
-            };
-            mounts
-                .view(call)
-                .inspect_err(|e| warn!("the inputs go through FUSE: {e}"))
-                .ok()
-        });
-        let is_view = viewed.is_some();
-        let (mut inputs, mut profile) = match viewed {
-            Some(v) => {
-                debug!("the inputs are a kernel view");
-                (v, None)
-            }
-            None => self.mount_fuse(exec, req)?,
-        };
         let writable = req.inputs_dir_is_scratch() && !rootless;
         let overlay_call = OverlayCall {
             lower: &l.inputs(),
@@ -132,21 +114,31 @@ impl Sandbox {
             work: &l.work(),
             target: &l.store(),
         };
-        let overlay = match writable {
-            true => match mounts.overlay(overlay_call) {
-                Ok(o) => Some(o),
-                // A kernel view may not take a second overlay where
-                // FUSE does (an overlay already below the cache: too
-                // deep a stack): the inputs go through FUSE instead.
-                Err(e) if is_view => {
-                    warn!("the inputs go through FUSE: the overlay over their kernel view: {e}");
-                    inputs.into_mounted().unmount()?;
-                    (inputs, profile) = self.mount_fuse(exec, req)?;
-                    Some(mounts.overlay(overlay_call)?)
-                }
-                Err(e) => return Err(e),
-            },
-            false => None,
+        let viewed = view.and_then(|plan| {
+            let call = ViewCall {
+                plan: &plan,
+                at: &l.inputs(),
+                overlay: writable.then_some(overlay_call),
+            };
+            mounts
+                .view(call)
+                .inspect_err(|e| warn!("the inputs go through FUSE: {e}"))
+                .ok()
+        });
+        // A kernel view is the writable overlay itself where there is one.
+        let (inputs, profile, overlay) = match viewed {
+            Some(v) => {
+                debug!("the inputs are a kernel view");
+                (v, None, None)
+            }
+            None => {
+                let (inputs, profile) = self.mount_fuse(exec, req)?;
+                let overlay = match writable {
+                    true => Some(mounts.overlay(overlay_call)?),
+                    false => None,
+                };
+                (inputs, profile, overlay)
+            }
         };
         Ok(Mounts {
             overlay,
@@ -215,8 +207,8 @@ pub(crate) async fn plan_view(
     let (blobs, dirs) = exec.stores();
     match cache.plan(blobs, &*dirs, req.inputs()).await {
         Ok(plan) => Some(plan),
-        // The usual reasons: a remote store, or a kernel without it.
-        Err(e @ (ViewUnavailable::NoLocalFiles | ViewUnavailable::Unsupported(_))) => {
+        // The usual reasons: a remote store, or a cache elsewhere.
+        Err(e @ (ViewUnavailable::NoLocalFiles | ViewUnavailable::OtherFileSystem { .. })) => {
             debug!("the inputs go through FUSE: {e}");
             None
         }

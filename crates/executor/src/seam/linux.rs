@@ -89,7 +89,11 @@ impl Mounts for LinuxMounts {
     }
 
     fn view(&self, c: ViewCall<'_>) -> Result<Box<dyn InputsMounted>, BuildError> {
-        let v = c.plan.mount(c.top, c.at).map_err(InfraError::MountView)?;
+        let v = match c.overlay {
+            Some(o) => c.plan.mount_writable(o.target, o.upper, o.work),
+            None => c.plan.mount(c.at),
+        };
+        let v = v.map_err(InfraError::MountView)?;
         Ok(Box::new(View(v)))
     }
 

@@ -139,10 +139,12 @@ impl Debug for InputsCall<'_> {
 #[derive(Clone, Copy, Debug)]
 pub struct ViewCall<'a> {
     pub plan: &'a ViewPlan,
-    /// Where its top layer is written (must not exist).
-    pub top: &'a Path,
-    /// An existing empty directory.
+    /// Where it goes read-only (an existing empty directory).
     pub at: &'a Path,
+    /// Where the store dir is writable: the overlay it is mounted as
+    /// instead (at the overlay's target, its lower layers the view's),
+    /// so the caller mounts none.
+    pub overlay: Option<OverlayCall<'a>>,
 }
 
 /// The overlay's directories.
@@ -159,8 +161,9 @@ pub trait Mounts: Send + Sync + Debug {
     /// Mounts the inputs lazily (must be called within a tokio runtime).
     fn inputs(&self, call: InputsCall<'_>) -> Result<Box<dyn InputsMounted>, BuildError>;
     /// Mounts the inputs as a kernel view (no daemon: nothing to abort,
-    /// settle or count). An error is the view's alone: the caller may
-    /// mount them through FUSE instead.
+    /// settle or count), as the writable overlay too when the call has
+    /// one. An error is the view's alone: the caller may mount them
+    /// through FUSE instead.
     fn view(&self, call: ViewCall<'_>) -> Result<Box<dyn InputsMounted>, BuildError>;
     /// Mounts the overlay that makes the inputs dir writable.
     fn overlay(&self, call: OverlayCall<'_>) -> Result<Box<dyn Mounted>, BuildError>;

@@ -1,51 +1,53 @@
 //! The kernel view of the inputs: for a store whose blobs are all plain
 //! files on this machine (the embedded `objects://` store), the inputs
-//! are shown by a read-only overlayfs alone, with no FUSE daemon, so every
-//! lookup, stat, open and read after the first is answered by the kernel's
-//! own caches at native speed (BENCHMARKS.md, issue 19). As composefs
-//! does, with a directory tree in place of its EROFS image:
+//! are shown by the kernel alone, with no FUSE daemon and, read-only, no
+//! overlay: every lookup, stat, open and read is the file system's own,
+//! at native speed (BENCHMARKS.md, issue 19).
 //!
-//! - a **metadata layer**, one tree per castore directory, cached here by
-//!   its digest and size (`<cache>/layer/t/<hex>.<size>`): real directories and symlinks, and
-//!   for each file an empty sparse file of its size marked overlayfs
-//!   `metacopy`, redirected to its blob;
-//! - the blob store's own directory as a **data-only layer** (below `::`),
-//!   never listed, only reached through those redirects; above it, as the
-//!   first data-only layer, short names for the same files (hard links in
-//!   `<cache>/data`, where the cache and the store share a file system),
-//!   so a file's redirect fits in its inode;
-//! - a tiny **top layer** per mount: one entry per input (a directory
-//!   redirected to its cached tree, a file redirected to its blob, a
-//!   symlink), and a whiteout hiding the cache's `t`.
+//! - Each input directory is a **tree** written once and cached here by
+//!   its digest and size (`<cache>/layer/t/<hex>.<size>`): real
+//!   directories and symlinks, each file a hard link to its blob's file
+//!   ([`blobs`]: the store's own where it can stand for the blob, else a
+//!   copy in `<cache>/data`). So the cache must be on the blob store's
+//!   file system.
+//! - Each mount writes a tiny **top directory** (one entry per input) and
+//!   mounts it with the trees ([`mount`]): read-only as clones of the
+//!   directories (no overlay), or as one read-only overlay for the
+//!   executor's writable overlay to stack on.
 //!
 //! The build sees the same names, contents, modes (0444/0555), owner
-//! (root) and mtime (1) as through FUSE; nothing is fetched and nothing
-//! is counted as fetched. A view is refused ([`ViewUnavailable`]) — and
-//! the caller falls back to FUSE — when the store has no local files, a
-//! blob or directory is missing, a tree has more than `max_entries`
-//! entries, or the kernel lacks data-only layers (Linux 6.5+, as root).
+//! (root) and mtime (1) as through FUSE; files with the same blob share an
+//! inode (as in a Nix store optimised with hard links). Nothing is fetched
+//! and nothing is counted as fetched. A view is refused
+//! ([`ViewUnavailable`]) — and the caller falls back to FUSE — when the
+//! store has no local files or is on another file system, a blob or
+//! directory is missing, or a tree is too large or too repetitive.
 //!
 //! The trees are written once and never changed (a new one goes in by
-//! rename), as overlayfs asks of its lower layers. They are not evicted:
-//! each entry costs one inode (a file's xattrs fit in it on ext4).
+//! rename). They are not evicted: each directory costs one inode, each
+//! file one directory entry.
 
+mod blobs;
+mod mount;
 mod tree;
 
+pub use mount::{KernelView, MAX_CLONED_TREES, ViewPlan};
+
 use std::collections::HashMap;
-use std::ffi::OsStr;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use futures::TryStreamExt;
 use tracing::{info, warn};
 use tvix_oci_castore::blobservice::BlobService;
 use tvix_oci_castore::directoryservice::DirectoryService;
 use tvix_oci_castore::{B3Digest, Directory, Node, PathComponent};
-use tvix_oci_sys::mount::MsFlags;
+
+use blobs::BlobFiles;
+use mount::TopEntry;
 
 /// Entries one input tree may have in a kernel view by default (each is
 /// an inode on disk, written once): far more than any toolchain.
@@ -59,23 +61,19 @@ const REPEAT_FREE: u64 = 100_000;
 /// The kind (see `tvix_oci_castore::tempfiles`) of scratch dirs trees are
 /// written in.
 const SCRATCH: &str = "tree";
-/// The kind of the probe's scratch dir.
-const PROBE: &str = "probe";
-
-/// The cache's directory that is the views' metadata layer: it holds
-/// only [`TREES`] (scratch work goes beside it, never into it).
+/// The cache's directory that holds only [`TREES`] (scratch work goes
+/// beside it, never into it).
 const LAYER: &str = "layer";
-/// The name of the trees' directory in the metadata layer, hidden by a
-/// whiteout in each view.
+/// The name of the trees' directory in [`LAYER`], hidden by a whiteout in
+/// a stackable view.
 const TREES: &str = "t";
-/// The cache's directory of short names for blob files (hard links), the
-/// first data-only layer.
-const LINKS: &str = "data";
-/// Hex digits of a blob's digest its short name has: a redirect of at most
-/// 24 bytes leaves a file's two overlay xattrs in its ext4 inode (256
-/// bytes); the long one, `/ab/<64 hex>`, costs each file a 4 KiB block
-/// and an extra read at each first lookup (BENCHMARKS.md, issue 19).
-const SHORT_HEX: usize = 22;
+/// The cache's directory of blob copies (see [`blobs`]).
+const COPIES: &str = "data";
+/// The cache's scratch directory.
+const TMP: &str = "tmp";
+/// The cache's layout version, in `<cache>/version`: a cache of another
+/// (an older view's metacopy trees) is emptied when opened.
+const VERSION: &str = "2 hard-linked trees\n";
 
 /// Why a kernel view was not made (the caller then serves the inputs
 /// through FUSE), naming what is at fault.
@@ -83,10 +81,14 @@ const SHORT_HEX: usize = 22;
 pub enum ViewUnavailable {
     #[error("the blob store keeps no blobs as local files")]
     NoLocalFiles,
-    #[error("this kernel cannot mount it: {0}")]
-    Unsupported(String),
+    #[error(
+        "the view cache {cache} is not on the file system (or mount) of the blob store {store}"
+    )]
+    OtherFileSystem { cache: PathBuf, store: PathBuf },
     #[error("blob {digest} ({size} bytes) is not a local file of that size")]
     MissingBlob { digest: B3Digest, size: u64 },
+    #[error("blob {digest}'s local file does not hash to its digest")]
+    CorruptBlob { digest: B3Digest },
     #[error("directory {0} is not in the directory store")]
     MissingDirectory(B3Digest),
     #[error("directory {root} has more than {max} entries below it")]
@@ -139,77 +141,12 @@ impl ViewUnavailable {
     }
 }
 
-/// The blob store's directory, as the data-only layer.
-#[derive(Clone, Debug)]
-pub(crate) struct DataLayer {
-    root: PathBuf,
-    blobs: Arc<dyn BlobService>,
-    /// The short names' directory.
-    links: PathBuf,
-}
-
-impl DataLayer {
-    /// The redirect (absolute in the data-only layers) to blob `digest`,
-    /// checked to be a file of `size` bytes: its short name, linked to the
-    /// blob's file if need be, or else (another file holds that name, or
-    /// the store is on another file system) its path in the store.
-    pub(crate) fn redirect(
-        &self,
-        digest: &B3Digest,
-        size: u64,
-    ) -> Result<Vec<u8>, ViewUnavailable> {
-        let missing = || ViewUnavailable::MissingBlob {
-            digest: *digest,
-            size,
-        };
-        let path = self.blobs.local_path(digest).ok_or_else(missing)?;
-        let rel = path.strip_prefix(&self.root).map_err(|_| missing())?;
-        let blob = match std::fs::metadata(&path) {
-            Ok(m) if m.is_file() && m.len() == size => m,
-            _ => return Err(missing()),
-        };
-        let short = &digest.to_hex()[..SHORT_HEX];
-        let link = self.links.join(short);
-        let same = |m: &std::fs::Metadata| m.dev() == blob.dev() && m.ino() == blob.ino();
-        let linked = match std::fs::symlink_metadata(&link) {
-            Ok(m) => same(&m),
-            Err(_) => {
-                std::fs::hard_link(&path, &link).is_ok()
-                    || std::fs::symlink_metadata(&link).is_ok_and(|m| same(&m))
-            }
-        };
-        let mut r = b"/".to_vec();
-        match linked {
-            true => r.extend_from_slice(short.as_bytes()),
-            false => r.extend_from_slice(rel.as_os_str().as_bytes()),
-        }
-        Ok(r)
-    }
-}
-
-/// One entry of a view's top layer.
-#[derive(Clone, Debug)]
-enum TopEntry {
-    /// Redirected to the cached tree of this directory (its name).
-    Dir(String),
-    File {
-        redirect: Vec<u8>,
-        size: u64,
-        executable: bool,
-    },
-    Symlink(Vec<u8>),
-}
-
-/// What [`ViewCache::plan`] made ready: everything a view of some inputs
-/// needs is on disk; [`ViewPlan::mount`] mounts it (no store call).
-#[derive(Clone, Debug)]
-pub struct ViewPlan {
-    /// The metadata layer.
-    layer: PathBuf,
-    /// The short names of blob files.
-    links: PathBuf,
-    data: PathBuf,
-    entries: Vec<(PathComponent, TopEntry)>,
+/// An IO error's mapper naming what was done to which path.
+pub(crate) fn io_at<'a>(
+    what: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(io::Error) -> ViewUnavailable + 'a {
+    move |e| ViewUnavailable::io(what, path, e)
 }
 
 /// The metadata trees of kernel views, cached on disk by directory digest.
@@ -217,10 +154,45 @@ pub struct ViewPlan {
 pub struct ViewCache {
     root: PathBuf,
     max_entries: u64,
-    /// Whether this kernel mounts data-only layers, found once.
-    supported: OnceLock<Result<(), String>>,
     /// The trees being written by this process, one writer each.
-    writing: Mutex<HashMap<B3Digest, Arc<tokio::sync::Mutex<()>>>>,
+    writing: Writing,
+}
+
+/// Trees being written by this process: one lock per tree.
+type Writing = Mutex<HashMap<B3Digest, Arc<tokio::sync::Mutex<()>>>>;
+
+/// A caller's place in line to write one tree; the tree's entry goes
+/// when the last caller's is dropped (done, failed or cancelled).
+struct WriterSlot<'a> {
+    writing: &'a Writing,
+    root: B3Digest,
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl<'a> WriterSlot<'a> {
+    fn take(writing: &'a Writing, root: B3Digest) -> Self {
+        let lock = writing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(root)
+            .or_default()
+            .clone();
+        Self {
+            writing,
+            root,
+            lock,
+        }
+    }
+}
+
+impl Drop for WriterSlot<'_> {
+    fn drop(&mut self) {
+        let mut writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        // The map's and this one's: no other caller waits.
+        if Arc::strong_count(&self.lock) <= 2 {
+            writing.remove(&self.root);
+        }
+    }
 }
 
 /// Tells a tree's writer to stop when dropped.
@@ -246,7 +218,14 @@ impl ViewCache {
     /// removing what writers that died left half-written.
     pub fn open(root: impl Into<PathBuf>) -> io::Result<Self> {
         let root = std::path::absolute(root.into())?;
-        for d in [LAYER, LINKS, "tmp"].map(|d| root.join(d)) {
+        let version = root.join("version");
+        if std::fs::read(&version).ok().as_deref() != Some(VERSION.as_bytes()) {
+            // Another layout's trees (or none): never mounted by this one.
+            for d in [LAYER, COPIES] {
+                remove_tree(&root.join(d));
+            }
+        }
+        for d in [LAYER, COPIES, TMP].map(|d| root.join(d)) {
             std::fs::create_dir_all(&d)
                 .and_then(|()| {
                     std::fs::set_permissions(
@@ -254,16 +233,22 @@ impl ViewCache {
                         std::os::unix::fs::PermissionsExt::from_mode(0o700),
                     )
                 })
-                .map_err(|e| io::Error::new(e.kind(), format!("creating {}: {e}", d.display())))?;
+                .map_err(|e| named(&d, e))?;
         }
         let trees = root.join(LAYER).join(TREES);
-        std::fs::create_dir_all(&trees)
-            .map_err(|e| io::Error::new(e.kind(), format!("creating {}: {e}", trees.display())))?;
-        sweep_tmp(&root.join("tmp"));
+        std::fs::create_dir_all(&trees).map_err(|e| named(&trees, e))?;
+        if std::fs::read(&version).ok().as_deref() != Some(VERSION.as_bytes()) {
+            // Whole or not at all: another process may read it now.
+            let tmp = tempfile::NamedTempFile::new_in(root.join(TMP))
+                .and_then(|mut f| std::io::Write::write_all(&mut f, VERSION.as_bytes()).map(|()| f))
+                .map_err(|e| named(&version, e))?;
+            tmp.persist(&version)
+                .map_err(|e| named(&version, e.error))?;
+        }
+        sweep_tmp(&root.join(TMP));
         Ok(Self {
             root,
             max_entries: DEFAULT_MAX_ENTRIES,
-            supported: OnceLock::new(),
             writing: Mutex::default(),
         })
     }
@@ -300,27 +285,36 @@ impl ViewCache {
         dirs: &dyn DirectoryService,
         inputs: &[(PathComponent, Node)],
     ) -> Result<ViewPlan, ViewUnavailable> {
-        let data_root = blobs.local_root().ok_or(ViewUnavailable::NoLocalFiles)?;
-        opt_path(&data_root)?;
+        let store = blobs.local_root().ok_or(ViewUnavailable::NoLocalFiles)?;
         opt_path(&self.root)?;
-        self.check_supported()?;
-        let data = DataLayer {
-            root: data_root.clone(),
+        let dev = |p: &Path| {
+            std::fs::metadata(p)
+                .map(|m| m.dev())
+                .map_err(io_at("reading", p))
+        };
+        if dev(&self.root)? != dev(&store)? {
+            return Err(ViewUnavailable::OtherFileSystem {
+                cache: self.root.clone(),
+                store,
+            });
+        }
+        let files = BlobFiles {
             blobs,
-            links: self.root.join(LINKS),
+            copies: self.root.join(COPIES),
+            tmp: self.root.join(TMP),
         };
         let mut entries = Vec::with_capacity(inputs.len());
         for (name, node) in inputs {
             let e = match node {
                 Node::Directory { digest, size } => {
-                    TopEntry::Dir(self.ensure_tree(&data, dirs, *digest, *size).await?)
+                    TopEntry::Dir(self.ensure_tree(&files, dirs, *digest, *size).await?)
                 }
                 Node::File {
                     digest,
                     size,
                     executable,
                 } => TopEntry::File {
-                    redirect: data.redirect(digest, *size)?,
+                    digest: *digest,
                     size: *size,
                     executable: *executable,
                 },
@@ -328,10 +322,26 @@ impl ViewCache {
             };
             entries.push((name.clone(), e));
         }
+        // The input files' blobs made ready (a copy may be made), off the
+        // async threads.
+        let (ready, to_check) = (files.clone(), entries.clone());
+        tokio::task::spawn_blocking(move || {
+            to_check.iter().try_for_each(|(_, e)| match e {
+                TopEntry::File {
+                    digest,
+                    size,
+                    executable,
+                } => ready.prepare(digest, *size, *executable),
+                _ => Ok(()),
+            })
+        })
+        .await
+        .map_err(|e| {
+            ViewUnavailable::io("checking input files", &self.root, io::Error::other(e))
+        })??;
         Ok(ViewPlan {
             layer: self.root.join(LAYER),
-            links: self.root.join(LINKS),
-            data: data_root,
+            blobs: files,
             entries,
         })
     }
@@ -342,7 +352,7 @@ impl ViewCache {
     /// write stops when this future is dropped (its build cancelled).
     async fn ensure_tree(
         &self,
-        data: &DataLayer,
+        files: &BlobFiles,
         dirs: &dyn DirectoryService,
         root: B3Digest,
         size: u64,
@@ -352,26 +362,16 @@ impl ViewCache {
         if dest.is_dir() {
             return Ok(name);
         }
-        let lock = self
-            .writing
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(root)
-            .or_default()
-            .clone();
-        let held = lock.lock().await;
-        let r = self.write_once(data, dirs, root, size, &dest).await;
+        let slot = WriterSlot::take(&self.writing, root);
+        let held = slot.lock.lock().await;
+        let r = self.write_once(files, dirs, root, size, &dest).await;
         drop(held);
-        let mut writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
-        if Arc::strong_count(&lock) <= 2 {
-            writing.remove(&root);
-        }
         r.map(|()| name)
     }
 
     async fn write_once(
         &self,
-        data: &DataLayer,
+        files: &BlobFiles,
         dirs: &dyn DirectoryService,
         root: B3Digest,
         size: u64,
@@ -412,16 +412,18 @@ impl ViewCache {
         }
         let scratch = tempfile::Builder::new()
             .prefix(&tvix_oci_castore::tempfiles::owned_prefix(SCRATCH))
-            .tempdir_in(self.root.join("tmp"))
+            .tempdir_in(self.root.join(TMP))
             .map_err(|e| ViewUnavailable::io("making a scratch dir in", &self.root, e))?;
-        let (data, max, dest) = (data.clone(), self.max_entries, dest.to_owned());
+        let (files, max, dest) = (files.clone(), self.max_entries, dest.to_owned());
         let cancel = Arc::new(AtomicBool::new(false));
         let _cancel_on_drop = CancelOnDrop(cancel.clone());
         let written = tokio::task::spawn_blocking(move || {
             // Removed with everything in it when this returns, unless
             // renamed into place; nothing else writes in it.
             let tmp = scratch.path().join("tree");
-            let n = tree::write_tree(&closure, root, &tmp, &data, max, &cancel)?;
+            let n = tree::write_tree(&closure, root, &tmp, &files, max, &cancel)?;
+            // On disk before it is found: a tree is never checked again.
+            tree::sync_fs(&tmp)?;
             match std::fs::rename(&tmp, &dest) {
                 Ok(()) => Ok(n),
                 // Written meanwhile by another process: the same tree.
@@ -438,15 +440,6 @@ impl ViewCache {
             "wrote a kernel view tree"
         );
         Ok(())
-    }
-
-    /// Whether this kernel mounts a data-only layer with a metacopy file
-    /// redirected into it, tried once in the cache.
-    fn check_supported(&self) -> Result<(), ViewUnavailable> {
-        self.supported
-            .get_or_init(|| probe(&self.root).map_err(|e| e.to_string()))
-            .clone()
-            .map_err(ViewUnavailable::Unsupported)
     }
 }
 
@@ -502,6 +495,11 @@ fn expanded_entries(
     Ok((root.size() / 2, distinct))
 }
 
+/// An error creating `d`, naming it.
+fn named(d: &Path, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("creating {}: {e}", d.display()))
+}
+
 /// Removes a tree written here (its directories are read-only; root may
 /// remove them all the same).
 fn remove_tree(p: &Path) {
@@ -515,155 +513,7 @@ fn remove_tree(p: &Path) {
 /// Removes the scratch dirs of writers no longer alive (and nothing else
 /// a shared directory may hold).
 fn sweep_tmp(tmp: &Path) {
-    for kind in [SCRATCH, PROBE] {
+    for kind in [SCRATCH, mount::TOP, blobs::COPY] {
         tvix_oci_castore::tempfiles::sweep_owned_dirs(tmp, kind);
-    }
-}
-
-/// Mounts a one-file view in a scratch dir of `cache` and reads it back.
-fn probe(cache: &Path) -> Result<(), ViewUnavailable> {
-    let scratch = tempfile::Builder::new()
-        .prefix(&tvix_oci_castore::tempfiles::owned_prefix(PROBE))
-        .tempdir_in(cache.join("tmp"))
-        .map_err(|e| ViewUnavailable::io("making a scratch dir in", cache, e))?;
-    let dir = scratch.path();
-    let r = (|| {
-        let (top, data, mnt) = (dir.join("top"), dir.join("data"), dir.join("mnt"));
-        for d in [&top, &data, &mnt] {
-            std::fs::create_dir_all(d).map_err(|e| ViewUnavailable::io("creating", d, e))?;
-        }
-        let blob = data.join("b");
-        std::fs::write(&blob, b"ok").map_err(|e| ViewUnavailable::io("writing", &blob, e))?;
-        tree::meta_file(&top.join("f"), 2, false, b"/b")?;
-        let opts = format!(
-            "lowerdir={}::{},metacopy=on,redirect_dir=follow",
-            opt_path(&top)?,
-            opt_path(&data)?
-        );
-        mount_overlay(&mnt, &opts)?;
-        let read = std::fs::read(mnt.join("f"));
-        let _ = tvix_oci_sys::mount::unmount_or_detach(&mnt);
-        match read {
-            Ok(b) if b == b"ok" => Ok(()),
-            Ok(b) => Err(ViewUnavailable::Unsupported(format!(
-                "a metacopy file read {b:?}, not its data"
-            ))),
-            Err(e) => Err(ViewUnavailable::io("reading through", &mnt, e)),
-        }
-    })();
-    if let Err(e) = &r {
-        warn!("inputs go through FUSE: the kernel view cannot be mounted here: {e}");
-    }
-    r
-}
-
-fn mount_overlay(at: &Path, opts: &str) -> Result<(), ViewUnavailable> {
-    let flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-    tvix_oci_sys::mount::mount("overlay", at, "overlay", flags, Some(opts))
-        .map_err(|e| ViewUnavailable::io("mounting an overlay at", at, io::Error::other(e)))
-}
-
-impl ViewPlan {
-    /// Mounts the view at `at` (an existing empty directory), its top
-    /// layer written at `top` (which must not exist; removed on unmount).
-    pub fn mount(&self, top: &Path, at: &Path) -> Result<KernelView, ViewUnavailable> {
-        let r = self.write_top(top).and_then(|()| {
-            let opts = format!(
-                "lowerdir={}:{}::{}::{},metacopy=on,redirect_dir=follow",
-                opt_path(top)?,
-                opt_path(&self.layer)?,
-                opt_path(&self.links)?,
-                opt_path(&self.data)?
-            );
-            mount_overlay(at, &opts)
-        });
-        if let Err(e) = r {
-            remove_tree(top);
-            return Err(e);
-        }
-        Ok(KernelView {
-            at: Some(at.to_owned()),
-            top: top.to_owned(),
-        })
-    }
-
-    fn write_top(&self, top: &Path) -> Result<(), ViewUnavailable> {
-        std::fs::create_dir(top).map_err(|e| ViewUnavailable::io("creating", top, e))?;
-        let mut hides_trees = false;
-        for (name, e) in &self.entries {
-            hides_trees |= name.as_bytes() == TREES.as_bytes();
-            let p = top.join(OsStr::from_bytes(name.as_bytes()));
-            match e {
-                TopEntry::Dir(tree) => {
-                    let redirect = format!("/{TREES}/{tree}");
-                    tree::redirect_dir(&p, redirect.as_bytes())?
-                }
-                TopEntry::File {
-                    redirect,
-                    size,
-                    executable,
-                } => tree::meta_file(&p, *size, *executable, redirect)?,
-                TopEntry::Symlink(t) => tree::symlink(&p, t)?,
-            }
-        }
-        // An input named like the trees' dir hides it already.
-        if !hides_trees {
-            let w = top.join(TREES);
-            nix::sys::stat::mknod(
-                &w,
-                nix::sys::stat::SFlag::S_IFCHR,
-                nix::sys::stat::Mode::empty(),
-                nix::sys::stat::makedev(0, 0),
-            )
-            .map_err(|e| ViewUnavailable::io("making the whiteout", &w, e.into()))?;
-        }
-        tree::seal_dir(top)
-    }
-}
-
-/// A mounted kernel view: unmounted (detached if busy), and its top layer
-/// removed, when dropped.
-#[derive(Debug)]
-pub struct KernelView {
-    at: Option<PathBuf>,
-    top: PathBuf,
-}
-
-impl KernelView {
-    /// Where it is mounted.
-    pub fn path(&self) -> Option<&Path> {
-        self.at.as_deref()
-    }
-
-    /// Unmounts (lazily if busy) and removes the top layer.
-    pub fn unmount(mut self) -> io::Result<()> {
-        self.teardown()
-    }
-
-    fn teardown(&mut self) -> io::Result<()> {
-        let Some(at) = self.at.take() else {
-            return Ok(());
-        };
-        let r = tvix_oci_sys::mount::unmount_or_detach(&at);
-        remove_tree(&self.top);
-        match r {
-            Ok(true) => {
-                warn!(path = %at.display(), "kernel view busy; detached");
-                Ok(())
-            }
-            Ok(false) => Ok(()),
-            Err(e) => Err(io::Error::other(format!(
-                "unmounting {}: {e}",
-                at.display()
-            ))),
-        }
-    }
-}
-
-impl Drop for KernelView {
-    fn drop(&mut self) {
-        if let Err(e) = self.teardown() {
-            warn!("{e}");
-        }
     }
 }

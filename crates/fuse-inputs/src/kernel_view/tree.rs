@@ -1,19 +1,19 @@
-//! The metadata layer of a kernel view, written to disk: a castore
-//! directory as real directories, symlinks and empty (sparse) files of the
-//! right size, each file marked as overlayfs "metacopy" with a redirect to
-//! its blob in the data-only layer. Everything gets the attributes the
-//! FUSE view shows: root's, mode 0444/0555 (0555 for directories), mtime
-//! 1 s after the epoch, as in the Nix store.
+//! A kernel view's tree, written to disk: a castore directory as real
+//! directories and symlinks, and each file a hard link to its blob's file
+//! ([`super::blobs`]). Everything has the attributes the FUSE view shows:
+//! root's, mode 0444/0555 (0555 for directories), mtime 1 s after the
+//! epoch, as in the Nix store.
 //!
 //! Written with plain file system calls, no daemon and no image format:
-//! the kernel then answers every lookup, stat and open from its own caches.
+//! mounted, the kernel answers every lookup, stat, open and read as for
+//! any directory of its own.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::{File, FileTimes, Permissions};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -21,20 +21,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tvix_oci_castore::{B3Digest, Directory, Node};
 use xattr::FileExt;
 
-use super::{DataLayer, ViewUnavailable};
+use super::ViewUnavailable;
+use super::blobs::{BlobFiles, MTIME_SECS};
 
-/// The mtime of everything in the view, as in the Nix store: 1 s.
-const MTIME_SECS: u64 = 1;
-
-const METACOPY: &str = "trusted.overlay.metacopy";
 const REDIRECT: &str = "trusted.overlay.redirect";
 
 fn at<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(io::Error) -> ViewUnavailable + 'a {
-    move |source| ViewUnavailable::Io {
-        what,
-        path: path.to_owned(),
-        source,
-    }
+    super::io_at(what, path)
 }
 
 /// Gives `path` (opened as `f`) the view's times and `mode`.
@@ -56,25 +49,21 @@ pub(crate) fn redirect_dir(path: &Path, redirect: &[u8]) -> Result<(), ViewUnava
     finish(&f, path, 0o555)
 }
 
-/// Writes the metadata-only file for a blob of `size` bytes at `path`.
-pub(crate) fn meta_file(
+/// Writes an empty directory at `path` (a mount point).
+pub(crate) fn empty_dir(path: &Path) -> Result<(), ViewUnavailable> {
+    std::fs::create_dir(path).map_err(at(path, "creating"))?;
+    seal_dir(path)
+}
+
+/// Writes blob `digest`'s file at `path` (a hard link to it).
+pub(crate) fn file(
+    blobs: &BlobFiles,
     path: &Path,
+    digest: &B3Digest,
     size: u64,
     executable: bool,
-    redirect: &[u8],
 ) -> Result<(), ViewUnavailable> {
-    let f = File::options()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(at(path, "creating"))?;
-    f.set_len(size).map_err(at(path, "sizing"))?;
-    f.set_xattr(METACOPY, b"")
-        .map_err(at(path, "marking metacopy"))?;
-    f.set_xattr(REDIRECT, redirect)
-        .map_err(at(path, "setting the overlay redirect of"))?;
-    finish(&f, path, if executable { 0o555 } else { 0o444 })
+    blobs.place(digest, size, executable, path)
 }
 
 /// Writes a symlink to `target` at `path`, with the view's times.
@@ -97,6 +86,18 @@ pub(crate) fn seal_dir(path: &Path) -> Result<(), ViewUnavailable> {
     finish(&f, path, 0o555)
 }
 
+/// Writes out everything of the file system `path` is on (`syncfs`).
+pub(crate) fn sync_fs(path: &Path) -> Result<(), ViewUnavailable> {
+    let f = File::open(path).map_err(at(path, "opening"))?;
+    // SAFETY: `f` is an open descriptor for the call's duration.
+    match unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&f)) } {
+        0 => Ok(()),
+        _ => Err(at(path, "syncing the file system of")(
+            io::Error::last_os_error(),
+        )),
+    }
+}
+
 /// What a tree walk does next.
 enum Step {
     Enter(PathBuf, B3Digest),
@@ -113,7 +114,7 @@ pub(crate) fn write_tree(
     closure: &HashMap<B3Digest, Directory>,
     root: B3Digest,
     dest: &Path,
-    data: &DataLayer,
+    blobs: &BlobFiles,
     max_entries: u64,
     cancel: &AtomicBool,
 ) -> Result<u64, ViewUnavailable> {
@@ -150,10 +151,7 @@ pub(crate) fn write_tree(
                     digest,
                     size,
                     executable,
-                } => {
-                    let redirect = data.redirect(digest, *size)?;
-                    meta_file(&child, *size, *executable, &redirect)?;
-                }
+                } => file(blobs, &child, digest, *size, *executable)?,
                 Node::Symlink { target } => symlink(&child, target.as_bytes())?,
             }
         }
