@@ -7,13 +7,13 @@
 //! - Each input directory is a **tree** written once and cached here by
 //!   its digest and size (`<cache>/layer/t/<hex>.<size>`): real
 //!   directories and symlinks, each file a hard link to its blob's file
-//!   ([`blobs`]: the store's own where it can stand for the blob, else a
+//!   (`blobs.rs`: the store's own where it can stand for the blob, else a
 //!   copy in `<cache>/data`). So the cache must be on the blob store's
 //!   file system.
 //! - Each mount writes a tiny **top directory** (one entry per input) and
-//!   mounts it with the trees ([`mount`]): read-only as clones of the
-//!   directories (no overlay), or as one read-only overlay for the
-//!   executor's writable overlay to stack on.
+//!   mounts it with the trees: read-only as clones of the directories
+//!   ([`ViewPlan::mount`]: no overlay), or as one overlay with the build's
+//!   own upper layer ([`ViewPlan::mount_writable`]: a writable store dir).
 //!
 //! The build sees the same names, contents, modes (0444/0555), owner
 //! (root) and mtime (1) as through FUSE; files with the same blob share an
