@@ -634,11 +634,21 @@ const INPUTS: &str = "the store dir: one overlay of the lazily fetched inputs (F
 const PROC: &str = "runc's and Docker's hardening of /proc (masked and read-only paths), which Nix leaves as it is";
 const DEV: &str = "runc's /dev: a tmpfs with the same device nodes bound, and the ipc namespace's POSIX message queues at /dev/mqueue";
 
+/// A character device's `mode` as `ls -l` shows it (`crw-rw----`).
+fn ls_mode(mode: u32) -> String {
+    let bits = "rwxrwxrwx".chars().enumerate();
+    let perms: String = bits
+        .map(|(i, c)| if mode & (0o400 >> i) != 0 { c } else { '-' })
+        .collect();
+    format!("c{perms}")
+}
+
 /// Every deliberate difference of the sandbox report (the
 /// `sandbox-report` derivation) from Nix's, with its reason: the one list
 /// of them (mirrored in SECURITY.md). `$BB` stands for the busybox input's
-/// store path. Reasons starting `host:` hold only where the host has the
-/// thing (`/dev/kvm`).
+/// store path, `$KVM_MODE` the host's `/dev/kvm` mode as `ls` shows it
+/// (0600, or 0660 where udev gave it to a `kvm` group). Reasons starting
+/// `host:` hold only where the host has the thing (`/dev/kvm`).
 const SANDBOX_DIFFERENCES: &[Diff] = &[
     Diff::Rewrite(" root root ", " nobody nogroup ", ROOT_OWNER),
     Diff::Rewrite(" root nixbld", " nobody nixbld", ROOT_OWNER),
@@ -656,7 +666,7 @@ const SANDBOX_DIFFERENCES: &[Diff] = &[
     ),
     Diff::Line(Only::Ours, "ls /dev drwxr-xr-x nobody nogroup ..", ROOT_DIR),
     Diff::Line(Only::Ours, "ls /tmp drwxr-xr-x nobody nogroup ..", ROOT_DIR),
-    Diff::Line(Only::Nix, "ls /dev crw------- nobody nogroup kvm", KVM),
+    Diff::Line(Only::Nix, "ls /dev $KVM_MODE nobody nogroup kvm", KVM),
     Diff::Line(Only::Nix, "mount /dev/kvm devtmpfs", KVM),
     Diff::Line(Only::Nix, "mount $BB ext4", INPUTS),
     Diff::Line(Only::Nix, "mount /nix/store ext4", INPUTS),
@@ -787,12 +797,15 @@ fn the_sandbox_report_is_nixs_but_for_the_listed_lines() {
             differ.insert((Only::Ours, l.clone()));
         }
     }
-    let host_has_kvm = Path::new("/dev/kvm").exists();
+    let kvm_mode = std::fs::metadata("/dev/kvm")
+        .ok()
+        .map(|m| ls_mode(std::os::unix::fs::MetadataExt::mode(&m)));
     let listed: BTreeSet<(Only, String)> = SANDBOX_DIFFERENCES
         .iter()
-        .filter_map(|d| match d {
-            Diff::Line(o, l, why) if host_has_kvm || !why.starts_with("host:") => {
-                Some((*o, (*l).to_owned()))
+        .filter_map(|d| match (d, &kvm_mode) {
+            (Diff::Line(o, l, why), kvm) if kvm.is_some() || !why.starts_with("host:") => {
+                let mode = kvm.as_deref().unwrap_or_default();
+                Some((*o, l.replace("$KVM_MODE", mode)))
             }
             _ => None,
         })
