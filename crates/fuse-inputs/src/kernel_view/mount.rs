@@ -51,7 +51,8 @@ pub(crate) enum TopEntry {
 }
 
 /// What [`super::ViewCache::plan`] made ready: everything a view of some
-/// inputs needs is on disk; mounting it makes no store call.
+/// inputs needs is on disk; mounting it only links the input files' blob
+/// files (no fetch).
 #[derive(Clone, Debug)]
 pub struct ViewPlan {
     /// The cache's layer directory (holding the trees' dir).
