@@ -142,6 +142,15 @@ fn upper_and_work(s: &Stores) -> (PathBuf, PathBuf) {
     (upper, work)
 }
 
+/// The fixture's inputs planned in a cache opened at `s.cache`.
+async fn plan_inputs(s: &Stores) -> tvix_oci_fuse::ViewPlan {
+    let cache = ViewCache::open(&s.cache).unwrap();
+    cache
+        .plan(s.blobs.clone(), &*s.dirs, &s.inputs)
+        .await
+        .unwrap()
+}
+
 fn mounted_below(p: &Path) -> usize {
     mountinfo::mounts_below(p).unwrap().len()
 }
@@ -161,11 +170,7 @@ async fn shows_what_fuse_shows_read_only_and_leaves_nothing() {
         &MountOptions::default(),
     )
     .unwrap();
-    let cache = ViewCache::open(&s.cache).unwrap();
-    let plan = cache
-        .plan(s.blobs.clone(), &*s.dirs, &s.inputs)
-        .await
-        .unwrap();
+    let plan = plan_inputs(&s).await;
     let view = plan.mount(&view_at).unwrap();
 
     let want = describe(&fuse_at);
@@ -257,11 +262,7 @@ async fn shows_what_fuse_shows_read_only_and_leaves_nothing() {
 async fn a_cached_tree_is_reused_and_an_input_named_t_hides_nothing_it_should_not() {
     need_root!();
     let mut s = stores().await;
-    let cache = ViewCache::open(&s.cache).unwrap();
-    cache
-        .plan(s.blobs.clone(), &*s.dirs, &s.inputs)
-        .await
-        .unwrap();
+    plan_inputs(&s).await;
     let tree = tree_dir(&s);
     let ino = std::fs::metadata(&tree).unwrap().ino();
     // A second plan (a new cache handle, as a restarted builder) writes
@@ -529,11 +530,7 @@ async fn files_are_the_stores_own_but_executables_and_foreign_ones_are_copies() 
     let odd = store_file(&s, b"odd");
     std::os::unix::fs::chown(&odd, Some(1000), Some(1000)).unwrap();
 
-    let cache = ViewCache::open(&s.cache).unwrap();
-    cache
-        .plan(s.blobs.clone(), &*s.dirs, &s.inputs)
-        .await
-        .unwrap();
+    plan_inputs(&s).await;
     let tree = tree_dir(&s);
     let m = std::fs::metadata(&deep).unwrap();
     assert_eq!((m.mode() & 0o7777, m.mtime()), (0o444, 1));
@@ -629,11 +626,7 @@ async fn a_blob_met_more_often_than_its_file_system_links_is_copied_past_that() 
 async fn a_build_cannot_change_the_stores_files_through_either_form() {
     need_root!();
     let s = stores().await;
-    let cache = ViewCache::open(&s.cache).unwrap();
-    let plan = cache
-        .plan(s.blobs.clone(), &*s.dirs, &s.inputs)
-        .await
-        .unwrap();
+    let plan = plan_inputs(&s).await;
     let store = store_file(&s, b"deep down\n");
     let before = |p: &Path| {
         let m = std::fs::metadata(p).unwrap();

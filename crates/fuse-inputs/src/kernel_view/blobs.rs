@@ -119,8 +119,8 @@ impl BlobFiles {
         executable: bool,
         dest: &Path,
     ) -> Result<(), ViewUnavailable> {
-        let (store, f) = self.store_file(digest, size, executable)?;
-        if let Some(f) = f {
+        let (store, f, stands) = self.store_file(digest, size, executable)?;
+        if stands {
             match link_fd(&f, dest) {
                 Ok(()) => return Ok(()),
                 Err(e) if e.raw_os_error() == Some(libc::EMLINK) => {}
@@ -128,7 +128,7 @@ impl BlobFiles {
             }
         }
         for n in 0..MAX_SHARED_COPIES {
-            let (copy, c) = self.shared_copy(digest, size, executable, n)?;
+            let (copy, c) = self.shared_copy(&f, digest, size, executable, n)?;
             match link_fd(&c, dest) {
                 Ok(()) => return Ok(()),
                 Err(e) if e.raw_os_error() == Some(libc::EMLINK) => continue,
@@ -152,15 +152,16 @@ impl BlobFiles {
         executable: bool,
     ) -> Result<(), ViewUnavailable> {
         match self.store_file(digest, size, executable)? {
-            (_, Some(_)) => Ok(()),
-            (_, None) => self.shared_copy(digest, size, executable, 0).map(drop),
+            (_, _, true) => Ok(()),
+            (_, f, false) => self.shared_copy(&f, digest, size, executable, 0).map(drop),
         }
     }
 
-    /// The `n`th shared copy of blob `digest`, open, made (from the
-    /// store's file) if it is not there.
+    /// The `n`th shared copy of blob `digest`, open, made from `store`
+    /// (its store file, open) if it is not there.
     fn shared_copy(
         &self,
+        store: &File,
         digest: &B3Digest,
         size: u64,
         executable: bool,
@@ -178,27 +179,22 @@ impl BlobFiles {
         match open_file(&copy) {
             Some((c, m)) if m.len() == size && has_view_attrs(&m, mode) => Ok((copy, c)),
             _ => {
-                let (store, _) = self.store_file(digest, size, true)?;
-                let (src, _) = open_file(&store).ok_or(ViewUnavailable::MissingBlob {
-                    digest: *digest,
-                    size,
-                })?;
-                let c = self.copy(&src, digest, size, &copy, mode)?;
+                let c = self.copy(store, digest, size, &copy, mode)?;
                 Ok((copy, c))
             }
         }
     }
 
-    /// The store's file of blob `digest`, checked (on the open handle,
-    /// no symlink followed) to be a regular file of `size` bytes; and,
-    /// open, if it can stand for the blob in a view (not `executable`,
-    /// root's), given the view's attributes.
+    /// The store's file of blob `digest`, open, checked (on the handle,
+    /// no symlink followed) to be a regular file of `size` bytes; and
+    /// whether it can stand for the blob in a view (not `executable`,
+    /// root's: it is then given the view's attributes).
     fn store_file(
         &self,
         digest: &B3Digest,
         size: u64,
         executable: bool,
-    ) -> Result<(PathBuf, Option<File>), ViewUnavailable> {
+    ) -> Result<(PathBuf, File, bool), ViewUnavailable> {
         let missing = || ViewUnavailable::MissingBlob {
             digest: *digest,
             size,
@@ -209,13 +205,13 @@ impl BlobFiles {
             _ => return Err(missing()),
         };
         if executable || m.uid() != 0 || m.gid() != 0 {
-            return Ok((path, None));
+            return Ok((path, f, false));
         }
         let mode = file_mode(false);
         if !has_view_attrs(&m, mode) {
             set_view_attrs(&f, &path, mode)?;
         }
-        Ok((path, Some(f)))
+        Ok((path, f, true))
     }
 
     /// Copies the open blob file `src` to `dest` with the view's

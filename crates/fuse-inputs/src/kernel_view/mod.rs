@@ -219,7 +219,8 @@ impl ViewCache {
     pub fn open(root: impl Into<PathBuf>) -> io::Result<Self> {
         let root = std::path::absolute(root.into())?;
         let version = root.join("version");
-        if std::fs::read(&version).ok().as_deref() != Some(VERSION.as_bytes()) {
+        let other_layout = std::fs::read(&version).ok().as_deref() != Some(VERSION.as_bytes());
+        if other_layout {
             // Another layout's trees (or none): never mounted by this one.
             for d in [LAYER, COPIES] {
                 remove_tree(&root.join(d));
@@ -237,7 +238,7 @@ impl ViewCache {
         }
         let trees = root.join(LAYER).join(TREES);
         std::fs::create_dir_all(&trees).map_err(|e| named(&trees, e))?;
-        if std::fs::read(&version).ok().as_deref() != Some(VERSION.as_bytes()) {
+        if other_layout {
             // Whole or not at all: another process may read it now.
             let tmp = tempfile::NamedTempFile::new_in(root.join(TMP))
                 .and_then(|mut f| std::io::Write::write_all(&mut f, VERSION.as_bytes()).map(|()| f))
